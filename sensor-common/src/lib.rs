@@ -1,0 +1,200 @@
+//! The `#[repr(C)]` contract between the kernel programs (`sensor-ebpf`) and the
+//! daemon (`sensor`): ring buffer records, map keys and values, and the struct
+//! offsets the loader reads from the running kernel's BTF.
+//!
+//! Everything here is plain data with a fixed layout; both sides compile the same
+//! definitions, so a change here is a change of the wire format.
+#![no_std]
+
+/// Selectors across all exec hooks of all loaded policies. One bit each in
+/// [`ProcState`] and [`ExecEvent::hits`].
+pub const MAX_SELECTORS: usize = 64;
+/// `matchArgs` entries per selector (Tetragon's limit).
+pub const MAX_ARG_FILTERS: usize = 5;
+/// Bytes of a string map key: selector index, slot, then the string, zero padded.
+pub const STR_KEY_LEN: usize = 256;
+/// Header bytes of a string map key (selector index, slot).
+pub const STR_KEY_HEADER: usize = 2;
+/// Longest string value a selector can hold (paths for In, Prefix, Postfix).
+pub const MAX_VALUE_LEN: usize = STR_KEY_LEN - STR_KEY_HEADER;
+/// Longest binary path or cwd an event carries; longer ones are cut and flagged.
+pub const PATH_MAX: usize = 4096;
+/// Bytes of the argument block (NUL separated) an exec event carries.
+pub const ARGS_MAX: usize = 4096;
+/// Deepest cgroup level the scope check walks.
+pub const MAX_CGROUP_LEVEL: i32 = 16;
+
+/// Slot of a string key that holds `matchBinaries` values; `matchArgs` entry `i`
+/// uses slot `i + 1`.
+pub const SLOT_BINARIES: u8 = 0;
+
+/// First field of every ring buffer record.
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const EXIT: u32 = 3;
+}
+
+/// Bits of [`ExecEvent::flags`].
+pub mod exec_flags {
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    pub const ARGS_TRUNCATED: u32 = 1 << 1;
+    pub const CWD_TRUNCATED: u32 = 1 << 2;
+    pub const ARGS_ERROR: u32 = 1 << 3;
+    pub const CWD_ERROR: u32 = 1 << 4;
+    pub const PATH_ERROR: u32 = 1 << 5;
+}
+
+/// An exec, written by `sched/sched_process_exec`. Followed in the record by
+/// `path_len` bytes of binary path, `args_len` bytes of NUL-separated arguments
+/// (argv\[0\] included) and `cwd_len` bytes of working directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `bpf_ktime_get_ns()` at exec: the `start_ktime` of the exec_id.
+    pub ktime: u64,
+    pub cgroup_id: u64,
+    /// Selectors that matched (first match per hook); bit i = selector i.
+    pub hits: u64,
+    /// Signal the kernel sent to the process at exec (0 = none).
+    pub signal: u32,
+    pub flags: u32,
+    pub path_len: u32,
+    pub args_len: u32,
+    pub cwd_len: u32,
+    pub comm: [u8; 16],
+    pub _pad: u32,
+}
+
+/// A new process (not a thread), from `sched_process_fork`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub _pad: u32,
+    pub ktime: u64,
+}
+
+/// The last thread of a process exits, from `sched/sched_process_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// The kernel's `exit_code`: status in bits 8..16, signal in bits 0..7.
+    pub exit_code: u32,
+    pub ktime: u64,
+}
+
+/// Per-process policy state, keyed by tgid: which selectors' binary sets this
+/// process's image belongs to, and which it inherits through `followChildren`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcState {
+    pub bin_in: u64,
+    pub follow: u64,
+}
+
+/// How a string filter is looked up.
+pub mod match_kind {
+    pub const NONE: u8 = 0;
+    /// Exact value: hash map.
+    pub const EQUAL: u8 = 1;
+    /// Value is a prefix: LPM trie on the string.
+    pub const PREFIX: u8 = 2;
+    /// Value is a suffix: LPM trie on the reversed string.
+    pub const POSTFIX: u8 = 3;
+}
+
+/// One string filter of a selector: a lookup kind and whether to negate it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StrFilter {
+    pub kind: u8,
+    pub negate: u8,
+}
+
+/// A compiled exec selector. Selectors are evaluated in index order; within one
+/// hook only the first match acts (Tetragon's semantics).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecSelector {
+    /// Index of the hook this selector belongs to (< 64), for first-match.
+    pub hook: u32,
+    /// Signal to send on match, 0 for none (Sigkill = 9).
+    pub signal: u32,
+    pub binaries: StrFilter,
+    /// Set when `matchBinaries` has `followChildren: true`.
+    pub follow: u8,
+    pub n_args: u8,
+    pub args: [StrFilter; MAX_ARG_FILTERS],
+    /// Non-zero: `matchBinaries` tests the image being executed (a tracepoint
+    /// after exec) rather than the image that called exec (kprobes, LSM).
+    pub binaries_of_new_image: u8,
+    pub _pad: u8,
+}
+
+/// Runtime switches, in a one-entry array map so that policies can be swapped
+/// without reloading programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub n_selectors: u32,
+    /// Non-zero: policies act only on tasks under a cgroup in `SCOPE_CGROUPS`.
+    pub scoped: u32,
+    /// Non-zero when some selector uses Postfix (the reversed key is built only then).
+    pub need_reversed: u32,
+    pub _pad: u32,
+    /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
+    pub follow_mask: u64,
+}
+
+/// Offsets (bytes) of kernel struct fields, read from BTF by the loader and set
+/// as a global before load, since Rust eBPF has no CO-RE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub file_f_path: u32,
+    pub path_dentry: u32,
+    pub path_mnt: u32,
+    pub fs_pwd: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    pub signal_live: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for ProcState {}
+    unsafe impl aya::Pod for ExecSelector {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}

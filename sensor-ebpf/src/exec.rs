@@ -1,0 +1,145 @@
+//! `sched/sched_process_exec`: the exec event (binary path as the kernel
+//! resolved it, arguments, cwd) and the exec reflex, which runs here because
+//! the new image is in place but has not yet returned to user space.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX};
+
+use crate::kernel::{off, read, read_ptr};
+use crate::maps::{
+    count_lost, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH,
+    PATH_SCRATCH,
+};
+use crate::{path, reflex};
+
+const HEADER: usize = core::mem::size_of::<ExecEvent>();
+
+#[tracepoint]
+pub fn snsr_exec(_ctx: TracePointContext) -> u32 {
+    let _ = try_exec();
+    0
+}
+
+fn try_exec() -> Result<(), i32> {
+    let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let pscratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let (rec, pbuf) = unsafe { (&mut *scratch, &mut *pscratch) };
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let tgid = (pid_tgid >> 32) as u32;
+
+    let ev = &mut rec.event;
+    ev.kind = kind::EXEC;
+    ev.pid = tgid;
+    ev.tid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.ktime = unsafe { bpf_ktime_get_ns() };
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.flags = 0;
+    ev.hits = 0;
+    ev.signal = 0;
+    ev.ppid = read_ptr(task, off!(task_real_parent))
+        .and_then(|p| read::<u32>(p, off!(task_tgid)))
+        .unwrap_or(0);
+
+    let data = rec.data.as_mut_ptr();
+    let mm = read_ptr(task, off!(task_mm))?;
+
+    // The binary: mm->exe_file->f_path, resolved in the kernel.
+    let mut plen = 0usize;
+    match read_ptr(mm, off!(mm_exe_file)).and_then(|f| {
+        path::resolve(f.wrapping_add(off!(file_f_path) as usize), pbuf)
+    }) {
+        Ok(r) => {
+            plen = r.len() & (PATH_MAX - 1);
+            if r.truncated {
+                ev.flags |= exec_flags::PATH_TRUNCATED;
+            }
+            unsafe { copy_from(data, 0, &pbuf.buf, r.start, plen) };
+            let cfg = CONFIG.get(0).copied().unwrap_or_default();
+            let v = reflex::on_exec(&cfg, tgid, pbuf, r.start);
+            ev.hits = v.hits;
+            ev.signal = v.signal;
+        }
+        Err(_) => ev.flags |= exec_flags::PATH_ERROR,
+    }
+
+    // Arguments: argv as the new image's stack holds them, NUL separated.
+    let mut alen = 0usize;
+    let arg_start = read::<u64>(mm, off!(mm_arg_start)).unwrap_or(0);
+    let arg_end = read::<u64>(mm, off!(mm_arg_end)).unwrap_or(0);
+    if arg_end > arg_start {
+        let mut want = (arg_end - arg_start) as usize;
+        if want > ARGS_MAX - 1 {
+            want = ARGS_MAX - 1;
+            ev.flags |= exec_flags::ARGS_TRUNCATED;
+        }
+        let want = want & (ARGS_MAX - 1);
+        // SAFETY: plen < 4096 and want < 4096 stay inside data (16 KiB).
+        let r = unsafe {
+            bpf_probe_read_user(
+                data.add(plen & (PATH_MAX - 1)).cast(),
+                want as u32,
+                arg_start as *const _,
+            )
+        };
+        if r == 0 {
+            alen = want;
+        } else {
+            ev.flags |= exec_flags::ARGS_ERROR;
+        }
+    }
+
+    // The working directory: task->fs->pwd.
+    let mut clen = 0usize;
+    let cwd = read_ptr(task, off!(task_fs))
+        .and_then(|fs| path::resolve(fs.wrapping_add(off!(fs_pwd) as usize), pbuf));
+    match cwd {
+        Ok(r) => {
+            clen = r.len() & (PATH_MAX - 1);
+            if r.truncated {
+                ev.flags |= exec_flags::CWD_TRUNCATED;
+            }
+            let at = (plen + alen) & (2 * PATH_MAX - 1);
+            unsafe { copy_from(data, at, &pbuf.buf, r.start, clen) };
+        }
+        Err(_) => ev.flags |= exec_flags::CWD_ERROR,
+    }
+    ev.path_len = plen as u32;
+    ev.args_len = alen as u32;
+    ev.cwd_len = clen as u32;
+
+    let size = (HEADER + plen + alen + clen) & (EXEC_DATA_CAP - 1);
+    // SAFETY: size < the scratch record's size.
+    let r = unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), scratch.cast(), size as u64, 0) };
+    if r != 0 {
+        count_lost(kind::EXEC);
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes of a resolved path from `src[start..]` to `dst[at..]`.
+///
+/// # Safety
+/// `at < 2 * PATH_MAX` and `len < PATH_MAX`, so the write stays in the record.
+#[inline(always)]
+unsafe fn copy_from(dst: *mut u8, at: usize, src: &[u8; PATH_MAX + 256], start: usize, len: usize) {
+    unsafe {
+        bpf_probe_read_kernel(
+            dst.add(at).cast(),
+            (len & (PATH_MAX - 1)) as u32,
+            src.as_ptr().add(start & (PATH_MAX - 1)).cast(),
+        );
+    }
+}

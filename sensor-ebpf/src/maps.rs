@@ -1,0 +1,127 @@
+//! Maps and globals shared with the daemon. Names are part of the contract with
+//! `sensor::load`.
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use sensor_common::{
+    Config, ExecEvent, ExecSelector, KernelOffsets, ProcState, MAX_SELECTORS, PATH_MAX,
+    STR_KEY_LEN,
+};
+
+/// Set by the loader from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_mm: 0,
+    task_fs: 0,
+    task_signal: 0,
+    task_exit_code: 0,
+    mm_exe_file: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    file_f_path: 0,
+    path_dentry: 0,
+    path_mnt: 0,
+    fs_pwd: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    vfsmount_mnt_root: 0,
+    signal_live: 0,
+    _pad: 0,
+};
+
+/// Every record to userspace. Resized by the loader.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Records that did not fit in `EVENTS`, indexed by record kind.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static EXEC_SELECTORS: Array<ExecSelector> =
+    Array::with_max_entries(MAX_SELECTORS as u32, 0);
+
+/// Exact string values: key = selector, slot, string (zero padded).
+#[map]
+pub static STR_EQUAL: HashMap<[u8; STR_KEY_LEN], u8> = HashMap::with_max_entries(8192, 0);
+
+/// Prefix values, longest-prefix matched.
+#[map]
+pub static STR_PREFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entries(8192, 0);
+
+/// Postfix values, reversed, longest-prefix matched against the reversed string.
+#[map]
+pub static STR_POSTFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entries(8192, 0);
+
+/// Policy state of every known process, by tgid.
+#[map]
+pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cgroup ids under which policies act when `Config::scoped` is set.
+#[map]
+pub static SCOPE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Room to build a path backwards: components are prepended from `PATH_MAX`
+/// down, and the slack lets a masked offset plus a bounded length stay inside.
+#[repr(C)]
+pub struct PathScratch {
+    pub buf: [u8; PATH_MAX + 256],
+}
+
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of variable data an exec record can hold, plus masking slack.
+pub const EXEC_DATA_CAP: usize = 16384;
+
+/// An exec record being assembled: header, then path, arguments and cwd.
+#[repr(C)]
+pub struct ExecScratch {
+    pub event: ExecEvent,
+    pub data: [u8; EXEC_DATA_CAP],
+}
+
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// String lookup keys: forward and reversed binary path. Slack after each key
+/// lets bounded copies land without exact-size proofs.
+#[repr(C)]
+pub struct KeyScratch {
+    pub forward: Key<[u8; STR_KEY_LEN]>,
+    pub _slack1: [u8; 256],
+    pub reversed: Key<[u8; STR_KEY_LEN]>,
+    pub _slack2: [u8; 256],
+}
+
+#[map]
+pub static KEY_SCRATCH: PerCpuArray<KeyScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts a record that the ring buffer had no room for.
+#[inline(always)]
+pub fn count_lost(kind: u32) {
+    if let Some(p) = LOST.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// State of the path walk loop (see `path::Walk`).
+#[map]
+pub static WALK: PerCpuArray<crate::path::Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the selector loop (see `reflex::Eval`).
+#[map]
+pub static EVAL: PerCpuArray<crate::reflex::Eval> = PerCpuArray::with_max_entries(1, 0);

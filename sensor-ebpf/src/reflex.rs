@@ -1,0 +1,240 @@
+//! The exec reflex: evaluates compiled selectors against the binary being
+//! executed and the image that executed it, in the kernel, so that a Sigkill is
+//! sent before the new image runs one instruction.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_send_signal,
+    generated::{bpf_loop, bpf_probe_read_kernel},
+};
+use sensor_common::{
+    match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_CGROUP_LEVEL, MAX_SELECTORS,
+    MAX_VALUE_LEN, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
+};
+
+use crate::maps::{
+    EVAL, PathScratch, EXEC_SELECTORS, KEY_SCRATCH, PROCS, SCOPE_CGROUPS, STR_EQUAL,
+    STR_POSTFIX, STR_PREFIX,
+};
+
+/// What the reflex decided for one exec.
+pub struct Verdict {
+    pub hits: u64,
+    pub signal: u32,
+}
+
+/// Lookup keys for one path: forward and reversed (in `KEY_SCRATCH`), and
+/// the path's length.
+#[repr(C)]
+pub struct Keys {
+    len: u64,
+}
+
+impl Keys {
+    /// Builds the keys from the path in `buf[start..PATH_MAX]`.
+    fn build(path: &PathScratch, start: usize, need_reversed: bool) -> Option<Keys> {
+        let scratch = KEY_SCRATCH.get_ptr_mut(0)?;
+        let len = PATH_MAX - start;
+        // SAFETY: per-CPU scratch owned by this program run.
+        let k = unsafe { &mut *scratch };
+        zero(&mut k.forward.data);
+        let n = if len > MAX_VALUE_LEN { MAX_VALUE_LEN } else { len };
+        // SAFETY: n <= 254 fits data[2..]; the source is our path buffer.
+        unsafe {
+            bpf_probe_read_kernel(
+                k.forward.data.as_mut_ptr().add(STR_KEY_HEADER).cast(),
+                (n & 0xff) as u32,
+                path.buf.as_ptr().add(start & (PATH_MAX - 1)).cast(),
+            );
+        }
+        if need_reversed {
+            // Unconditional: bytes past the path are ignored by the LPM
+            // lookup (its prefix length stops at the path's end), and a
+            // branch-free copy is cheap for the verifier.
+            for i in 0..MAX_VALUE_LEN {
+                k.reversed.data[STR_KEY_HEADER + i] = path.buf[PATH_MAX - 1 - i];
+            }
+        }
+        Some(Keys { len: len as u64 })
+    }
+
+    /// Whether the path is in the value set of (selector, slot) under `kind`.
+    fn contains(&self, kind: u8, selector: u8, slot: u8) -> bool {
+        let Some(k) = KEY_SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: per-CPU scratch owned by this program run.
+        let k = unsafe { &mut *k };
+        let len = self.len as usize;
+        let n = if len > MAX_VALUE_LEN { MAX_VALUE_LEN } else { len };
+        let bits = ((STR_KEY_HEADER + n) * 8) as u32;
+        match kind {
+            match_kind::EQUAL => {
+                if len > MAX_VALUE_LEN {
+                    return false;
+                }
+                k.forward.data[0] = selector;
+                k.forward.data[1] = slot;
+                // SAFETY: the value is a plain u8 we only test for presence.
+                unsafe { STR_EQUAL.get(&k.forward.data).is_some() }
+            }
+            match_kind::PREFIX => {
+                k.forward.data[0] = selector;
+                k.forward.data[1] = slot;
+                k.forward.prefix_len = bits;
+                STR_PREFIX.get(&k.forward).is_some()
+            }
+            match_kind::POSTFIX => {
+                k.reversed.data[0] = selector;
+                k.reversed.data[1] = slot;
+                k.reversed.prefix_len = bits;
+                STR_POSTFIX.get(&k.reversed).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    fn matches(&self, f: StrFilter, selector: u8, slot: u8) -> bool {
+        self.contains(f.kind, selector, slot) != (f.negate != 0)
+    }
+}
+
+fn zero(data: &mut [u8; 256]) {
+    let p = data.as_mut_ptr() as *mut u32;
+    for i in 0..64 {
+        // SAFETY: 64 u32 words cover the 256-byte array, which sits at a
+        // 4-byte aligned offset of the key.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+    }
+}
+
+/// Whether the current task is under one of the scope cgroups.
+fn in_scope(cfg: &Config) -> bool {
+    if cfg.scoped == 0 {
+        return true;
+    }
+    for level in 0..MAX_CGROUP_LEVEL {
+        // SAFETY: helper without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: presence test on a u8 value.
+        if unsafe { SCOPE_CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// State carried through the selector loop. It lives in a map so that the
+/// verifier checks the loop body once (map values are unknown to it), and
+/// its work does not grow with the number of selectors.
+#[repr(C)]
+pub struct Eval {
+    keys: Keys,
+    n: u64,
+    scoped_in: u64,
+    caller: ProcState,
+    state: ProcState,
+    hooks_done: u64,
+    hits: u64,
+    signal: u32,
+    _pad: u32,
+}
+
+/// One selector; returns 1 to stop the loop.
+extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(e) = EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let e = unsafe { &mut *e };
+    let s = index as u32 & (MAX_SELECTORS as u32 - 1);
+    if index >= e.n {
+        return 1;
+    }
+    let Some(sel) = EXEC_SELECTORS.get(s) else {
+        return 1;
+    };
+    let sel_id = s as u8;
+    let bit = 1u64 << s;
+    if sel.binaries.kind != match_kind::NONE
+        && e.keys.contains(sel.binaries.kind, sel_id, SLOT_BINARIES)
+    {
+        e.state.bin_in |= bit;
+    }
+    let hook_bit = 1u64 << (sel.hook & 63);
+    if e.scoped_in == 0 || e.hooks_done & hook_bit != 0 {
+        return 0;
+    }
+    if sel.binaries.kind != match_kind::NONE {
+        let member = if sel.binaries_of_new_image != 0 {
+            e.state.bin_in | e.state.follow
+        } else {
+            e.caller.bin_in | if sel.follow != 0 { e.caller.follow } else { 0 }
+        };
+        if (member & bit != 0) == (sel.binaries.negate != 0) {
+            return 0;
+        }
+    }
+    for a in 0..MAX_ARG_FILTERS {
+        if a >= sel.n_args as usize {
+            break;
+        }
+        if !e.keys.matches(sel.args[a], sel_id, (a + 1) as u8) {
+            return 0;
+        }
+    }
+    e.hooks_done |= hook_bit;
+    e.hits |= bit;
+    if sel.signal != 0 && e.signal != 9 {
+        e.signal = sel.signal;
+    }
+    0
+}
+
+/// Evaluates every exec selector for `tgid` executing the path in
+/// `path.buf[start..]`, updates the process's policy state, and signals the
+/// current task when a matching selector says so.
+#[inline(always)]
+pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Verdict {
+    let n = cfg.n_selectors as u64;
+    if n == 0 {
+        return Verdict { hits: 0, signal: 0 };
+    }
+    // SAFETY: ProcState is plain data.
+    let caller: ProcState = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
+    let Some(keys) = Keys::build(path, start, cfg.need_reversed != 0) else {
+        return Verdict { hits: 0, signal: 0 };
+    };
+    let Some(ep) = EVAL.get_ptr_mut(0) else {
+        return Verdict { hits: 0, signal: 0 };
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let e = unsafe { &mut *ep };
+    *e = Eval {
+        keys,
+        n,
+        scoped_in: in_scope(cfg) as u64,
+        caller,
+        state: ProcState { bin_in: 0, follow: caller.follow | (caller.bin_in & cfg.follow_mask) },
+        hooks_done: 0,
+        hits: 0,
+        signal: 0,
+        _pad: 0,
+    };
+    // SAFETY: the callback reaches its state through the EVAL map.
+    unsafe { bpf_loop(MAX_SELECTORS as u32, eval_selector as *mut c_void, core::ptr::null_mut(), 0) };
+    let state = e.state;
+    if state != ProcState::default() {
+        let _ = PROCS.insert(&tgid, &state, 0);
+    } else if caller != ProcState::default() {
+        let _ = PROCS.remove(&tgid);
+    }
+    if e.signal != 0 {
+        // SAFETY: signals the current task, which is the one executing.
+        unsafe { bpf_send_signal(e.signal) };
+    }
+    Verdict { hits: e.hits, signal: e.signal }
+}

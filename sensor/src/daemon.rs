@@ -1,0 +1,154 @@
+//! The `run` command: load the kernel side, seed it from /proc, then move
+//! records from the ring buffer through the pipeline until SIGTERM or Ctrl-C,
+//! and detach everything on the way out.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::export::json::{JsonSink, RotatingFile};
+use crate::export::{CompactSink, Exporter};
+use crate::load::Kernel;
+use crate::pipeline::Pipeline;
+use crate::policy::Compiled;
+use crate::process::{procfs, Clock, ProcessCache};
+
+/// What goes to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Json,
+    Compact,
+    None,
+}
+
+pub struct RunOptions {
+    pub node_name: String,
+    pub output: Output,
+    pub export_file: Option<PathBuf>,
+    pub export_max_bytes: u64,
+    pub export_backups: u32,
+    pub scope: Vec<PathBuf>,
+    pub ring_bytes: u32,
+    pub cache_size: usize,
+}
+
+/// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
+    })
+}
+
+/// The cgroup id of a cgroup v2 directory: its inode number.
+pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cgroup2_root().context("no cgroup2 mount")?.join(path)
+    };
+    Ok(std::fs::metadata(&full).with_context(|| format!("cgroup {}", full.display()))?.ino())
+}
+
+fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
+    let mut ex = Exporter::default();
+    match opts.output {
+        Output::Json => ex.add(Box::new(JsonSink(std::io::stdout()))),
+        Output::Compact => ex.add(Box::new(CompactSink(std::io::stdout()))),
+        Output::None => {}
+    }
+    if let Some(path) = &opts.export_file {
+        let f = RotatingFile::new(path.clone(), opts.export_max_bytes, opts.export_backups)
+            .with_context(|| format!("export file {}", path.display()))?;
+        ex.add(Box::new(f));
+        tracing::info!(path = %path.display(), "exporting JSON lines");
+    }
+    Ok(ex)
+}
+
+pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
+    let scope: Vec<u64> = opts.scope.iter().map(|p| cgroup_id(p)).collect::<Result<_, _>>()?;
+    let mut kernel = Kernel::load(opts.ring_bytes)?;
+    kernel.apply(&compiled, &scope)?;
+    kernel.attach()?;
+
+    // Processes older than the daemon: cache entries and kernel policy state.
+    let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
+    let scanned = procfs::scan(Path::new("/proc"));
+    let mut states = std::collections::HashMap::new();
+    for e in &scanned {
+        let parent = states.get(&e.ppid).copied().unwrap_or_default();
+        states.insert(e.pid, compiled.state_for(&e.binary, parent));
+    }
+    for p in procfs::processes(&scanned, &cache) {
+        cache.insert(p);
+    }
+    let seeds: Vec<_> = states.into_iter().filter(|(_, s)| *s != Default::default()).collect();
+    kernel.seed_states(&seeds)?;
+
+    let events = kernel.take_events()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
+    // long as it is registered.
+    let mut fd = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
+    let mut pipeline = Pipeline::new(cache, compiled.meta.clone(), opts.node_name.clone(), exporter(&opts)?);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tracing::info!(
+        node = %opts.node_name,
+        selectors = compiled.selectors.len(),
+        procfs = scanned.len(),
+        programs = ?kernel.program_ids(),
+        "sensor ready"
+    );
+
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    pipeline.handle(&item);
+                }
+                guard.clear_ready();
+                pipeline.exporter.flush();
+            }
+            _ = tick.tick() => report_lost(&kernel, &mut pipeline),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Drain what the kernel wrote before the signal.
+    let rb = fd.get_mut();
+    while let Some(item) = rb.next() {
+        pipeline.handle(&item);
+    }
+    pipeline.exporter.flush();
+    report_lost(&kernel, &mut pipeline);
+    drop(fd);
+    drop(kernel);
+    let _ = std::io::stdout().flush();
+    tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses, "sensor stopped, programs detached");
+    Ok(())
+}
+
+/// Reads the kernel's lost-record counters and warns when they grew.
+fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
+    match kernel.lost() {
+        Ok(counts) => {
+            for (kind, n) in counts {
+                let before = pipeline.metrics.lost.insert(kind, n).unwrap_or(0);
+                if n > before {
+                    tracing::warn!(kind, lost = n - before, total = n, "ring buffer full: records lost");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading lost counters"),
+    }
+}

@@ -1,0 +1,126 @@
+//! Ring buffer records to typed values. Every length the kernel wrote is
+//! checked against the record before it is trusted.
+use sensor_common::{kind, ExecEvent, ExitEvent, ForkEvent};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Exec(ExecRecord),
+    Fork(ForkEvent),
+    Exit(ExitEvent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecRecord {
+    pub header: ExecEvent,
+    pub path: String,
+    /// argv, argv\[0\] included.
+    pub args: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short for kind {kind}")]
+    Short { kind: u32, len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("exec record lengths ({path}+{args}+{cwd}) exceed its {len} data bytes")]
+    Lengths { path: usize, args: usize, cwd: usize, len: usize },
+}
+
+/// Reads a plain-data `T` from the front of `bytes`.
+fn read<T: Copy>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind, len: bytes.len() });
+    }
+    // SAFETY: the length is checked, and T is one of the #[repr(C)] integer-only
+    // records of sensor-common, for which every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let kind = read::<u32>(0, bytes)?;
+    match kind {
+        kind::EXEC => {
+            let header: ExecEvent = read(kind, bytes)?;
+            let data = &bytes[size_of::<ExecEvent>()..];
+            let (p, a, c) = (
+                header.path_len as usize,
+                header.args_len as usize,
+                header.cwd_len as usize,
+            );
+            if p + a + c > data.len() {
+                return Err(DecodeError::Lengths { path: p, args: a, cwd: c, len: data.len() });
+            }
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let args = data[p..p + a]
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(text)
+                .collect();
+            Ok(Record::Exec(ExecRecord {
+                header,
+                path: text(&data[..p]),
+                args,
+                cwd: text(&data[p + a..p + a + c]),
+            }))
+        }
+        kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
+        kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_bytes(path: &[u8], args: &[u8], cwd: &[u8], claim_extra: u32) -> Vec<u8> {
+        let h = ExecEvent {
+            kind: kind::EXEC,
+            pid: 7,
+            tid: 7,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            ktime: 5,
+            cgroup_id: 9,
+            hits: 0,
+            signal: 0,
+            flags: 0,
+            path_len: path.len() as u32,
+            args_len: args.len() as u32 + claim_extra,
+            cwd_len: cwd.len() as u32,
+            comm: [0; 16],
+            _pad: 0,
+        };
+        // SAFETY: viewing a repr(C) value as bytes.
+        let mut v = unsafe {
+            std::slice::from_raw_parts((&h as *const ExecEvent).cast::<u8>(), size_of::<ExecEvent>())
+        }
+        .to_vec();
+        v.extend_from_slice(path);
+        v.extend_from_slice(args);
+        v.extend_from_slice(cwd);
+        v
+    }
+
+    #[test]
+    fn exec_record_splits_path_args_and_cwd() {
+        let b = exec_bytes(b"/bin/echo", b"echo\0a b\0c\0", b"/tmp", 0);
+        let Record::Exec(e) = decode(&b).unwrap() else { panic!("not exec") };
+        assert_eq!(e.path, "/bin/echo");
+        assert_eq!(e.args, vec!["echo", "a b", "c"]);
+        assert_eq!(e.cwd, "/tmp");
+        assert_eq!(e.header.pid, 7);
+    }
+
+    #[test]
+    fn lying_lengths_and_short_records_are_errors() {
+        let b = exec_bytes(b"/bin/echo", b"x\0", b"/", 100);
+        assert!(matches!(decode(&b), Err(DecodeError::Lengths { .. })));
+        assert_eq!(decode(&[2, 0, 0, 0]), Err(DecodeError::Short { kind: 2, len: 4 }));
+        assert_eq!(decode(&[77, 0, 0, 0]), Err(DecodeError::UnknownKind(77)));
+        assert!(matches!(decode(&[1]), Err(DecodeError::Short { .. })));
+    }
+}

@@ -1,0 +1,205 @@
+//! Tetragon's event schema (`api/v1/tetragon`): the protojson form of
+//! `GetEventsResponse`, so existing pipelines read this sensor's output. Field
+//! names, enum strings and omission of empty fields follow protojson.
+use serde::{Deserialize, Serialize};
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// One JSON line: exactly one event plus `node_name` and `time`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub event: Event,
+    pub node_name: String,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    ProcessExec(ProcessExec),
+    ProcessExit(ProcessExit),
+    ProcessKprobe(ProcessKprobe),
+    ProcessLsm(ProcessLsm),
+    ProcessTracepoint(ProcessTracepoint),
+}
+
+/// Tetragon's `Process` message, with the fields this sensor fills.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub exec_id: String,
+    pub pid: u32,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
+    pub binary: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arguments: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub flags: String,
+    pub start_time: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent_exec_id: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessExec {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessExit {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signal: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status: u32,
+    pub time: String,
+}
+
+/// `KprobeArgument`: one of its `*_arg` fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Argument {
+    StringArg(String),
+    LinuxBinprmArg(BinprmArg),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BinprmArg {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessKprobe {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Argument>,
+    pub action: String,
+    pub policy_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessLsm {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    pub function_name: String,
+    pub policy_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Argument>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessTracepoint {
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    pub subsys: String,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Argument>,
+    pub policy_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl Event {
+    /// The process the event is about.
+    pub fn process(&self) -> &Process {
+        match self {
+            Event::ProcessExec(e) => &e.process,
+            Event::ProcessExit(e) => &e.process,
+            Event::ProcessKprobe(e) => &e.process,
+            Event::ProcessLsm(e) => &e.process,
+            Event::ProcessTracepoint(e) => &e.process,
+        }
+    }
+}
+
+/// Tetragon's `KprobeAction` enum strings.
+pub fn action_name(signal: Option<u32>) -> &'static str {
+    match signal {
+        Some(9) => "KPROBE_ACTION_SIGKILL",
+        Some(_) => "KPROBE_ACTION_SIGNAL",
+        None => "KPROBE_ACTION_POST",
+    }
+}
+
+/// The name Tetragon gives a signal in `process_exit.signal`.
+pub fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_serialises_as_protojson() {
+        let e = Envelope {
+            event: Event::ProcessExit(ProcessExit {
+                process: Process {
+                    exec_id: "bm9kZToxOjI=".into(),
+                    pid: 2,
+                    binary: "/usr/bin/curl".into(),
+                    start_time: "2026-01-01T00:00:00Z".into(),
+                    ..Default::default()
+                },
+                parent: None,
+                signal: signal_name(9),
+                status: 0,
+                time: "2026-01-01T00:00:01Z".into(),
+            }),
+            node_name: "node".into(),
+            time: "2026-01-01T00:00:01Z".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["process_exit"]["signal"], "SIGKILL");
+        assert!(v["process_exit"].get("status").is_none(), "zero status is omitted");
+        assert_eq!(v["process_exit"]["process"]["binary"], "/usr/bin/curl");
+        assert_eq!(v["node_name"], "node");
+        let back: Envelope = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn kprobe_args_use_tetragon_field_names() {
+        let a = serde_json::to_value(Argument::LinuxBinprmArg(BinprmArg { path: "/x".into() })).unwrap();
+        assert_eq!(a, serde_json::json!({"linux_binprm_arg": {"path": "/x"}}));
+        assert_eq!(action_name(Some(9)), "KPROBE_ACTION_SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+    }
+}

@@ -1,0 +1,180 @@
+//! Loading the kernel side: pre-flight checks, struct offsets from BTF, the
+//! embedded eBPF object, attaching the programs, and writing compiled policy
+//! into the kernel's maps. Dropping [`Kernel`] detaches and frees everything.
+pub mod btf;
+mod mounts;
+
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use sensor_common::{Config, ExecSelector, ProcState, STR_KEY_LEN};
+
+use crate::policy::Compiled;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
+/// (empty when it was not built).
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("sensor must run as root: it loads eBPF programs")]
+    NotRoot,
+    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing); a kernel with CONFIG_DEBUG_INFO_BTF=y is needed")]
+    NoBtf,
+    #[error("this binary was built without the eBPF object; run `cargo xtask build-ebpf` and rebuild")]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("eBPF object lacks {0}")]
+    Missing(&'static str),
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+/// The loaded, attached kernel side.
+pub struct Kernel {
+    ebpf: Ebpf,
+}
+
+/// Record kinds the `LOST` counters are indexed by, with their names.
+pub const LOST_KINDS: [(u32, &str); 3] = [
+    (sensor_common::kind::EXEC, "exec"),
+    (sensor_common::kind::FORK, "fork"),
+    (sensor_common::kind::EXIT, "exit"),
+];
+
+impl Kernel {
+    /// Checks the environment, loads the object with this kernel's offsets
+    /// and a ring buffer of `ring_bytes`. Nothing is attached yet.
+    pub fn load(ring_bytes: u32) -> Result<Kernel, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(LoadError::NoBtf);
+        }
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        mounts::ensure()?;
+        let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
+        let ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(OBJECT)?;
+        Ok(Kernel { ebpf })
+    }
+
+    /// Attaches fork and exit before exec so that no process the exec
+    /// program sees is missing its lineage.
+    pub fn attach(&mut self) -> Result<(), LoadError> {
+        let p: &mut RawTracePoint = self.program("snsr_fork")?;
+        p.load().map_err(|source| LoadError::Program { name: "snsr_fork", source })?;
+        p.attach("sched_process_fork").map_err(|source| LoadError::Program { name: "snsr_fork", source })?;
+        for (name, tp) in [("snsr_exit", "sched_process_exit"), ("snsr_exec", "sched_process_exec")] {
+            let p: &mut TracePoint = self.program(name)?;
+            p.load().map_err(|source| LoadError::Program { name, source })?;
+            p.attach("sched", tp).map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let p = self.ebpf.program_mut(name).ok_or(LoadError::Missing(name))?;
+        p.try_into().map_err(|source| LoadError::Program { name, source })
+    }
+
+    /// Kernel ids of the loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect()
+    }
+
+    /// The ring buffer, taken out once for the reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let m = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("EVENTS"))?;
+        RingBuf::try_from(m).map_err(map_err("EVENTS"))
+    }
+
+    /// Writes compiled policy and the enforcement scope. Tables are written
+    /// before the selector count, so the programs never see a partial set.
+    pub fn apply(&mut self, c: &Compiled, scope: &[u64]) -> Result<(), LoadError> {
+        let mut equal: HashMap<_, [u8; STR_KEY_LEN], u8> =
+            HashMap::try_from(self.map_mut("STR_EQUAL")?).map_err(map_err("STR_EQUAL"))?;
+        for k in &c.equal {
+            equal.insert(k, 1, 0).map_err(map_err("STR_EQUAL"))?;
+        }
+        for (name, entries) in [("STR_PREFIX", &c.prefix), ("STR_POSTFIX", &c.postfix)] {
+            let mut trie: LpmTrie<_, [u8; STR_KEY_LEN], u8> =
+                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (bits, k) in entries {
+                trie.insert(&Key::new(*bits, *k), 1, 0).map_err(map_err(name))?;
+            }
+        }
+        let mut sels: Array<_, ExecSelector> =
+            Array::try_from(self.map_mut("EXEC_SELECTORS")?).map_err(map_err("EXEC_SELECTORS"))?;
+        for (i, s) in c.selectors.iter().enumerate() {
+            sels.set(i as u32, s, 0).map_err(map_err("EXEC_SELECTORS"))?;
+        }
+        let mut cg: HashMap<_, u64, u8> =
+            HashMap::try_from(self.map_mut("SCOPE_CGROUPS")?).map_err(map_err("SCOPE_CGROUPS"))?;
+        for id in scope {
+            cg.insert(id, 1, 0).map_err(map_err("SCOPE_CGROUPS"))?;
+        }
+        let config = Config { scoped: !scope.is_empty() as u32, ..c.config };
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        cfg.set(0, config, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Seeds the policy state of processes found in /proc. A state the exec
+    /// program already wrote is newer and is kept.
+    pub fn seed_states(&mut self, states: &[(u32, ProcState)]) -> Result<(), LoadError> {
+        let mut procs: HashMap<_, u32, ProcState> =
+            HashMap::try_from(self.map_mut("PROCS")?).map_err(map_err("PROCS"))?;
+        for (pid, st) in states {
+            match procs.insert(pid, st, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_err("PROCS")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records lost to a full ring buffer so far, per kind.
+    pub fn lost(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
+        let m = self.ebpf.map("LOST").ok_or(LoadError::Missing("LOST"))?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(m).map_err(map_err("LOST"))?;
+        LOST_KINDS
+            .iter()
+            .map(|&(k, name)| {
+                let v = lost.get(&k, 0).map_err(map_err("LOST"))?;
+                Ok((name, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))
+    }
+}

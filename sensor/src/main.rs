@@ -1,0 +1,242 @@
+//! `sensor`: the daemon and its CLI. The command line lives here; each stage
+//! of the pipeline has its own module: `load` (kernel side), `decode`,
+//! `process` (cache and /proc scan), `policy`, `pipeline`, `export`,
+//! `metrics`, and `daemon`, which runs them.
+mod daemon;
+mod decode;
+mod export;
+mod load;
+mod metrics;
+mod pipeline;
+mod policy;
+mod process;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use daemon::{Output, RunOptions};
+use policy::{Compiled, Loaded, PolicyError};
+
+#[derive(Parser)]
+#[command(name = "sensor", version, about = "A network immune system for Kubernetes nodes")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sensor on this node.
+    Run(RunArgs),
+    /// Work with reflex policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Print JSON lines (a file, or stdin) as compact lines.
+    Compact {
+        /// File of JSON lines; stdin when absent or "-".
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files without loading anything.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A TracingPolicy file (repeatable).
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    /// A directory of policies; `policies` when no --policy is given.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// What goes to stdout.
+    #[arg(long, value_enum, default_value = "json")]
+    output: Output,
+    /// Also write JSON lines to this file, rotated by size.
+    #[arg(long)]
+    export_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    export_file_max_size_mb: u64,
+    #[arg(long, default_value_t = 5)]
+    export_file_max_backups: u32,
+    /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
+    /// relative paths are under the cgroup2 mount.
+    #[arg(long = "enforce-cgroup")]
+    enforce_cgroups: Vec<PathBuf>,
+    /// Node name in exec_ids and events; NODE_NAME or the hostname otherwise.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Ring buffer size in bytes (a power of two).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    ring_buffer_size: u32,
+    /// Processes kept in the cache, exited ones evicted first.
+    #[arg(long, default_value_t = 65536)]
+    process_cache_size: usize,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn node_name(arg: Option<String>) -> String {
+    arg.or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Loads the policies a run asks for.
+fn load_policies(args: &RunArgs) -> Result<Loaded, PolicyError> {
+    let mut loaded = Loaded::default();
+    for f in &args.policies {
+        policy::load_file(f, &mut loaded)?;
+    }
+    match (&args.policy_dir, args.policies.is_empty()) {
+        (Some(dir), _) => policy::load_dir(dir, &mut loaded)?,
+        (None, true) => {
+            let dir = PathBuf::from("policies");
+            if dir.is_dir() {
+                policy::load_dir(&dir, &mut loaded)?;
+            } else {
+                tracing::warn!("no --policy given and no ./policies directory: no reflexes loaded");
+            }
+        }
+        (None, false) => {}
+    }
+    Ok(loaded)
+}
+
+fn policy_failure(e: &PolicyError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let compiled = match load_policies(&args).and_then(|l| {
+        for (file, kind) in &l.skipped {
+            tracing::info!(file = %file.display(), kind, "not a reflex policy (enforced by Cilium); skipped");
+        }
+        for (file, p) in &l.policies {
+            tracing::info!(file = %file.display(), policy = %p.name, hooks = p.hooks.len(), "policy loaded");
+        }
+        Compiled::new(&l.policies)
+    }) {
+        Ok(c) => c,
+        Err(e) => return policy_failure(&e),
+    };
+    for name in &compiled.inactive {
+        tracing::warn!(policy = %name, "TracingPolicyNamespaced needs pod context, which this sensor does not have yet: it acts on no process");
+    }
+    let opts = RunOptions {
+        node_name: node_name(args.node_name),
+        output: args.output,
+        export_file: args.export_file,
+        export_max_bytes: args.export_file_max_size_mb.max(1) * 1024 * 1024,
+        export_backups: args.export_file_max_backups,
+        scope: args.enforce_cgroups,
+        ring_bytes: args.ring_buffer_size,
+        cache_size: args.process_cache_size,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon::run(opts, compiled)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut loaded = Loaded::default();
+    for f in files {
+        if let Err(e) = policy::load_file(f, &mut loaded) {
+            return policy_failure(&e);
+        }
+    }
+    if let Err(e) = Compiled::new(&loaded.policies) {
+        return policy_failure(&e);
+    }
+    for (file, p) in &loaded.policies {
+        let selectors: usize = p.hooks.iter().map(|h| h.selectors.len()).sum();
+        println!("ok: {}: {} ({} hooks, {selectors} selectors)", file.display(), p.name, p.hooks.len());
+    }
+    for (file, kind) in &loaded.skipped {
+        println!("ok: {}: {kind} (for Cilium, not loaded by the sensor)", file.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn compact(file: Option<PathBuf>) -> ExitCode {
+    let input: Box<dyn BufRead> = match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => match std::fs::File::open(&f) {
+            Ok(h) => Box::new(std::io::BufReader::new(h)),
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut bad = 0usize;
+    for (n, line) in input.lines().enumerate() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<export::Envelope>(&line) {
+            Ok(e) => {
+                if writeln!(out, "{}", export::compact::line(&e)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("line {}: not an event: {e}", n + 1);
+            }
+        }
+    }
+    if bad > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Policy { command: PolicyCommand::Check { files } } => check(&files),
+        Command::Compact { file } => compact(file),
+    }
+}

@@ -1,0 +1,147 @@
+//! Reflex policies in Tetragon's `TracingPolicy` format: reading files
+//! (`files`), turning the YAML schema (`raw`) into a [`Policy`] whose invalid
+//! states cannot be built (`parse`), and compiling loaded policies into the
+//! kernel's selector tables (`compile`).
+mod compile;
+mod files;
+mod parse;
+mod raw;
+
+pub use compile::{Compiled, SelectorMeta};
+pub use files::{load_dir, load_file, Loaded};
+
+use std::path::PathBuf;
+
+use sensor_common::{match_kind, StrFilter, MAX_VALUE_LEN};
+
+/// Limits a policy must respect; the README lists them.
+pub mod limits {
+    /// Tetragon's limit of selectors per hook.
+    pub const SELECTORS_PER_HOOK: usize = 5;
+    /// Values in one matchBinaries or matchArgs entry.
+    pub const VALUES_PER_FILTER: usize = 256;
+    pub use sensor_common::{MAX_ARG_FILTERS, MAX_VALUE_LEN};
+}
+
+/// A policy file that cannot be loaded: the file, the field path in it and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub field: String,
+    pub reason: String,
+}
+
+/// A parsed reflex policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// `Some` for `TracingPolicyNamespaced`.
+    pub namespace: Option<String>,
+    pub hooks: Vec<Hook>,
+}
+
+/// Where a hook attaches, as the policy named it; it decides the event type
+/// (`process_kprobe`, `process_lsm`, `process_tracepoint`) and `function_name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookPoint {
+    Kprobe { function: String },
+    Lsm { hook: String },
+    Tracepoint { subsystem: String, event: String },
+}
+
+/// How the binary path appears in the event's `args`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathArgType {
+    LinuxBinprm,
+    String,
+}
+
+/// One hook of a policy, mapped onto the exec reflex.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub point: HookPoint,
+    /// Whether matchBinaries tests the image after exec (a tracepoint there).
+    pub binaries_of_new_image: bool,
+    /// The path argument, when the policy declares it.
+    pub path_arg: Option<PathArgType>,
+    pub selectors: Vec<Selector>,
+    pub message: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A string operator with its value set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrOp {
+    Equal,
+    NotEqual,
+    Prefix,
+    NotPrefix,
+    Postfix,
+    NotPostfix,
+}
+
+impl StrOp {
+    pub fn filter(self) -> StrFilter {
+        let (kind, negate) = match self {
+            StrOp::Equal => (match_kind::EQUAL, 0),
+            StrOp::NotEqual => (match_kind::EQUAL, 1),
+            StrOp::Prefix => (match_kind::PREFIX, 0),
+            StrOp::NotPrefix => (match_kind::PREFIX, 1),
+            StrOp::Postfix => (match_kind::POSTFIX, 0),
+            StrOp::NotPostfix => (match_kind::POSTFIX, 1),
+        };
+        StrFilter { kind, negate }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrMatch {
+    pub op: StrOp,
+    pub values: Vec<String>,
+}
+
+impl StrMatch {
+    /// Whether the value set contains `path` under this operator, ignoring
+    /// negation: the same test the kernel makes, including its view of at most
+    /// the first (Prefix) or last (Postfix) `MAX_VALUE_LEN` bytes.
+    pub fn contains(&self, path: &str) -> bool {
+        let p = path.as_bytes();
+        let n = p.len().min(MAX_VALUE_LEN);
+        self.values.iter().any(|v| {
+            let v = v.as_bytes();
+            match self.op {
+                StrOp::Equal | StrOp::NotEqual => p.len() <= MAX_VALUE_LEN && p == v,
+                StrOp::Prefix | StrOp::NotPrefix => p[..n].starts_with(v),
+                StrOp::Postfix | StrOp::NotPostfix => p[p.len() - n..].ends_with(v),
+            }
+        })
+    }
+
+    pub fn negated(&self) -> bool {
+        self.op.filter().negate != 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryMatch {
+    pub set: StrMatch,
+    pub follow_children: bool,
+}
+
+/// What a matching selector does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    /// Emit a policy event (false only for NoPost).
+    pub post: bool,
+    /// Signal sent in the kernel, if any (Sigkill = 9).
+    pub signal: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub binaries: Option<BinaryMatch>,
+    /// Filters on the binary path, ANDed.
+    pub path: Vec<StrMatch>,
+    pub actions: Actions,
+}

@@ -1,0 +1,265 @@
+//! The process cache: every known process by exec_id, the current one by pid,
+//! and parent links, so that each event carries its `process` and `parent`.
+//! Processes older than the daemon come from a /proc scan (`procfs`). Exited
+//! processes stay until the cache is over capacity, oldest exit first, so late
+//! events and children still find them.
+pub mod clock;
+pub mod procfs;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use base64::Engine;
+use sensor_common::{exec_flags, ExitEvent, ForkEvent};
+
+use crate::decode::ExecRecord;
+use crate::export::event::Process;
+pub use clock::Clock;
+
+/// Tetragon's process id: base64 of `node:start_ktime:pid`, stable across
+/// daemon restarts because every part comes from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExecId(String);
+
+impl ExecId {
+    pub fn new(node: &str, ktime: u64, pid: u32) -> Self {
+        ExecId(base64::engine::general_purpose::STANDARD.encode(format!("{node}:{ktime}:{pid}")))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A process and its parent, as events show them.
+pub type Lineage = (Arc<Process>, Option<Arc<Process>>);
+
+pub struct ProcessCache {
+    node: String,
+    clock: Clock,
+    entries: HashMap<String, Arc<Process>>,
+    by_pid: HashMap<u32, String>,
+    /// exec_ids no longer current (exited or replaced by an exec), oldest first.
+    retired: VecDeque<String>,
+    capacity: usize,
+    pub misses: u64,
+}
+
+/// Tetragon joins arguments with spaces; an argument that holds whitespace or
+/// is empty is quoted so that the split stays readable.
+fn join_args(args: &[String]) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.chars().any(char::is_whitespace) {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+fn exec_flag_words(flags: u32, cwd: &str, after_clone: bool) -> String {
+    let mut words = vec!["execve"];
+    for (bit, word) in [
+        (exec_flags::PATH_TRUNCATED, "truncFilename"),
+        (exec_flags::ARGS_TRUNCATED, "truncArgs"),
+        (exec_flags::PATH_ERROR, "errorFilename"),
+        (exec_flags::ARGS_ERROR, "errorArgs"),
+        (exec_flags::CWD_ERROR, "errorCWD"),
+    ] {
+        if flags & bit != 0 {
+            words.push(word);
+        }
+    }
+    if cwd == "/" {
+        words.push("rootcwd");
+    }
+    if after_clone {
+        words.push("clone");
+    }
+    words.join(" ")
+}
+
+impl ProcessCache {
+    pub fn new(node: String, clock: Clock, capacity: usize) -> Self {
+        ProcessCache {
+            node,
+            clock,
+            entries: HashMap::new(),
+            by_pid: HashMap::new(),
+            retired: VecDeque::new(),
+            capacity,
+            misses: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn exec_id(&self, ktime: u64, pid: u32) -> ExecId {
+        ExecId::new(&self.node, ktime, pid)
+    }
+
+    pub fn by_pid(&self, pid: u32) -> Option<Arc<Process>> {
+        self.entries.get(self.by_pid.get(&pid)?).cloned()
+    }
+
+    pub fn parent_of(&self, p: &Process) -> Option<Arc<Process>> {
+        self.entries.get(&p.parent_exec_id).cloned()
+    }
+
+    /// Makes `p` the current process of its pid.
+    pub fn insert(&mut self, p: Process) -> Arc<Process> {
+        let p = Arc::new(p);
+        if let Some(old) = self.by_pid.insert(p.pid, p.exec_id.clone()) {
+            self.retired.push_back(old);
+        }
+        self.entries.insert(p.exec_id.clone(), p.clone());
+        self.evict();
+        p
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() > self.capacity {
+            match self.retired.pop_front() {
+                Some(id) => {
+                    self.entries.remove(&id);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn exec(&mut self, rec: &ExecRecord) -> Lineage {
+        let h = &rec.header;
+        let parent = self.by_pid(h.ppid);
+        let after_clone = self
+            .by_pid(h.pid)
+            .is_some_and(|p| p.flags.split(' ').any(|w| w == "clone") && !p.flags.contains("execve"));
+        let p = Process {
+            exec_id: self.exec_id(h.ktime, h.pid).0,
+            pid: h.pid,
+            uid: h.uid,
+            cwd: rec.cwd.clone(),
+            binary: rec.path.clone(),
+            arguments: join_args(rec.args.get(1..).unwrap_or_default()),
+            flags: exec_flag_words(h.flags, &rec.cwd, after_clone),
+            start_time: self.clock.rfc3339(h.ktime),
+            parent_exec_id: parent.as_ref().map(|p| p.exec_id.clone()).unwrap_or_default(),
+            tid: h.tid,
+        };
+        if parent.is_none() {
+            self.misses += 1;
+        }
+        (self.insert(p), parent)
+    }
+
+    /// A new process: it runs its parent's image until it execs.
+    pub fn fork(&mut self, ev: &ForkEvent) -> Option<Arc<Process>> {
+        let Some(parent) = self.by_pid(ev.ppid) else {
+            self.misses += 1;
+            return None;
+        };
+        let child = Process {
+            exec_id: self.exec_id(ev.ktime, ev.pid).0,
+            pid: ev.pid,
+            tid: ev.pid,
+            flags: "clone".into(),
+            start_time: self.clock.rfc3339(ev.ktime),
+            parent_exec_id: parent.exec_id.clone(),
+            ..(*parent).clone()
+        };
+        Some(self.insert(child))
+    }
+
+    /// The process that exited, retired from its pid.
+    pub fn exit(&mut self, ev: &ExitEvent) -> Option<Lineage> {
+        let Some(id) = self.by_pid.remove(&ev.pid) else {
+            self.misses += 1;
+            return None;
+        };
+        let p = self.entries.get(&id)?.clone();
+        self.retired.push_back(id);
+        let parent = self.parent_of(&p);
+        Some((p, parent))
+    }
+
+    pub fn rfc3339(&self, ktime: u64) -> String {
+        self.clock.rfc3339(ktime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_common::{kind, ExecEvent};
+
+    fn exec(pid: u32, ppid: u32, ktime: u64, path: &str) -> ExecRecord {
+        ExecRecord {
+            header: ExecEvent {
+                kind: kind::EXEC,
+                pid,
+                tid: pid,
+                ppid,
+                uid: 1000,
+                gid: 0,
+                ktime,
+                cgroup_id: 0,
+                hits: 0,
+                signal: 0,
+                flags: 0,
+                path_len: 0,
+                args_len: 0,
+                cwd_len: 0,
+                comm: [0; 16],
+                _pad: 0,
+            },
+            path: path.into(),
+            args: vec![path.into(), "a b".into(), "c".into()],
+            cwd: "/".into(),
+        }
+    }
+
+    #[test]
+    fn exec_id_is_base64_of_node_ktime_pid() {
+        assert_eq!(ExecId::new("node", 12, 34).as_str(), "bm9kZToxMjozNA==");
+    }
+
+    #[test]
+    fn fork_then_exec_links_to_the_forking_parent() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
+        let (sh, _) = c.exec(&exec(10, 1, 100, "/bin/sh"));
+        let clone = c
+            .fork(&ForkEvent { kind: kind::FORK, pid: 11, ppid: 10, _pad: 0, ktime: 200 })
+            .unwrap();
+        assert_eq!(clone.parent_exec_id, sh.exec_id);
+        assert_eq!(clone.binary, "/bin/sh");
+        let (echo, parent) = c.exec(&exec(11, 10, 300, "/bin/echo"));
+        assert_eq!(parent.unwrap().exec_id, sh.exec_id);
+        assert_eq!(echo.flags, "execve rootcwd clone");
+        assert_eq!(echo.arguments, "\"a b\" c");
+        let (gone, parent) = c
+            .exit(&ExitEvent { kind: kind::EXIT, pid: 11, tid: 11, exit_code: 0, ktime: 400 })
+            .unwrap();
+        assert_eq!(gone.exec_id, echo.exec_id);
+        assert_eq!(parent.unwrap().exec_id, sh.exec_id);
+        assert!(c.by_pid(11).is_none());
+    }
+
+    #[test]
+    fn retired_processes_are_evicted_first_and_memory_stays_bounded() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 10);
+        c.exec(&exec(1, 0, 1, "/sbin/init"));
+        for i in 0..1000u32 {
+            let pid = 100 + i;
+            c.fork(&ForkEvent { kind: kind::FORK, pid, ppid: 1, _pad: 0, ktime: 10 + i as u64 });
+            c.exec(&exec(pid, 1, 20 + i as u64, "/bin/true"));
+            c.exit(&ExitEvent { kind: kind::EXIT, pid, tid: pid, exit_code: 0, ktime: 30 });
+        }
+        assert!(c.len() <= 10, "cache holds {}", c.len());
+        assert!(c.by_pid(1).is_some(), "a live process is never evicted");
+    }
+}
