@@ -117,10 +117,6 @@ impl StrMatch {
             }
         })
     }
-
-    pub fn negated(&self) -> bool {
-        self.op.filter().negate != 0
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,9 @@ pub struct RawPolicy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Some fields are accepted for compatibility and not acted on (metadata,
+// `syscall`, `label`) or kept only so that `parse` refuses them by name.
+#[allow(dead_code)]
 pub struct RawMetadata {
     pub name: String,
     pub namespace: Option<String>,
@@ -51,6 +54,9 @@ pub struct RawSpec {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Some fields are accepted for compatibility and not acted on (metadata,
+// `syscall`, `label`) or kept only so that `parse` refuses them by name.
+#[allow(dead_code)]
 pub struct RawKprobe {
     pub call: String,
     pub syscall: Option<bool>,
@@ -99,6 +105,9 @@ pub struct RawLsmHook {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Some fields are accepted for compatibility and not acted on (metadata,
+// `syscall`, `label`) or kept only so that `parse` refuses them by name.
+#[allow(dead_code)]
 pub struct RawArg {
     pub index: u32,
     #[serde(rename = "type")]
@@ -154,6 +163,9 @@ pub struct RawMatchArg {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Some fields are accepted for compatibility and not acted on (metadata,
+// `syscall`, `label`) or kept only so that `parse` refuses them by name.
+#[allow(dead_code)]
 pub struct RawAction {
     pub action: String,
     pub arg_sig: Option<u32>,

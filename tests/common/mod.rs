@@ -1,0 +1,234 @@
+//! Shared pieces of the end-to-end tests: a cgroup of the test's own, the real
+//! daemon started against it, and readers of its JSON export.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SENSOR: &str = env!("CARGO_BIN_EXE_sensor");
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// Whether this test can run: root and a cgroup v2 mount. Prints why not.
+pub fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP {test}: needs root to load eBPF programs");
+        return false;
+    }
+    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
+        eprintln!("SKIP {test}: no cgroup v2 at {CGROUP2}");
+        return false;
+    }
+    true
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("sensor-test"));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cgroup of this test; every policy the test loads is scoped to it.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let p = Path::new(CGROUP2).join(unique("sensor-test"));
+        std::fs::create_dir(&p).expect("creating a test cgroup");
+        TestCgroup(p)
+    }
+
+    /// A command that joins this cgroup before it execs.
+    pub fn command(&self, program: &str) -> Command {
+        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").into_os_string().into_encoded_bytes())
+            .expect("cgroup path has no NUL");
+        let mut c = Command::new(program);
+        // SAFETY: only async-signal-safe calls (open, write, close) run between
+        // fork and exec; the path was allocated before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in pids.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: plain kill(2) of processes this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The sensor daemon, running with a JSON export file.
+pub struct Daemon {
+    pub child: Child,
+    pub events: PathBuf,
+    pub program_ids: Vec<u32>,
+    _dir: TempDir,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `sensor run` with `args` plus an export file, and waits until it
+    /// says it is ready.
+    pub fn start(args: &[&str]) -> Daemon {
+        let dir = TempDir::new();
+        let events = dir.path().join("events.json");
+        let mut child = Command::new(SENSOR)
+            .arg("run")
+            .args(["--output", "none", "--export-file"])
+            .arg(&events)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the sensor");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[sensor] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let program_ids = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("sensor ready") => break parse_ids(&line),
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the sensor did not become ready: {:?}", child.wait());
+                }
+            }
+        };
+        Daemon { child, events, program_ids, _dir: dir, stderr: rx }
+    }
+
+    /// Every event exported so far.
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each export line is JSON"))
+            .collect()
+    }
+
+    /// Waits up to 10 s for an event that `pred` accepts.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if Instant::now() > deadline {
+                panic!("no {what} event within 10 s; events: {:#?}", self.events());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("waiting for the sensor")
+    }
+
+    /// Log lines received so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn parse_ids(line: &str) -> Vec<u32> {
+    let Some(start) = line.find("programs=[") else { return Vec::new() };
+    let rest = &line[start + "programs=[".len()..];
+    let end = rest.find(']').unwrap_or(0);
+    rest[..end].split(',').filter_map(|s| s.trim().parse().ok()).collect()
+}
+
+/// The event body under `key` (`process_exec`, ...), if this is such an event.
+pub fn body<'a>(e: &'a Value, key: &str) -> Option<&'a Value> {
+    e.get(key)
+}
+
+/// Whether `e` is a `key` event whose process binary is `binary`.
+pub fn is(e: &Value, key: &str, binary: &str) -> bool {
+    body(e, key).is_some_and(|b| b["process"]["binary"] == binary)
+}
+
+/// The path `p` as the kernel resolves it (symlinks followed).
+pub fn resolved(p: &str) -> String {
+    std::fs::canonicalize(p).expect("path exists").to_string_lossy().into_owned()
+}
+
+/// A policy file written into `dir`.
+pub fn policy_file(dir: &TempDir, name: &str, yaml: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, yaml).expect("writing a policy");
+    p.to_string_lossy().into_owned()
+}
+
+/// The repository's `policies/` directory.
+pub fn shipped(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies").join(name).to_string_lossy().into_owned()
+}

@@ -1,0 +1,141 @@
+//! Exec, exit, lineage and the /proc scan, against the real kernel.
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use common::*;
+
+#[test]
+fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
+    if !can_run("exec_event_carries_binary_args_cwd_uid_and_lineage") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&[]);
+    let cwd = TempDir::new();
+    std::fs::set_permissions(cwd.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let marker = format!("marker-{}", std::process::id());
+    // setpriv drops to uid 65534 after the cgroup move, then execs the shell.
+    let status = cg
+        .command("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c"])
+        .arg(format!("/bin/echo {marker} 'two words' >/dev/null"))
+        .current_dir(cwd.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let echo = daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(|b| {
+            b["process"]["arguments"].as_str().is_some_and(|a| a.starts_with(&marker))
+        })
+    });
+    let p = &echo["process_exec"]["process"];
+    // /bin is a symlink on merged-/usr systems: the kernel's path is the real one.
+    assert_eq!(p["binary"], resolved("/bin/echo"));
+    assert_eq!(p["arguments"], format!("{marker} \"two words\""));
+    assert_eq!(p["cwd"], cwd.path().to_string_lossy().as_ref());
+    assert_eq!(p["uid"], 65534);
+    assert!(p["flags"].as_str().unwrap().contains("execve"));
+
+    // exec_id = base64(node:ktime:pid)
+    let raw = base64::engine::general_purpose::STANDARD.decode(p["exec_id"].as_str().unwrap()).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let parts: Vec<&str> = raw.rsplitn(3, ':').collect();
+    assert_eq!(parts[0], p["pid"].to_string());
+    assert!(parts[1].parse::<u64>().is_ok(), "{raw}");
+    assert_eq!(parts[2], echo["node_name"].as_str().unwrap());
+
+    // echo's parent is the shell; the shell's parent is this test process.
+    let parent = &echo["process_exec"]["parent"];
+    assert_eq!(parent["binary"], resolved("/bin/sh"));
+    assert_eq!(p["parent_exec_id"], parent["exec_id"]);
+    let sh = daemon.wait_for("sh exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["exec_id"] == parent["exec_id"])
+    });
+    let me = &sh["process_exec"]["parent"];
+    assert_eq!(me["pid"], std::process::id());
+    assert_eq!(sh["process_exec"]["process"]["parent_exec_id"], me["exec_id"]);
+    assert!(me["flags"].as_str().unwrap().contains("procFS"), "the test predates the daemon");
+}
+
+#[test]
+fn exit_reports_status_and_signal() {
+    if !can_run("exit_reports_status_and_signal") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&[]);
+    let status = cg.command("/bin/sh").args(["-c", "exit 3"]).status().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let mut sleeper = cg.command("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id();
+    daemon.wait_for("sleep exec", |e| body(e, "process_exec").is_some_and(|b| b["process"]["pid"] == pid));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGUSR1));
+
+    let exit3 = daemon.wait_for("exit 3", |e| {
+        body(e, "process_exit").is_some_and(|b| b["process"]["arguments"] == "-c \"exit 3\"")
+    });
+    assert_eq!(exit3["process_exit"]["status"], 3);
+    assert!(exit3["process_exit"].get("signal").is_none());
+    let killed = daemon.wait_for("sleep exit", |e| {
+        body(e, "process_exit").is_some_and(|b| b["process"]["pid"] == pid)
+    });
+    assert_eq!(killed["process_exit"]["signal"], "SIGUSR1");
+    assert_eq!(killed["process_exit"]["process"]["binary"], resolved("/bin/sleep"));
+}
+
+#[test]
+fn process_older_than_the_daemon_is_a_procfs_parent() {
+    if !can_run("process_older_than_the_daemon_is_a_procfs_parent") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    // The shell starts first and waits for a line before it runs `true`.
+    let mut sh = cg
+        .command("/bin/sh")
+        .args(["-c", "read x; /bin/true"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let daemon = Daemon::start(&[]);
+    sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(sh.wait().unwrap().success());
+    let t = daemon.wait_for("true exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["parent"]["pid"] == sh.id())
+    });
+    let parent = &t["process_exec"]["parent"];
+    assert!(parent["flags"].as_str().unwrap().contains("procFS"), "{parent}");
+    assert_eq!(parent["binary"], resolved("/bin/sh"));
+    assert_eq!(parent["arguments"], "-c \"read x; /bin/true\"");
+    assert_eq!(t["process_exec"]["process"]["parent_exec_id"], parent["exec_id"]);
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !can_run("sigterm_detaches_every_program") {
+        return;
+    }
+    let mut daemon = Daemon::start(&["--policy", &shipped("reflex.yaml")]);
+    assert_eq!(daemon.program_ids.len(), 3, "exec, fork and exit programs");
+    let loaded = || -> Vec<u32> {
+        aya::programs::loaded_programs().filter_map(|p| p.ok().map(|p| p.id())).collect()
+    };
+    let before = loaded();
+    for id in &daemon.program_ids {
+        assert!(before.contains(id), "program {id} is loaded while the daemon runs");
+    }
+    assert!(daemon.stop().success());
+    let after = loaded();
+    for id in &daemon.program_ids {
+        assert!(!after.contains(id), "program {id} still loaded after SIGTERM");
+    }
+    let out = Command::new(SENSOR).args(["policy", "check"]).arg(shipped("reflex.yaml")).output().unwrap();
+    assert!(out.status.success());
+}

@@ -1,0 +1,172 @@
+//! Bad policies: each is refused with exit status 2 and one message naming
+//! the file, the field and the reason. Needs no privileges.
+mod common;
+
+use std::process::Command;
+
+use common::{policy_file, TempDir, SENSOR};
+
+const HEAD: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad\nspec:\n";
+
+fn kprobe(selectors: &str) -> String {
+    format!(
+        "{HEAD}  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n{selectors}"
+    )
+}
+
+fn check(yaml: &str) -> (i32, String) {
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "bad.yaml", yaml);
+    let out = Command::new(SENSOR).args(["policy", "check", &file]).output().unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(msg.contains(&file), "message names the file: {msg}");
+    assert_eq!(msg.lines().count(), 1, "one message: {msg}");
+    (out.status.code().unwrap_or(-1), msg)
+}
+
+fn refused(yaml: &str, field: &str, reason: &str) {
+    let (code, msg) = check(yaml);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains(field), "names field {field}: {msg}");
+    assert!(msg.contains(reason), "says {reason}: {msg}");
+}
+
+#[test]
+fn malformed_yaml() {
+    refused(&format!("{HEAD}  kprobes: [\n"), "(yaml)", "did not find");
+}
+
+#[test]
+fn unknown_field() {
+    refused(
+        &kprobe("    - matchArgz: []\n"),
+        "spec.kprobes[0].selectors[0]",
+        "unknown field `matchArgz`",
+    );
+}
+
+#[test]
+fn unknown_operator() {
+    refused(
+        &kprobe("    - matchArgs: [{index: 0, operator: Contains, values: [x]}]\n"),
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "unknown operator `Contains`",
+    );
+}
+
+#[test]
+fn operator_that_does_not_fit_a_path() {
+    refused(
+        &kprobe("    - matchArgs: [{index: 0, operator: DAddr, values: [10.0.0.1]}]\n"),
+        "matchArgs[0].operator",
+        "does not apply to a path",
+    );
+}
+
+#[test]
+fn unknown_action() {
+    refused(
+        &kprobe("    - matchActions: [{action: Explode}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions[0].action",
+        "unknown action `Explode`",
+    );
+}
+
+#[test]
+fn override_needs_what_this_kernel_lacks() {
+    refused(
+        &kprobe("    - matchActions: [{action: Override, argError: -1}]\n"),
+        "matchActions[0].action",
+        "BPF-LSM or kprobe error injection",
+    );
+}
+
+#[test]
+fn unsupported_hook() {
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: do_sys_openat2\n    syscall: false\n"),
+        "spec.kprobes[0].call",
+        "unsupported hook `do_sys_openat2`",
+    );
+    refused(
+        &format!("{HEAD}  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_openat\n"),
+        "spec.tracepoints[0].event",
+        "unsupported tracepoint",
+    );
+    refused(&format!("{HEAD}  uprobes: []\n"), "spec.uprobes", "not supported");
+}
+
+#[test]
+fn too_many_values() {
+    let values: Vec<String> = (0..300).map(|i| format!("/bin/x{i}")).collect();
+    refused(
+        &kprobe(&format!(
+            "    - matchBinaries: [{{operator: In, values: [{}]}}]\n",
+            values.join(", ")
+        )),
+        "spec.kprobes[0].selectors[0].matchBinaries[0].values",
+        "300 values; at most 256",
+    );
+}
+
+#[test]
+fn value_too_long() {
+    let long = format!("/{}", "a".repeat(300));
+    refused(
+        &kprobe(&format!("    - matchArgs: [{{index: 0, operator: Prefix, values: [{long}]}}]\n")),
+        "matchArgs[0].values[0]",
+        "1 to 254 bytes",
+    );
+}
+
+#[test]
+fn follow_children_needs_in_or_not_in() {
+    refused(
+        &kprobe("    - matchBinaries: [{operator: Prefix, values: [/bin], followChildren: true}]\n"),
+        "matchBinaries[0].followChildren",
+        "only with the In or NotIn operator",
+    );
+}
+
+#[test]
+fn match_on_an_undeclared_argument() {
+    refused(
+        &kprobe("    - matchArgs: [{index: 3, operator: Equal, values: [/x]}]\n"),
+        "matchArgs[0].index",
+        "argument 3 is not declared",
+    );
+}
+
+#[test]
+fn signal_without_arg_sig() {
+    refused(&kprobe("    - matchActions: [{action: Signal}]\n"), "matchActions[0].argSig", "needs argSig");
+}
+
+#[test]
+fn wrong_api_version_and_kind() {
+    refused(&HEAD.replace("cilium.io/v1alpha1", "v1"), "apiVersion", "expected cilium.io/v1alpha1");
+    refused(&HEAD.replace("TracingPolicy", "Pod"), "kind", "expected TracingPolicy");
+}
+
+#[test]
+fn too_many_selectors_in_a_hook() {
+    refused(&kprobe(&"    - matchActions: [{action: Post}]\n".repeat(6)), "spec.kprobes[0].selectors", "at most 5");
+}
+
+#[test]
+fn run_refuses_a_bad_policy_with_status_2() {
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "bad.yaml", &kprobe("    - matchActions: [{action: Explode}]\n"));
+    let out = Command::new(SENSOR).args(["run", "--policy", &file]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matchActions[0].action"));
+}
+
+#[test]
+fn good_policies_pass_check() {
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "good.yaml", &kprobe("    - matchBinaries: [{operator: NotIn, values: [/bin/sh]}]\n      matchActions: [{action: Post}]\n"));
+    let out = Command::new(SENSOR).args(["policy", "check", &file]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
+}

@@ -1,0 +1,175 @@
+//! The exec reflex: policies decided and enforced in the kernel, scoped to the
+//! test's own cgroup.
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn shipped_reflex_kills_curl_in_scope_only() {
+    if !can_run("shipped_reflex_kills_curl_in_scope_only") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &shipped("reflex.yaml"), "--enforce-cgroup", &scope]);
+
+    let out = cg.command("/bin/sh").args(["-c", "curl --version; exit $?"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "curl in scope dies with SIGKILL");
+    assert!(out.stdout.is_empty(), "curl printed nothing: {:?}", String::from_utf8_lossy(&out.stdout));
+
+    let curl = resolved("/usr/bin/curl");
+    let hit = daemon.wait_for("policy event", |e| is(e, "process_kprobe", &curl));
+    let k = &hit["process_kprobe"];
+    assert_eq!(k["function_name"], "security_bprm_check");
+    assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
+    assert_eq!(k["policy_name"], "reflex-exfiltration-tools");
+    assert_eq!(k["args"][0]["linux_binprm_arg"]["path"], curl);
+    let exit = daemon.wait_for("exit event", |e| {
+        body(e, "process_exit").is_some_and(|b| b["process"]["exec_id"] == k["process"]["exec_id"])
+    });
+    assert_eq!(exit["process_exit"]["signal"], "SIGKILL");
+
+    // The same binary outside the scope runs normally.
+    let out = Command::new("curl").arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("curl "));
+    let events = daemon.events();
+    let kills = events.iter().filter(|e| is(e, "process_kprobe", &curl)).count();
+    assert_eq!(kills, 1, "only the curl in scope hit the policy");
+}
+
+fn equal_policy(name: &str, binary: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+  - call: security_bprm_check
+    syscall: false
+    args: [{{index: 0, type: linux_binprm}}]
+    selectors:
+    - matchArgs: [{{index: 0, operator: Equal, values: [\"{binary}\"]}}]
+      matchActions: [{{action: Sigkill}}]
+"
+    )
+}
+
+#[test]
+fn blocked_binary_never_runs_an_instruction() {
+    if !can_run("blocked_binary_never_runs_an_instruction") {
+        return;
+    }
+    let dir = TempDir::new();
+    let blocked = dir.path().join("blocked-touch");
+    std::fs::copy("/usr/bin/touch", &blocked).unwrap();
+    let blocked = blocked.to_string_lossy().into_owned();
+    let policy = policy_file(&dir, "p.yaml", &equal_policy("block-touch", &blocked));
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+
+    let marker = dir.path().join("marker");
+    for i in 0..200 {
+        let status = cg.command(&blocked).arg(&marker).status().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "run {i}: {status:?}");
+    }
+    assert!(!marker.exists(), "the blocked binary created its marker");
+    daemon.wait_for("a kill", |e| is(e, "process_kprobe", &blocked));
+
+    // Outside the scope the same binary does create it: the marker test can fail.
+    assert!(Command::new(&blocked).arg(&marker).status().unwrap().success());
+    assert!(marker.exists());
+}
+
+fn follow_policy(follow: bool) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: shell-children
+spec:
+  kprobes:
+  - call: security_bprm_check
+    syscall: false
+    args: [{{index: 0, type: linux_binprm}}]
+    selectors:
+    - matchBinaries: [{{operator: In, values: [\"{}\"], followChildren: {follow}}}]
+      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
+      matchActions: [{{action: Sigkill}}]
+",
+        resolved("/bin/sh")
+    )
+}
+
+/// `sh -c 'env true'`: true is a grandchild of the shell, started by env.
+fn grandchild_status(follow: bool) -> (Option<i32>, Option<i32>) {
+    let dir = TempDir::new();
+    let policy = policy_file(&dir, "p.yaml", &follow_policy(follow));
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let _daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    let grandchild = cg.command("/bin/sh").args(["-c", "/usr/bin/env /bin/true; exit $?"]).status().unwrap();
+    let child = cg.command("/bin/sh").args(["-c", "/bin/true; exit $?"]).status().unwrap();
+    (grandchild.code(), child.code())
+}
+
+#[test]
+fn follow_children_kills_what_the_shell_starts_at_any_depth() {
+    if !can_run("follow_children_kills_what_the_shell_starts_at_any_depth") {
+        return;
+    }
+    assert_eq!(grandchild_status(true), (Some(137), Some(137)));
+    // Without followChildren only the shell's direct exec matches.
+    assert_eq!(grandchild_status(false), (Some(0), Some(137)));
+}
+
+#[test]
+fn signal_action_and_nopost() {
+    if !can_run("signal_action_and_nopost") {
+        return;
+    }
+    let dir = TempDir::new();
+    let sleep = resolved("/bin/sleep");
+    let policy = policy_file(
+        &dir,
+        "p.yaml",
+        &format!(
+            "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: signal-sleep}}
+spec:
+  lsmhooks:
+  - hook: bprm_check_security
+    args: [{{index: 0, type: linux_binprm}}]
+    selectors:
+    - matchArgs: [{{index: 0, operator: Equal, values: [\"{sleep}\"]}}]
+      matchActions: [{{action: Signal, argSig: 10}}]
+  tracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    selectors:
+    - matchBinaries: [{{operator: Prefix, values: [/usr/bin/sle]}}]
+      matchActions: [{{action: NoPost}}, {{action: Sigkill}}]
+"
+        ),
+    );
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    let status = cg.command("/bin/sleep").arg("5").status().unwrap();
+    // Both selectors match; Sigkill wins over the SIGUSR1 of the other hook.
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let lsm = daemon.wait_for("lsm event", |e| is(e, "process_lsm", &sleep));
+    assert_eq!(lsm["process_lsm"]["function_name"], "bprm_check_security");
+    assert_eq!(lsm["process_lsm"]["action"], "KPROBE_ACTION_SIGNAL");
+    daemon.wait_for("exit", |e| is(e, "process_exit", &sleep));
+    assert!(
+        !daemon.events().iter().any(|e| e.get("process_tracepoint").is_some()),
+        "NoPost suppresses the tracepoint selector's event"
+    );
+}
