@@ -14,7 +14,7 @@ use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{
-    count_lost, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH,
+    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH,
     PATH_SCRATCH,
 };
 use crate::{path, reflex};
@@ -122,7 +122,7 @@ fn try_exec() -> Result<(), i32> {
 
     let size = (HEADER + plen + alen + clen) & (EXEC_DATA_CAP - 1);
     // SAFETY: size < the scratch record's size.
-    let r = unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), scratch.cast(), size as u64, 0) };
+    let r = unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), scratch.cast(), size as u64, wakeup_flags(ev.hits != 0)) };
     if r != 0 {
         count_lost(kind::EXEC);
     }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use sensor_common::{kind, ExitEvent, ForkEvent};
 
 use crate::kernel::{off, read, read_ptr};
-use crate::maps::{count_lost, EVENTS, PROCS};
+use crate::maps::{count_lost, wakeup_flags, EVENTS, PROCS};
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -40,7 +40,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
                 _pad: 0,
                 ktime: unsafe { bpf_ktime_get_ns() },
             });
-            e.submit(0);
+            e.submit(wakeup_flags(false));
         }
         None => count_lost(kind::FORK),
     }
@@ -73,7 +73,7 @@ fn try_exit() -> Result<(), i32> {
                 exit_code,
                 ktime: unsafe { bpf_ktime_get_ns() },
             });
-            e.submit(0);
+            e.submit(wakeup_flags(false));
         }
         None => count_lost(kind::EXIT),
     }

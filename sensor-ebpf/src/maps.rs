@@ -109,6 +109,25 @@ pub struct KeyScratch {
 #[map]
 pub static KEY_SCRATCH: PerCpuArray<KeyScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Above this much unread data a record wakes the reader at once.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Submit flags for a record. Waking the reader for every record costs more
+/// than the whole kernel side (two context switches per exec on a busy
+/// node), so routine records are left for the reader's periodic drain;
+/// urgent ones (a policy hit) and a filling buffer wake it at once.
+#[inline(always)]
+pub fn wakeup_flags(urgent: bool) -> u64 {
+    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Counts a record that the ring buffer had no room for.
 #[inline(always)]
 pub fn count_lost(kind: u32) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -99,7 +100,10 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(cache, compiled.meta.clone(), opts.node_name.clone(), exporter(&opts)?);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(2));
+    // The kernel wakes us only for policy hits and a filling buffer; routine
+    // records are drained on this tick.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     tracing::info!(
         node = %opts.node_name,
         selectors = compiled.selectors.len(),
@@ -112,30 +116,38 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    pipeline.handle(&item);
-                }
+                drain(guard.get_inner_mut(), &mut pipeline);
                 guard.clear_ready();
-                pipeline.exporter.flush();
             }
-            _ = tick.tick() => report_lost(&kernel, &mut pipeline),
+            _ = drain_tick.tick() => drain(fd.get_mut(), &mut pipeline),
+            _ = lost_tick.tick() => report_lost(&kernel, &mut pipeline),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     // Drain what the kernel wrote before the signal.
-    let rb = fd.get_mut();
-    while let Some(item) = rb.next() {
-        pipeline.handle(&item);
-    }
-    pipeline.exporter.flush();
+    drain(fd.get_mut(), &mut pipeline);
     report_lost(&kernel, &mut pipeline);
     drop(fd);
     drop(kernel);
     let _ = std::io::stdout().flush();
     tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses, "sensor stopped, programs detached");
     Ok(())
+}
+
+/// Longest a routine record waits in the ring buffer.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Moves every record the ring buffer holds through the pipeline.
+fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    let mut n = 0;
+    while let Some(item) = rb.next() {
+        pipeline.handle(&item);
+        n += 1;
+    }
+    if n > 0 {
+        pipeline.exporter.flush();
+    }
 }
 
 /// Reads the kernel's lost-record counters and warns when they grew.

@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test entry points.
+//!
+//! - `build-ebpf`: build the kernel programs (installing the toolchain first)
+//! - `run`: build everything and run the sensor with the shipped policies
+//! - `test`: lint, build and run every test
+//! - `bench exec`: fork+exec throughput with and without the sensor
+mod bench;
+mod ebpf;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Installs Debian packages that are missing (as root), or says which are.
+pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .filter(|(_, probe)| !std::path::Path::new(probe).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing packages; install them with:\n  sudo apt-get update && sudo apt-get install -y {}", missing.join(" "));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build_sensor() -> Result<PathBuf> {
+    ebpf::build()?;
+    run(cargo().args(["build", "--release", "-p", "sensor"]))?;
+    Ok(root().join("target/release/sensor"))
+}
+
+fn sensor_run() -> Result<()> {
+    let sensor = build_sensor()?;
+    let dir = root().join("target/sensor-events");
+    std::fs::create_dir_all(&dir)?;
+    let events = dir.join("events.json");
+    eprintln!("xtask: JSON events go to {}", events.display());
+    let mut cmd = Command::new(sensor);
+    cmd.current_dir(root())
+        .args(["run", "--output", "compact", "--export-file"])
+        .arg(&events)
+        .args(std::env::args().skip(2));
+    // Replace this process so that Ctrl-C and SIGTERM reach the sensor.
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Err(err).context("starting the sensor")
+}
+
+fn test() -> Result<()> {
+    ensure_packages(&[("curl", "/usr/bin/curl"), ("util-linux", "/usr/bin/setpriv")])?;
+    ebpf::build()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    if !is_root() {
+        eprintln!("xtask: not root: tests that load eBPF programs will report SKIP");
+    }
+    run(cargo().args(["test", "--workspace"]))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build-ebpf") => ebpf::build(),
+        Some("run") => sensor_run(),
+        Some("test") => test(),
+        Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec [--pairs N] [--execs N]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
