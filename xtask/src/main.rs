@@ -88,7 +88,7 @@ fn test() -> Result<()> {
     if !is_root() {
         eprintln!("xtask: not root: tests that load eBPF programs will report SKIP");
     }
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().arg("test"))
 }
 
 fn main() -> ExitCode {
