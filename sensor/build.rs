@@ -4,15 +4,19 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let object = std::env::var("SENSOR_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|_| {
-        manifest.join("../target/bpfel-unknown-none/release/sensor-ebpf")
-    });
+    let object = std::env::var("SENSOR_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("../target/bpfel-unknown-none/release/sensor-ebpf"));
     println!("cargo:rerun-if-env-changed=SENSOR_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sensor-ebpf.o");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sensor-ebpf.o");
     let bytes = std::fs::read(&object).unwrap_or_default();
     if bytes.is_empty() {
-        println!("cargo:warning=eBPF object {} not found: run `cargo xtask build-ebpf`", object.display());
+        println!(
+            "cargo:warning=eBPF object {} not found: run `cargo xtask build-ebpf`",
+            object.display()
+        );
     }
     std::fs::write(&out, bytes).expect("writing OUT_DIR/sensor-ebpf.o");
 }

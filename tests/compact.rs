@@ -23,15 +23,22 @@ fn compact_reads_stdin_and_files() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines, vec![
-        "🚀 process node1 /usr/bin/curl -d @/etc/hostname http://backend",
-        "💥 exit    node1 /usr/bin/curl SIGKILL",
-    ]);
+    assert_eq!(
+        lines,
+        vec![
+            "🚀 process node1 /usr/bin/curl -d @/etc/hostname http://backend",
+            "💥 exit    node1 /usr/bin/curl SIGKILL",
+        ]
+    );
 
     let dir = TempDir::new();
     let f = dir.path().join("events.json");
     std::fs::write(&f, format!("{EXEC}\nnot json\n")).unwrap();
-    let out = Command::new(SENSOR).arg("compact").arg(&f).output().unwrap();
+    let out = Command::new(SENSOR)
+        .arg("compact")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "a bad line fails the command");
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("🚀 process"));

@@ -16,12 +16,22 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
     let cg = TestCgroup::new();
     let daemon = Daemon::start(&[]);
     let cwd = TempDir::new();
-    std::fs::set_permissions(cwd.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        cwd.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let marker = format!("marker-{}", std::process::id());
     // setpriv drops to uid 65534 after the cgroup move, then execs the shell.
     let status = cg
         .command("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+        ])
         .arg(format!("/bin/echo {marker} 'two words' >/dev/null"))
         .current_dir(cwd.path())
         .status()
@@ -30,7 +40,9 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
 
     let echo = daemon.wait_for("echo exec", |e| {
         body(e, "process_exec").is_some_and(|b| {
-            b["process"]["arguments"].as_str().is_some_and(|a| a.starts_with(&marker))
+            b["process"]["arguments"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&marker))
         })
     });
     let p = &echo["process_exec"]["process"];
@@ -42,7 +54,9 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
     assert!(p["flags"].as_str().unwrap().contains("execve"));
 
     // exec_id = base64(node:ktime:pid)
-    let raw = base64::engine::general_purpose::STANDARD.decode(p["exec_id"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(p["exec_id"].as_str().unwrap())
+        .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let parts: Vec<&str> = raw.rsplitn(3, ':').collect();
     assert_eq!(parts[0], p["pid"].to_string());
@@ -58,8 +72,14 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
     });
     let me = &sh["process_exec"]["parent"];
     assert_eq!(me["pid"], std::process::id());
-    assert_eq!(sh["process_exec"]["process"]["parent_exec_id"], me["exec_id"]);
-    assert!(me["flags"].as_str().unwrap().contains("procFS"), "the test predates the daemon");
+    assert_eq!(
+        sh["process_exec"]["process"]["parent_exec_id"],
+        me["exec_id"]
+    );
+    assert!(
+        me["flags"].as_str().unwrap().contains("procFS"),
+        "the test predates the daemon"
+    );
 }
 
 #[test]
@@ -69,11 +89,17 @@ fn exit_reports_status_and_signal() {
     }
     let cg = TestCgroup::new();
     let daemon = Daemon::start(&[]);
-    let status = cg.command("/bin/sh").args(["-c", "exit 3"]).status().unwrap();
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", "exit 3"])
+        .status()
+        .unwrap();
     assert_eq!(status.code(), Some(3));
     let mut sleeper = cg.command("/bin/sleep").arg("30").spawn().unwrap();
     let pid = sleeper.id();
-    daemon.wait_for("sleep exec", |e| body(e, "process_exec").is_some_and(|b| b["process"]["pid"] == pid));
+    daemon.wait_for("sleep exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["pid"] == pid)
+    });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGUSR1));
@@ -87,7 +113,10 @@ fn exit_reports_status_and_signal() {
         body(e, "process_exit").is_some_and(|b| b["process"]["pid"] == pid)
     });
     assert_eq!(killed["process_exit"]["signal"], "SIGUSR1");
-    assert_eq!(killed["process_exit"]["process"]["binary"], resolved("/bin/sleep"));
+    assert_eq!(
+        killed["process_exit"]["process"]["binary"],
+        resolved("/bin/sleep")
+    );
 }
 
 #[test]
@@ -111,10 +140,16 @@ fn process_older_than_the_daemon_is_a_procfs_parent() {
         body(e, "process_exec").is_some_and(|b| b["parent"]["pid"] == sh.id())
     });
     let parent = &t["process_exec"]["parent"];
-    assert!(parent["flags"].as_str().unwrap().contains("procFS"), "{parent}");
+    assert!(
+        parent["flags"].as_str().unwrap().contains("procFS"),
+        "{parent}"
+    );
     assert_eq!(parent["binary"], resolved("/bin/sh"));
     assert_eq!(parent["arguments"], "-c \"read x; /bin/true\"");
-    assert_eq!(t["process_exec"]["process"]["parent_exec_id"], parent["exec_id"]);
+    assert_eq!(
+        t["process_exec"]["process"]["parent_exec_id"],
+        parent["exec_id"]
+    );
 }
 
 #[test]
@@ -125,17 +160,29 @@ fn sigterm_detaches_every_program() {
     let mut daemon = Daemon::start(&["--policy", &shipped("reflex.yaml")]);
     assert_eq!(daemon.program_ids.len(), 3, "exec, fork and exit programs");
     let loaded = || -> Vec<u32> {
-        aya::programs::loaded_programs().filter_map(|p| p.ok().map(|p| p.id())).collect()
+        aya::programs::loaded_programs()
+            .filter_map(|p| p.ok().map(|p| p.id()))
+            .collect()
     };
     let before = loaded();
     for id in &daemon.program_ids {
-        assert!(before.contains(id), "program {id} is loaded while the daemon runs");
+        assert!(
+            before.contains(id),
+            "program {id} is loaded while the daemon runs"
+        );
     }
     assert!(daemon.stop().success());
     let after = loaded();
     for id in &daemon.program_ids {
-        assert!(!after.contains(id), "program {id} still loaded after SIGTERM");
+        assert!(
+            !after.contains(id),
+            "program {id} still loaded after SIGTERM"
+        );
     }
-    let out = Command::new(SENSOR).args(["policy", "check"]).arg(shipped("reflex.yaml")).output().unwrap();
+    let out = Command::new(SENSOR)
+        .args(["policy", "check"])
+        .arg(shipped("reflex.yaml"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }

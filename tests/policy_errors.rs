@@ -6,7 +6,8 @@ use std::process::Command;
 
 use common::{policy_file, TempDir, SENSOR};
 
-const HEAD: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad\nspec:\n";
+const HEAD: &str =
+    "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad\nspec:\n";
 
 fn kprobe(selectors: &str) -> String {
     format!(
@@ -17,7 +18,10 @@ fn kprobe(selectors: &str) -> String {
 fn check(yaml: &str) -> (i32, String) {
     let dir = TempDir::new();
     let file = policy_file(&dir, "bad.yaml", yaml);
-    let out = Command::new(SENSOR).args(["policy", "check", &file]).output().unwrap();
+    let out = Command::new(SENSOR)
+        .args(["policy", "check", &file])
+        .output()
+        .unwrap();
     let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert!(msg.contains(&file), "message names the file: {msg}");
     assert_eq!(msg.lines().count(), 1, "one message: {msg}");
@@ -93,7 +97,11 @@ fn unsupported_hook() {
         "spec.tracepoints[0].event",
         "unsupported tracepoint",
     );
-    refused(&format!("{HEAD}  uprobes: []\n"), "spec.uprobes", "not supported");
+    refused(
+        &format!("{HEAD}  uprobes: []\n"),
+        "spec.uprobes",
+        "not supported",
+    );
 }
 
 #[test]
@@ -113,7 +121,9 @@ fn too_many_values() {
 fn value_too_long() {
     let long = format!("/{}", "a".repeat(300));
     refused(
-        &kprobe(&format!("    - matchArgs: [{{index: 0, operator: Prefix, values: [{long}]}}]\n")),
+        &kprobe(&format!(
+            "    - matchArgs: [{{index: 0, operator: Prefix, values: [{long}]}}]\n"
+        )),
         "matchArgs[0].values[0]",
         "1 to 254 bytes",
     );
@@ -122,7 +132,9 @@ fn value_too_long() {
 #[test]
 fn follow_children_needs_in_or_not_in() {
     refused(
-        &kprobe("    - matchBinaries: [{operator: Prefix, values: [/bin], followChildren: true}]\n"),
+        &kprobe(
+            "    - matchBinaries: [{operator: Prefix, values: [/bin], followChildren: true}]\n",
+        ),
         "matchBinaries[0].followChildren",
         "only with the In or NotIn operator",
     );
@@ -139,25 +151,48 @@ fn match_on_an_undeclared_argument() {
 
 #[test]
 fn signal_without_arg_sig() {
-    refused(&kprobe("    - matchActions: [{action: Signal}]\n"), "matchActions[0].argSig", "needs argSig");
+    refused(
+        &kprobe("    - matchActions: [{action: Signal}]\n"),
+        "matchActions[0].argSig",
+        "needs argSig",
+    );
 }
 
 #[test]
 fn wrong_api_version_and_kind() {
-    refused(&HEAD.replace("cilium.io/v1alpha1", "v1"), "apiVersion", "expected cilium.io/v1alpha1");
-    refused(&HEAD.replace("TracingPolicy", "Pod"), "kind", "expected TracingPolicy");
+    refused(
+        &HEAD.replace("cilium.io/v1alpha1", "v1"),
+        "apiVersion",
+        "expected cilium.io/v1alpha1",
+    );
+    refused(
+        &HEAD.replace("TracingPolicy", "Pod"),
+        "kind",
+        "expected TracingPolicy",
+    );
 }
 
 #[test]
 fn too_many_selectors_in_a_hook() {
-    refused(&kprobe(&"    - matchActions: [{action: Post}]\n".repeat(6)), "spec.kprobes[0].selectors", "at most 5");
+    refused(
+        &kprobe(&"    - matchActions: [{action: Post}]\n".repeat(6)),
+        "spec.kprobes[0].selectors",
+        "at most 5",
+    );
 }
 
 #[test]
 fn run_refuses_a_bad_policy_with_status_2() {
     let dir = TempDir::new();
-    let file = policy_file(&dir, "bad.yaml", &kprobe("    - matchActions: [{action: Explode}]\n"));
-    let out = Command::new(SENSOR).args(["run", "--policy", &file]).output().unwrap();
+    let file = policy_file(
+        &dir,
+        "bad.yaml",
+        &kprobe("    - matchActions: [{action: Explode}]\n"),
+    );
+    let out = Command::new(SENSOR)
+        .args(["run", "--policy", &file])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("matchActions[0].action"));
 }
@@ -166,7 +201,14 @@ fn run_refuses_a_bad_policy_with_status_2() {
 fn good_policies_pass_check() {
     let dir = TempDir::new();
     let file = policy_file(&dir, "good.yaml", &kprobe("    - matchBinaries: [{operator: NotIn, values: [/bin/sh]}]\n      matchActions: [{action: Post}]\n"));
-    let out = Command::new(SENSOR).args(["policy", "check", &file]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(SENSOR)
+        .args(["policy", "check", &file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
 }

@@ -14,11 +14,28 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     }
     let cg = TestCgroup::new();
     let scope = cg.0.to_string_lossy().into_owned();
-    let daemon = Daemon::start(&["--policy", &shipped("reflex.yaml"), "--enforce-cgroup", &scope]);
+    let daemon = Daemon::start(&[
+        "--policy",
+        &shipped("reflex.yaml"),
+        "--enforce-cgroup",
+        &scope,
+    ]);
 
-    let out = cg.command("/bin/sh").args(["-c", "curl --version; exit $?"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(137), "curl in scope dies with SIGKILL");
-    assert!(out.stdout.is_empty(), "curl printed nothing: {:?}", String::from_utf8_lossy(&out.stdout));
+    let out = cg
+        .command("/bin/sh")
+        .args(["-c", "curl --version; exit $?"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "curl in scope dies with SIGKILL"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "curl printed nothing: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let curl = resolved("/usr/bin/curl");
     let hit = daemon.wait_for("policy event", |e| is(e, "process_kprobe", &curl));
@@ -37,7 +54,10 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("curl "));
     let events = daemon.events();
-    let kills = events.iter().filter(|e| is(e, "process_kprobe", &curl)).count();
+    let kills = events
+        .iter()
+        .filter(|e| is(e, "process_kprobe", &curl))
+        .count();
     assert_eq!(kills, 1, "only the curl in scope hit the policy");
 }
 
@@ -82,7 +102,11 @@ fn blocked_binary_never_runs_an_instruction() {
     daemon.wait_for("a kill", |e| is(e, "process_kprobe", &blocked));
 
     // Outside the scope the same binary does create it: the marker test can fail.
-    assert!(Command::new(&blocked).arg(&marker).status().unwrap().success());
+    assert!(Command::new(&blocked)
+        .arg(&marker)
+        .status()
+        .unwrap()
+        .success());
     assert!(marker.exists());
 }
 
@@ -113,8 +137,16 @@ fn grandchild_status(follow: bool) -> (Option<i32>, Option<i32>) {
     let cg = TestCgroup::new();
     let scope = cg.0.to_string_lossy().into_owned();
     let _daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
-    let grandchild = cg.command("/bin/sh").args(["-c", "/usr/bin/env /bin/true; exit $?"]).status().unwrap();
-    let child = cg.command("/bin/sh").args(["-c", "/bin/true; exit $?"]).status().unwrap();
+    let grandchild = cg
+        .command("/bin/sh")
+        .args(["-c", "/usr/bin/env /bin/true; exit $?"])
+        .status()
+        .unwrap();
+    let child = cg
+        .command("/bin/sh")
+        .args(["-c", "/bin/true; exit $?"])
+        .status()
+        .unwrap();
     (grandchild.code(), child.code())
 }
 
@@ -169,7 +201,10 @@ spec:
     assert_eq!(lsm["process_lsm"]["action"], "KPROBE_ACTION_SIGNAL");
     daemon.wait_for("exit", |e| is(e, "process_exit", &sleep));
     assert!(
-        !daemon.events().iter().any(|e| e.get("process_tracepoint").is_some()),
+        !daemon
+            .events()
+            .iter()
+            .any(|e| e.get("process_tracepoint").is_some()),
         "NoPost suppresses the tracepoint selector's event"
     );
 }

@@ -14,8 +14,7 @@ use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{
-    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH,
-    PATH_SCRATCH,
+    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH,
 };
 use crate::{path, reflex};
 
@@ -58,9 +57,9 @@ fn try_exec() -> Result<(), i32> {
 
     // The binary: mm->exe_file->f_path, resolved in the kernel.
     let mut plen = 0usize;
-    match read_ptr(mm, off!(mm_exe_file)).and_then(|f| {
-        path::resolve(f.wrapping_add(off!(file_f_path) as usize), pbuf)
-    }) {
+    match read_ptr(mm, off!(mm_exe_file))
+        .and_then(|f| path::resolve(f.wrapping_add(off!(file_f_path) as usize), pbuf))
+    {
         Ok(r) => {
             plen = r.len() & (PATH_MAX - 1);
             if r.truncated {
@@ -122,7 +121,14 @@ fn try_exec() -> Result<(), i32> {
 
     let size = (HEADER + plen + alen + clen) & (EXEC_DATA_CAP - 1);
     // SAFETY: size < the scratch record's size.
-    let r = unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), scratch.cast(), size as u64, wakeup_flags(ev.hits != 0)) };
+    let r = unsafe {
+        bpf_ringbuf_output(
+            (&raw const EVENTS).cast_mut().cast(),
+            scratch.cast(),
+            size as u64,
+            wakeup_flags(ev.hits != 0),
+        )
+    };
     if r != 0 {
         count_lost(kind::EXEC);
     }

@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Config, ExecEvent, ExecSelector, KernelOffsets, ProcState, MAX_SELECTORS, PATH_MAX,
-    STR_KEY_LEN,
+    Config, ExecEvent, ExecSelector, KernelOffsets, ProcState, MAX_SELECTORS, PATH_MAX, STR_KEY_LEN,
 };
 
 /// Set by the loader from the running kernel's BTF.
@@ -50,8 +49,7 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static EXEC_SELECTORS: Array<ExecSelector> =
-    Array::with_max_entries(MAX_SELECTORS as u32, 0);
+pub static EXEC_SELECTORS: Array<ExecSelector> = Array::with_max_entries(MAX_SELECTORS as u32, 0);
 
 /// Exact string values: key = selector, slot, string (zero padded).
 #[map]

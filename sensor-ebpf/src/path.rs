@@ -57,7 +57,11 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 fn try_step(w: &mut Walk) -> Result<bool, i32> {
-    let (dentry, vfsmnt, mnt) = (w.dentry as *const u8, w.vfsmnt as *const u8, w.mnt as *const u8);
+    let (dentry, vfsmnt, mnt) = (
+        w.dentry as *const u8,
+        w.vfsmnt as *const u8,
+        w.mnt as *const u8,
+    );
     let mnt_root = read_ptr(vfsmnt, off!(vfsmount_mnt_root))?;
     let parent = read_ptr(dentry, off!(dentry_d_parent))?;
     if dentry == mnt_root || dentry == parent {
@@ -115,5 +119,8 @@ pub fn resolve(path: *const u8, scratch: &mut PathScratch) -> Result<Resolved, i
         pos = PATH_MAX - 1;
         scratch.buf[PATH_MAX - 1] = b'/';
     }
-    Ok(Resolved { start: pos, truncated: w.end != 1 })
+    Ok(Resolved {
+        start: pos,
+        truncated: w.end != 1,
+    })
 }

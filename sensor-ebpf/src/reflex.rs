@@ -13,8 +13,8 @@ use sensor_common::{
 };
 
 use crate::maps::{
-    EVAL, PathScratch, EXEC_SELECTORS, KEY_SCRATCH, PROCS, SCOPE_CGROUPS, STR_EQUAL,
-    STR_POSTFIX, STR_PREFIX,
+    PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, PROCS, SCOPE_CGROUPS, STR_EQUAL, STR_POSTFIX,
+    STR_PREFIX,
 };
 
 /// What the reflex decided for one exec.
@@ -38,7 +38,11 @@ impl Keys {
         // SAFETY: per-CPU scratch owned by this program run.
         let k = unsafe { &mut *scratch };
         zero(&mut k.forward.data);
-        let n = if len > MAX_VALUE_LEN { MAX_VALUE_LEN } else { len };
+        let n = if len > MAX_VALUE_LEN {
+            MAX_VALUE_LEN
+        } else {
+            len
+        };
         // SAFETY: n <= 254 fits data[2..]; the source is our path buffer.
         unsafe {
             bpf_probe_read_kernel(
@@ -66,7 +70,11 @@ impl Keys {
         // SAFETY: per-CPU scratch owned by this program run.
         let k = unsafe { &mut *k };
         let len = self.len as usize;
-        let n = if len > MAX_VALUE_LEN { MAX_VALUE_LEN } else { len };
+        let n = if len > MAX_VALUE_LEN {
+            MAX_VALUE_LEN
+        } else {
+            len
+        };
         let bits = ((STR_KEY_HEADER + n) * 8) as u32;
         match kind {
             match_kind::EQUAL => {
@@ -218,14 +226,24 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
         n,
         scoped_in: in_scope(cfg) as u64,
         caller,
-        state: ProcState { bin_in: 0, follow: caller.follow | (caller.bin_in & cfg.follow_mask) },
+        state: ProcState {
+            bin_in: 0,
+            follow: caller.follow | (caller.bin_in & cfg.follow_mask),
+        },
         hooks_done: 0,
         hits: 0,
         signal: 0,
         _pad: 0,
     };
     // SAFETY: the callback reaches its state through the EVAL map.
-    unsafe { bpf_loop(MAX_SELECTORS as u32, eval_selector as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe {
+        bpf_loop(
+            MAX_SELECTORS as u32,
+            eval_selector as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     let state = e.state;
     if state != ProcState::default() {
         let _ = PROCS.insert(&tgid, &state, 0);
@@ -236,5 +254,8 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
         // SAFETY: signals the current task, which is the one executing.
         unsafe { bpf_send_signal(e.signal) };
     }
-    Verdict { hits: e.hits, signal: e.signal }
+    Verdict {
+        hits: e.hits,
+        signal: e.signal,
+    }
 }

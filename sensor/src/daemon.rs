@@ -54,7 +54,9 @@ pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
     } else {
         cgroup2_root().context("no cgroup2 mount")?.join(path)
     };
-    Ok(std::fs::metadata(&full).with_context(|| format!("cgroup {}", full.display()))?.ino())
+    Ok(std::fs::metadata(&full)
+        .with_context(|| format!("cgroup {}", full.display()))?
+        .ino())
 }
 
 fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
@@ -74,7 +76,11 @@ fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
 }
 
 pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
-    let scope: Vec<u64> = opts.scope.iter().map(|p| cgroup_id(p)).collect::<Result<_, _>>()?;
+    let scope: Vec<u64> = opts
+        .scope
+        .iter()
+        .map(|p| cgroup_id(p))
+        .collect::<Result<_, _>>()?;
     let mut kernel = Kernel::load(opts.ring_bytes)?;
     kernel.apply(&compiled, &scope)?;
     kernel.attach()?;
@@ -90,14 +96,22 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     for p in procfs::processes(&scanned, &cache) {
         cache.insert(p);
     }
-    let seeds: Vec<_> = states.into_iter().filter(|(_, s)| *s != Default::default()).collect();
+    let seeds: Vec<_> = states
+        .into_iter()
+        .filter(|(_, s)| *s != Default::default())
+        .collect();
     kernel.seed_states(&seeds)?;
 
     let events = kernel.take_events()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
     // long as it is registered.
     let mut fd = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
-    let mut pipeline = Pipeline::new(cache, compiled.meta.clone(), opts.node_name.clone(), exporter(&opts)?);
+    let mut pipeline = Pipeline::new(
+        cache,
+        compiled.meta.clone(),
+        opts.node_name.clone(),
+        exporter(&opts)?,
+    );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(2));
@@ -157,7 +171,12 @@ fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
             for (kind, n) in counts {
                 let before = pipeline.metrics.lost.insert(kind, n).unwrap_or(0);
                 if n > before {
-                    tracing::warn!(kind, lost = n - before, total = n, "ring buffer full: records lost");
+                    tracing::warn!(
+                        kind,
+                        lost = n - before,
+                        total = n,
+                        "ring buffer full: records lost"
+                    );
                 }
             }
         }

@@ -25,13 +25,21 @@ pub enum DecodeError {
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
     #[error("exec record lengths ({path}+{args}+{cwd}) exceed its {len} data bytes")]
-    Lengths { path: usize, args: usize, cwd: usize, len: usize },
+    Lengths {
+        path: usize,
+        args: usize,
+        cwd: usize,
+        len: usize,
+    },
 }
 
 /// Reads a plain-data `T` from the front of `bytes`.
 fn read<T: Copy>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind, len: bytes.len() });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+        });
     }
     // SAFETY: the length is checked, and T is one of the #[repr(C)] integer-only
     // records of sensor-common, for which every bit pattern is valid.
@@ -50,7 +58,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 header.cwd_len as usize,
             );
             if p + a + c > data.len() {
-                return Err(DecodeError::Lengths { path: p, args: a, cwd: c, len: data.len() });
+                return Err(DecodeError::Lengths {
+                    path: p,
+                    args: a,
+                    cwd: c,
+                    len: data.len(),
+                });
             }
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             let args = data[p..p + a]
@@ -96,7 +109,10 @@ mod tests {
         };
         // SAFETY: viewing a repr(C) value as bytes.
         let mut v = unsafe {
-            std::slice::from_raw_parts((&h as *const ExecEvent).cast::<u8>(), size_of::<ExecEvent>())
+            std::slice::from_raw_parts(
+                (&h as *const ExecEvent).cast::<u8>(),
+                size_of::<ExecEvent>(),
+            )
         }
         .to_vec();
         v.extend_from_slice(path);
@@ -108,7 +124,9 @@ mod tests {
     #[test]
     fn exec_record_splits_path_args_and_cwd() {
         let b = exec_bytes(b"/bin/echo", b"echo\0a b\0c\0", b"/tmp", 0);
-        let Record::Exec(e) = decode(&b).unwrap() else { panic!("not exec") };
+        let Record::Exec(e) = decode(&b).unwrap() else {
+            panic!("not exec")
+        };
         assert_eq!(e.path, "/bin/echo");
         assert_eq!(e.args, vec!["echo", "a b", "c"]);
         assert_eq!(e.cwd, "/tmp");
@@ -119,7 +137,10 @@ mod tests {
     fn lying_lengths_and_short_records_are_errors() {
         let b = exec_bytes(b"/bin/echo", b"x\0", b"/", 100);
         assert!(matches!(decode(&b), Err(DecodeError::Lengths { .. })));
-        assert_eq!(decode(&[2, 0, 0, 0]), Err(DecodeError::Short { kind: 2, len: 4 }));
+        assert_eq!(
+            decode(&[2, 0, 0, 0]),
+            Err(DecodeError::Short { kind: 2, len: 4 })
+        );
         assert_eq!(decode(&[77, 0, 0, 0]), Err(DecodeError::UnknownKind(77)));
         assert!(matches!(decode(&[1]), Err(DecodeError::Short { .. })));
     }

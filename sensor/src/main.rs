@@ -21,7 +21,11 @@ use daemon::{Output, RunOptions};
 use policy::{Compiled, Loaded, PolicyError};
 
 #[derive(Parser)]
-#[command(name = "sensor", version, about = "A network immune system for Kubernetes nodes")]
+#[command(
+    name = "sensor",
+    version,
+    about = "A network immune system for Kubernetes nodes"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -97,7 +101,9 @@ struct RunArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -106,7 +112,11 @@ fn init_logging(format: LogFormat) {
 
 fn node_name(arg: Option<String>) -> String {
     arg.or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -162,7 +172,10 @@ fn run(args: RunArgs) -> ExitCode {
         ring_bytes: args.ring_buffer_size,
         cache_size: args.process_cache_size,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -190,10 +203,18 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
     for (file, p) in &loaded.policies {
         let selectors: usize = p.hooks.iter().map(|h| h.selectors.len()).sum();
-        println!("ok: {}: {} ({} hooks, {selectors} selectors)", file.display(), p.name, p.hooks.len());
+        println!(
+            "ok: {}: {} ({} hooks, {selectors} selectors)",
+            file.display(),
+            p.name,
+            p.hooks.len()
+        );
     }
     for (file, kind) in &loaded.skipped {
-        println!("ok: {}: {kind} (for Cilium, not loaded by the sensor)", file.display());
+        println!(
+            "ok: {}: {kind} (for Cilium, not loaded by the sensor)",
+            file.display()
+        );
     }
     ExitCode::SUCCESS
 }
@@ -228,7 +249,11 @@ fn compact(file: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    if bad > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn main() -> ExitCode {
@@ -236,7 +261,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Policy { command: PolicyCommand::Check { files } } => check(&files),
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => check(&files),
         Command::Compact { file } => compact(file),
     }
 }

@@ -27,7 +27,13 @@ impl fmt::Display for Metrics {
     /// `records=N lost=N decode_errors=N process_exec=N ...`, one line for logs
     /// and for `cargo xtask bench` to read.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "records={} lost={} decode_errors={}", self.records, self.lost_total(), self.decode_errors)?;
+        write!(
+            f,
+            "records={} lost={} decode_errors={}",
+            self.records,
+            self.lost_total(),
+            self.decode_errors
+        )?;
         for (k, v) in &self.events {
             write!(f, " {k}={v}")?;
         }

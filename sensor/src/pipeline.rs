@@ -35,13 +35,28 @@ fn event_kind(e: &Event) -> &'static str {
 }
 
 impl Pipeline {
-    pub fn new(cache: ProcessCache, meta: Vec<SelectorMeta>, node: String, exporter: Exporter) -> Self {
-        Pipeline { cache, meta, node, exporter, metrics: Metrics::default() }
+    pub fn new(
+        cache: ProcessCache,
+        meta: Vec<SelectorMeta>,
+        node: String,
+        exporter: Exporter,
+    ) -> Self {
+        Pipeline {
+            cache,
+            meta,
+            node,
+            exporter,
+            metrics: Metrics::default(),
+        }
     }
 
     fn emit(&mut self, event: Event, time: String) {
         self.metrics.event(event_kind(&event));
-        let env = Envelope { event, node_name: self.node.clone(), time };
+        let env = Envelope {
+            event,
+            node_name: self.node.clone(),
+            time,
+        };
         self.exporter.export(&env);
     }
 
@@ -66,7 +81,10 @@ impl Pipeline {
         let time = process.start_time.clone();
         let parent_owned = parent.as_deref().cloned();
         self.emit(
-            Event::ProcessExec(ProcessExec { process: (*process).clone(), parent: parent_owned.clone() }),
+            Event::ProcessExec(ProcessExec {
+                process: (*process).clone(),
+                parent: parent_owned.clone(),
+            }),
             time.clone(),
         );
         let hits = r.header.hits;
@@ -91,7 +109,11 @@ impl Pipeline {
         let ev = ProcessExit {
             process: Arc::unwrap_or_clone(process),
             parent: parent.as_deref().cloned(),
-            signal: if sig != 0 { signal_name(sig) } else { String::new() },
+            signal: if sig != 0 {
+                signal_name(sig)
+            } else {
+                String::new()
+            },
             status: (x.exit_code >> 8) & 0xff,
             time: time.clone(),
         };
@@ -100,9 +122,16 @@ impl Pipeline {
 }
 
 /// The Tetragon policy event for a selector hit on the exec of `path`.
-fn policy_event(meta: &SelectorMeta, process: &Process, parent: Option<Process>, path: &str) -> Event {
+fn policy_event(
+    meta: &SelectorMeta,
+    process: &Process,
+    parent: Option<Process>,
+    path: &str,
+) -> Event {
     let args = match meta.path_arg {
-        Some(PathArgType::LinuxBinprm) => vec![Argument::LinuxBinprmArg(BinprmArg { path: path.into() })],
+        Some(PathArgType::LinuxBinprm) => {
+            vec![Argument::LinuxBinprmArg(BinprmArg { path: path.into() })]
+        }
         Some(PathArgType::String) => vec![Argument::StringArg(path.into())],
         None => Vec::new(),
     };
@@ -112,13 +141,35 @@ fn policy_event(meta: &SelectorMeta, process: &Process, parent: Option<Process>,
     let (message, tags) = (meta.message.clone(), meta.tags.clone());
     match &meta.point {
         HookPoint::Kprobe { function } => Event::ProcessKprobe(ProcessKprobe {
-            process, parent, function_name: function.clone(), args, action, policy_name, message, tags,
+            process,
+            parent,
+            function_name: function.clone(),
+            args,
+            action,
+            policy_name,
+            message,
+            tags,
         }),
         HookPoint::Lsm { hook } => Event::ProcessLsm(ProcessLsm {
-            process, parent, function_name: hook.clone(), policy_name, message, args, action, tags,
+            process,
+            parent,
+            function_name: hook.clone(),
+            policy_name,
+            message,
+            args,
+            action,
+            tags,
         }),
         HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
-            process, parent, subsys: subsystem.clone(), event: event.clone(), args, policy_name, message, action, tags,
+            process,
+            parent,
+            subsys: subsystem.clone(),
+            event: event.clone(),
+            args,
+            policy_name,
+            message,
+            action,
+            tags,
         }),
     }
 }

@@ -32,7 +32,11 @@ pub fn can_run(test: &str) -> bool {
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A temporary directory, removed on drop.
@@ -67,8 +71,13 @@ impl TestCgroup {
 
     /// A command that joins this cgroup before it execs.
     pub fn command(&self, program: &str) -> Command {
-        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").into_os_string().into_encoded_bytes())
-            .expect("cgroup path has no NUL");
+        let procs = std::ffi::CString::new(
+            self.0
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("cgroup path has no NUL");
         let mut c = Command::new(program);
         // SAFETY: only async-signal-safe calls (open, write, close) run between
         // fork and exec; the path was allocated before the fork.
@@ -80,7 +89,11 @@ impl TestCgroup {
                 }
                 let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
                 libc::close(fd);
-                if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
             });
         }
         c
@@ -152,7 +165,13 @@ impl Daemon {
                 }
             }
         };
-        Daemon { child, events, program_ids, _dir: dir, stderr: rx }
+        Daemon {
+            child,
+            events,
+            program_ids,
+            _dir: dir,
+            stderr: rx,
+        }
     }
 
     /// Every event exported so far.
@@ -200,10 +219,15 @@ impl Drop for Daemon {
 }
 
 fn parse_ids(line: &str) -> Vec<u32> {
-    let Some(start) = line.find("programs=[") else { return Vec::new() };
+    let Some(start) = line.find("programs=[") else {
+        return Vec::new();
+    };
     let rest = &line[start + "programs=[".len()..];
     let end = rest.find(']').unwrap_or(0);
-    rest[..end].split(',').filter_map(|s| s.trim().parse().ok()).collect()
+    rest[..end]
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
 }
 
 /// The event body under `key` (`process_exec`, ...), if this is such an event.
@@ -218,7 +242,10 @@ pub fn is(e: &Value, key: &str, binary: &str) -> bool {
 
 /// The path `p` as the kernel resolves it (symlinks followed).
 pub fn resolved(p: &str) -> String {
-    std::fs::canonicalize(p).expect("path exists").to_string_lossy().into_owned()
+    std::fs::canonicalize(p)
+        .expect("path exists")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A policy file written into `dir`.
@@ -230,5 +257,9 @@ pub fn policy_file(dir: &TempDir, name: &str, yaml: &str) -> String {
 
 /// The repository's `policies/` directory.
 pub fn shipped(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies").join(name).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }

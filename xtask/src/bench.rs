@@ -17,11 +17,17 @@ struct Options {
 }
 
 fn options(args: &[String]) -> Result<Options> {
-    let mut o = Options { pairs: 5, execs: 2000 };
+    let mut o = Options {
+        pairs: 5,
+        execs: 2000,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || -> Result<usize> {
-            it.next().context("missing value")?.parse().context("not a number")
+            it.next()
+                .context("missing value")?
+                .parse()
+                .context("not a number")
         };
         match a.as_str() {
             "--pairs" => o.pairs = num()?,
@@ -53,7 +59,14 @@ fn start(sensor: &Path, events: &Path) -> Result<Daemon> {
     let _ = std::fs::remove_file(events);
     let mut child = Command::new(sensor)
         .current_dir(root())
-        .args(["run", "--output", "none", "--policy", "policies/reflex.yaml", "--export-file"])
+        .args([
+            "run",
+            "--output",
+            "none",
+            "--policy",
+            "policies/reflex.yaml",
+            "--export-file",
+        ])
         .arg(events)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -67,7 +80,9 @@ fn start(sensor: &Path, events: &Path) -> Result<Daemon> {
         }
     });
     loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).context("sensor did not start")?;
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("sensor did not start")?;
         if line.contains("sensor ready") {
             return Ok(Daemon { child, log: rx });
         }
@@ -79,7 +94,11 @@ fn stop(mut d: Daemon) -> Result<String> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     d.child.wait()?;
-    let line = d.log.try_iter().find(|l| l.contains("sensor stopped")).context("no stop line")?;
+    let line = d
+        .log
+        .try_iter()
+        .find(|l| l.contains("sensor stopped"))
+        .context("no stop line")?;
     Ok(line)
 }
 

@@ -12,7 +12,10 @@ use crate::{ensure_packages, is_root, root, run};
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 
 fn bpf_linker_works() -> bool {
-    Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn ensure_toolchain() -> Result<()> {
@@ -33,9 +36,18 @@ fn ensure_toolchain() -> Result<()> {
     ensure_packages(&packages)?;
     if !bpf_linker_works() {
         eprintln!("xtask: installing {BPF_LINKER} (about 2 minutes)");
-        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", BPF_LINKER, "--locked", "--no-default-features", "--features", "llvm-22"])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    BPF_LINKER,
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
     }
     Ok(())
 }
@@ -43,10 +55,22 @@ fn ensure_toolchain() -> Result<()> {
 /// Builds target/bpfel-unknown-none/release/sensor-ebpf.
 pub fn build() -> Result<()> {
     ensure_toolchain()?;
-    let flags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    let flags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
     let mut cmd = Command::new("/usr/bin/cargo");
     cmd.current_dir(root().join("sensor-ebpf"))
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", flags)

@@ -81,7 +81,10 @@ fn sensor_run() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    ensure_packages(&[("curl", "/usr/bin/curl"), ("util-linux", "/usr/bin/setpriv")])?;
+    ensure_packages(&[
+        ("curl", "/usr/bin/curl"),
+        ("util-linux", "/usr/bin/setpriv"),
+    ])?;
     ebpf::build()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;

@@ -23,8 +23,15 @@ fn path_of(args: &[Argument]) -> &str {
 
 fn policy_line(action: &str, what: &str, args: &[Argument], policy: &str) -> (String, String) {
     let verb = action.trim_start_matches("KPROBE_ACTION_");
-    let icon = if verb == "POST" { "🔔 policy " } else { "🛑 reflex " };
-    (icon.into(), format!("{what} {} {verb} [{policy}]", path_of(args)))
+    let icon = if verb == "POST" {
+        "🔔 policy "
+    } else {
+        "🛑 reflex "
+    };
+    (
+        icon.into(),
+        format!("{what} {} {verb} [{policy}]", path_of(args)),
+    )
 }
 
 /// The compact line for one event.
@@ -33,14 +40,23 @@ pub fn line(e: &Envelope) -> String {
     let (head, tail) = match &e.event {
         Event::ProcessExec(_) => ("🚀 process".to_string(), String::new()),
         Event::ProcessExit(x) => {
-            let how = if x.signal.is_empty() { x.status.to_string() } else { x.signal.clone() };
+            let how = if x.signal.is_empty() {
+                x.status.to_string()
+            } else {
+                x.signal.clone()
+            };
             ("💥 exit   ".to_string(), how)
         }
-        Event::ProcessKprobe(k) => policy_line(&k.action, &k.function_name, &k.args, &k.policy_name),
-        Event::ProcessLsm(l) => policy_line(&l.action, &l.function_name, &l.args, &l.policy_name),
-        Event::ProcessTracepoint(t) => {
-            policy_line(&t.action, &format!("{}/{}", t.subsys, t.event), &t.args, &t.policy_name)
+        Event::ProcessKprobe(k) => {
+            policy_line(&k.action, &k.function_name, &k.args, &k.policy_name)
         }
+        Event::ProcessLsm(l) => policy_line(&l.action, &l.function_name, &l.args, &l.policy_name),
+        Event::ProcessTracepoint(t) => policy_line(
+            &t.action,
+            &format!("{}/{}", t.subsys, t.event),
+            &t.args,
+            &t.policy_name,
+        ),
     };
     let mut out = format!("{head} {} {}", e.node_name, command(p));
     if !tail.is_empty() {
@@ -56,7 +72,11 @@ mod tests {
     use crate::export::event::{BinprmArg, ProcessExit, ProcessKprobe};
 
     fn curl() -> Process {
-        Process { binary: "/usr/bin/curl".into(), arguments: "--version".into(), ..Default::default() }
+        Process {
+            binary: "/usr/bin/curl".into(),
+            arguments: "--version".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -66,7 +86,9 @@ mod tests {
                 process: curl(),
                 parent: None,
                 function_name: "security_bprm_check".into(),
-                args: vec![Argument::LinuxBinprmArg(BinprmArg { path: "/usr/bin/curl".into() })],
+                args: vec![Argument::LinuxBinprmArg(BinprmArg {
+                    path: "/usr/bin/curl".into(),
+                })],
                 action: "KPROBE_ACTION_SIGKILL".into(),
                 policy_name: "reflex".into(),
                 message: None,

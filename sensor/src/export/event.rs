@@ -18,6 +18,7 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the names are Tetragon's event keys
 pub enum Event {
     ProcessExec(ProcessExec),
     ProcessExit(ProcessExit),
@@ -152,10 +153,38 @@ pub fn action_name(signal: Option<u32>) -> &'static str {
 /// The name Tetragon gives a signal in `process_exit.signal`.
 pub fn signal_name(sig: u32) -> String {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     match NAMES.get(sig as usize) {
         Some(n) if !n.is_empty() => n.to_string(),
@@ -188,7 +217,10 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["process_exit"]["signal"], "SIGKILL");
-        assert!(v["process_exit"].get("status").is_none(), "zero status is omitted");
+        assert!(
+            v["process_exit"].get("status").is_none(),
+            "zero status is omitted"
+        );
         assert_eq!(v["process_exit"]["process"]["binary"], "/usr/bin/curl");
         assert_eq!(v["node_name"], "node");
         let back: Envelope = serde_json::from_value(v).unwrap();
@@ -197,7 +229,8 @@ mod tests {
 
     #[test]
     fn kprobe_args_use_tetragon_field_names() {
-        let a = serde_json::to_value(Argument::LinuxBinprmArg(BinprmArg { path: "/x".into() })).unwrap();
+        let a = serde_json::to_value(Argument::LinuxBinprmArg(BinprmArg { path: "/x".into() }))
+            .unwrap();
         assert_eq!(a, serde_json::json!({"linux_binprm_arg": {"path": "/x"}}));
         assert_eq!(action_name(Some(9)), "KPROBE_ACTION_SIGKILL");
         assert_eq!(signal_name(15), "SIGTERM");

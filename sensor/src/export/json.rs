@@ -101,7 +101,11 @@ mod tests {
     fn event(pid: u32) -> Envelope {
         Envelope {
             event: Event::ProcessExec(ProcessExec {
-                process: Process { pid, binary: "/bin/true".into(), ..Default::default() },
+                process: Process {
+                    pid,
+                    binary: "/bin/true".into(),
+                    ..Default::default()
+                },
                 parent: None,
             }),
             node_name: "n".into(),
@@ -124,13 +128,22 @@ mod tests {
             std::fs::read_to_string(p)
                 .unwrap()
                 .lines()
-                .map(|l| serde_json::from_str::<Envelope>(l).unwrap().event.process().pid)
+                .map(|l| {
+                    serde_json::from_str::<Envelope>(l)
+                        .unwrap()
+                        .event
+                        .process()
+                        .pid
+                })
                 .collect()
         };
         assert_eq!(read(&path), vec![1009]);
         assert_eq!(read(&dir.join("events.log.1")), vec![1006, 1007, 1008]);
         assert_eq!(read(&dir.join("events.log.2")), vec![1003, 1004, 1005]);
-        assert!(!dir.join("events.log.3").exists(), "only two backups are kept");
+        assert!(
+            !dir.join("events.log.3").exists(),
+            "only two backups are kept"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

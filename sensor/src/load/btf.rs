@@ -69,7 +69,9 @@ impl Btf {
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(BtfError::Malformed("bad magic (only little-endian BTF is read)"));
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is read)",
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;

@@ -24,7 +24,9 @@ pub enum LoadError {
     NotRoot,
     #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing); a kernel with CONFIG_DEBUG_INFO_BTF=y is needed")]
     NoBtf,
-    #[error("this binary was built without the eBPF object; run `cargo xtask build-ebpf` and rebuild")]
+    #[error(
+        "this binary was built without the eBPF object; run `cargo xtask build-ebpf` and rebuild"
+    )]
     NoObject,
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
@@ -33,9 +35,15 @@ pub enum LoadError {
     #[error("loading the eBPF object: {0}")]
     Object(#[from] EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("eBPF object lacks {0}")]
     Missing(&'static str),
 }
@@ -83,12 +91,24 @@ impl Kernel {
     /// program sees is missing its lineage.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         let p: &mut RawTracePoint = self.program("snsr_fork")?;
-        p.load().map_err(|source| LoadError::Program { name: "snsr_fork", source })?;
-        p.attach("sched_process_fork").map_err(|source| LoadError::Program { name: "snsr_fork", source })?;
-        for (name, tp) in [("snsr_exit", "sched_process_exit"), ("snsr_exec", "sched_process_exec")] {
+        p.load().map_err(|source| LoadError::Program {
+            name: "snsr_fork",
+            source,
+        })?;
+        p.attach("sched_process_fork")
+            .map_err(|source| LoadError::Program {
+                name: "snsr_fork",
+                source,
+            })?;
+        for (name, tp) in [
+            ("snsr_exit", "sched_process_exit"),
+            ("snsr_exec", "sched_process_exec"),
+        ] {
             let p: &mut TracePoint = self.program(name)?;
-            p.load().map_err(|source| LoadError::Program { name, source })?;
-            p.attach("sched", tp).map_err(|source| LoadError::Program { name, source })?;
+            p.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+            p.attach("sched", tp)
+                .map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(())
     }
@@ -97,8 +117,12 @@ impl Kernel {
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
     {
-        let p = self.ebpf.program_mut(name).ok_or(LoadError::Missing(name))?;
-        p.try_into().map_err(|source| LoadError::Program { name, source })
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?;
+        p.try_into()
+            .map_err(|source| LoadError::Program { name, source })
     }
 
     /// Kernel ids of the loaded programs.
@@ -111,7 +135,10 @@ impl Kernel {
 
     /// The ring buffer, taken out once for the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let m = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("EVENTS"))?;
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::Missing("EVENTS"))?;
         RingBuf::try_from(m).map_err(map_err("EVENTS"))
     }
 
@@ -127,20 +154,25 @@ impl Kernel {
             let mut trie: LpmTrie<_, [u8; STR_KEY_LEN], u8> =
                 LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             for (bits, k) in entries {
-                trie.insert(&Key::new(*bits, *k), 1, 0).map_err(map_err(name))?;
+                trie.insert(&Key::new(*bits, *k), 1, 0)
+                    .map_err(map_err(name))?;
             }
         }
         let mut sels: Array<_, ExecSelector> =
             Array::try_from(self.map_mut("EXEC_SELECTORS")?).map_err(map_err("EXEC_SELECTORS"))?;
         for (i, s) in c.selectors.iter().enumerate() {
-            sels.set(i as u32, s, 0).map_err(map_err("EXEC_SELECTORS"))?;
+            sels.set(i as u32, s, 0)
+                .map_err(map_err("EXEC_SELECTORS"))?;
         }
         let mut cg: HashMap<_, u64, u8> =
             HashMap::try_from(self.map_mut("SCOPE_CGROUPS")?).map_err(map_err("SCOPE_CGROUPS"))?;
         for id in scope {
             cg.insert(id, 1, 0).map_err(map_err("SCOPE_CGROUPS"))?;
         }
-        let config = Config { scoped: !scope.is_empty() as u32, ..c.config };
+        let config = Config {
+            scoped: !scope.is_empty() as u32,
+            ..c.config
+        };
         let mut cfg: Array<_, Config> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
         cfg.set(0, config, 0).map_err(map_err("CONFIG"))
@@ -154,7 +186,8 @@ impl Kernel {
         for (pid, st) in states {
             match procs.insert(pid, st, BPF_NOEXIST) {
                 Ok(()) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(map_err("PROCS")(e)),
             }
         }

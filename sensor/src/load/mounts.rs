@@ -37,14 +37,19 @@ pub fn ensure() -> Result<(), MountError> {
         let c = |s: &str| CString::new(s).unwrap_or_default();
         let (src, tgt, ty) = (c(fstype), c(target), c(fstype));
         // SAFETY: NUL-terminated strings that outlive the call.
-        let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        let r =
+            unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
         if r != 0 {
             let source = std::io::Error::last_os_error();
             if fstype == "securityfs" {
                 tracing::warn!(%source, "securityfs is not mounted and could not be mounted");
                 continue;
             }
-            return Err(MountError { fstype, target, source });
+            return Err(MountError {
+                fstype,
+                target,
+                source,
+            });
         }
         tracing::info!(fstype, target, "mounted");
     }

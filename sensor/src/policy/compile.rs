@@ -53,7 +53,8 @@ impl Compiled {
         let mut hook_id = 0u32;
         for (file, policy) in policies {
             if let Some(ns) = &policy.namespace {
-                c.inactive.push(format!("{} (namespace {ns:?})", policy.name));
+                c.inactive
+                    .push(format!("{} (namespace {ns:?})", policy.name));
                 continue;
             }
             for hook in &policy.hooks {
@@ -61,7 +62,9 @@ impl Compiled {
                     return Err(PolicyError {
                         file: file.clone(),
                         field: "spec".into(),
-                        reason: format!("more than {MAX_SELECTORS} exec hooks across loaded policies"),
+                        reason: format!(
+                            "more than {MAX_SELECTORS} exec hooks across loaded policies"
+                        ),
                     });
                 }
                 for sel in &hook.selectors {
@@ -70,7 +73,9 @@ impl Compiled {
                         return Err(PolicyError {
                             file: file.clone(),
                             field: "spec".into(),
-                            reason: format!("more than {MAX_SELECTORS} exec selectors across loaded policies"),
+                            reason: format!(
+                                "more than {MAX_SELECTORS} exec selectors across loaded policies"
+                            ),
                         });
                     }
                     let mut ks = ExecSelector {
@@ -166,7 +171,10 @@ mod tests {
         assert_eq!(c.selectors.len(), 1);
         let s = c.selectors[0];
         assert_eq!(s.signal, 9);
-        assert_eq!((s.binaries.kind, s.binaries.negate, s.follow), (match_kind::EQUAL, 0, 1));
+        assert_eq!(
+            (s.binaries.kind, s.binaries.negate, s.follow),
+            (match_kind::EQUAL, 0, 1)
+        );
         assert_eq!((s.n_args, s.args[0].kind), (1, match_kind::POSTFIX));
         assert_eq!(c.config.follow_mask, 1);
         assert_eq!(c.config.need_reversed, 1);
@@ -180,9 +188,21 @@ mod tests {
     fn state_for_inherits_follow_from_a_matching_parent() {
         let c = compile(FOLLOW);
         let sh = c.state_for("/bin/sh", ProcState::default());
-        assert_eq!(sh, ProcState { bin_in: 1, follow: 0 });
+        assert_eq!(
+            sh,
+            ProcState {
+                bin_in: 1,
+                follow: 0
+            }
+        );
         let child = c.state_for("/usr/bin/env", sh);
-        assert_eq!(child, ProcState { bin_in: 0, follow: 1 });
+        assert_eq!(
+            child,
+            ProcState {
+                bin_in: 0,
+                follow: 1
+            }
+        );
         let grandchild = c.state_for("/usr/bin/true", child);
         assert_eq!(grandchild.follow, 1);
     }

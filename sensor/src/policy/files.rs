@@ -35,8 +35,15 @@ pub fn load_file(file: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
         if value.is_null() {
             continue;
         }
-        let prefix = if doc_index == 0 { String::new() } else { format!("document {doc_index}: ") };
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let prefix = if doc_index == 0 {
+            String::new()
+        } else {
+            format!("document {doc_index}: ")
+        };
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
         if CILIUM_KINDS.contains(&kind) {
             into.skipped.push((file.to_path_buf(), kind.to_string()));
             continue;

@@ -56,15 +56,31 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     let no_spec = |name: &str| format!("spec.{name}");
     unsupported(&s.uprobes, no_spec("uprobes"), "uprobes")?;
     unsupported(&s.usdts, no_spec("usdts"), "usdts")?;
-    unsupported(&s.fentries, no_spec("fentries"), "fentries (they need a BPF trampoline, which this kernel refuses)")?;
+    unsupported(
+        &s.fentries,
+        no_spec("fentries"),
+        "fentries (they need a BPF trampoline, which this kernel refuses)",
+    )?;
     unsupported(&s.enforcers, no_spec("enforcers"), "enforcers")?;
     unsupported(&s.lists, no_spec("lists"), "lists")?;
     unsupported(&s.options, no_spec("options"), "options")?;
-    unsupported(&s.pod_selector, no_spec("podSelector"), "podSelector (until pod context exists)")?;
-    unsupported(&s.container_selector, no_spec("containerSelector"), "containerSelector")?;
+    unsupported(
+        &s.pod_selector,
+        no_spec("podSelector"),
+        "podSelector (until pod context exists)",
+    )?;
+    unsupported(
+        &s.container_selector,
+        no_spec("containerSelector"),
+        "containerSelector",
+    )?;
     unsupported(&s.host_selector, no_spec("hostSelector"), "hostSelector")?;
     unsupported(&s.node_selector, no_spec("nodeSelector"), "nodeSelector")?;
-    unsupported(&s.selectors_macros, no_spec("selectorsMacros"), "selectorsMacros")?;
+    unsupported(
+        &s.selectors_macros,
+        no_spec("selectorsMacros"),
+        "selectorsMacros",
+    )?;
     unsupported(&s.loader, no_spec("loader"), "the loader sensor")?;
 
     let mut hooks = Vec::new();
@@ -104,15 +120,27 @@ fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
     let (function, arg) = match base {
         "security_bprm_check" => (
             "security_bprm_check".to_string(),
-            PathArg { index: 0, ty: PathArgType::LinuxBinprm, accepted_types: &["linux_binprm"] },
+            PathArg {
+                index: 0,
+                ty: PathArgType::LinuxBinprm,
+                accepted_types: &["linux_binprm"],
+            },
         ),
         "sys_execve" => (
             format!("__x64_{base}"),
-            PathArg { index: 0, ty: PathArgType::String, accepted_types: &["string", "filename"] },
+            PathArg {
+                index: 0,
+                ty: PathArgType::String,
+                accepted_types: &["string", "filename"],
+            },
         ),
         "sys_execveat" => (
             format!("__x64_{base}"),
-            PathArg { index: 1, ty: PathArgType::String, accepted_types: &["string", "filename"] },
+            PathArg {
+                index: 1,
+                ty: PathArgType::String,
+                accepted_types: &["string", "filename"],
+            },
         ),
         _ => {
             return err(
@@ -125,7 +153,11 @@ fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
         return err(format!("{at}.return"), "return probes are not supported");
     }
     unsupported(&k.return_arg, format!("{at}.returnArg"), "returnArg")?;
-    unsupported(&k.return_arg_action, format!("{at}.returnArgAction"), "returnArgAction")?;
+    unsupported(
+        &k.return_arg_action,
+        format!("{at}.returnArgAction"),
+        "returnArgAction",
+    )?;
     unsupported(&k.data, format!("{at}.data"), "data")?;
     unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
     hook(
@@ -159,7 +191,10 @@ fn tracepoint(t: RawTracepoint, at: &str) -> Result<Hook> {
         ty: PathArgType::String,
         accepted_types: &["string", "data_loc", "auto"],
     };
-    let point = HookPoint::Tracepoint { subsystem: t.subsystem, event: t.event };
+    let point = HookPoint::Tracepoint {
+        subsystem: t.subsystem,
+        event: t.event,
+    };
     hook(point, true, arg, t.args, t.selectors, t.message, t.tags, at)
 }
 
@@ -167,12 +202,28 @@ fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
     if l.hook != "bprm_check_security" {
         return err(
             format!("{at}.hook"),
-            format!("unsupported LSM hook `{}`; exec LSM hook: bprm_check_security", l.hook),
+            format!(
+                "unsupported LSM hook `{}`; exec LSM hook: bprm_check_security",
+                l.hook
+            ),
         );
     }
-    let arg = PathArg { index: 0, ty: PathArgType::LinuxBinprm, accepted_types: &["linux_binprm"] };
+    let arg = PathArg {
+        index: 0,
+        ty: PathArgType::LinuxBinprm,
+        accepted_types: &["linux_binprm"],
+    };
     let point = HookPoint::Lsm { hook: l.hook };
-    hook(point, false, arg, l.args, l.selectors, l.message, l.tags, at)
+    hook(
+        point,
+        false,
+        arg,
+        l.args,
+        l.selectors,
+        l.message,
+        l.tags,
+        at,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -192,14 +243,21 @@ fn hook(
         if a.index != path.index {
             return err(
                 format!("{f}.index"),
-                format!("argument {} is not available; this hook exposes argument {} (the binary path)", a.index, path.index),
+                format!(
+                    "argument {} is not available; this hook exposes argument {} (the binary path)",
+                    a.index, path.index
+                ),
             );
         }
         let ty = a.type_.as_deref().unwrap_or("auto");
         if !path.accepted_types.contains(&ty) {
             return err(
                 format!("{f}.type"),
-                format!("type `{ty}` does not fit argument {}; expected {}", a.index, path.accepted_types.join(" or ")),
+                format!(
+                    "type `{ty}` does not fit argument {}; expected {}",
+                    a.index,
+                    path.accepted_types.join(" or ")
+                ),
             );
         }
         for (name, v) in [
@@ -217,7 +275,11 @@ fn hook(
     if selectors.len() > limits::SELECTORS_PER_HOOK {
         return err(
             format!("{at}.selectors"),
-            format!("{} selectors; at most {} per hook", selectors.len(), limits::SELECTORS_PER_HOOK),
+            format!(
+                "{} selectors; at most {} per hook",
+                selectors.len(),
+                limits::SELECTORS_PER_HOOK
+            ),
         );
     }
     if message.as_ref().is_some_and(|m| m.len() > 256) {
@@ -228,17 +290,32 @@ fn hook(
     }
     let mut parsed = Vec::new();
     for (i, s) in selectors.into_iter().enumerate() {
-        parsed.push(selector(s, path.index, path_arg.is_some(), &format!("{at}.selectors[{i}]"))?);
+        parsed.push(selector(
+            s,
+            path.index,
+            path_arg.is_some(),
+            &format!("{at}.selectors[{i}]"),
+        )?);
     }
     if parsed.is_empty() {
         // A hook without selectors posts every call, as in Tetragon.
         parsed.push(Selector {
             binaries: None,
             path: Vec::new(),
-            actions: Actions { post: true, signal: None },
+            actions: Actions {
+                post: true,
+                signal: None,
+            },
         });
     }
-    Ok(Hook { point, binaries_of_new_image, path_arg, selectors: parsed, message, tags })
+    Ok(Hook {
+        point,
+        binaries_of_new_image,
+        path_arg,
+        selectors: parsed,
+        message,
+        tags,
+    })
 }
 
 fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result<Selector> {
@@ -258,7 +335,10 @@ fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result
         unsupported(v, format!("{at}.{name}"), name)?;
     }
     if s.match_binaries.len() > 1 {
-        return err(format!("{at}.matchBinaries"), "at most one matchBinaries per selector");
+        return err(
+            format!("{at}.matchBinaries"),
+            "at most one matchBinaries per selector",
+        );
     }
     let binaries = match s.match_binaries.into_iter().next() {
         None => None,
@@ -280,15 +360,25 @@ fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result
             };
             let follow_children = b.follow_children.unwrap_or(false);
             if follow_children && !matches!(op, StrOp::Equal | StrOp::NotEqual) {
-                return err(format!("{f}.followChildren"), "only with the In or NotIn operator");
+                return err(
+                    format!("{f}.followChildren"),
+                    "only with the In or NotIn operator",
+                );
             }
-            Some(BinaryMatch { set: values(op, b.values, &f)?, follow_children })
+            Some(BinaryMatch {
+                set: values(op, b.values, &f)?,
+                follow_children,
+            })
         }
     };
     if s.match_args.len() > limits::MAX_ARG_FILTERS {
         return err(
             format!("{at}.matchArgs"),
-            format!("{} entries; at most {}", s.match_args.len(), limits::MAX_ARG_FILTERS),
+            format!(
+                "{} entries; at most {}",
+                s.match_args.len(),
+                limits::MAX_ARG_FILTERS
+            ),
         );
     }
     let mut path = Vec::new();
@@ -327,7 +417,11 @@ fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result
         };
         path.push(values(op, m.values, &f)?);
     }
-    Ok(Selector { binaries, path, actions: actions(s.match_actions, at)? })
+    Ok(Selector {
+        binaries,
+        path,
+        actions: actions(s.match_actions, at)?,
+    })
 }
 
 fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
@@ -337,7 +431,11 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
     if values.len() > limits::VALUES_PER_FILTER {
         return err(
             format!("{at}.values"),
-            format!("{} values; at most {}", values.len(), limits::VALUES_PER_FILTER),
+            format!(
+                "{} values; at most {}",
+                values.len(),
+                limits::VALUES_PER_FILTER
+            ),
         );
     }
     for (i, v) in values.iter().enumerate() {
@@ -352,7 +450,10 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
 }
 
 fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
-    let mut out = Actions { post: true, signal: None };
+    let mut out = Actions {
+        post: true,
+        signal: None,
+    };
     for (i, a) in raw.into_iter().enumerate() {
         let f = format!("{at}.matchActions[{i}]");
         for (name, v) in [

@@ -95,6 +95,7 @@ impl ProcessCache {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -136,9 +137,9 @@ impl ProcessCache {
     pub fn exec(&mut self, rec: &ExecRecord) -> Lineage {
         let h = &rec.header;
         let parent = self.by_pid(h.ppid);
-        let after_clone = self
-            .by_pid(h.pid)
-            .is_some_and(|p| p.flags.split(' ').any(|w| w == "clone") && !p.flags.contains("execve"));
+        let after_clone = self.by_pid(h.pid).is_some_and(|p| {
+            p.flags.split(' ').any(|w| w == "clone") && !p.flags.contains("execve")
+        });
         let p = Process {
             exec_id: self.exec_id(h.ktime, h.pid).0,
             pid: h.pid,
@@ -148,7 +149,10 @@ impl ProcessCache {
             arguments: join_args(rec.args.get(1..).unwrap_or_default()),
             flags: exec_flag_words(h.flags, &rec.cwd, after_clone),
             start_time: self.clock.rfc3339(h.ktime),
-            parent_exec_id: parent.as_ref().map(|p| p.exec_id.clone()).unwrap_or_default(),
+            parent_exec_id: parent
+                .as_ref()
+                .map(|p| p.exec_id.clone())
+                .unwrap_or_default(),
             tid: h.tid,
         };
         if parent.is_none() {
@@ -233,7 +237,13 @@ mod tests {
         let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
         let (sh, _) = c.exec(&exec(10, 1, 100, "/bin/sh"));
         let clone = c
-            .fork(&ForkEvent { kind: kind::FORK, pid: 11, ppid: 10, _pad: 0, ktime: 200 })
+            .fork(&ForkEvent {
+                kind: kind::FORK,
+                pid: 11,
+                ppid: 10,
+                _pad: 0,
+                ktime: 200,
+            })
             .unwrap();
         assert_eq!(clone.parent_exec_id, sh.exec_id);
         assert_eq!(clone.binary, "/bin/sh");
@@ -242,7 +252,13 @@ mod tests {
         assert_eq!(echo.flags, "execve rootcwd clone");
         assert_eq!(echo.arguments, "\"a b\" c");
         let (gone, parent) = c
-            .exit(&ExitEvent { kind: kind::EXIT, pid: 11, tid: 11, exit_code: 0, ktime: 400 })
+            .exit(&ExitEvent {
+                kind: kind::EXIT,
+                pid: 11,
+                tid: 11,
+                exit_code: 0,
+                ktime: 400,
+            })
             .unwrap();
         assert_eq!(gone.exec_id, echo.exec_id);
         assert_eq!(parent.unwrap().exec_id, sh.exec_id);
@@ -255,9 +271,21 @@ mod tests {
         c.exec(&exec(1, 0, 1, "/sbin/init"));
         for i in 0..1000u32 {
             let pid = 100 + i;
-            c.fork(&ForkEvent { kind: kind::FORK, pid, ppid: 1, _pad: 0, ktime: 10 + i as u64 });
+            c.fork(&ForkEvent {
+                kind: kind::FORK,
+                pid,
+                ppid: 1,
+                _pad: 0,
+                ktime: 10 + i as u64,
+            });
             c.exec(&exec(pid, 1, 20 + i as u64, "/bin/true"));
-            c.exit(&ExitEvent { kind: kind::EXIT, pid, tid: pid, exit_code: 0, ktime: 30 });
+            c.exit(&ExitEvent {
+                kind: kind::EXIT,
+                pid,
+                tid: pid,
+                exit_code: 0,
+                ktime: 30,
+            });
         }
         assert!(c.len() <= 10, "cache holds {}", c.len());
         assert!(c.by_pid(1).is_some(), "a live process is never evicted");

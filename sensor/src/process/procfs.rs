@@ -115,11 +115,17 @@ mod tests {
     fn scan_finds_this_process_and_its_parent_first() {
         let all = scan(Path::new("/proc"));
         let me = std::process::id();
-        let pos = all.iter().position(|e| e.pid == me).expect("this process is scanned");
+        let pos = all
+            .iter()
+            .position(|e| e.pid == me)
+            .expect("this process is scanned");
         let ppid = all[pos].ppid;
         if let Some(ppos) = all.iter().position(|e| e.pid == ppid) {
             assert!(ppos < pos, "parent sorted before child");
         }
-        assert_eq!(all[pos].binary, std::env::current_exe().unwrap().to_string_lossy());
+        assert_eq!(
+            all[pos].binary,
+            std::env::current_exe().unwrap().to_string_lossy()
+        );
     }
 }
