@@ -15,16 +15,22 @@ use serde_json::Value;
 pub const SENSOR: &str = env!("CARGO_BIN_EXE_sensor");
 const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
-/// Whether this test can run: root and a cgroup v2 mount. Prints why not.
+/// Says that a test skips, on the real stderr: the test harness captures
+/// `eprintln!`, which would hide the skip.
+fn skip(test: &str, why: &str) -> bool {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+    false
+}
+
+/// Whether this test can run: root and a cgroup v2 mount. Says why not.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root to load eBPF programs");
-        return false;
+        return skip(test, "needs root to load eBPF programs");
     }
     if !Path::new(CGROUP2).join("cgroup.procs").exists() {
-        eprintln!("SKIP {test}: no cgroup v2 at {CGROUP2}");
-        return false;
+        return skip(test, &format!("no cgroup v2 at {CGROUP2}"));
     }
     true
 }

@@ -91,7 +91,49 @@ fn test() -> Result<()> {
     if !is_root() {
         eprintln!("xtask: not root: tests that load eBPF programs will report SKIP");
     }
-    run(cargo().arg("test"))
+    cargo_test()
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one
+/// summary line over every test binary (cargo's own last line is that of the
+/// last binary, often one without tests).
+fn cargo_test() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cargo()
+        .args(["test", "--no-fail-fast"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let out = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
