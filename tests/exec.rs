@@ -157,7 +157,14 @@ fn sigterm_detaches_every_program() {
     if !can_run("sigterm_detaches_every_program") {
         return;
     }
-    let mut daemon = Daemon::start(&["--policy", &shipped("reflex.yaml")]);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let mut daemon = Daemon::start(&[
+        "--policy",
+        &shipped("reflex.yaml"),
+        "--enforce-cgroup",
+        &scope,
+    ]);
     assert_eq!(daemon.program_ids.len(), 3, "exec, fork and exit programs");
     let loaded = || -> Vec<u32> {
         aya::programs::loaded_programs()

@@ -90,12 +90,21 @@ struct RunArgs {
     /// Node name in exec_ids and events; NODE_NAME or the hostname otherwise.
     #[arg(long)]
     node_name: Option<String>,
-    /// Ring buffer size in bytes (a power of two).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = ring_size)]
     ring_buffer_size: u32,
     /// Processes kept in the cache, exited ones evicted first.
     #[arg(long, default_value_t = 65536)]
     process_cache_size: usize,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n >= 4096 {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a power of two of at least 4096"))
+    }
 }
 
 fn init_logging(format: LogFormat) {

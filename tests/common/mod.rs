@@ -138,10 +138,16 @@ impl Daemon {
     pub fn start(args: &[&str]) -> Daemon {
         let dir = TempDir::new();
         let events = dir.path().join("events.json");
+        // An explicit, empty policy directory: the daemon must never pick up
+        // policies the test did not give it (and scope).
+        let no_policies = dir.path().join("no-policies");
+        std::fs::create_dir(&no_policies).expect("policy dir");
         let mut child = Command::new(SENSOR)
             .arg("run")
             .args(["--output", "none", "--export-file"])
             .arg(&events)
+            .arg("--policy-dir")
+            .arg(&no_policies)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
