@@ -61,7 +61,9 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     assert_eq!(kills, 1, "only the curl in scope hit the policy");
 }
 
-fn equal_policy(name: &str, binary: &str) -> String {
+/// A kprobe policy on `security_bprm_check` with one selector (YAML lines
+/// indented for the selector list).
+fn bprm_policy(name: &str, selector: &str) -> String {
     format!(
         "apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -73,9 +75,16 @@ spec:
     syscall: false
     args: [{{index: 0, type: linux_binprm}}]
     selectors:
-    - matchArgs: [{{index: 0, operator: Equal, values: [\"{binary}\"]}}]
-      matchActions: [{{action: Sigkill}}]
-"
+{selector}"
+    )
+}
+
+fn equal_policy(name: &str, binary: &str) -> String {
+    bprm_policy(
+        name,
+        &format!(
+            "    - matchArgs: [{{index: 0, operator: Equal, values: [\"{binary}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
+        ),
     )
 }
 
@@ -111,22 +120,15 @@ fn blocked_binary_never_runs_an_instruction() {
 }
 
 fn follow_policy(follow: bool) -> String {
-    format!(
-        "apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: shell-children
-spec:
-  kprobes:
-  - call: security_bprm_check
-    syscall: false
-    args: [{{index: 0, type: linux_binprm}}]
-    selectors:
-    - matchBinaries: [{{operator: In, values: [\"{}\"], followChildren: {follow}}}]
+    let sh = resolved("/bin/sh");
+    bprm_policy(
+        "shell-children",
+        &format!(
+            "    - matchBinaries: [{{operator: In, values: [\"{sh}\"], followChildren: {follow}}}]
       matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
       matchActions: [{{action: Sigkill}}]
-",
-        resolved("/bin/sh")
+"
+        ),
     )
 }
 
