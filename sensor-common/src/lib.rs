@@ -33,6 +33,7 @@ pub mod kind {
     pub const EXEC: u32 = 1;
     pub const FORK: u32 = 2;
     pub const EXIT: u32 = 3;
+    pub const CONNECT: u32 = 4;
 }
 
 /// Bits of [`ExecEvent::flags`].
@@ -96,12 +97,110 @@ pub struct ExitEvent {
 }
 
 /// Per-process policy state, keyed by tgid: which selectors' binary sets this
-/// process's image belongs to, and which it inherits through `followChildren`.
+/// process's image belongs to, and which it inherits through `followChildren`,
+/// for exec selectors and for connect selectors.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcState {
     pub bin_in: u64,
     pub follow: u64,
+    pub net_bin_in: u64,
+    pub net_follow: u64,
+}
+
+/// Connect selectors' binary values live in the string maps under selector
+/// index `NET_SELECTOR_BASE + i`, apart from exec selectors.
+pub const NET_SELECTOR_BASE: u8 = 64;
+
+/// Which socket hook saw a connect record.
+pub mod sock_op {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+}
+
+/// An outbound connect or unconnected send, from the cgroup socket hooks,
+/// with the kernel's copy of the address. Addresses are in network order;
+/// IPv4 uses the first 4 bytes. An IPv4-mapped IPv6 destination is reported
+/// (and matched) as IPv4 with `mapped` set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub ktime: u64,
+    pub cgroup_id: u64,
+    /// Connect selectors that matched (first match per hook).
+    pub hits: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// AF_INET or AF_INET6, after unmapping.
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    /// SOCK_STREAM, SOCK_DGRAM, ...
+    pub sock_type: u16,
+    pub protocol: u16,
+    pub op: u8,
+    pub mapped: u8,
+    /// Signal sent to the process (0 = none).
+    pub signal: u32,
+    /// Errno the connect failed with (0 = allowed).
+    pub errno: u32,
+    pub _pad: u32,
+}
+
+/// What a network filter tests.
+pub mod net_kind {
+    pub const DADDR: u8 = 1;
+    pub const SADDR: u8 = 2;
+    pub const DPORT: u8 = 3;
+    pub const SPORT: u8 = 4;
+    pub const DPORT_PRIV: u8 = 5;
+    pub const SPORT_PRIV: u8 = 6;
+    pub const PROTOCOL: u8 = 7;
+    pub const FAMILY: u8 = 8;
+}
+
+/// One network filter of a connect selector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetFilter {
+    pub kind: u8,
+    pub negate: u8,
+}
+
+/// A compiled connect selector, evaluated like [`ExecSelector`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSelector {
+    pub hook: u32,
+    /// Signal to send on match (Sigkill = 9); the connect is also denied.
+    pub signal: u32,
+    /// Errno the connect fails with on match (Override), 0 for none.
+    pub errno: u32,
+    pub binaries: StrFilter,
+    pub follow: u8,
+    pub n_filters: u8,
+    pub filters: [NetFilter; MAX_ARG_FILTERS],
+    pub _pad: [u8; 2],
+}
+
+/// Address set key: selector, slot, family (4 or 6), then the address.
+/// Prefix lengths count the 4 header bytes.
+pub const NET_ADDR_KEY_LEN: usize = 20;
+
+/// Value set key for ports, protocols and families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetValueKey {
+    pub selector: u8,
+    pub slot: u8,
+    pub _pad: u16,
+    pub value: u32,
 }
 
 /// How a string filter is looked up.
@@ -156,6 +255,9 @@ pub struct Config {
     pub _pad: u32,
     /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
     pub follow_mask: u64,
+    pub n_net_selectors: u32,
+    pub _pad2: u32,
+    pub net_follow_mask: u64,
 }
 
 /// Offsets (bytes) of kernel struct fields, read from BTF by the loader and set
@@ -197,4 +299,6 @@ mod pod {
     unsafe impl aya::Pod for ExecSelector {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for NetSelector {}
+    unsafe impl aya::Pod for NetValueKey {}
 }

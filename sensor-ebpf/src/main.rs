@@ -1,11 +1,13 @@
 //! Kernel programs of `sensor`, one module per hook family:
-//! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit).
+//! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit),
+//! `connect` (connects and sends, and the connect reflex).
 //! `reflex` evaluates compiled policy selectors, `path` resolves kernel paths,
 //! `kernel` reads struct fields at offsets the loader found in BTF, and `maps`
 //! declares everything userspace shares with these programs.
 #![no_std]
 #![no_main]
 
+mod connect;
 mod exec;
 mod kernel;
 mod lifecycle;

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Config, ExecEvent, ExecSelector, KernelOffsets, ProcState, MAX_SELECTORS, PATH_MAX, STR_KEY_LEN,
+    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState,
+    MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN,
 };
 
 /// Set by the loader from the running kernel's BTF.
@@ -43,7 +44,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Records that did not fit in `EVENTS`, indexed by record kind.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -142,3 +143,18 @@ pub static WALK: PerCpuArray<crate::path::Walk> = PerCpuArray::with_max_entries(
 /// State of the selector loop (see `reflex::Eval`).
 #[map]
 pub static EVAL: PerCpuArray<crate::reflex::Eval> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static NET_SELECTORS: Array<NetSelector> = Array::with_max_entries(MAX_SELECTORS as u32, 0);
+
+/// Address sets (CIDRs): key = selector, slot, family, 0, address.
+#[map]
+pub static NET_ADDR: LpmTrie<[u8; NET_ADDR_KEY_LEN], u8> = LpmTrie::with_max_entries(16384, 0);
+
+/// Port, protocol and family sets.
+#[map]
+pub static NET_VALUE: HashMap<NetValueKey, u8> = HashMap::with_max_entries(16384, 0);
+
+/// State of the connect selector loop (see `connect::NetEval`).
+#[map]
+pub static NET_EVAL: PerCpuArray<crate::connect::NetEval> = PerCpuArray::with_max_entries(1, 0);

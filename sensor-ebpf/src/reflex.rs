@@ -9,12 +9,12 @@ use aya_ebpf::helpers::{
 };
 use sensor_common::{
     match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_CGROUP_LEVEL, MAX_SELECTORS,
-    MAX_VALUE_LEN, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
+    MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
 };
 
 use crate::maps::{
-    PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, PROCS, SCOPE_CGROUPS, STR_EQUAL, STR_POSTFIX,
-    STR_PREFIX,
+    PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, NET_SELECTORS, PROCS, SCOPE_CGROUPS, STR_EQUAL,
+    STR_POSTFIX, STR_PREFIX,
 };
 
 /// What the reflex decided for one exec.
@@ -117,7 +117,7 @@ fn zero(data: &mut [u8; 256]) {
 }
 
 /// Whether the current task is under one of the scope cgroups.
-fn in_scope(cfg: &Config) -> bool {
+pub fn in_scope(cfg: &Config) -> bool {
     if cfg.scoped == 0 {
         return true;
     }
@@ -202,13 +202,40 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Whether the new image is in connect selector `index`'s binary set: the
+/// connect programs test this bit when the process connects.
+extern "C" fn net_binaries(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(e) = EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let e = unsafe { &mut *e };
+    if index >= e.n {
+        return 1;
+    }
+    let s = index as u32 & (MAX_SELECTORS as u32 - 1);
+    let Some(sel) = NET_SELECTORS.get(s) else {
+        return 1;
+    };
+    if sel.binaries.kind != match_kind::NONE
+        && e.keys.contains(
+            sel.binaries.kind,
+            NET_SELECTOR_BASE + s as u8,
+            SLOT_BINARIES,
+        )
+    {
+        e.state.net_bin_in |= 1u64 << s;
+    }
+    0
+}
+
 /// Evaluates every exec selector for `tgid` executing the path in
 /// `path.buf[start..]`, updates the process's policy state, and signals the
 /// current task when a matching selector says so.
 #[inline(always)]
 pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Verdict {
     let n = cfg.n_selectors as u64;
-    if n == 0 {
+    if n == 0 && cfg.n_net_selectors == 0 {
         return Verdict { hits: 0, signal: 0 };
     }
     // SAFETY: ProcState is plain data.
@@ -227,8 +254,8 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
         scoped_in: in_scope(cfg) as u64,
         caller,
         state: ProcState {
-            bin_in: 0,
             follow: caller.follow | (caller.bin_in & cfg.follow_mask),
+            ..ProcState::default()
         },
         hooks_done: 0,
         hits: 0,
@@ -244,6 +271,19 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
             0,
         )
     };
+    if cfg.n_net_selectors != 0 {
+        e.state.net_follow = caller.net_follow | (caller.net_bin_in & cfg.net_follow_mask);
+        e.n = cfg.n_net_selectors as u64;
+        // SAFETY: as above.
+        unsafe {
+            bpf_loop(
+                MAX_SELECTORS as u32,
+                net_binaries as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
     let state = e.state;
     if state != ProcState::default() {
         let _ = PROCS.insert(&tgid, &state, 0);

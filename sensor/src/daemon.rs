@@ -37,7 +37,7 @@ pub struct RunOptions {
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
-fn cgroup2_root() -> Option<PathBuf> {
+pub fn cgroup2_root() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
@@ -83,7 +83,8 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut kernel = Kernel::load(opts.ring_bytes)?;
     kernel.apply(&compiled, &scope)?;
-    kernel.attach()?;
+    let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
+    kernel.attach(&root)?;
 
     // Processes older than the daemon: cache entries and kernel policy state.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
@@ -109,6 +110,7 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         cache,
         compiled.meta.clone(),
+        compiled.net_meta.clone(),
         opts.node_name.clone(),
         exporter(&opts)?,
     );
@@ -120,7 +122,8 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     tracing::info!(
         node = %opts.node_name,
-        selectors = compiled.selectors.len(),
+        exec_selectors = compiled.selectors.len(),
+        connect_selectors = compiled.net_selectors.len(),
         procfs = scanned.len(),
         programs = ?kernel.program_ids(),
         "sensor ready"

@@ -1,12 +1,13 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
-use sensor_common::{kind, ExecEvent, ExitEvent, ForkEvent};
+use sensor_common::{kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Exec(ExecRecord),
     Fork(ForkEvent),
     Exit(ExitEvent),
+    Connect(ConnectEvent),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
+        kind::CONNECT => Ok(Record::Connect(read(kind, bytes)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

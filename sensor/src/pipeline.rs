@@ -4,21 +4,24 @@
 //! bytes.
 use std::sync::Arc;
 
-use sensor_common::ExitEvent;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sensor_common::{ConnectEvent, ExitEvent};
 
 use crate::decode::{decode, ExecRecord, Record};
 use crate::export::event::{
     action_name, signal_name, Argument, BinprmArg, Envelope, Event, Process, ProcessExec,
-    ProcessExit, ProcessKprobe, ProcessLsm, ProcessTracepoint,
+    ProcessExit, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg, SockaddrArg,
 };
 use crate::export::Exporter;
 use crate::metrics::Metrics;
-use crate::policy::{HookPoint, PathArgType, SelectorMeta};
+use crate::policy::{EventArg, HookPoint, SelectorMeta};
 use crate::process::ProcessCache;
 
 pub struct Pipeline {
     pub cache: ProcessCache,
     meta: Vec<SelectorMeta>,
+    net_meta: Vec<SelectorMeta>,
     node: String,
     pub exporter: Exporter,
     pub metrics: Metrics,
@@ -38,12 +41,14 @@ impl Pipeline {
     pub fn new(
         cache: ProcessCache,
         meta: Vec<SelectorMeta>,
+        net_meta: Vec<SelectorMeta>,
         node: String,
         exporter: Exporter,
     ) -> Self {
         Pipeline {
             cache,
             meta,
+            net_meta,
             node,
             exporter,
             metrics: Metrics::default(),
@@ -69,6 +74,7 @@ impl Pipeline {
                 self.cache.fork(&f);
             }
             Ok(Record::Exit(x)) => self.exit(&x),
+            Ok(Record::Connect(c)) => self.connect(&c),
             Err(e) => {
                 self.metrics.decode_errors += 1;
                 tracing::warn!(error = %e, "undecodable ring buffer record");
@@ -87,15 +93,67 @@ impl Pipeline {
             }),
             time.clone(),
         );
-        let hits = r.header.hits;
+        self.post_hits(
+            r.header.hits,
+            false,
+            &process,
+            parent_owned,
+            &time,
+            |arg| match arg {
+                EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
+                    path: r.path.clone(),
+                })),
+                EventArg::PathString => Some(Argument::StringArg(r.path.clone())),
+                EventArg::Sock | EventArg::Sockaddr => None,
+            },
+        );
+    }
+
+    /// A connect record: policy events for the selectors that posted. Routine
+    /// connects stop here until the brain reads them.
+    fn connect(&mut self, c: &ConnectEvent) {
+        if c.hits == 0 {
+            return;
+        }
+        let Some(process) = self.cache.by_pid(c.pid) else {
+            self.cache.misses += 1;
+            tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
+            return;
+        };
+        let parent = self.cache.parent_of(&process).as_deref().cloned();
+        let time = self.cache.rfc3339(c.ktime);
+        let sock = sock_arg(c);
+        self.post_hits(c.hits, true, &process, parent, &time, |arg| match arg {
+            EventArg::Sock => Some(Argument::SockArg(sock.clone())),
+            EventArg::Sockaddr => Some(Argument::SockaddrArg(SockaddrArg {
+                family: sock.family.clone(),
+                addr: sock.daddr.clone(),
+                port: sock.dport,
+            })),
+            EventArg::LinuxBinprm | EventArg::PathString => None,
+        });
+    }
+
+    /// One policy event for each hit selector that posts.
+    fn post_hits(
+        &mut self,
+        hits: u64,
+        net: bool,
+        process: &Process,
+        parent: Option<Process>,
+        time: &str,
+        arg: impl Fn(EventArg) -> Option<Argument>,
+    ) {
         for bit in (0..64).filter(|b| hits & (1u64 << b) != 0) {
-            let Some(meta) = self.meta.get(bit).cloned() else {
-                tracing::warn!(selector = bit, "hit on an unknown selector");
+            let table = if net { &self.net_meta } else { &self.meta };
+            let Some(meta) = table.get(bit).cloned() else {
+                tracing::warn!(selector = bit, net, "hit on an unknown selector");
                 continue;
             };
             if meta.actions.post {
-                let ev = policy_event(&meta, &process, parent_owned.clone(), &r.path);
-                self.emit(ev, time.clone());
+                let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
+                let ev = policy_event(&meta, process, parent.clone(), args);
+                self.emit(ev, time.to_string());
             }
         }
     }
@@ -121,21 +179,64 @@ impl Pipeline {
     }
 }
 
-/// The Tetragon policy event for a selector hit on the exec of `path`.
+fn family_name(f: u16) -> &'static str {
+    match f {
+        2 => "AF_INET",
+        10 => "AF_INET6",
+        _ => "AF_UNSPEC",
+    }
+}
+
+fn sock_type_name(t: u16) -> String {
+    match t {
+        1 => "SOCK_STREAM".into(),
+        2 => "SOCK_DGRAM".into(),
+        3 => "SOCK_RAW".into(),
+        5 => "SOCK_SEQPACKET".into(),
+        n => n.to_string(),
+    }
+}
+
+fn protocol_name(p: u16) -> String {
+    match p {
+        6 => "IPPROTO_TCP".into(),
+        17 => "IPPROTO_UDP".into(),
+        1 => "IPPROTO_ICMP".into(),
+        58 => "IPPROTO_ICMPV6".into(),
+        132 => "IPPROTO_SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+fn addr(family: u16, bytes: &[u8; 16]) -> String {
+    if family == 10 {
+        Ipv6Addr::from(*bytes).to_string()
+    } else {
+        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+    }
+}
+
+/// Tetragon's `sock_arg` for a connect record.
+pub fn sock_arg(c: &ConnectEvent) -> SockArg {
+    SockArg {
+        family: family_name(c.family).into(),
+        type_: sock_type_name(c.sock_type),
+        protocol: protocol_name(c.protocol),
+        saddr: addr(c.family, &c.saddr),
+        daddr: addr(c.family, &c.daddr),
+        sport: c.sport as u32,
+        dport: c.dport as u32,
+    }
+}
+
+/// The Tetragon policy event for a selector hit.
 fn policy_event(
     meta: &SelectorMeta,
     process: &Process,
     parent: Option<Process>,
-    path: &str,
+    args: Vec<Argument>,
 ) -> Event {
-    let args = match meta.path_arg {
-        Some(PathArgType::LinuxBinprm) => {
-            vec![Argument::LinuxBinprmArg(BinprmArg { path: path.into() })]
-        }
-        Some(PathArgType::String) => vec![Argument::StringArg(path.into())],
-        None => Vec::new(),
-    };
-    let action = action_name(meta.actions.signal).to_string();
+    let action = action_name(meta.actions.signal, meta.actions.errno).to_string();
     let process = process.clone();
     let policy_name = meta.policy_name.clone();
     let (message, tags) = (meta.message.clone(), meta.tags.clone());

@@ -11,14 +11,32 @@ fn command(p: &Process) -> String {
     }
 }
 
-fn path_of(args: &[Argument]) -> &str {
+/// What the first argument names: a path, or a connection.
+fn path_of(args: &[Argument]) -> String {
     args.iter()
         .map(|a| match a {
-            Argument::StringArg(s) => s.as_str(),
-            Argument::LinuxBinprmArg(b) => b.path.as_str(),
+            Argument::StringArg(s) => s.clone(),
+            Argument::LinuxBinprmArg(b) => b.path.clone(),
+            Argument::SockArg(s) => {
+                let proto = s.protocol.trim_start_matches("IPPROTO_").to_lowercase();
+                format!(
+                    "{proto} {} -> {}",
+                    endpoint(&s.saddr, s.sport),
+                    endpoint(&s.daddr, s.dport)
+                )
+            }
+            Argument::SockaddrArg(s) => endpoint(&s.addr, s.port),
         })
         .next()
-        .unwrap_or("")
+        .unwrap_or_default()
+}
+
+fn endpoint(addr: &str, port: u32) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 fn policy_line(action: &str, what: &str, args: &[Argument], policy: &str) -> (String, String) {

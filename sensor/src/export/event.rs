@@ -72,6 +72,32 @@ pub struct ProcessExit {
 pub enum Argument {
     StringArg(String),
     LinuxBinprmArg(BinprmArg),
+    SockArg(SockArg),
+    SockaddrArg(SockaddrArg),
+}
+
+/// `KprobeSock`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SockArg {
+    pub family: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub protocol: String,
+    pub saddr: String,
+    pub daddr: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sport: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dport: u32,
+}
+
+/// `KprobeSockaddr`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SockaddrArg {
+    pub family: String,
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,12 +167,14 @@ impl Event {
     }
 }
 
-/// Tetragon's `KprobeAction` enum strings.
-pub fn action_name(signal: Option<u32>) -> &'static str {
-    match signal {
-        Some(9) => "KPROBE_ACTION_SIGKILL",
-        Some(_) => "KPROBE_ACTION_SIGNAL",
-        None => "KPROBE_ACTION_POST",
+/// Tetragon's `KprobeAction` enum string for what a selector did, the
+/// strongest first.
+pub fn action_name(signal: Option<u32>, errno: Option<u32>) -> &'static str {
+    match (signal, errno) {
+        (Some(9), _) => "KPROBE_ACTION_SIGKILL",
+        (_, Some(_)) => "KPROBE_ACTION_OVERRIDE",
+        (Some(_), None) => "KPROBE_ACTION_SIGNAL",
+        (None, None) => "KPROBE_ACTION_POST",
     }
 }
 
@@ -232,7 +260,8 @@ mod tests {
         let a = serde_json::to_value(Argument::LinuxBinprmArg(BinprmArg { path: "/x".into() }))
             .unwrap();
         assert_eq!(a, serde_json::json!({"linux_binprm_arg": {"path": "/x"}}));
-        assert_eq!(action_name(Some(9)), "KPROBE_ACTION_SIGKILL");
+        assert_eq!(action_name(Some(9), None), "KPROBE_ACTION_SIGKILL");
+        assert_eq!(action_name(None, Some(1)), "KPROBE_ACTION_OVERRIDE");
         assert_eq!(signal_name(15), "SIGTERM");
     }
 }

@@ -5,9 +5,11 @@ pub mod btf;
 mod mounts;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, RawTracePoint, TracePoint};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use sensor_common::{Config, ExecSelector, ProcState, STR_KEY_LEN};
+use sensor_common::{
+    Config, ExecSelector, NetSelector, NetValueKey, ProcState, NET_ADDR_KEY_LEN, STR_KEY_LEN,
+};
 
 use crate::policy::Compiled;
 
@@ -44,6 +46,11 @@ pub enum LoadError {
         name: &'static str,
         source: MapError,
     },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("eBPF object lacks {0}")]
     Missing(&'static str),
 }
@@ -58,10 +65,11 @@ pub struct Kernel {
 }
 
 /// Record kinds the `LOST` counters are indexed by, with their names.
-pub const LOST_KINDS: [(u32, &str); 3] = [
+pub const LOST_KINDS: [(u32, &str); 4] = [
     (sensor_common::kind::EXEC, "exec"),
     (sensor_common::kind::FORK, "fork"),
     (sensor_common::kind::EXIT, "exit"),
+    (sensor_common::kind::CONNECT, "connect"),
 ];
 
 impl Kernel {
@@ -88,8 +96,10 @@ impl Kernel {
     }
 
     /// Attaches fork and exit before exec so that no process the exec
-    /// program sees is missing its lineage.
-    pub fn attach(&mut self) -> Result<(), LoadError> {
+    /// program sees is missing its lineage, then the socket hooks at the root
+    /// of the cgroup v2 tree `cgroup_root`, as links that coexist with other
+    /// programs there (Cilium's).
+    pub fn attach(&mut self, cgroup_root: &std::path::Path) -> Result<(), LoadError> {
         let p: &mut RawTracePoint = self.program("snsr_fork")?;
         p.load().map_err(|source| LoadError::Program {
             name: "snsr_fork",
@@ -108,6 +118,22 @@ impl Kernel {
             p.load()
                 .map_err(|source| LoadError::Program { name, source })?;
             p.attach("sched", tp)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.display().to_string(),
+            source,
+        })?;
+        for name in [
+            "snsr_connect4",
+            "snsr_connect6",
+            "snsr_sendmsg4",
+            "snsr_sendmsg6",
+        ] {
+            let p: &mut CgroupSockAddr = self.program(name)?;
+            p.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+            p.attach(&root, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(())
@@ -163,6 +189,25 @@ impl Kernel {
         for (i, s) in c.selectors.iter().enumerate() {
             sels.set(i as u32, s, 0)
                 .map_err(map_err("EXEC_SELECTORS"))?;
+        }
+        let mut nsels: Array<_, NetSelector> =
+            Array::try_from(self.map_mut("NET_SELECTORS")?).map_err(map_err("NET_SELECTORS"))?;
+        for (i, s) in c.net_selectors.iter().enumerate() {
+            nsels
+                .set(i as u32, s, 0)
+                .map_err(map_err("NET_SELECTORS"))?;
+        }
+        let mut addrs: LpmTrie<_, [u8; NET_ADDR_KEY_LEN], u8> =
+            LpmTrie::try_from(self.map_mut("NET_ADDR")?).map_err(map_err("NET_ADDR"))?;
+        for (bits, k) in &c.net_addrs {
+            addrs
+                .insert(&Key::new(*bits, *k), 1, 0)
+                .map_err(map_err("NET_ADDR"))?;
+        }
+        let mut values: HashMap<_, NetValueKey, u8> =
+            HashMap::try_from(self.map_mut("NET_VALUE")?).map_err(map_err("NET_VALUE"))?;
+        for k in &c.net_values {
+            values.insert(k, 1, 0).map_err(map_err("NET_VALUE"))?;
         }
         let mut cg: HashMap<_, u64, u8> =
             HashMap::try_from(self.map_mut("SCOPE_CGROUPS")?).map_err(map_err("SCOPE_CGROUPS"))?;

@@ -1,21 +1,27 @@
-//! Compiles loaded policies into the kernel's exec tables: one `ExecSelector`
-//! per selector in evaluation order, string sets as map keys, and the metadata
-//! userspace needs to turn a selector hit back into a Tetragon policy event.
+//! Compiles loaded policies into the kernel's tables: one `ExecSelector` or
+//! `NetSelector` per selector in evaluation order, value sets as map keys, and
+//! the metadata userspace needs to turn a selector hit back into a Tetragon
+//! policy event.
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use sensor_common::{
-    match_kind, Config, ExecSelector, ProcState, StrFilter, MAX_SELECTORS, SLOT_BINARIES,
-    STR_KEY_HEADER, STR_KEY_LEN,
+    match_kind, net_kind, Config, ExecSelector, NetFilter, NetSelector, NetValueKey, ProcState,
+    StrFilter, MAX_SELECTORS, NET_ADDR_KEY_LEN, NET_SELECTOR_BASE, SLOT_BINARIES, STR_KEY_HEADER,
+    STR_KEY_LEN,
 };
 
-use super::{Actions, BinaryMatch, HookPoint, PathArgType, Policy, PolicyError, StrMatch};
+use super::{
+    Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, NetMatch, Policy, PolicyError,
+    Selector, StrMatch,
+};
 
 /// What a selector hit means for the event stream.
 #[derive(Debug, Clone)]
 pub struct SelectorMeta {
     pub policy_name: String,
     pub point: HookPoint,
-    pub path_arg: Option<PathArgType>,
+    pub args: Vec<EventArg>,
     pub actions: Actions,
     pub message: Option<String>,
     pub tags: Vec<String>,
@@ -23,34 +29,60 @@ pub struct SelectorMeta {
 
 /// A string map key: selector index, slot, value, zero padded.
 pub type StrKey = [u8; STR_KEY_LEN];
+/// An address set key: selector, slot, family, 0, address.
+pub type AddrKey = [u8; NET_ADDR_KEY_LEN];
 
 /// Everything the loader writes into the kernel, and the metadata to read hits.
 #[derive(Debug, Default)]
 pub struct Compiled {
     pub selectors: Vec<ExecSelector>,
     pub meta: Vec<SelectorMeta>,
+    pub net_selectors: Vec<NetSelector>,
+    pub net_meta: Vec<SelectorMeta>,
     pub equal: Vec<StrKey>,
     /// (prefix length in bits, key)
     pub prefix: Vec<(u32, StrKey)>,
     pub postfix: Vec<(u32, StrKey)>,
+    pub net_addrs: Vec<(u32, AddrKey)>,
+    pub net_values: Vec<NetValueKey>,
     pub config: Config,
     /// Namespaced policies that act on no process until pod context exists.
     pub inactive: Vec<String>,
     binaries: Vec<Option<BinaryMatch>>,
+    net_binaries: Vec<Option<BinaryMatch>>,
 }
 
-fn key(selector: usize, slot: u8, value: &[u8]) -> (u32, StrKey) {
+fn key(selector: u8, slot: u8, value: &[u8]) -> (u32, StrKey) {
     let mut k = [0u8; STR_KEY_LEN];
-    k[0] = selector as u8;
+    k[0] = selector;
     k[1] = slot;
     k[STR_KEY_HEADER..STR_KEY_HEADER + value.len()].copy_from_slice(value);
     (((STR_KEY_HEADER + value.len()) * 8) as u32, k)
 }
 
+fn limit(file: &PathBuf, what: &str) -> PolicyError {
+    PolicyError {
+        file: file.clone(),
+        field: "spec".into(),
+        reason: format!("more than {MAX_SELECTORS} {what} across loaded policies"),
+    }
+}
+
+fn meta(policy: &Policy, hook: &Hook, sel: &Selector) -> SelectorMeta {
+    SelectorMeta {
+        policy_name: policy.name.clone(),
+        point: hook.point.clone(),
+        args: hook.args.clone(),
+        actions: sel.actions,
+        message: hook.message.clone(),
+        tags: hook.tags.clone(),
+    }
+}
+
 impl Compiled {
     pub fn new(policies: &[(PathBuf, Policy)]) -> Result<Compiled, PolicyError> {
         let mut c = Compiled::default();
-        let mut hook_id = 0u32;
+        let (mut exec_hooks, mut net_hooks) = (0u32, 0u32);
         for (file, policy) in policies {
             if let Some(ns) = &policy.namespace {
                 c.inactive
@@ -58,62 +90,145 @@ impl Compiled {
                 continue;
             }
             for hook in &policy.hooks {
-                if hook_id as usize >= MAX_SELECTORS {
-                    return Err(PolicyError {
-                        file: file.clone(),
-                        field: "spec".into(),
-                        reason: format!(
-                            "more than {MAX_SELECTORS} exec hooks across loaded policies"
-                        ),
-                    });
+                let (hooks, kind) = match hook.family {
+                    HookFamily::Exec => (&mut exec_hooks, "exec hooks"),
+                    HookFamily::Connect => (&mut net_hooks, "connect hooks"),
+                };
+                if *hooks as usize >= MAX_SELECTORS {
+                    return Err(limit(file, kind));
                 }
+                let hook_id = *hooks;
+                *hooks += 1;
                 for sel in &hook.selectors {
-                    let index = c.selectors.len();
-                    if index >= MAX_SELECTORS {
-                        return Err(PolicyError {
-                            file: file.clone(),
-                            field: "spec".into(),
-                            reason: format!(
-                                "more than {MAX_SELECTORS} exec selectors across loaded policies"
-                            ),
-                        });
-                    }
-                    let mut ks = ExecSelector {
-                        hook: hook_id,
-                        signal: sel.actions.signal.unwrap_or(0),
-                        binaries_of_new_image: hook.binaries_of_new_image as u8,
-                        ..Default::default()
-                    };
-                    if let Some(b) = &sel.binaries {
-                        ks.binaries = c.add_values(index, SLOT_BINARIES, &b.set);
-                        if b.follow_children {
-                            ks.follow = 1;
-                            c.config.follow_mask |= 1 << index;
+                    match hook.family {
+                        HookFamily::Exec => {
+                            if c.selectors.len() >= MAX_SELECTORS {
+                                return Err(limit(file, "exec selectors"));
+                            }
+                            c.add_exec(hook_id, hook, sel);
+                            c.meta.push(meta(policy, hook, sel));
+                        }
+                        HookFamily::Connect => {
+                            if c.net_selectors.len() >= MAX_SELECTORS {
+                                return Err(limit(file, "connect selectors"));
+                            }
+                            c.add_net(hook_id, sel);
+                            c.net_meta.push(meta(policy, hook, sel));
                         }
                     }
-                    for (i, m) in sel.path.iter().enumerate() {
-                        ks.args[i] = c.add_values(index, i as u8 + 1, m);
-                    }
-                    ks.n_args = sel.path.len() as u8;
-                    c.selectors.push(ks);
-                    c.binaries.push(sel.binaries.clone());
-                    c.meta.push(SelectorMeta {
-                        policy_name: policy.name.clone(),
-                        point: hook.point.clone(),
-                        path_arg: hook.path_arg,
-                        actions: sel.actions,
-                        message: hook.message.clone(),
-                        tags: hook.tags.clone(),
-                    });
                 }
-                hook_id += 1;
             }
         }
         c.config.n_selectors = c.selectors.len() as u32;
+        c.config.n_net_selectors = c.net_selectors.len() as u32;
         Ok(c)
     }
 
-    fn add_values(&mut self, selector: usize, slot: u8, m: &StrMatch) -> StrFilter {
+    fn add_exec(&mut self, hook_id: u32, hook: &Hook, sel: &Selector) {
+        let index = self.selectors.len();
+        let mut ks = ExecSelector {
+            hook: hook_id,
+            signal: sel.actions.signal.unwrap_or(0),
+            binaries_of_new_image: hook.binaries_of_new_image as u8,
+            ..Default::default()
+        };
+        if let Some(b) = &sel.binaries {
+            ks.binaries = self.add_values(index as u8, SLOT_BINARIES, &b.set);
+            if b.follow_children {
+                ks.follow = 1;
+                self.config.follow_mask |= 1 << index;
+            }
+        }
+        for (i, m) in sel.path.iter().enumerate() {
+            ks.args[i] = self.add_values(index as u8, i as u8 + 1, m);
+        }
+        ks.n_args = sel.path.len() as u8;
+        self.selectors.push(ks);
+        self.binaries.push(sel.binaries.clone());
+    }
+
+    fn add_net(&mut self, hook_id: u32, sel: &Selector) {
+        let index = self.net_selectors.len();
+        let id = index as u8;
+        let mut ns = NetSelector {
+            hook: hook_id,
+            signal: sel.actions.signal.unwrap_or(0),
+            errno: sel.actions.errno.unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(b) = &sel.binaries {
+            ns.binaries = self.add_values(NET_SELECTOR_BASE + id, SLOT_BINARIES, &b.set);
+            if b.follow_children {
+                ns.follow = 1;
+                self.config.net_follow_mask |= 1 << index;
+            }
+        }
+        for (i, m) in sel.net.iter().enumerate() {
+            let slot = i as u8 + 1;
+            let value = |v: u32| NetValueKey {
+                selector: id,
+                slot,
+                _pad: 0,
+                value: v,
+            };
+            let (kind, negate) = match m {
+                NetMatch::Addr { dest, negate, nets } => {
+                    for n in nets {
+                        self.net_addrs.push(addr_key(id, slot, n.addr, n.prefix));
+                    }
+                    (
+                        if *dest {
+                            net_kind::DADDR
+                        } else {
+                            net_kind::SADDR
+                        },
+                        *negate,
+                    )
+                }
+                NetMatch::Port {
+                    dest,
+                    negate,
+                    ports,
+                } => {
+                    self.net_values
+                        .extend(ports.iter().map(|p| value(*p as u32)));
+                    (
+                        if *dest {
+                            net_kind::DPORT
+                        } else {
+                            net_kind::SPORT
+                        },
+                        *negate,
+                    )
+                }
+                NetMatch::PortPriv { dest, negate } => (
+                    if *dest {
+                        net_kind::DPORT_PRIV
+                    } else {
+                        net_kind::SPORT_PRIV
+                    },
+                    *negate,
+                ),
+                NetMatch::Protocol(ps) => {
+                    self.net_values.extend(ps.iter().map(|p| value(*p as u32)));
+                    (net_kind::PROTOCOL, false)
+                }
+                NetMatch::Family(fs) => {
+                    self.net_values.extend(fs.iter().map(|f| value(*f as u32)));
+                    (net_kind::FAMILY, false)
+                }
+            };
+            ns.filters[i] = NetFilter {
+                kind,
+                negate: negate as u8,
+            };
+        }
+        ns.n_filters = sel.net.len() as u8;
+        self.net_selectors.push(ns);
+        self.net_binaries.push(sel.binaries.clone());
+    }
+
+    fn add_values(&mut self, selector: u8, slot: u8, m: &StrMatch) -> StrFilter {
         let filter = m.op.filter();
         for v in &m.values {
             match filter.kind {
@@ -133,17 +248,37 @@ impl Compiled {
     /// `parent`, as the exec program would have computed it. Used for processes
     /// found in /proc at start.
     pub fn state_for(&self, binary: &str, parent: ProcState) -> ProcState {
-        let mut bin_in = 0u64;
-        for (i, b) in self.binaries.iter().enumerate() {
-            if b.as_ref().is_some_and(|b| b.set.contains(binary)) {
-                bin_in |= 1 << i;
-            }
-        }
+        let bits = |set: &[Option<BinaryMatch>]| -> u64 {
+            set.iter()
+                .enumerate()
+                .filter(|(_, b)| b.as_ref().is_some_and(|b| b.set.contains(binary)))
+                .fold(0, |acc, (i, _)| acc | 1 << i)
+        };
         ProcState {
-            bin_in,
+            bin_in: bits(&self.binaries),
             follow: parent.follow | (parent.bin_in & self.config.follow_mask),
+            net_bin_in: bits(&self.net_binaries),
+            net_follow: parent.net_follow | (parent.net_bin_in & self.config.net_follow_mask),
         }
     }
+}
+
+/// The LPM key of an address set entry; prefix bits count the 4 header bytes.
+fn addr_key(selector: u8, slot: u8, addr: IpAddr, prefix: u8) -> (u32, AddrKey) {
+    let mut k = [0u8; NET_ADDR_KEY_LEN];
+    k[0] = selector;
+    k[1] = slot;
+    match addr {
+        IpAddr::V4(a) => {
+            k[2] = 4;
+            k[4..8].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            k[2] = 6;
+            k[4..20].copy_from_slice(&a.octets());
+        }
+    }
+    (32 + prefix as u32, k)
 }
 
 #[cfg(test)]

@@ -4,8 +4,12 @@
 //! kernel's selector tables (`compile`).
 mod compile;
 mod files;
+mod hooks;
+mod net;
 mod parse;
 mod raw;
+
+pub use net::NetMatch;
 
 pub use compile::{Compiled, SelectorMeta};
 pub use files::{load_dir, load_file, Loaded};
@@ -50,21 +54,35 @@ pub enum HookPoint {
     Tracepoint { subsystem: String, event: String },
 }
 
-/// How the binary path appears in the event's `args`.
+/// Which reflex a hook maps onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathArgType {
-    LinuxBinprm,
-    String,
+pub enum HookFamily {
+    Exec,
+    Connect,
 }
 
-/// One hook of a policy, mapped onto the exec reflex.
+/// An argument a policy declared, as the event shows it (`args[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventArg {
+    /// `linux_binprm_arg {path}`: the binary being executed.
+    LinuxBinprm,
+    /// `string_arg`: the binary being executed.
+    PathString,
+    /// `sock_arg`: the connecting socket.
+    Sock,
+    /// `sockaddr_arg`: the destination address.
+    Sockaddr,
+}
+
+/// One hook of a policy, mapped onto the exec or the connect reflex.
 #[derive(Debug, Clone)]
 pub struct Hook {
     pub point: HookPoint,
+    pub family: HookFamily,
     /// Whether matchBinaries tests the image after exec (a tracepoint there).
     pub binaries_of_new_image: bool,
-    /// The path argument, when the policy declares it.
-    pub path_arg: Option<PathArgType>,
+    /// Declared arguments, in declaration order.
+    pub args: Vec<EventArg>,
     pub selectors: Vec<Selector>,
     pub message: Option<String>,
     pub tags: Vec<String>,
@@ -132,12 +150,24 @@ pub struct Actions {
     pub post: bool,
     /// Signal sent in the kernel, if any (Sigkill = 9).
     pub signal: Option<u32>,
+    /// Errno a denied connect returns (Override; connect hooks only).
+    pub errno: Option<u32>,
+}
+
+impl Actions {
+    pub const POST: Actions = Actions {
+        post: true,
+        signal: None,
+        errno: None,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
     pub binaries: Option<BinaryMatch>,
-    /// Filters on the binary path, ANDed.
+    /// Filters on the binary path (exec hooks), ANDed.
     pub path: Vec<StrMatch>,
+    /// Filters on the connection (connect hooks), ANDed.
+    pub net: Vec<NetMatch>,
     pub actions: Actions,
 }

@@ -2,9 +2,12 @@
 //! hooks this sensor implements, every operator and action is checked against
 //! what the argument and the kernel support, and anything else is refused with
 //! the field path and the reason.
+use super::hooks::{self, HookDef};
+use super::net::{self, NetMatch};
 use super::raw::*;
 use super::{
-    limits, Actions, BinaryMatch, Hook, HookPoint, PathArgType, Policy, Selector, StrMatch, StrOp,
+    limits, Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, Policy, Selector,
+    StrMatch, StrOp,
 };
 
 /// An error at a field path, before the file name is attached.
@@ -21,8 +24,6 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T> {
         reason: reason.into(),
     })
 }
-
-const EXEC_KPROBES: &str = "security_bprm_check, sys_execve, sys_execveat";
 
 /// Refuses a field Tetragon knows but this sensor does not implement.
 fn unsupported<T>(value: &Option<T>, field: String, what: &str) -> Result<()> {
@@ -103,51 +104,16 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     })
 }
 
-/// The argument index that carries the binary path for an exec hook, and how
-/// the event shows it.
-struct PathArg {
-    index: u32,
-    ty: PathArgType,
-    accepted_types: &'static [&'static str],
-}
-
 fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
-    let call = k.call.as_str();
-    let base = call
-        .strip_prefix("__x64_")
-        .or_else(|| call.strip_prefix("__arm64_"))
-        .unwrap_or(call);
-    let (function, arg) = match base {
-        "security_bprm_check" => (
-            "security_bprm_check".to_string(),
-            PathArg {
-                index: 0,
-                ty: PathArgType::LinuxBinprm,
-                accepted_types: &["linux_binprm"],
-            },
-        ),
-        "sys_execve" => (
-            format!("__x64_{base}"),
-            PathArg {
-                index: 0,
-                ty: PathArgType::String,
-                accepted_types: &["string", "filename"],
-            },
-        ),
-        "sys_execveat" => (
-            format!("__x64_{base}"),
-            PathArg {
-                index: 1,
-                ty: PathArgType::String,
-                accepted_types: &["string", "filename"],
-            },
-        ),
-        _ => {
-            return err(
-                format!("{at}.call"),
-                format!("unsupported hook `{call}`; exec kprobes: {EXEC_KPROBES}"),
-            )
-        }
+    let Some(def) = hooks::kprobe(&k.call) else {
+        return err(
+            format!("{at}.call"),
+            format!(
+                "unsupported hook `{}`; kprobes: {}",
+                k.call,
+                hooks::names(hooks::KPROBES)
+            ),
+        );
     };
     if k.return_ == Some(true) {
         return err(format!("{at}.return"), "return probes are not supported");
@@ -160,16 +126,10 @@ fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
     )?;
     unsupported(&k.data, format!("{at}.data"), "data")?;
     unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
-    hook(
-        HookPoint::Kprobe { function },
-        false,
-        arg,
-        k.args,
-        k.selectors,
-        k.message,
-        k.tags,
-        at,
-    )
+    let point = HookPoint::Kprobe {
+        function: def.function.to_string(),
+    };
+    hook(point, def, k.args, k.selectors, k.message, k.tags, at)
 }
 
 fn tracepoint(t: RawTracepoint, at: &str) -> Result<Hook> {
@@ -185,78 +145,73 @@ fn tracepoint(t: RawTracepoint, at: &str) -> Result<Hook> {
     if t.raw == Some(true) {
         return err(format!("{at}.raw"), "raw tracepoints are not supported");
     }
-    // Tracepoint indexes count the format's common fields: filename is the 5th.
-    let arg = PathArg {
-        index: 4,
-        ty: PathArgType::String,
-        accepted_types: &["string", "data_loc", "auto"],
-    };
     let point = HookPoint::Tracepoint {
         subsystem: t.subsystem,
         event: t.event,
     };
-    hook(point, true, arg, t.args, t.selectors, t.message, t.tags, at)
-}
-
-fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
-    if l.hook != "bprm_check_security" {
-        return err(
-            format!("{at}.hook"),
-            format!(
-                "unsupported LSM hook `{}`; exec LSM hook: bprm_check_security",
-                l.hook
-            ),
-        );
-    }
-    let arg = PathArg {
-        index: 0,
-        ty: PathArgType::LinuxBinprm,
-        accepted_types: &["linux_binprm"],
-    };
-    let point = HookPoint::Lsm { hook: l.hook };
     hook(
         point,
-        false,
-        arg,
-        l.args,
-        l.selectors,
-        l.message,
-        l.tags,
+        &hooks::EXEC_TRACEPOINT,
+        t.args,
+        t.selectors,
+        t.message,
+        t.tags,
         at,
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
+    let Some(def) = hooks::lsm(&l.hook) else {
+        return err(
+            format!("{at}.hook"),
+            format!(
+                "unsupported LSM hook `{}`; LSM hooks: {}",
+                l.hook,
+                hooks::names(hooks::LSM_HOOKS)
+            ),
+        );
+    };
+    let point = HookPoint::Lsm { hook: l.hook };
+    hook(point, def, l.args, l.selectors, l.message, l.tags, at)
+}
+
 fn hook(
     point: HookPoint,
-    binaries_of_new_image: bool,
-    path: PathArg,
+    def: &HookDef,
     args: Vec<RawArg>,
     selectors: Vec<RawSelector>,
     message: Option<String>,
     tags: Vec<String>,
     at: &str,
 ) -> Result<Hook> {
-    let mut path_arg = None;
+    let mut declared: Vec<(u32, EventArg)> = Vec::new();
+    let available = || {
+        def.args
+            .iter()
+            .map(|a| a.index.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for (i, a) in args.iter().enumerate() {
         let f = format!("{at}.args[{i}]");
-        if a.index != path.index {
+        let Some(d) = def.args.iter().find(|d| d.index == a.index) else {
             return err(
                 format!("{f}.index"),
                 format!(
-                    "argument {} is not available; this hook exposes argument {} (the binary path)",
-                    a.index, path.index
+                    "argument {} is not available; this hook exposes argument {}",
+                    a.index,
+                    available()
                 ),
             );
-        }
+        };
         let ty = a.type_.as_deref().unwrap_or("auto");
-        if !path.accepted_types.contains(&ty) {
+        if !d.types.contains(&ty) {
             return err(
                 format!("{f}.type"),
                 format!(
                     "type `{ty}` does not fit argument {}; expected {}",
                     a.index,
-                    path.accepted_types.join(" or ")
+                    d.types.join(" or ")
                 ),
             );
         }
@@ -270,7 +225,13 @@ fn hook(
         ] {
             unsupported(v, format!("{f}.{name}"), name)?;
         }
-        path_arg = Some(path.ty);
+        if declared.iter().any(|(idx, _)| *idx == a.index) {
+            return err(
+                format!("{f}.index"),
+                format!("argument {} is declared twice", a.index),
+            );
+        }
+        declared.push((a.index, d.arg));
     }
     if selectors.len() > limits::SELECTORS_PER_HOOK {
         return err(
@@ -292,8 +253,8 @@ fn hook(
     for (i, s) in selectors.into_iter().enumerate() {
         parsed.push(selector(
             s,
-            path.index,
-            path_arg.is_some(),
+            def.family,
+            &declared,
             &format!("{at}.selectors[{i}]"),
         )?);
     }
@@ -302,23 +263,27 @@ fn hook(
         parsed.push(Selector {
             binaries: None,
             path: Vec::new(),
-            actions: Actions {
-                post: true,
-                signal: None,
-            },
+            net: Vec::new(),
+            actions: Actions::POST,
         });
     }
     Ok(Hook {
         point,
-        binaries_of_new_image,
-        path_arg,
+        family: def.family,
+        binaries_of_new_image: def.binaries_of_new_image,
+        args: declared.into_iter().map(|(_, a)| a).collect(),
         selectors: parsed,
         message,
         tags,
     })
 }
 
-fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result<Selector> {
+fn selector(
+    s: RawSelector,
+    family: HookFamily,
+    declared: &[(u32, EventArg)],
+    at: &str,
+) -> Result<Selector> {
     for (name, v) in [
         ("matchPIDs", &s.match_pids),
         ("matchData", &s.match_data),
@@ -381,7 +346,7 @@ fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result
             ),
         );
     }
-    let mut path = Vec::new();
+    let (mut path, mut net) = (Vec::new(), Vec::new());
     for (i, m) in s.match_args.into_iter().enumerate() {
         let f = format!("{at}.matchArgs[{i}]");
         let index = match (m.index, m.args.as_deref()) {
@@ -390,38 +355,120 @@ fn selector(s: RawSelector, path_index: u32, declared: bool, at: &str) -> Result
             (None, None) => return err(format!("{f}.index"), "missing"),
             _ => return err(format!("{f}.args"), "give either index or one args entry"),
         };
-        if index != path_index || !declared {
+        let Some(&(_, arg)) = declared.iter().find(|(idx, _)| *idx == index) else {
             return err(
                 format!("{f}.index"),
-                format!("argument {index} is not declared in args; this hook matches argument {path_index} (the binary path)"),
+                format!("argument {index} is not declared in args"),
             );
-        }
-        let op = match m.operator.as_str() {
-            "Equal" => StrOp::Equal,
-            "NotEqual" => StrOp::NotEqual,
-            "Prefix" => StrOp::Prefix,
-            "NotPrefix" => StrOp::NotPrefix,
-            "Postfix" => StrOp::Postfix,
-            "NotPostfix" => StrOp::NotPostfix,
-            "GT" | "GreaterThan" | "LT" | "LessThan" | "Mask" | "InRange" | "NotInRange"
-            | "SPort" | "NotSPort" | "SPortPriv" | "NotSportPriv" | "DPort" | "NotDPort"
-            | "DPortPriv" | "NotDPortPriv" | "SAddr" | "NotSAddr" | "DAddr" | "NotDAddr"
-            | "Protocol" | "Family" | "State" | "InMap" | "NotInMap" | "CapabilitiesGained"
-            | "SubString" | "SubStringIgnCase" | "CelExpr" | "FileType" | "NotFileType" => {
-                return err(
-                    format!("{f}.operator"),
-                    format!("operator `{}` does not apply to a path; expected Equal, NotEqual, Prefix, NotPrefix, Postfix or NotPostfix", m.operator),
-                )
-            }
-            other => return err(format!("{f}.operator"), format!("unknown operator `{other}`")),
         };
-        path.push(values(op, m.values, &f)?);
+        match arg {
+            EventArg::LinuxBinprm | EventArg::PathString => path.push(path_filter(m, &f)?),
+            EventArg::Sock | EventArg::Sockaddr => {
+                net.push(net_filter(m, arg == EventArg::Sockaddr, &f)?)
+            }
+        }
     }
     Ok(Selector {
         binaries,
         path,
-        actions: actions(s.match_actions, at)?,
+        net,
+        actions: actions(s.match_actions, family, at)?,
     })
+}
+
+const OTHER_OPERATORS: &[&str] = &[
+    "GT",
+    "GreaterThan",
+    "LT",
+    "LessThan",
+    "Mask",
+    "InRange",
+    "NotInRange",
+    "SPort",
+    "NotSPort",
+    "SPortPriv",
+    "NotSportPriv",
+    "DPort",
+    "NotDPort",
+    "DPortPriv",
+    "NotDPortPriv",
+    "SAddr",
+    "NotSAddr",
+    "DAddr",
+    "NotDAddr",
+    "Protocol",
+    "Family",
+    "State",
+    "InMap",
+    "NotInMap",
+    "CapabilitiesGained",
+    "SubString",
+    "SubStringIgnCase",
+    "CelExpr",
+    "FileType",
+    "NotFileType",
+    "Equal",
+    "NotEqual",
+    "Prefix",
+    "NotPrefix",
+    "Postfix",
+    "NotPostfix",
+];
+
+fn path_filter(m: RawMatchArg, f: &str) -> Result<StrMatch> {
+    let op = match m.operator.as_str() {
+        "Equal" => StrOp::Equal,
+        "NotEqual" => StrOp::NotEqual,
+        "Prefix" => StrOp::Prefix,
+        "NotPrefix" => StrOp::NotPrefix,
+        "Postfix" => StrOp::Postfix,
+        "NotPostfix" => StrOp::NotPostfix,
+        other if OTHER_OPERATORS.contains(&other) => {
+            return err(
+                format!("{f}.operator"),
+                format!("operator `{other}` does not apply to a path; expected Equal, NotEqual, Prefix, NotPrefix, Postfix or NotPostfix"),
+            )
+        }
+        other => return err(format!("{f}.operator"), format!("unknown operator `{other}`")),
+    };
+    values(op, m.values, f)
+}
+
+fn net_filter(m: RawMatchArg, sockaddr: bool, f: &str) -> Result<NetMatch> {
+    if m.values.is_empty() && !m.operator.contains("PortPriv") && !m.operator.contains("portPriv") {
+        return err(format!("{f}.values"), "must not be empty");
+    }
+    if m.values.len() > limits::VALUES_PER_FILTER {
+        return err(
+            format!("{f}.values"),
+            format!(
+                "{} values; at most {}",
+                m.values.len(),
+                limits::VALUES_PER_FILTER
+            ),
+        );
+    }
+    match net::parse(&m.operator, &m.values, sockaddr) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => {
+            let expected = if sockaddr {
+                net::SOCKADDR_OPERATORS
+            } else {
+                net::SOCK_OPERATORS
+            };
+            let what = if OTHER_OPERATORS.contains(&m.operator.as_str()) {
+                "does not apply to a socket"
+            } else {
+                "is unknown"
+            };
+            err(
+                format!("{f}.operator"),
+                format!("operator `{}` {what}; expected {expected}", m.operator),
+            )
+        }
+        Err((Some(i), reason)) => err(format!("{f}.values[{i}]"), reason),
+        Err((None, reason)) => err(format!("{f}.operator"), reason),
+    }
 }
 
 fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
@@ -449,11 +496,8 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
     Ok(StrMatch { op, values })
 }
 
-fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
-    let mut out = Actions {
-        post: true,
-        signal: None,
-    };
+fn actions(raw: Vec<RawAction>, family: HookFamily, at: &str) -> Result<Actions> {
+    let mut out = Actions::POST;
     for (i, a) in raw.into_iter().enumerate() {
         let f = format!("{at}.matchActions[{i}]");
         for (name, v) in [
@@ -478,6 +522,12 @@ fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
                 Some(sig) => return err(format!("{f}.argSig"), format!("{sig} is not a signal number (1 to 64)")),
                 None => return err(format!("{f}.argSig"), "Signal needs argSig"),
             },
+            // A connect is denied in the cgroup hook, which needs neither.
+            "override" if family == HookFamily::Connect => match a.arg_error {
+                Some(e @ -4095..=-1) => out.errno = Some(e.unsigned_abs()),
+                Some(e) => return err(format!("{f}.argError"), format!("{e} is not a negative errno (-1 to -4095)")),
+                None => return err(format!("{f}.argError"), "Override needs argError"),
+            },
             "override" => {
                 return err(
                     format!("{f}.action"),
@@ -495,7 +545,7 @@ fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
                 )
             }
         }
-        if a.arg_error.is_some() {
+        if a.arg_error.is_some() && !a.action.eq_ignore_ascii_case("override") {
             return err(format!("{f}.argError"), "argError applies only to Override");
         }
     }

@@ -1,0 +1,262 @@
+//! Outbound connects and unconnected sends, from cgroup socket-address hooks
+//! at the root of the cgroup v2 tree (links, so they coexist with Cilium's):
+//! the record with the kernel's copy of the address, and the connect reflex,
+//! which denies the connect (Sigkill also signals, Override sets the errno)
+//! before any packet leaves.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns, bpf_send_signal,
+        generated::{bpf_loop, bpf_set_retval},
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use sensor_common::{
+    kind, match_kind, net_kind, sock_op, ConnectEvent, NetFilter, NetValueKey, ProcState,
+    MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN,
+};
+
+use crate::maps::{
+    count_lost, wakeup_flags, CONFIG, EVENTS, NET_ADDR, NET_EVAL, NET_SELECTORS, NET_VALUE, PROCS,
+};
+use crate::reflex::in_scope;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[cgroup_sock_addr(connect4)]
+pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
+    on_sock(&ctx, sock_op::CONNECT4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
+    on_sock(&ctx, sock_op::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock(&ctx, sock_op::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn snsr_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock(&ctx, sock_op::SENDMSG6)
+}
+
+/// The selector loop's state, in a map for the same reason as `reflex::Eval`.
+#[repr(C)]
+pub struct NetEval {
+    pub event: ConnectEvent,
+    pub n: u64,
+    pub scoped_in: u64,
+    pub state: ProcState,
+    pub hooks_done: u64,
+}
+
+fn v4(word: u32) -> [u8; 4] {
+    word.to_ne_bytes()
+}
+
+/// Fills the event's addresses and ports from the context.
+fn read_addresses(sa: &bpf_sock_addr, op: u8, e: &mut ConnectEvent) {
+    e.dport = u16::from_be(sa.user_port as u16);
+    if op == sock_op::CONNECT4 || op == sock_op::SENDMSG4 {
+        e.family = AF_INET;
+        e.daddr[..4].copy_from_slice(&v4(sa.user_ip4));
+        if op == sock_op::SENDMSG4 {
+            e.saddr[..4].copy_from_slice(&v4(sa.msg_src_ip4));
+        }
+        return;
+    }
+    let d = sa.user_ip6;
+    // ::ffff:a.b.c.d reaches IPv4 through an IPv6 socket: match it as IPv4.
+    if d[0] == 0 && d[1] == 0 && u32::from_be(d[2]) == 0x0000_ffff {
+        e.family = AF_INET;
+        e.mapped = 1;
+        e.daddr[..4].copy_from_slice(&v4(d[3]));
+        return;
+    }
+    e.family = AF_INET6;
+    for i in 0..4 {
+        e.daddr[i * 4..i * 4 + 4].copy_from_slice(&v4(d[i]));
+    }
+    if op == sock_op::SENDMSG6 {
+        let s = sa.msg_src_ip6;
+        for i in 0..4 {
+            e.saddr[i * 4..i * 4 + 4].copy_from_slice(&v4(s[i]));
+        }
+    }
+}
+
+fn on_sock(ctx: &SockAddrContext, op: u8) -> i32 {
+    match try_sock(ctx, op) {
+        Some(false) => 0,
+        _ => 1,
+    }
+}
+
+/// Returns whether the connect may proceed.
+fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
+    // SAFETY: the context the kernel handed us.
+    let sa = unsafe { &*ctx.sock_addr };
+    let ep = NET_EVAL.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let ev = unsafe { &mut *ep };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    ev.event = ConnectEvent {
+        kind: kind::CONNECT,
+        pid: tgid,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        ktime: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        hits: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        family: 0,
+        sport: 0,
+        dport: 0,
+        sock_type: sa.type_ as u16,
+        protocol: sa.protocol as u16,
+        op,
+        mapped: 0,
+        signal: 0,
+        errno: 0,
+        _pad: 0,
+    };
+    read_addresses(sa, op, &mut ev.event);
+    ev.n = cfg.n_net_selectors as u64;
+    ev.scoped_in = in_scope(&cfg) as u64;
+    ev.hooks_done = 0;
+    // SAFETY: ProcState is plain data.
+    ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
+    if ev.n > 0 && ev.scoped_in != 0 {
+        // SAFETY: the callback reaches its state through the NET_EVAL map.
+        unsafe {
+            bpf_loop(
+                MAX_SELECTORS as u32,
+                eval_selector as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    let e = &ev.event;
+    let urgent = e.hits != 0;
+    if EVENTS
+        .output::<ConnectEvent>(e, wakeup_flags(urgent))
+        .is_err()
+    {
+        count_lost(kind::CONNECT);
+    }
+    if e.signal != 0 {
+        // SAFETY: signals the current task, the one connecting.
+        unsafe { bpf_send_signal(e.signal) };
+    }
+    if e.errno != 0 {
+        // SAFETY: sets the error the denied connect returns.
+        unsafe { bpf_set_retval(-(e.errno as i32)) };
+    }
+    Some(e.signal == 0 && e.errno == 0)
+}
+
+/// Whether the address (dest or source) is in the selector's set for `slot`.
+fn addr_in(e: &ConnectEvent, sel: u8, slot: u8, dest: bool) -> bool {
+    let mut data = [0u8; NET_ADDR_KEY_LEN];
+    data[0] = sel;
+    data[1] = slot;
+    let addr = if dest { &e.daddr } else { &e.saddr };
+    let bits = if e.family == AF_INET6 {
+        data[2] = 6;
+        data[4..20].copy_from_slice(addr);
+        128
+    } else {
+        data[2] = 4;
+        data[4..8].copy_from_slice(&addr[..4]);
+        32
+    };
+    let key = aya_ebpf::maps::lpm_trie::Key::new(32 + bits, data);
+    NET_ADDR.get(&key).is_some()
+}
+
+fn value_in(sel: u8, slot: u8, value: u32) -> bool {
+    let key = NetValueKey {
+        selector: sel,
+        slot,
+        _pad: 0,
+        value,
+    };
+    // SAFETY: presence test on a u8 value.
+    unsafe { NET_VALUE.get(&key) }.is_some()
+}
+
+fn filter_matches(f: NetFilter, e: &ConnectEvent, sel: u8, slot: u8) -> bool {
+    let hit = match f.kind {
+        net_kind::DADDR => addr_in(e, sel, slot, true),
+        net_kind::SADDR => addr_in(e, sel, slot, false),
+        net_kind::DPORT => value_in(sel, slot, e.dport as u32),
+        net_kind::SPORT => value_in(sel, slot, e.sport as u32),
+        net_kind::DPORT_PRIV => e.dport < 1024,
+        net_kind::SPORT_PRIV => e.sport < 1024,
+        net_kind::PROTOCOL => value_in(sel, slot, e.protocol as u32),
+        net_kind::FAMILY => value_in(sel, slot, e.family as u32),
+        _ => false,
+    };
+    hit != (f.negate != 0)
+}
+
+/// One connect selector; returns 1 to stop the loop.
+extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(ep) = NET_EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let ev = unsafe { &mut *ep };
+    if index >= ev.n {
+        return 1;
+    }
+    let s = index as u32 & (MAX_SELECTORS as u32 - 1);
+    let Some(sel) = NET_SELECTORS.get(s) else {
+        return 1;
+    };
+    let bit = 1u64 << s;
+    let hook_bit = 1u64 << (sel.hook & 63);
+    if ev.hooks_done & hook_bit != 0 {
+        return 0;
+    }
+    if sel.binaries.kind != match_kind::NONE {
+        let member = ev.state.net_bin_in
+            | if sel.follow != 0 {
+                ev.state.net_follow
+            } else {
+                0
+            };
+        if (member & bit != 0) == (sel.binaries.negate != 0) {
+            return 0;
+        }
+    }
+    for a in 0..MAX_ARG_FILTERS {
+        if a >= sel.n_filters as usize {
+            break;
+        }
+        if !filter_matches(sel.filters[a], &ev.event, s as u8, (a + 1) as u8) {
+            return 0;
+        }
+    }
+    ev.hooks_done |= hook_bit;
+    ev.event.hits |= bit;
+    if sel.signal != 0 && ev.event.signal != 9 {
+        ev.event.signal = sel.signal;
+    }
+    if sel.errno != 0 && ev.event.errno == 0 {
+        ev.event.errno = sel.errno;
+    }
+    0
+}

@@ -1,0 +1,151 @@
+//! The hooks this sensor implements, by the names Tetragon policies use:
+//! which reflex each maps onto and which arguments it exposes.
+use super::{EventArg, HookFamily};
+
+/// One argument a hook exposes: its index in the policy's `args` and the
+/// `type` names that fit it.
+pub struct ArgDef {
+    pub index: u32,
+    pub types: &'static [&'static str],
+    pub arg: EventArg,
+}
+
+pub struct HookDef {
+    pub family: HookFamily,
+    /// The name events carry (`function_name`).
+    pub function: &'static str,
+    pub args: &'static [ArgDef],
+    pub binaries_of_new_image: bool,
+}
+
+const BINPRM: ArgDef = ArgDef {
+    index: 0,
+    types: &["linux_binprm"],
+    arg: EventArg::LinuxBinprm,
+};
+const SOCK: ArgDef = ArgDef {
+    index: 0,
+    types: &["sock", "socket"],
+    arg: EventArg::Sock,
+};
+const SOCKADDR1: ArgDef = ArgDef {
+    index: 1,
+    types: &["sockaddr"],
+    arg: EventArg::Sockaddr,
+};
+
+pub const KPROBES: &[(&str, HookDef)] = &[
+    (
+        "security_bprm_check",
+        HookDef {
+            family: HookFamily::Exec,
+            function: "security_bprm_check",
+            args: &[BINPRM],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "sys_execve",
+        HookDef {
+            family: HookFamily::Exec,
+            function: "__x64_sys_execve",
+            args: &[ArgDef {
+                index: 0,
+                types: &["string", "filename"],
+                arg: EventArg::PathString,
+            }],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "sys_execveat",
+        HookDef {
+            family: HookFamily::Exec,
+            function: "__x64_sys_execveat",
+            args: &[ArgDef {
+                index: 1,
+                types: &["string", "filename"],
+                arg: EventArg::PathString,
+            }],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "tcp_connect",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "tcp_connect",
+            args: &[SOCK],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "security_socket_connect",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "security_socket_connect",
+            args: &[SOCK, SOCKADDR1],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "sys_connect",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "__x64_sys_connect",
+            args: &[SOCKADDR1],
+            binaries_of_new_image: false,
+        },
+    ),
+];
+
+pub const LSM_HOOKS: &[(&str, HookDef)] = &[
+    (
+        "bprm_check_security",
+        HookDef {
+            family: HookFamily::Exec,
+            function: "bprm_check_security",
+            args: &[BINPRM],
+            binaries_of_new_image: false,
+        },
+    ),
+    (
+        "socket_connect",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "socket_connect",
+            args: &[SOCK, SOCKADDR1],
+            binaries_of_new_image: false,
+        },
+    ),
+];
+
+/// `sched/sched_process_exec`; tracepoint indexes count the format's common
+/// fields, so `filename` is index 4.
+pub const EXEC_TRACEPOINT: HookDef = HookDef {
+    family: HookFamily::Exec,
+    function: "sched_process_exec",
+    args: &[ArgDef {
+        index: 4,
+        types: &["string", "data_loc", "auto"],
+        arg: EventArg::PathString,
+    }],
+    binaries_of_new_image: true,
+};
+
+pub fn names(table: &[(&str, HookDef)]) -> String {
+    table.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// A kprobe by its call name, with or without the syscall prefix.
+pub fn kprobe(call: &str) -> Option<&'static HookDef> {
+    let base = call
+        .strip_prefix("__x64_")
+        .or_else(|| call.strip_prefix("__arm64_"))
+        .unwrap_or(call);
+    KPROBES.iter().find(|(n, _)| *n == base).map(|(_, d)| d)
+}
+
+pub fn lsm(hook: &str) -> Option<&'static HookDef> {
+    LSM_HOOKS.iter().find(|(n, _)| *n == hook).map(|(_, d)| d)
+}
