@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use daemon::{Output, RunOptions};
-use policy::{Compiled, Loaded, PolicyError};
+use policy::{Compiled, Loaded, PolicyError, Vars};
 
 #[derive(Parser)]
 #[command(
@@ -62,7 +62,36 @@ enum PolicyCommand {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: PolicyVars,
     },
+}
+
+/// Values for `${NAME}` placeholders in policies, as Tetragon's quickstart
+/// fills them with envsubst.
+#[derive(clap::Args)]
+struct PolicyVars {
+    /// The cluster's pod CIDR (`${PODCIDR}` in policies).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The cluster's service CIDR (`${SERVICECIDR}` in policies).
+    #[arg(long)]
+    service_cidr: Option<String>,
+}
+
+impl PolicyVars {
+    fn vars(&self) -> Vars {
+        let mut v = Vars::new();
+        for (name, value) in [
+            ("PODCIDR", &self.pod_cidr),
+            ("SERVICECIDR", &self.service_cidr),
+        ] {
+            if let Some(value) = value {
+                v.insert(name.to_string(), value.clone());
+            }
+        }
+        v
+    }
 }
 
 #[derive(clap::Args)]
@@ -73,6 +102,8 @@ struct RunArgs {
     /// A directory of policies; `policies` when no --policy is given.
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    #[command(flatten)]
+    vars: PolicyVars,
     /// What goes to stdout.
     #[arg(long, value_enum, default_value = "json")]
     output: Output,
@@ -132,15 +163,16 @@ fn node_name(arg: Option<String>) -> String {
 /// Loads the policies a run asks for.
 fn load_policies(args: &RunArgs) -> Result<Loaded, PolicyError> {
     let mut loaded = Loaded::default();
+    let vars = args.vars.vars();
     for f in &args.policies {
-        policy::load_file(f, &mut loaded)?;
+        policy::load_file(f, &vars, &mut loaded)?;
     }
     match (&args.policy_dir, args.policies.is_empty()) {
-        (Some(dir), _) => policy::load_dir(dir, &mut loaded)?,
+        (Some(dir), _) => policy::load_dir(dir, &vars, &mut loaded)?,
         (None, true) => {
             let dir = PathBuf::from("policies");
             if dir.is_dir() {
-                policy::load_dir(&dir, &mut loaded)?;
+                policy::load_dir(&dir, &vars, &mut loaded)?;
             } else {
                 tracing::warn!("no --policy given and no ./policies directory: no reflexes loaded");
             }
@@ -157,8 +189,8 @@ fn policy_failure(e: &PolicyError) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let compiled = match load_policies(&args).and_then(|l| {
-        for (file, kind) in &l.skipped {
-            tracing::info!(file = %file.display(), kind, "not a reflex policy (enforced by Cilium); skipped");
+        for (file, why) in &l.skipped {
+            tracing::warn!(file = %file.display(), why, "policy not loaded");
         }
         for (file, p) in &l.policies {
             tracing::info!(file = %file.display(), policy = %p.name, hooks = p.hooks.len(), "policy loaded");
@@ -200,10 +232,10 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn check(files: &[PathBuf]) -> ExitCode {
+fn check(files: &[PathBuf], vars: &Vars) -> ExitCode {
     let mut loaded = Loaded::default();
     for f in files {
-        if let Err(e) = policy::load_file(f, &mut loaded) {
+        if let Err(e) = policy::load_file(f, vars, &mut loaded) {
             return policy_failure(&e);
         }
     }
@@ -219,11 +251,8 @@ fn check(files: &[PathBuf]) -> ExitCode {
             p.hooks.len()
         );
     }
-    for (file, kind) in &loaded.skipped {
-        println!(
-            "ok: {}: {kind} (for Cilium, not loaded by the sensor)",
-            file.display()
-        );
+    for (file, why) in &loaded.skipped {
+        println!("skipped: {}: {why}", file.display());
     }
     ExitCode::SUCCESS
 }
@@ -271,8 +300,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Policy {
-            command: PolicyCommand::Check { files },
-        } => check(&files),
+            command: PolicyCommand::Check { files, vars },
+        } => check(&files, &vars.vars()),
         Command::Compact { file } => compact(file),
     }
 }

@@ -294,7 +294,7 @@ mod tests {
         let f = dir.join(format!("{n}.yaml"));
         std::fs::write(&f, yaml).unwrap();
         let mut l = Loaded::default();
-        load_file(&f, &mut l).unwrap();
+        load_file(&f, &Default::default(), &mut l).unwrap();
         Compiled::new(&l.policies).unwrap()
     }
 

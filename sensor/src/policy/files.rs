@@ -10,9 +10,34 @@ use super::{parse, raw::RawPolicy, Policy, PolicyError};
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub policies: Vec<(PathBuf, Policy)>,
-    /// Documents meant for another consumer (Cilium network policies), with
-    /// their file and kind.
+    /// Files or documents not loaded, and why: meant for another consumer
+    /// (Cilium network policies), or waiting for variables the daemon was not
+    /// given.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Values for `${NAME}` placeholders in policy files, from daemon
+/// configuration (for example `PODCIDR` from `--pod-cidr`), the way
+/// Tetragon's quickstart fills its policies with envsubst.
+pub type Vars = std::collections::BTreeMap<String, String>;
+
+/// The names of every `${NAME}` placeholder in `text`.
+fn placeholders(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let name = &after[..end];
+        if !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+        rest = &after[end..];
+    }
+    out
 }
 
 /// Kinds that may share `policies/` but are enforced by Cilium, not here.
@@ -26,9 +51,25 @@ fn error(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Po
     }
 }
 
-/// Loads every document of one file.
-pub fn load_file(file: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
-    let text = std::fs::read_to_string(file).map_err(|e| error(file, "(file)", e.to_string()))?;
+/// Loads every document of one file, after filling its placeholders. A file
+/// whose placeholders are not all given is skipped, and says which it needs.
+pub fn load_file(file: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), PolicyError> {
+    let mut text =
+        std::fs::read_to_string(file).map_err(|e| error(file, "(file)", e.to_string()))?;
+    let names: Vec<String> = placeholders(&text).into_iter().map(String::from).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !vars.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        let reason = format!("needs the variables {}", missing.join(", "));
+        into.skipped.push((file.to_path_buf(), reason));
+        return Ok(());
+    }
+    for name in &names {
+        text = text.replace(&format!("${{{name}}}"), &vars[name]);
+    }
     for (doc_index, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| error(file, "(yaml)", e.to_string()))?;
@@ -45,7 +86,8 @@ pub fn load_file(file: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
             .and_then(|k| k.as_str())
             .unwrap_or_default();
         if CILIUM_KINDS.contains(&kind) {
-            into.skipped.push((file.to_path_buf(), kind.to_string()));
+            into.skipped
+                .push((file.to_path_buf(), format!("a {kind}, enforced by Cilium")));
             continue;
         }
         let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -60,7 +102,7 @@ pub fn load_file(file: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
 }
 
 /// Loads every `*.yaml` / `*.yml` file of a directory, in name order.
-pub fn load_dir(dir: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
+pub fn load_dir(dir: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), PolicyError> {
     let entries = std::fs::read_dir(dir).map_err(|e| error(dir, "(directory)", e.to_string()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -68,7 +110,20 @@ pub fn load_dir(dir: &Path, into: &mut Loaded) -> Result<(), PolicyError> {
         .collect();
     files.sort();
     for f in files {
-        load_file(&f, into)?;
+        load_file(&f, vars, into)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found_once_each() {
+        assert_eq!(
+            placeholders("a ${PODCIDR} b ${X_1} ${PODCIDR} $NOPE ${} ${bad-name}"),
+            vec!["PODCIDR", "X_1"]
+        );
+    }
 }

@@ -12,7 +12,7 @@ mod raw;
 pub use net::NetMatch;
 
 pub use compile::{Compiled, SelectorMeta};
-pub use files::{load_dir, load_file, Loaded};
+pub use files::{load_dir, load_file, Loaded, Vars};
 
 use std::path::PathBuf;
 

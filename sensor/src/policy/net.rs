@@ -52,6 +52,7 @@ impl IpNet {
         }
     }
 
+    #[cfg(test)]
     pub fn contains(&self, ip: IpAddr) -> bool {
         IpNet {
             addr: ip,
