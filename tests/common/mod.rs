@@ -1,6 +1,9 @@
 //! Shared pieces of the end-to-end tests: a cgroup of the test's own, the real
-//! daemon started against it, and readers of its JSON export.
+//! daemon started against it, and readers of its JSON export; `netns` holds
+//! test backends in network namespaces.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,146 @@
+//! Test "backends": a network namespace of the test's own, joined to the host
+//! by a veth pair, with a real HTTP server (IPv4 and IPv6) whose access log
+//! the test can read. Only these namespaces and loopback are ever targets.
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PORT: u16 = 8080;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct Backend {
+    ns: String,
+    /// 10.203.K.2 in 10.203.K.0/24
+    pub v4: String,
+    /// fd00:5e:K::2 in fd00:5e:K::/64
+    pub v6: String,
+    pub k: u32,
+    server: Child,
+    log: PathBuf,
+}
+
+impl Backend {
+    pub fn start() -> Backend {
+        let pid = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        // A /24 per backend, spread by pid so that parallel test binaries differ.
+        let k = (pid % 50) * 5 + n % 5 + 1;
+        let ns = format!("snsr-{pid}-{n}");
+        let (host, peer) = (
+            format!("sn{}h{n}", pid % 100_000),
+            format!("sn{}b{n}", pid % 100_000),
+        );
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&["addr", "add", &format!("10.203.{k}.1/24"), "dev", &host]);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:5e:{k}::1/64"),
+            "dev",
+            &host,
+            "nodad",
+        ]);
+        ip(&["link", "set", &host, "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &ns, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("10.203.{k}.2/24"), "dev", &peer]);
+        inside(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:5e:{k}::2/64"),
+            "dev",
+            &peer,
+            "nodad",
+        ]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        let log = std::env::temp_dir().join(format!("{ns}.log"));
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+                &PORT.to_string(),
+                "--bind",
+                "::",
+            ])
+            .current_dir("/tmp")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting the HTTP server");
+        let b = Backend {
+            ns,
+            v4: format!("10.203.{k}.2"),
+            v6: format!("fd00:5e:{k}::2"),
+            k,
+            server,
+            log,
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn wait_ready(&self) {
+        let addr: SocketAddr = format!("{}:{PORT}", self.v4).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "backend {} did not start",
+                self.v4
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `10.203.K.0/24`
+    pub fn cidr4(&self) -> String {
+        format!("10.203.{}.0/24", self.k)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:{PORT}/", self.v4)
+    }
+
+    /// Requests the server logged (one line per request).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET "))
+            .count()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Deleting the namespace removes the veth pair and its routes.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

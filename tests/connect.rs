@@ -1,0 +1,276 @@
+//! Network sensing and the connect reflex, against real network namespaces:
+//! the client runs in the test's cgroup, the backend in a namespace of the
+//! test's own.
+mod common;
+
+use std::process::Command;
+
+use common::netns::{Backend, PORT};
+use common::*;
+
+fn tcp_policy(name: &str, selector: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+  - call: tcp_connect
+    syscall: false
+    args: [{{index: 0, type: sock}}]
+    selectors:
+{selector}"
+    )
+}
+
+/// A daemon with one policy, scoped to a fresh cgroup.
+fn daemon_with(policy_yaml: &str, extra: &[&str]) -> (Daemon, TestCgroup, TempDir) {
+    let dir = TempDir::new();
+    let policy = policy_file(&dir, "p.yaml", policy_yaml);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let mut args = vec!["--policy", &policy, "--enforce-cgroup", &scope];
+    args.extend_from_slice(extra);
+    (Daemon::start(&args), cg, dir)
+}
+
+fn curl(cg: &TestCgroup, url: &str) -> Option<i32> {
+    cg.command("/bin/sh")
+        .args([
+            "-c",
+            &format!("curl -s -o /dev/null --max-time 5 -g '{url}'; exit $?"),
+        ])
+        .status()
+        .unwrap()
+        .code()
+}
+
+/// Connects with Python in the cgroup and prints the errno (0 = connected).
+fn connect_errno(cg: &TestCgroup, family: &str, addr: &str) -> String {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(5)\nprint(s.connect_ex(('{addr}', {PORT})))"
+    );
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn sock<'a>(e: &'a serde_json::Value) -> &'a serde_json::Value {
+    &e["process_kprobe"]["args"][0]["sock_arg"]
+}
+
+#[test]
+fn post_reports_the_backend_and_lets_the_request_through() {
+    if !can_run("post_reports_the_backend_and_lets_the_request_through") {
+        return;
+    }
+    let backend = Backend::start();
+    let (daemon, cg, _d) = daemon_with(
+        &tcp_policy(
+            "watch-backend",
+            &format!(
+                "    - matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}]\n",
+                backend.v4
+            ),
+        ),
+        &[],
+    );
+    assert_eq!(curl(&cg, &backend.url()), Some(0));
+    assert_eq!(backend.requests(), 1);
+    let e = daemon.wait_for("connect event", |e| {
+        is(e, "process_kprobe", &resolved("/usr/bin/curl"))
+    });
+    let s = sock(&e);
+    assert_eq!(s["daddr"], backend.v4);
+    assert_eq!(s["dport"], PORT);
+    assert_eq!(s["family"], "AF_INET");
+    assert_eq!(s["protocol"], "IPPROTO_TCP");
+    assert_eq!(s["type"], "SOCK_STREAM");
+    assert_eq!(e["process_kprobe"]["function_name"], "tcp_connect");
+    assert_eq!(e["process_kprobe"]["action"], "KPROBE_ACTION_POST");
+    assert!(
+        e["process_kprobe"]["parent"]["exec_id"].is_string(),
+        "lineage attached"
+    );
+}
+
+#[test]
+fn override_denies_the_cidr_with_its_errno_and_nothing_else() {
+    if !can_run("override_denies_the_cidr_with_its_errno_and_nothing_else") {
+        return;
+    }
+    let (denied, other) = (Backend::start(), Backend::start());
+    let (daemon, cg, _d) = daemon_with(
+        &tcp_policy("deny-backend", &format!(
+            "    - matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}]\n      matchActions: [{{action: Override, argError: -111}}]\n",
+            denied.cidr4()
+        )),
+        &[],
+    );
+    assert_eq!(curl(&cg, &denied.url()), Some(7), "curl fails at connect");
+    assert_eq!(
+        connect_errno(&cg, "AF_INET", &denied.v4),
+        "111",
+        "ECONNREFUSED, from argError"
+    );
+    assert_eq!(denied.requests(), 0);
+    let e = daemon.wait_for("override event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["action"] == "KPROBE_ACTION_OVERRIDE")
+    });
+    assert_eq!(sock(&e)["daddr"], denied.v4);
+
+    assert_eq!(curl(&cg, &other.url()), Some(0), "outside the CIDR");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", &denied.url()])
+        .status()
+        .unwrap();
+    assert!(out.success(), "outside the test's cgroup");
+    assert_eq!(denied.requests(), 1);
+}
+
+#[test]
+fn sigkill_kills_before_a_packet_leaves() {
+    if !can_run("sigkill_kills_before_a_packet_leaves") {
+        return;
+    }
+    let backend = Backend::start();
+    let (daemon, cg, _d) = daemon_with(
+        &tcp_policy("kill-backend", &format!(
+            "    - matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}, {{index: 0, operator: DPort, values: [\"{PORT}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n",
+            backend.cidr4()
+        )),
+        &[],
+    );
+    assert_eq!(curl(&cg, &backend.url()), Some(137));
+    let curl_bin = resolved("/usr/bin/curl");
+    let e = daemon.wait_for("kill event", |e| is(e, "process_kprobe", &curl_bin));
+    assert_eq!(e["process_kprobe"]["action"], "KPROBE_ACTION_SIGKILL");
+    daemon.wait_for("exit", |e| {
+        body(e, "process_exit")
+            .is_some_and(|x| x["process"]["binary"] == curl_bin && x["signal"] == "SIGKILL")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(backend.requests(), 0, "the backend saw no request");
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_destinations() {
+    if !can_run("ipv6_and_ipv4_mapped_destinations") {
+        return;
+    }
+    let backend = Backend::start();
+    let policy = format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: deny-v6}}
+spec:
+  lsmhooks:
+  - hook: socket_connect
+    args: [{{index: 0, type: socket}}, {{index: 1, type: sockaddr}}]
+    selectors:
+    - matchArgs: [{{index: 1, operator: SAddr, values: [\"fd00:5e:{k}::/64\", {cidr}]}}]
+      matchActions: [{{action: Override, argError: -13}}]
+",
+        k = backend.k,
+        cidr = backend.cidr4()
+    );
+    let (daemon, cg, _d) = daemon_with(&policy, &[]);
+    assert_eq!(
+        curl(&cg, &format!("http://[{}]:{PORT}/", backend.v6)),
+        Some(7)
+    );
+    let e = daemon.wait_for("v6 event", |e| body(e, "process_lsm").is_some());
+    let lsm = &e["process_lsm"];
+    assert_eq!(lsm["function_name"], "socket_connect");
+    assert_eq!(lsm["args"][0]["sock_arg"]["family"], "AF_INET6");
+    assert_eq!(lsm["args"][1]["sockaddr_arg"]["addr"], backend.v6);
+    assert_eq!(lsm["args"][1]["sockaddr_arg"]["port"], PORT);
+    // An IPv6 socket reaching IPv4 through ::ffff:a.b.c.d is matched as IPv4.
+    let mapped = format!("::ffff:{}", backend.v4);
+    assert_eq!(
+        connect_errno(&cg, "AF_INET6", &mapped),
+        "13",
+        "EACCES, from argError"
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
+#[test]
+fn udp_sends_and_connects_are_seen_and_denied() {
+    if !can_run("udp_sends_and_connects_are_seen_and_denied") {
+        return;
+    }
+    let backend = Backend::start();
+    let policy = tcp_policy("udp-dns", &format!(
+        "    - matchArgs: [{{index: 0, operator: Protocol, values: [IPPROTO_UDP]}}, {{index: 0, operator: DAddr, values: [{}]}}, {{index: 0, operator: DPort, values: [\"53\"]}}]\n      matchActions: [{{action: Override, argError: -1}}]\n",
+        backend.v4
+    ));
+    let (daemon, cg, _d) = daemon_with(&policy, &[]);
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         try:\n    s.sendto(b'x', ('{a}', 53)); print('sent')\nexcept OSError as e:\n    print(e.errno)\n\
+         print(s.connect_ex(('{a}', 53)))\nprint(s.connect_ex(('{a}', 54)))",
+        a = backend.v4
+    );
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["1", "1", "0"],
+        "sendto and connect to :53 denied with EPERM, :54 allowed"
+    );
+    let e = daemon.wait_for("udp event", |e| body(e, "process_kprobe").is_some());
+    let s = sock(&e);
+    assert_eq!(s["protocol"], "IPPROTO_UDP");
+    assert_eq!(s["type"], "SOCK_DGRAM");
+    assert_eq!(s["dport"], 53);
+    let hits = daemon
+        .events()
+        .iter()
+        .filter(|e| body(e, "process_kprobe").is_some())
+        .count();
+    assert_eq!(hits, 2, "the send and the connect");
+}
+
+#[test]
+fn cluster_cidr_egress_policy_kills_what_leaves_the_cluster() {
+    if !can_run("cluster_cidr_egress_policy_kills_what_leaves_the_cluster") {
+        return;
+    }
+    let (inside, outside) = (Backend::start(), Backend::start());
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let pod_cidr = inside.cidr4();
+    let daemon = Daemon::start(&[
+        "--policy",
+        &shipped("egress-cluster.yaml"),
+        "--pod-cidr",
+        &pod_cidr,
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--enforce-cgroup",
+        &scope,
+    ]);
+    assert_eq!(curl(&cg, &inside.url()), Some(0), "inside the pod CIDR");
+    assert_eq!(curl(&cg, &outside.url()), Some(137), "outside the cluster");
+    assert_eq!((inside.requests(), outside.requests()), (1, 0));
+    let e = daemon.wait_for("kill", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["action"] == "KPROBE_ACTION_SIGKILL")
+    });
+    assert_eq!(sock(&e)["daddr"], outside.v4);
+    assert_eq!(
+        e["process_kprobe"]["policy_name"],
+        "enforce-network-activity-outside-cluster-cidr-range"
+    );
+}
