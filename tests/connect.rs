@@ -59,7 +59,7 @@ fn connect_errno(cg: &TestCgroup, family: &str, addr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn sock<'a>(e: &'a serde_json::Value) -> &'a serde_json::Value {
+fn sock(e: &serde_json::Value) -> &serde_json::Value {
     &e["process_kprobe"]["args"][0]["sock_arg"]
 }
 

@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub scope: Vec<PathBuf>,
     pub ring_bytes: u32,
     pub cache_size: usize,
+    /// Count each program's runs and run time, and log them at stop.
+    pub program_stats: bool,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -81,6 +83,10 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
         .iter()
         .map(|p| cgroup_id(p))
         .collect::<Result<_, _>>()?;
+    let _stats = opts
+        .program_stats
+        .then(crate::load::enable_stats)
+        .transpose()?;
     let mut kernel = Kernel::load(opts.ring_bytes)?;
     kernel.apply(&compiled, &scope)?;
     let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
@@ -145,6 +151,12 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     // Drain what the kernel wrote before the signal.
     drain(fd.get_mut(), &mut pipeline);
     report_lost(&kernel, &mut pipeline);
+    if opts.program_stats {
+        for (program, runs, time) in kernel.program_stats() {
+            let ns_per_run = time.as_nanos() as u64 / runs.max(1);
+            tracing::info!(program, runs, ns_per_run, "program stats");
+        }
+    }
     drop(fd);
     drop(kernel);
     let _ = std::io::stdout().flush();

@@ -127,6 +127,9 @@ struct RunArgs {
     /// Processes kept in the cache, exited ones evicted first.
     #[arg(long, default_value_t = 65536)]
     process_cache_size: usize,
+    /// Count each kernel program's runs and run time; logged at stop.
+    #[arg(long)]
+    program_stats: bool,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -212,6 +215,7 @@ fn run(args: RunArgs) -> ExitCode {
         scope: args.enforce_cgroups,
         ring_bytes: args.ring_buffer_size,
         cache_size: args.process_cache_size,
+        program_stats: args.program_stats,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,7 +1,11 @@
-//! `cargo xtask bench exec`: the cost of the sensor on fork+exec, measured
-//! as the ratio of a workload's time with the running daemon (JSON export to
-//! a file, the shipped reflex policy loaded) to its time without, in
-//! alternating pairs within one invocation.
+//! `cargo xtask bench exec|connect`: the cost of the sensor, measured as the
+//! ratio of a workload's time with the running daemon (JSON export to a file,
+//! policies loaded) to its time without, in alternating pairs within one
+//! invocation.
+//!
+//! - exec: fork+exec of /bin/true, with the shipped reflex policy
+//! - connect: TCP connects to a loopback listener, with connect policies
+//!   loaded that match none of them
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,13 +17,14 @@ use crate::root;
 
 struct Options {
     pairs: usize,
-    execs: usize,
+    /// Operations per run; the workload's default when absent.
+    ops: Option<usize>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
     let mut o = Options {
         pairs: 5,
-        execs: 2000,
+        ops: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -31,7 +36,7 @@ fn options(args: &[String]) -> Result<Options> {
         };
         match a.as_str() {
             "--pairs" => o.pairs = num()?,
-            "--execs" => o.execs = num()?,
+            "--ops" => o.ops = Some(num()?),
             other => bail!("unknown bench option {other}"),
         }
     }
@@ -55,18 +60,56 @@ struct Daemon {
     log: std::sync::mpsc::Receiver<String>,
 }
 
-fn start(sensor: &Path, events: &Path) -> Result<Daemon> {
+/// TCP connects to a loopback listener, `n` times; the server closes first so
+/// that TIME_WAIT stays on its side and client ports do not run out.
+fn connects(n: usize) -> Result<Duration> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || {
+        for _ in 0..n {
+            if listener.accept().is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut buf = [0u8; 1];
+    for _ in 0..n {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let _ = s.read(&mut buf);
+    }
+    let elapsed = start.elapsed();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
+    Ok(elapsed)
+}
+
+/// Connect policies that match nothing the benchmark does (TEST-NET-1 and
+/// port 1), so that every connect is evaluated and none is acted on.
+const CONNECT_POLICY: &str = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bench-connect}
+spec:
+  kprobes:
+  - call: tcp_connect
+    syscall: false
+    args: [{index: 0, type: sock}]
+    selectors:
+    - matchArgs: [{index: 0, operator: DAddr, values: [192.0.2.0/24]}]
+      matchActions: [{action: Sigkill}]
+    - matchArgs: [{index: 0, operator: DPort, values: [\"1\"]}]
+      matchActions: [{action: Override, argError: -1}]
+";
+
+fn start(sensor: &Path, policy: &Path, events: &Path) -> Result<Daemon> {
     let _ = std::fs::remove_file(events);
     let mut child = Command::new(sensor)
         .current_dir(root())
-        .args([
-            "run",
-            "--output",
-            "none",
-            "--policy",
-            "policies/reflex.yaml",
-            "--export-file",
-        ])
+        .args(["run", "--output", "none", "--program-stats", "--policy"])
+        .arg(policy)
+        .arg("--export-file")
         .arg(events)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -89,22 +132,40 @@ fn start(sensor: &Path, events: &Path) -> Result<Daemon> {
     }
 }
 
-/// Stops the daemon and returns its `stats=` summary (`records=.. lost=..`).
-fn stop(mut d: Daemon) -> Result<String> {
+/// Stops the daemon; returns its `stats=` summary (`records=.. lost=..`) and
+/// its per-program lines (`program=.. runs=.. ns_per_run=..`).
+fn stop(mut d: Daemon) -> Result<(String, Vec<String>)> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     d.child.wait()?;
-    let line = d
-        .log
-        .try_iter()
+    let lines: Vec<String> = d.log.try_iter().collect();
+    let programs = lines
+        .iter()
+        .filter(|l| l.contains("program stats"))
+        .cloned()
+        .collect();
+    let stop = lines
+        .into_iter()
         .find(|l| l.contains("sensor stopped"))
         .context("no stop line")?;
-    Ok(line)
+    Ok((stop, programs))
 }
 
+/// The number after `key=` in a log line (0 when absent).
 fn field(line: &str, key: &str) -> u64 {
-    line.split(|c: char| c.is_whitespace() || c == '"')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    let pat = format!("{key}=");
+    line.match_indices(&pat)
+        .find(|(i, _)| {
+            *i == 0
+                || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_'
+        })
+        .and_then(|(i, _)| {
+            let digits: String = line[i + pat.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
         .unwrap_or(0)
 }
 
@@ -114,56 +175,107 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("exec") => exec(sensor, &options(&args[1..])?),
-        _ => bail!("usage: cargo xtask bench exec [--pairs N] [--execs N]"),
-    }
-}
-
-fn exec(sensor: &Path, o: &Options) -> Result<()> {
+    let o = options(args.get(1..).unwrap_or_default())?;
     if !crate::is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
+    match args.first().map(String::as_str) {
+        Some("exec") => compare(
+            sensor,
+            &root().join("policies/reflex.yaml"),
+            &o,
+            &Workload {
+                name: "fork+exec of /bin/true",
+                ops: o.ops.unwrap_or(2000),
+                run: workload,
+                events: "process_exec",
+            },
+        ),
+        Some("connect") => {
+            let policy = root().join("target/bench-connect-policy.yaml");
+            std::fs::write(&policy, CONNECT_POLICY)?;
+            compare(
+                sensor,
+                &policy,
+                &o,
+                &Workload {
+                    name: "TCP connects to a loopback listener",
+                    ops: o.ops.unwrap_or(20_000),
+                    run: connects,
+                    events: "records",
+                },
+            )
+        }
+        _ => bail!("usage: cargo xtask bench exec|connect [--pairs N] [--ops N]"),
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    ops: usize,
+    run: fn(usize) -> Result<Duration>,
+    /// The stop-line counter that must reach `ops` (every op seen).
+    events: &'static str,
+}
+
+fn compare(sensor: &Path, policy: &Path, o: &Options, w: &Workload) -> Result<()> {
     let events = root().join("target/bench-events.json");
     let (mut ratios, mut rates) = (Vec::new(), Vec::new());
     let mut lost_total = 0;
-    workload(200)?; // warm the page cache
+    (w.run)(w.ops / 10)?; // warm caches
     for pair in 0..o.pairs {
         let mut with = Duration::ZERO;
         let mut without = Duration::ZERO;
         let mut stats = String::new();
+        let mut programs = Vec::new();
         // Alternate which run goes first so that drift does not favour one.
         for with_sensor in [pair % 2 == 0, pair % 2 == 1] {
             if with_sensor {
-                let d = start(sensor, &events)?;
-                with = workload(o.execs)?;
-                stats = stop(d)?;
+                let d = start(sensor, policy, &events)?;
+                with = (w.run)(w.ops)?;
+                (stats, programs) = stop(d)?;
             } else {
-                without = workload(o.execs)?;
+                without = (w.run)(w.ops)?;
             }
         }
-        let (exec_events, lost) = (field(&stats, "process_exec"), field(&stats, "lost"));
+        let (seen, lost) = (field(&stats, w.events), field(&stats, "lost"));
         lost_total += lost;
         let ratio = with.as_secs_f64() / without.as_secs_f64();
-        let rate = exec_events as f64 / with.as_secs_f64();
+        let rate = seen as f64 / with.as_secs_f64();
         println!(
-            "pair {}: without {:.3}s  with {:.3}s  ratio {ratio:.3}  exec events {exec_events}  lost {lost}",
+            "pair {}: without {:.3}s  with {:.3}s  ratio {ratio:.3}  {} {seen}  lost {lost}",
             pair + 1,
             without.as_secs_f64(),
-            with.as_secs_f64()
+            with.as_secs_f64(),
+            w.events
         );
-        if exec_events < o.execs as u64 {
-            bail!("the sensor saw {exec_events} execs of {}", o.execs);
+        for p in programs.iter().filter(|p| field(p, "runs") > 0) {
+            let name = p
+                .split("program=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("?")
+                .trim_matches('"');
+            println!(
+                "    kernel {name}: {} runs, {} ns per run",
+                field(p, "runs"),
+                field(p, "ns_per_run")
+            );
+        }
+        if seen < w.ops as u64 {
+            bail!("the sensor saw {seen} {} of {} operations", w.events, w.ops);
         }
         ratios.push(ratio);
         rates.push(rate);
     }
     println!(
-        "bench exec: {} fork+exec of /bin/true x {} pairs: median ratio {:.3}, {:.0} exec events/s, lost events {lost_total}",
-        o.execs,
+        "bench: {} {} x {} pairs: median ratio {:.3}, {:.0} {}/s, lost events {lost_total}",
+        w.ops,
+        w.name,
         o.pairs,
         median(ratios),
-        median(rates)
+        median(rates),
+        w.events
     );
     Ok(())
 }

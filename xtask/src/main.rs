@@ -3,7 +3,7 @@
 //! - `build-ebpf`: build the kernel programs (installing the toolchain first)
 //! - `run`: build everything and run the sensor with the shipped policies
 //! - `test`: lint, build and run every test
-//! - `bench exec`: fork+exec throughput with and without the sensor
+//! - `bench exec|connect`: fork+exec and connect cost with and without the sensor
 mod bench;
 mod ebpf;
 
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec [--pairs N] [--execs N]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N]");
             return ExitCode::from(2);
         }
     };

@@ -69,6 +69,7 @@ pub struct ProcessExit {
 /// `KprobeArgument`: one of its `*_arg` fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the names are Tetragon's field names
 pub enum Argument {
     StringArg(String),
     LinuxBinprmArg(BinprmArg),

@@ -46,6 +46,8 @@ pub enum LoadError {
         name: &'static str,
         source: MapError,
     },
+    #[error("enabling program statistics: {0}")]
+    Stats(String),
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
         path: String,
@@ -149,6 +151,19 @@ impl Kernel {
             .ok_or(LoadError::Missing(name))?;
         p.try_into()
             .map_err(|source| LoadError::Program { name, source })
+    }
+
+    /// Per program: name, runs and total run time, as the kernel counts them
+    /// while run-time statistics are enabled (see [`enable_stats`]).
+    pub fn program_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                p.info()
+                    .ok()
+                    .map(|i| (name.to_string(), i.run_count(), i.run_time()))
+            })
+            .collect()
     }
 
     /// Kernel ids of the loaded programs.
@@ -255,4 +270,10 @@ impl Kernel {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
         self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))
     }
+}
+
+/// Turns on the kernel's per-program run-time statistics for as long as the
+/// returned fd lives (they cost a little on every program run).
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, LoadError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| LoadError::Stats(e.to_string()))
 }

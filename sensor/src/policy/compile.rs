@@ -60,9 +60,9 @@ fn key(selector: u8, slot: u8, value: &[u8]) -> (u32, StrKey) {
     (((STR_KEY_HEADER + value.len()) * 8) as u32, k)
 }
 
-fn limit(file: &PathBuf, what: &str) -> PolicyError {
+fn limit(file: &std::path::Path, what: &str) -> PolicyError {
     PolicyError {
-        file: file.clone(),
+        file: file.to_path_buf(),
         field: "spec".into(),
         reason: format!("more than {MAX_SELECTORS} {what} across loaded policies"),
     }
@@ -327,15 +327,15 @@ mod tests {
             sh,
             ProcState {
                 bin_in: 1,
-                follow: 0
+                ..Default::default()
             }
         );
         let child = c.state_for("/usr/bin/env", sh);
         assert_eq!(
             child,
             ProcState {
-                bin_in: 0,
-                follow: 1
+                follow: 1,
+                ..Default::default()
             }
         );
         let grandchild = c.state_for("/usr/bin/true", child);
