@@ -165,7 +165,11 @@ fn sigterm_detaches_every_program() {
         "--enforce-cgroup",
         &scope,
     ]);
-    assert_eq!(daemon.program_ids.len(), 3, "exec, fork and exit programs");
+    assert_eq!(
+        daemon.program_ids.len(),
+        7,
+        "exec, fork, exit, connect4/6 and sendmsg4/6"
+    );
     let loaded = || -> Vec<u32> {
         aya::programs::loaded_programs()
             .filter_map(|p| p.ok().map(|p| p.id()))

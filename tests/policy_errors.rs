@@ -212,3 +212,84 @@ fn good_policies_pass_check() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
 }
+
+fn tcp(selectors: &str) -> String {
+    format!("{HEAD}  kprobes:\n  - call: tcp_connect\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    selectors:\n{selectors}")
+}
+
+#[test]
+fn invalid_address_and_cidr() {
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: DAddr, values: [10.0.0.0/8, 10.0.0.300]}]\n"),
+        "matchArgs[0].values[1]",
+        "not an IP address or CIDR",
+    );
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: NotDAddr, values: [\"fd00::/129\"]}]\n"),
+        "matchArgs[0].values[0]",
+        "prefix length must be 0 to 128",
+    );
+}
+
+#[test]
+fn invalid_port_protocol_and_family() {
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: DPort, values: [\"65536\"]}]\n"),
+        "matchArgs[0].values[0]",
+        "not a port",
+    );
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: Protocol, values: [IPPROTO_QUIC]}]\n"),
+        "matchArgs[0].values[0]",
+        "not a protocol",
+    );
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: Family, values: [AF_UNIX]}]\n"),
+        "matchArgs[0].values[0]",
+        "not a family",
+    );
+}
+
+#[test]
+fn operator_that_does_not_fit_a_socket() {
+    refused(
+        &tcp("    - matchArgs: [{index: 0, operator: Prefix, values: [/bin]}]\n"),
+        "matchArgs[0].operator",
+        "does not apply to a socket",
+    );
+    refused(
+        &format!("{HEAD}  lsmhooks:\n  - hook: socket_connect\n    args: [{{index: 1, type: sockaddr}}]\n    selectors:\n    - matchArgs: [{{index: 1, operator: DPort, values: [\"80\"]}}]\n"),
+        "matchArgs[0].operator",
+        "does not apply to a sockaddr",
+    );
+}
+
+#[test]
+fn override_on_connect_needs_a_negative_errno() {
+    refused(
+        &tcp("    - matchActions: [{action: Override, argError: 13}]\n"),
+        "matchActions[0].argError",
+        "not a negative errno",
+    );
+}
+
+#[test]
+fn placeholders_without_values_skip_the_file_and_bad_values_are_refused() {
+    let yaml = tcp("    - matchArgs: [{index: 0, operator: NotDAddr, values: [127.0.0.1, \"${PODCIDR}\"]}]\n      matchActions: [{action: Sigkill}]\n");
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "egress.yaml", &yaml);
+    let out = Command::new(SENSOR)
+        .args(["policy", "check", &file])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("needs the variables PODCIDR"));
+    let out = Command::new(SENSOR)
+        .args(["policy", "check", &file, "--pod-cidr", "10.0.0.1/16"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("values[1]: `10.0.0.1/16` has host bits set")
+    );
+}
