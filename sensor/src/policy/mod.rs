@@ -1,13 +1,15 @@
 //! Reflex policies in Tetragon's `TracingPolicy` format: reading files
 //! (`files`), turning the YAML schema (`raw`) into a [`Policy`] whose invalid
-//! states cannot be built (`parse`), and compiling loaded policies into the
-//! kernel's selector tables (`compile`).
+//! states cannot be built (`parse` for hooks, `hooks` for the hooks this
+//! sensor implements, `selector` and `net` for selectors), and compiling
+//! loaded policies into the kernel's selector tables (`compile`).
 mod compile;
 mod files;
 mod hooks;
 mod net;
 mod parse;
 mod raw;
+mod selector;
 
 pub use net::NetMatch;
 

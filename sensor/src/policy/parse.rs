@@ -3,12 +3,9 @@
 //! what the argument and the kernel support, and anything else is refused with
 //! the field path and the reason.
 use super::hooks::{self, HookDef};
-use super::net::{self, NetMatch};
 use super::raw::*;
-use super::{
-    limits, Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, Policy, Selector,
-    StrMatch, StrOp,
-};
+use super::selector::selector;
+use super::{limits, Actions, EventArg, Hook, HookPoint, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
 pub struct FieldError {
@@ -16,9 +13,9 @@ pub struct FieldError {
     pub reason: String,
 }
 
-type Result<T> = std::result::Result<T, FieldError>;
+pub type Result<T> = std::result::Result<T, FieldError>;
 
-fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T> {
+pub fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T> {
     Err(FieldError {
         field: field.into(),
         reason: reason.into(),
@@ -26,7 +23,7 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T> {
 }
 
 /// Refuses a field Tetragon knows but this sensor does not implement.
-fn unsupported<T>(value: &Option<T>, field: String, what: &str) -> Result<()> {
+pub fn unsupported<T>(value: &Option<T>, field: String, what: &str) -> Result<()> {
     match value {
         Some(_) => err(field, format!("{what} is not supported by this sensor")),
         None => Ok(()),
@@ -276,278 +273,4 @@ fn hook(
         message,
         tags,
     })
-}
-
-fn selector(
-    s: RawSelector,
-    family: HookFamily,
-    declared: &[(u32, EventArg)],
-    at: &str,
-) -> Result<Selector> {
-    for (name, v) in [
-        ("matchPIDs", &s.match_pids),
-        ("matchData", &s.match_data),
-        ("matchReturnArgs", &s.match_return_args),
-        ("matchParentBinaries", &s.match_parent_binaries),
-        ("matchNamespaces", &s.match_namespaces),
-        ("matchCapabilities", &s.match_capabilities),
-        ("matchNamespaceChanges", &s.match_namespace_changes),
-        ("matchCapabilityChanges", &s.match_capability_changes),
-        ("matchWorkloads", &s.match_workloads),
-        ("matchReturnActions", &s.match_return_actions),
-        ("macros", &s.macros),
-    ] {
-        unsupported(v, format!("{at}.{name}"), name)?;
-    }
-    if s.match_binaries.len() > 1 {
-        return err(
-            format!("{at}.matchBinaries"),
-            "at most one matchBinaries per selector",
-        );
-    }
-    let binaries = match s.match_binaries.into_iter().next() {
-        None => None,
-        Some(b) => {
-            let f = format!("{at}.matchBinaries[0]");
-            let op = match b.operator.as_str() {
-                "In" => StrOp::Equal,
-                "NotIn" => StrOp::NotEqual,
-                "Prefix" => StrOp::Prefix,
-                "NotPrefix" => StrOp::NotPrefix,
-                "Postfix" => StrOp::Postfix,
-                "NotPostfix" => StrOp::NotPostfix,
-                other => {
-                    return err(
-                        format!("{f}.operator"),
-                        format!("unknown operator `{other}`; expected In, NotIn, Prefix, NotPrefix, Postfix or NotPostfix"),
-                    )
-                }
-            };
-            let follow_children = b.follow_children.unwrap_or(false);
-            if follow_children && !matches!(op, StrOp::Equal | StrOp::NotEqual) {
-                return err(
-                    format!("{f}.followChildren"),
-                    "only with the In or NotIn operator",
-                );
-            }
-            Some(BinaryMatch {
-                set: values(op, b.values, &f)?,
-                follow_children,
-            })
-        }
-    };
-    if s.match_args.len() > limits::MAX_ARG_FILTERS {
-        return err(
-            format!("{at}.matchArgs"),
-            format!(
-                "{} entries; at most {}",
-                s.match_args.len(),
-                limits::MAX_ARG_FILTERS
-            ),
-        );
-    }
-    let (mut path, mut net) = (Vec::new(), Vec::new());
-    for (i, m) in s.match_args.into_iter().enumerate() {
-        let f = format!("{at}.matchArgs[{i}]");
-        let index = match (m.index, m.args.as_deref()) {
-            (Some(i), None) => i,
-            (None, Some([i])) => *i,
-            (None, None) => return err(format!("{f}.index"), "missing"),
-            _ => return err(format!("{f}.args"), "give either index or one args entry"),
-        };
-        let Some(&(_, arg)) = declared.iter().find(|(idx, _)| *idx == index) else {
-            return err(
-                format!("{f}.index"),
-                format!("argument {index} is not declared in args"),
-            );
-        };
-        match arg {
-            EventArg::LinuxBinprm | EventArg::PathString => path.push(path_filter(m, &f)?),
-            EventArg::Sock | EventArg::Sockaddr => {
-                net.push(net_filter(m, arg == EventArg::Sockaddr, &f)?)
-            }
-        }
-    }
-    Ok(Selector {
-        binaries,
-        path,
-        net,
-        actions: actions(s.match_actions, family, at)?,
-    })
-}
-
-const OTHER_OPERATORS: &[&str] = &[
-    "GT",
-    "GreaterThan",
-    "LT",
-    "LessThan",
-    "Mask",
-    "InRange",
-    "NotInRange",
-    "SPort",
-    "NotSPort",
-    "SPortPriv",
-    "NotSportPriv",
-    "DPort",
-    "NotDPort",
-    "DPortPriv",
-    "NotDPortPriv",
-    "SAddr",
-    "NotSAddr",
-    "DAddr",
-    "NotDAddr",
-    "Protocol",
-    "Family",
-    "State",
-    "InMap",
-    "NotInMap",
-    "CapabilitiesGained",
-    "SubString",
-    "SubStringIgnCase",
-    "CelExpr",
-    "FileType",
-    "NotFileType",
-    "Equal",
-    "NotEqual",
-    "Prefix",
-    "NotPrefix",
-    "Postfix",
-    "NotPostfix",
-];
-
-fn path_filter(m: RawMatchArg, f: &str) -> Result<StrMatch> {
-    let op = match m.operator.as_str() {
-        "Equal" => StrOp::Equal,
-        "NotEqual" => StrOp::NotEqual,
-        "Prefix" => StrOp::Prefix,
-        "NotPrefix" => StrOp::NotPrefix,
-        "Postfix" => StrOp::Postfix,
-        "NotPostfix" => StrOp::NotPostfix,
-        other if OTHER_OPERATORS.contains(&other) => {
-            return err(
-                format!("{f}.operator"),
-                format!("operator `{other}` does not apply to a path; expected Equal, NotEqual, Prefix, NotPrefix, Postfix or NotPostfix"),
-            )
-        }
-        other => return err(format!("{f}.operator"), format!("unknown operator `{other}`")),
-    };
-    values(op, m.values, f)
-}
-
-fn net_filter(m: RawMatchArg, sockaddr: bool, f: &str) -> Result<NetMatch> {
-    if m.values.is_empty() && !m.operator.contains("PortPriv") && !m.operator.contains("portPriv") {
-        return err(format!("{f}.values"), "must not be empty");
-    }
-    if m.values.len() > limits::VALUES_PER_FILTER {
-        return err(
-            format!("{f}.values"),
-            format!(
-                "{} values; at most {}",
-                m.values.len(),
-                limits::VALUES_PER_FILTER
-            ),
-        );
-    }
-    match net::parse(&m.operator, &m.values, sockaddr) {
-        Ok(Some(n)) => Ok(n),
-        Ok(None) => {
-            let expected = if sockaddr {
-                net::SOCKADDR_OPERATORS
-            } else {
-                net::SOCK_OPERATORS
-            };
-            let what = if OTHER_OPERATORS.contains(&m.operator.as_str()) {
-                "does not apply to a socket"
-            } else {
-                "is unknown"
-            };
-            err(
-                format!("{f}.operator"),
-                format!("operator `{}` {what}; expected {expected}", m.operator),
-            )
-        }
-        Err((Some(i), reason)) => err(format!("{f}.values[{i}]"), reason),
-        Err((None, reason)) => err(format!("{f}.operator"), reason),
-    }
-}
-
-fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
-    if values.is_empty() {
-        return err(format!("{at}.values"), "must not be empty");
-    }
-    if values.len() > limits::VALUES_PER_FILTER {
-        return err(
-            format!("{at}.values"),
-            format!(
-                "{} values; at most {}",
-                values.len(),
-                limits::VALUES_PER_FILTER
-            ),
-        );
-    }
-    for (i, v) in values.iter().enumerate() {
-        if v.is_empty() || v.len() > limits::MAX_VALUE_LEN || v.contains('\0') {
-            return err(
-                format!("{at}.values[{i}]"),
-                format!("must be 1 to {} bytes without NUL", limits::MAX_VALUE_LEN),
-            );
-        }
-    }
-    Ok(StrMatch { op, values })
-}
-
-fn actions(raw: Vec<RawAction>, family: HookFamily, at: &str) -> Result<Actions> {
-    let mut out = Actions::POST;
-    for (i, a) in raw.into_iter().enumerate() {
-        let f = format!("{at}.matchActions[{i}]");
-        for (name, v) in [
-            ("rateLimit", &a.rate_limit),
-            ("rateLimitScope", &a.rate_limit_scope),
-            ("kernelStackTrace", &a.kernel_stack_trace),
-            ("userStackTrace", &a.user_stack_trace),
-            ("imaHash", &a.ima_hash),
-        ] {
-            unsupported(v, format!("{f}.{name}"), name)?;
-        }
-        match a.action.to_ascii_lowercase().as_str() {
-            "post" => {}
-            "nopost" => out.post = false,
-            "sigkill" => out.signal = Some(libc::SIGKILL as u32),
-            "signal" => match a.arg_sig {
-                Some(sig @ 1..=64) => {
-                    if out.signal.is_none() {
-                        out.signal = Some(sig);
-                    }
-                }
-                Some(sig) => return err(format!("{f}.argSig"), format!("{sig} is not a signal number (1 to 64)")),
-                None => return err(format!("{f}.argSig"), "Signal needs argSig"),
-            },
-            // A connect is denied in the cgroup hook, which needs neither.
-            "override" if family == HookFamily::Connect => match a.arg_error {
-                Some(e @ -4095..=-1) => out.errno = Some(e.unsigned_abs()),
-                Some(e) => return err(format!("{f}.argError"), format!("{e} is not a negative errno (-1 to -4095)")),
-                None => return err(format!("{f}.argError"), "Override needs argError"),
-            },
-            "override" => {
-                return err(
-                    format!("{f}.action"),
-                    "Override needs BPF-LSM or kprobe error injection, which this kernel lacks; use Sigkill",
-                )
-            }
-            "geturl" | "dnslookup" | "followfd" | "unfollowfd" | "copyfd" | "tracksock"
-            | "untracksock" | "notifyenforcer" | "cleanupenforcernotification" | "set" => {
-                return err(format!("{f}.action"), format!("action `{}` is not supported by this sensor", a.action))
-            }
-            _ => {
-                return err(
-                    format!("{f}.action"),
-                    format!("unknown action `{}`; expected Post, NoPost, Sigkill or Signal", a.action),
-                )
-            }
-        }
-        if a.arg_error.is_some() && !a.action.eq_ignore_ascii_case("override") {
-            return err(format!("{f}.argError"), "argError applies only to Override");
-        }
-    }
-    Ok(out)
 }
