@@ -69,21 +69,28 @@ fn post_reports_the_backend_and_lets_the_request_through() {
         return;
     }
     let backend = Backend::start();
+    let curl_bin = resolved("/usr/bin/curl");
     let (daemon, cg, _d) = daemon_with(
         &tcp_policy(
             "watch-backend",
             &format!(
-                "    - matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}]\n",
+                "    - matchBinaries: [{{operator: In, values: [\"{curl_bin}\"]}}]\n      matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}]\n",
                 backend.v4
             ),
         ),
         &[],
     );
+    // Another binary connecting to the same backend is not curl: no event.
+    assert_eq!(connect_errno(&cg, "AF_INET", &backend.v4), "0");
     assert_eq!(curl(&cg, &backend.url()), Some(0));
     assert_eq!(backend.requests(), 1);
-    let e = daemon.wait_for("connect event", |e| {
-        is(e, "process_kprobe", &resolved("/usr/bin/curl"))
-    });
+    let e = daemon.wait_for("connect event", |e| is(e, "process_kprobe", &curl_bin));
+    let hits = daemon
+        .events()
+        .iter()
+        .filter(|e| body(e, "process_kprobe").is_some())
+        .count();
+    assert_eq!(hits, 1, "only curl's connect matched matchBinaries");
     let s = sock(&e);
     assert_eq!(s["daddr"], backend.v4);
     assert_eq!(s["dport"], PORT);
