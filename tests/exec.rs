@@ -209,3 +209,38 @@ fn sigterm_detaches_every_program() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_reported() {
+    if !can_run("a_full_ring_buffer_is_counted_and_reported") {
+        return;
+    }
+    let mut daemon = Daemon::start(&["--ring-buffer-size", "4096"]);
+    let pid = daemon.child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for _ in 0..100 {
+        assert!(Command::new("/bin/true").status().unwrap().success());
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(daemon.stop().success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = daemon.log_lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("ring buffer full: records lost")),
+        "the loss is logged: {log:#?}"
+    );
+    let stop = log
+        .iter()
+        .find(|l| l.contains("sensor stopped"))
+        .expect("stop line");
+    let lost: u64 = stop
+        .split("lost=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("lost= in the stop line");
+    assert!(lost > 0, "{stop}");
+}
