@@ -10,6 +10,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use std::sync::{Arc, RwLock};
+
+use crate::enrich::pods::PodStore;
+use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
 use crate::export::{CompactSink, Exporter};
 use crate::load::Kernel;
@@ -36,6 +40,8 @@ pub struct RunOptions {
     pub cache_size: usize,
     /// Count each program's runs and run time, and log them at stop.
     pub program_stats: bool,
+    /// A kubeconfig; the environment's (or in-cluster) configuration otherwise.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -92,9 +98,19 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
     kernel.attach(&root)?;
 
+    // Pod context, when there is a Kubernetes API to ask.
+    let pods = match crate::enrich::kube::client(opts.kubeconfig.as_deref()).await {
+        Some(client) => {
+            let store = Arc::new(RwLock::new(PodStore::default()));
+            tokio::spawn(crate::enrich::kube::watch(client, opts.node_name.clone(), store.clone()));
+            Some(store)
+        }
+        None => None,
+    };
+
     // Processes older than the daemon: cache entries and kernel policy state.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
-    let scanned = procfs::scan(Path::new("/proc"));
+    let scanned = procfs::scan(Path::new("/proc"), &root);
     let mut states = std::collections::HashMap::new();
     for e in &scanned {
         let parent = states.get(&e.ppid).copied().unwrap_or_default();
@@ -118,6 +134,7 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
         compiled.meta.clone(),
         compiled.net_meta.clone(),
         opts.node_name.clone(),
+        Enricher::new(root.clone(), pods),
         exporter(&opts)?,
     );
     let mut term = signal(SignalKind::terminate())?;
@@ -142,14 +159,19 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
                 drain(guard.get_inner_mut(), &mut pipeline);
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => drain(fd.get_mut(), &mut pipeline),
+            _ = drain_tick.tick() => {
+                drain(fd.get_mut(), &mut pipeline);
+                pipeline.tick();
+            }
             _ = lost_tick.tick() => report_lost(&kernel, &mut pipeline),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    // Drain what the kernel wrote before the signal.
+    // Drain what the kernel wrote before the signal, and what waits for pods.
     drain(fd.get_mut(), &mut pipeline);
+    pipeline.tick();
+    pipeline.exporter.flush();
     report_lost(&kernel, &mut pipeline);
     if opts.program_stats {
         for (program, runs, time) in kernel.program_stats() {
@@ -160,7 +182,8 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     drop(fd);
     drop(kernel);
     let _ = std::io::stdout().flush();
-    tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses, "sensor stopped, programs detached");
+    tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses,
+        without_pod = pipeline.enricher.unresolved, "sensor stopped, programs detached");
     Ok(())
 }
 

@@ -1,9 +1,10 @@
 //! `sensor`: the daemon and its CLI. The command line lives here; each stage
 //! of the pipeline has its own module: `load` (kernel side), `decode`,
-//! `process` (cache and /proc scan), `policy`, `pipeline`, `export`,
-//! `metrics`, and `daemon`, which runs them.
+//! `process` (cache and /proc scan), `enrich` (pod context), `policy`,
+//! `pipeline`, `export`, `metrics`, and `daemon`, which runs them.
 mod daemon;
 mod decode;
+mod enrich;
 mod export;
 mod load;
 mod metrics;
@@ -130,6 +131,10 @@ struct RunArgs {
     /// Count each kernel program's runs and run time; logged at stop.
     #[arg(long)]
     program_stats: bool,
+    /// Kubeconfig for pod context; otherwise KUBECONFIG, ~/.kube/config or
+    /// the in-cluster service account, and standalone without any.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -216,6 +221,7 @@ fn run(args: RunArgs) -> ExitCode {
         ring_bytes: args.ring_buffer_size,
         cache_size: args.process_cache_size,
         program_stats: args.program_stats,
+        kubeconfig: args.kubeconfig,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

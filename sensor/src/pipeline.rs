@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use sensor_common::{ConnectEvent, ExitEvent};
 
 use crate::decode::{decode, ExecRecord, Record};
+use crate::enrich::Enricher;
 use crate::export::event::{
     action_name, signal_name, Argument, BinprmArg, Envelope, Event, Process, ProcessExec,
     ProcessExit, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg, SockaddrArg,
@@ -23,6 +24,7 @@ pub struct Pipeline {
     meta: Vec<SelectorMeta>,
     net_meta: Vec<SelectorMeta>,
     node: String,
+    pub enricher: Enricher,
     pub exporter: Exporter,
     pub metrics: Metrics,
 }
@@ -43,6 +45,7 @@ impl Pipeline {
         meta: Vec<SelectorMeta>,
         net_meta: Vec<SelectorMeta>,
         node: String,
+        enricher: Enricher,
         exporter: Exporter,
     ) -> Self {
         Pipeline {
@@ -50,6 +53,7 @@ impl Pipeline {
             meta,
             net_meta,
             node,
+            enricher,
             exporter,
             metrics: Metrics::default(),
         }
@@ -62,7 +66,14 @@ impl Pipeline {
             node_name: self.node.clone(),
             time,
         };
-        self.exporter.export(&env);
+        let exporter = &mut self.exporter;
+        self.enricher.push(env, &mut |e| exporter.export(e));
+    }
+
+    /// Hands on events that waited for their pod and may now have it.
+    pub fn tick(&mut self) {
+        let exporter = &mut self.exporter;
+        self.enricher.flush(&mut |e| exporter.export(e));
     }
 
     /// Handles one ring buffer record.

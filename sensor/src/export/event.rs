@@ -45,6 +45,51 @@ pub struct Process {
     pub parent_exec_id: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// The container id's first 31 characters, as Tetragon fills it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub docker: String,
+    /// The process's cgroup v2 id: how it is tied to a container. Not exported.
+    #[serde(skip)]
+    pub cgroup_id: u64,
+}
+
+/// Tetragon's `Pod`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload_kind: String,
+}
+
+/// Tetragon's `Container`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Container {
+    /// With the runtime's scheme, as the pod status has it (`containerd://...`).
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub start_time: String,
+}
+
+/// Tetragon's `Image`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Image {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,6 +201,17 @@ pub struct ProcessTracepoint {
 }
 
 impl Event {
+    /// The process the event is about and its parent, for enrichment.
+    pub fn processes_mut(&mut self) -> (&mut Process, Option<&mut Process>) {
+        match self {
+            Event::ProcessExec(e) => (&mut e.process, e.parent.as_mut()),
+            Event::ProcessExit(e) => (&mut e.process, e.parent.as_mut()),
+            Event::ProcessKprobe(e) => (&mut e.process, e.parent.as_mut()),
+            Event::ProcessLsm(e) => (&mut e.process, e.parent.as_mut()),
+            Event::ProcessTracepoint(e) => (&mut e.process, e.parent.as_mut()),
+        }
+    }
+
     /// The process the event is about.
     pub fn process(&self) -> &Process {
         match self {

@@ -154,6 +154,8 @@ impl ProcessCache {
                 .map(|p| p.exec_id.clone())
                 .unwrap_or_default(),
             tid: h.tid,
+            cgroup_id: h.cgroup_id,
+            ..Default::default()
         };
         if parent.is_none() {
             self.misses += 1;

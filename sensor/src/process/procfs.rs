@@ -18,6 +18,19 @@ pub struct ProcEntry {
     pub binary: String,
     pub args: Vec<String>,
     pub cwd: String,
+    /// Its cgroup v2 id (0 when unknown).
+    pub cgroup_id: u64,
+}
+
+/// The cgroup v2 id of a process: the inode of its directory in the tree.
+fn cgroup_id(dir: &Path, cgroup_root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| std::fs::metadata(cgroup_root.join(p.trim_start_matches('/'))).ok())
+        .map(|m| m.ino())
+        .unwrap_or(0)
 }
 
 /// `(ppid, starttime ticks)` from /proc/PID/stat; the comm field may hold
@@ -34,7 +47,7 @@ fn uid_of(status: &str) -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64) -> Option<ProcEntry> {
+fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Option<ProcEntry> {
     // Kernel threads have no exe; they never exec and are not parents of
     // anything a policy matches.
     let binary = std::fs::read_link(dir.join("exe")).ok()?;
@@ -56,12 +69,13 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64) -> Option<ProcEntry> {
         cwd: std::fs::read_link(dir.join("cwd"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        cgroup_id: cgroup_id(dir, cgroup_root),
     })
 }
 
 /// Every user-space process under `root` (normally /proc), parents before
-/// children.
-pub fn scan(root: &Path) -> Vec<ProcEntry> {
+/// children; cgroup ids are inodes under `cgroup_root`.
+pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut out: Vec<ProcEntry> = std::fs::read_dir(root)
@@ -70,7 +84,7 @@ pub fn scan(root: &Path) -> Vec<ProcEntry> {
         .filter_map(|e| {
             let e = e.ok()?;
             let pid = e.file_name().to_str()?.parse().ok()?;
-            read_entry(&e.path(), pid, 1_000_000_000 / hz)
+            read_entry(&e.path(), pid, 1_000_000_000 / hz, cgroup_root)
         })
         .collect();
     // A parent starts before its children.
@@ -97,6 +111,8 @@ pub fn processes(entries: &[ProcEntry], cache: &super::ProcessCache) -> Vec<Proc
             start_time: cache.rfc3339(e.ktime),
             parent_exec_id: ids.get(&e.ppid).cloned().unwrap_or_default(),
             tid: e.pid,
+            cgroup_id: e.cgroup_id,
+            ..Default::default()
         })
         .collect()
 }
@@ -113,7 +129,7 @@ mod tests {
 
     #[test]
     fn scan_finds_this_process_and_its_parent_first() {
-        let all = scan(Path::new("/proc"));
+        let all = scan(Path::new("/proc"), Path::new("/sys/fs/cgroup/unified"));
         let me = std::process::id();
         let pos = all
             .iter()

@@ -1,0 +1,133 @@
+//! Pod context: every event of a process in a pod gets Tetragon's `pod`
+//! object and `docker` field. The cgroup id the kernel reported leads to the
+//! cgroup path (`cgroup`), the path to the pod uid and container id, and the
+//! uid to the pod that the Kubernetes watcher (`kube`) keeps in `pods`.
+//! Events of a pod the watcher does not know yet wait (in order, for a
+//! bounded time) instead of going out without it.
+pub mod cgroup;
+pub mod kube;
+pub mod pods;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::export::event::{Envelope, Pod, Process};
+use cgroup::{CgroupPaths, ContainerRef};
+use pods::PodStore;
+
+/// How long an event waits for its pod before it goes out without it.
+pub const HOLD_FOR: Duration = Duration::from_secs(2);
+/// Events waiting at most; past this the oldest go out without their pod.
+const MAX_HELD: usize = 10_000;
+
+enum Lookup {
+    /// Not in a container, or no Kubernetes to ask.
+    Done(Option<Pod>, String),
+    /// In a pod the watcher does not know yet.
+    Pending,
+}
+
+pub struct Enricher {
+    paths: CgroupPaths,
+    refs: HashMap<u64, Option<ContainerRef>>,
+    /// `None` when running without Kubernetes.
+    pods: Option<Arc<RwLock<PodStore>>>,
+    held: VecDeque<(Instant, Envelope)>,
+    /// Events that went out without the pod they waited for.
+    pub unresolved: u64,
+}
+
+impl Enricher {
+    pub fn new(cgroup_root: PathBuf, pods: Option<Arc<RwLock<PodStore>>>) -> Self {
+        Enricher {
+            paths: CgroupPaths::new(cgroup_root),
+            refs: HashMap::new(),
+            pods,
+            held: VecDeque::new(),
+            unresolved: 0,
+        }
+    }
+
+    fn container(&mut self, cgroup_id: u64) -> Option<ContainerRef> {
+        if let Some(r) = self.refs.get(&cgroup_id) {
+            return r.clone();
+        }
+        let r = self.paths.path(cgroup_id).and_then(cgroup::parse);
+        if self.refs.len() > 50_000 {
+            self.refs.clear();
+        }
+        // Unknown ids are not cached: the cgroup may not have been scanned yet.
+        if self.paths.path(cgroup_id).is_some() {
+            self.refs.insert(cgroup_id, r.clone());
+        }
+        r
+    }
+
+    fn lookup(&mut self, cgroup_id: u64) -> Lookup {
+        let Some(c) = self.container(cgroup_id) else {
+            return Lookup::Done(None, String::new());
+        };
+        let docker: String = c.container_id.chars().take(31).collect();
+        let Some(store) = &self.pods else {
+            return Lookup::Done(None, docker);
+        };
+        let store = store.read().unwrap_or_else(|e| e.into_inner());
+        match store.get(&c.pod_uid) {
+            Some(info) => Lookup::Done(Some(info.event_pod(&c.container_id)), docker),
+            None => Lookup::Pending,
+        }
+    }
+
+    fn fill(&mut self, p: &mut Process) -> bool {
+        if p.pod.is_some() || p.cgroup_id == 0 {
+            return true;
+        }
+        match self.lookup(p.cgroup_id) {
+            Lookup::Done(pod, docker) => {
+                p.pod = pod;
+                p.docker = docker;
+                true
+            }
+            Lookup::Pending => false,
+        }
+    }
+
+    /// Fills the pod of the event's process and parent; false while one of
+    /// them waits for its pod.
+    fn apply(&mut self, e: &mut Envelope) -> bool {
+        let (process, parent) = e.event.processes_mut();
+        let mut done = self.fill(process);
+        if let Some(parent) = parent {
+            done &= self.fill(parent);
+        }
+        done
+    }
+
+    /// Takes an event; hands on, in order, every event that is ready.
+    pub fn push(&mut self, mut e: Envelope, out: &mut impl FnMut(&Envelope)) {
+        if self.held.is_empty() && self.apply(&mut e) {
+            out(&e);
+            return;
+        }
+        self.held.push_back((Instant::now(), e));
+        self.flush(out);
+    }
+
+    /// Hands on the waiting events whose pod is now known, or whose wait is over.
+    pub fn flush(&mut self, out: &mut impl FnMut(&Envelope)) {
+        while let Some((since, mut e)) = self.held.pop_front() {
+            let expired = since.elapsed() >= HOLD_FOR || self.held.len() >= MAX_HELD;
+            if self.apply(&mut e) || expired {
+                if expired && !self.apply(&mut e) {
+                    self.unresolved += 1;
+                }
+                out(&e);
+            } else {
+                self.held.push_front((since, e));
+                break;
+            }
+        }
+    }
+}
