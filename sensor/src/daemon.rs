@@ -102,7 +102,11 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let pods = match crate::enrich::kube::client(opts.kubeconfig.as_deref()).await {
         Some(client) => {
             let store = Arc::new(RwLock::new(PodStore::default()));
-            tokio::spawn(crate::enrich::kube::watch(client, opts.node_name.clone(), store.clone()));
+            tokio::spawn(crate::enrich::kube::watch(
+                client,
+                opts.node_name.clone(),
+                store.clone(),
+            ));
             Some(store)
         }
         None => None,

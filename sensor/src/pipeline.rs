@@ -72,8 +72,12 @@ impl Pipeline {
 
     /// Hands on events that waited for their pod and may now have it.
     pub fn tick(&mut self) {
+        let before = self.exporter.exported;
         let exporter = &mut self.exporter;
         self.enricher.flush(&mut |e| exporter.export(e));
+        if self.exporter.exported != before {
+            self.exporter.flush();
+        }
     }
 
     /// Handles one ring buffer record.

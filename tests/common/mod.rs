@@ -3,6 +3,7 @@
 //! test backends in network namespaces.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
@@ -69,13 +70,36 @@ impl Drop for TempDir {
 }
 
 /// A cgroup of this test; every policy the test loads is scoped to it.
-pub struct TestCgroup(pub PathBuf);
+pub struct TestCgroup(pub PathBuf, Vec<PathBuf>);
 
 impl TestCgroup {
     pub fn new() -> Self {
-        let p = Path::new(CGROUP2).join(unique("sensor-test"));
-        std::fs::create_dir(&p).expect("creating a test cgroup");
-        TestCgroup(p)
+        Self::at(&unique("sensor-test"))
+    }
+
+    /// A cgroup at `rel` under the cgroup2 root, creating the directories
+    /// that are missing (and removing them again on drop).
+    pub fn at(rel: &str) -> Self {
+        let mut created = Vec::new();
+        let mut p = PathBuf::from(CGROUP2);
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p.push(part);
+            match std::fs::create_dir(&p) {
+                Ok(()) => created.push(p.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("creating cgroup {}: {e}", p.display()),
+            }
+        }
+        TestCgroup(p, created)
+    }
+
+    /// A cgroup named as kubelet (systemd driver) and containerd name a
+    /// container's: `kubepods.slice/.../kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`.
+    pub fn kubelet(pod_uid: &str, container_id: &str) -> Self {
+        let u = pod_uid.replace('-', "_");
+        Self::at(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{container_id}.scope"
+        ))
     }
 
     /// A command that joins this cgroup before it execs.
@@ -117,13 +141,24 @@ impl Drop for TestCgroup {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
+        for dir in self.1.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A fresh pod uid and container id.
+pub fn pod_ids() -> (String, String) {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed) as u64;
+    let pid = std::process::id() as u64;
+    let uid = format!("{pid:08x}-0000-4000-8000-{n:012x}");
+    let container = format!("{:016x}{:016x}{:016x}{:016x}", pid, n, pid ^ 0x5e5, n + 7);
+    (uid, container)
 }
 
 /// The sensor daemon, running with a JSON export file.

@@ -38,11 +38,20 @@ fn pod_uid(component: &str) -> Option<String> {
 pub fn parse(path: &str) -> Option<ContainerRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let kube = parts.iter().position(|p| p.starts_with("kubepods"))?;
-    let (pod_at, pod_uid) = parts[kube..].iter().enumerate().find_map(|(i, p)| pod_uid(p).map(|u| (kube + i, u)))?;
+    let (pod_at, pod_uid) = parts[kube..]
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| pod_uid(p).map(|u| (kube + i, u)))?;
     let last = parts.get(pod_at + 1)?;
     let name = last.strip_suffix(".scope").unwrap_or(last);
-    let id = RUNTIME_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
-    is_container_id(id).then(|| ContainerRef { pod_uid, container_id: id.to_string() })
+    let id = RUNTIME_PREFIXES
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
+    is_container_id(id).then(|| ContainerRef {
+        pod_uid,
+        container_id: id.to_string(),
+    })
 }
 
 /// Cgroup id → path, from walks of the cgroup v2 tree. A miss rescans, at
@@ -58,11 +67,16 @@ const MAX_DEPTH: usize = 10;
 
 impl CgroupPaths {
     pub fn new(root: PathBuf) -> Self {
-        CgroupPaths { root, paths: HashMap::new(), scanned: None }
+        CgroupPaths {
+            root,
+            paths: HashMap::new(),
+            scanned: None,
+        }
     }
 
     pub fn path(&mut self, id: u64) -> Option<&str> {
-        if !self.paths.contains_key(&id) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+        if !self.paths.contains_key(&id) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
@@ -102,11 +116,17 @@ mod tests {
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
             uid.replace('-', "_")
         );
-        let want = Some(ContainerRef { pod_uid: uid.into(), container_id: ID.into() });
+        let want = Some(ContainerRef {
+            pod_uid: uid.into(),
+            container_id: ID.into(),
+        });
         assert_eq!(parse(&systemd), want);
         assert_eq!(parse(&format!("/kubepods/burstable/pod{uid}/{ID}")), want);
         assert_eq!(parse(&format!("/kubepods/pod{uid}/{ID}")), want);
-        let crio = format!("/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope", uid.replace('-', "_"));
+        let crio = format!(
+            "/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope",
+            uid.replace('-', "_")
+        );
         assert_eq!(parse(&crio), want);
         let docker = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/docker-{ID}.scope", uid.replace('-', "_"));
         assert_eq!(parse(&docker), want);
@@ -116,7 +136,10 @@ mod tests {
     fn not_a_container() {
         assert_eq!(parse("/user.slice/user-0.slice/session-1.scope"), None);
         assert_eq!(parse("/kubepods.slice/kubepods-besteffort.slice"), None);
-        assert_eq!(parse("/kubepods/besteffort/pod0b5d3b5c-8a4e-4f3a-9d2e-1c2b3a4d5e6f"), None);
+        assert_eq!(
+            parse("/kubepods/besteffort/pod0b5d3b5c-8a4e-4f3a-9d2e-1c2b3a4d5e6f"),
+            None
+        );
         assert_eq!(parse("/"), None);
     }
 

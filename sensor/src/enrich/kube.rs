@@ -41,12 +41,18 @@ pub async fn watch(client: Client, node: String, store: Arc<RwLock<PodStore>>) {
         match event {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
                 if let Some(info) = PodInfo::from_kube(&p) {
-                    store.write().unwrap_or_else(|e| e.into_inner()).upsert(info);
+                    store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .upsert(info);
                 }
             }
             Ok(watcher::Event::Delete(p)) => {
                 if let Some(uid) = p.metadata.uid {
-                    store.write().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+                    store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&uid);
                 }
             }
             Ok(watcher::Event::Init) => {}

@@ -24,9 +24,9 @@ const MAX_HELD: usize = 10_000;
 
 enum Lookup {
     /// Not in a container, or no Kubernetes to ask.
-    Done(Option<Pod>, String),
-    /// In a pod the watcher does not know yet.
-    Pending,
+    Done(Option<Box<Pod>>, String),
+    /// In a pod the watcher does not know yet (with the `docker` value).
+    Pending(String),
 }
 
 pub struct Enricher {
@@ -75,39 +75,46 @@ impl Enricher {
         };
         let store = store.read().unwrap_or_else(|e| e.into_inner());
         match store.get(&c.pod_uid) {
-            Some(info) => Lookup::Done(Some(info.event_pod(&c.container_id)), docker),
-            None => Lookup::Pending,
+            Some(info) => Lookup::Done(Some(Box::new(info.event_pod(&c.container_id))), docker),
+            None => Lookup::Pending(docker),
         }
     }
 
-    fn fill(&mut self, p: &mut Process) -> bool {
+    /// Fills `p`'s pod; false while it waits for it. `give_up`: fill what
+    /// the cgroup tells (the container id) and stop waiting.
+    fn fill(&mut self, p: &mut Process, give_up: bool) -> bool {
         if p.pod.is_some() || p.cgroup_id == 0 {
             return true;
         }
         match self.lookup(p.cgroup_id) {
             Lookup::Done(pod, docker) => {
-                p.pod = pod;
+                p.pod = pod.map(|b| *b);
                 p.docker = docker;
                 true
             }
-            Lookup::Pending => false,
+            Lookup::Pending(docker) => {
+                if give_up {
+                    p.docker = docker;
+                }
+                give_up
+            }
         }
     }
 
     /// Fills the pod of the event's process and parent; false while one of
     /// them waits for its pod.
-    fn apply(&mut self, e: &mut Envelope) -> bool {
+    fn apply(&mut self, e: &mut Envelope, give_up: bool) -> bool {
         let (process, parent) = e.event.processes_mut();
-        let mut done = self.fill(process);
+        let mut done = self.fill(process, give_up);
         if let Some(parent) = parent {
-            done &= self.fill(parent);
+            done &= self.fill(parent, give_up);
         }
         done
     }
 
     /// Takes an event; hands on, in order, every event that is ready.
     pub fn push(&mut self, mut e: Envelope, out: &mut impl FnMut(&Envelope)) {
-        if self.held.is_empty() && self.apply(&mut e) {
+        if self.held.is_empty() && self.apply(&mut e, false) {
             out(&e);
             return;
         }
@@ -119,10 +126,11 @@ impl Enricher {
     pub fn flush(&mut self, out: &mut impl FnMut(&Envelope)) {
         while let Some((since, mut e)) = self.held.pop_front() {
             let expired = since.elapsed() >= HOLD_FOR || self.held.len() >= MAX_HELD;
-            if self.apply(&mut e) || expired {
-                if expired && !self.apply(&mut e) {
-                    self.unresolved += 1;
-                }
+            if self.apply(&mut e, false) {
+                out(&e);
+            } else if expired {
+                self.apply(&mut e, true);
+                self.unresolved += 1;
                 out(&e);
             } else {
                 self.held.push_front((since, e));

@@ -37,7 +37,11 @@ impl PodInfo {
 /// A ReplicaSet `web-7d9c8b6f5` belongs to Deployment `web`: Tetragon reports
 /// the Deployment as the workload.
 fn workload(pod: &KubePod, name: &str) -> (String, String) {
-    let owner = pod.metadata.owner_references.as_ref().and_then(|o| o.iter().find(|r| r.controller == Some(true)));
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|r| r.controller == Some(true)));
     match owner {
         Some(o) if o.kind == "ReplicaSet" => match o.name.rsplit_once('-') {
             Some((deployment, _)) => (deployment.to_string(), "Deployment".into()),
@@ -55,16 +59,21 @@ impl PodInfo {
         let (namespace, name, uid) = (m.namespace.clone()?, m.name.clone()?, m.uid.clone()?);
         let mut containers = HashMap::new();
         let status = pod.status.as_ref();
-        let statuses = status
-            .into_iter()
-            .flat_map(|s| {
-                s.container_statuses.iter().flatten()
-                    .chain(s.init_container_statuses.iter().flatten())
-                    .chain(s.ephemeral_container_statuses.iter().flatten())
-            });
+        let statuses = status.into_iter().flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+                .chain(s.ephemeral_container_statuses.iter().flatten())
+        });
         for cs in statuses {
-            let Some(full_id) = cs.container_id.clone() else { continue };
-            let bare = full_id.split_once("://").map(|(_, id)| id.to_string()).unwrap_or_else(|| full_id.clone());
+            let Some(full_id) = cs.container_id.clone() else {
+                continue;
+            };
+            let bare = full_id
+                .split_once("://")
+                .map(|(_, id)| id.to_string())
+                .unwrap_or_else(|| full_id.clone());
             let start_time = cs
                 .state
                 .as_ref()
@@ -77,7 +86,10 @@ impl PodInfo {
                 Container {
                     id: full_id,
                     name: cs.name.clone(),
-                    image: Some(Image { id: cs.image_id.clone(), name: cs.image.clone() }),
+                    image: Some(Image {
+                        id: cs.image_id.clone(),
+                        name: cs.image.clone(),
+                    }),
                     start_time,
                 },
             );
@@ -139,7 +151,10 @@ mod tests {
         }))
         .unwrap();
         let info = PodInfo::from_kube(&pod).unwrap();
-        assert_eq!((info.workload.as_str(), info.workload_kind.as_str()), ("web", "Deployment"));
+        assert_eq!(
+            (info.workload.as_str(), info.workload_kind.as_str()),
+            ("web", "Deployment")
+        );
         let p = info.event_pod("abc123abc123");
         let c = p.container.unwrap();
         assert_eq!(c.id, "containerd://abc123abc123");

@@ -1,0 +1,285 @@
+//! A fake Kubernetes API server on 127.0.0.1 for the tests: real HTTP/1.1,
+//! the parts of the pods API the sensor uses (list, watch with
+//! resourceVersion, get, merge patch, apply patch), and failures on demand.
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    pods: BTreeMap<(String, String), Value>,
+    /// Every change: (resourceVersion, type, object), for watches that resume.
+    log: Vec<(u64, &'static str, Value)>,
+    watchers: Vec<(Option<String>, mpsc::UnboundedSender<Bytes>)>,
+    failures: VecDeque<u16>,
+    pub patches: Vec<(String, String, Value)>,
+}
+
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+fn key(pod: &Value) -> (String, String) {
+    let m = &pod["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or("").into(),
+        m["name"].as_str().unwrap_or("").into(),
+    )
+}
+
+fn node_of(pod: &Value) -> Option<&str> {
+    pod["spec"]["nodeName"].as_str()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+impl State {
+    fn record(&mut self, kind: &'static str, mut pod: Value) -> Value {
+        self.rv += 1;
+        pod["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.log.push((self.rv, kind, pod.clone()));
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": pod})));
+        let node = node_of(&pod).map(String::from);
+        self.watchers.retain(|(want, tx)| {
+            if want.is_some() && *want != node {
+                return !tx.is_closed();
+            }
+            tx.unbounded_send(line.clone()).is_ok()
+        });
+        pod
+    }
+}
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_default()
+}
+
+fn status(code: u16, reason: &str) -> Response<Body> {
+    let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    full(
+        sc,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}),
+    )
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.replace("%3D", "=").replace("%3d", "="))
+    })
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let node = query(&req, "fieldSelector")
+        .and_then(|f| f.strip_prefix("spec.nodeName=").map(String::from));
+    if let Some(code) = state.lock().unwrap().failures.pop_front() {
+        return Ok(status(code, "Injected"));
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (Method::GET, ["api", "v1", "pods"]) => {
+            let watch = matches!(query(&req, "watch").as_deref(), Some("true" | "1"));
+            let mut st = state.lock().unwrap();
+            let wanted = |p: &Value| node.is_none() || node.as_deref() == node_of(p);
+            if !watch {
+                let items: Vec<Value> = st.pods.values().filter(|p| wanted(p)).cloned().collect();
+                let body = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+                return Ok(full(StatusCode::OK, body));
+            }
+            let since: u64 = query(&req, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (tx, rx) = mpsc::unbounded();
+            for (rv, kind, pod) in st.log.iter().filter(|(rv, _, p)| *rv > since && wanted(p)) {
+                let _ = rv;
+                let _ = tx.unbounded_send(Bytes::from(format!(
+                    "{}\n",
+                    json!({"type": kind, "object": pod})
+                )));
+            }
+            st.watchers.push((node, tx));
+            let body = BodyExt::boxed(StreamBody::new(
+                rx.map(|b| Ok::<_, Infallible>(Frame::data(b))),
+            ));
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap_or_default())
+        }
+        (Method::GET, ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let st = state.lock().unwrap();
+            Ok(match st.pods.get(&(ns.to_string(), name.to_string())) {
+                Some(p) => full(StatusCode::OK, p.clone()),
+                None => status(404, "NotFound"),
+            })
+        }
+        (Method::PATCH, ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let ctype = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let (ns, name) = (ns.to_string(), name.to_string());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return Ok(status(400, "BadRequest"));
+            };
+            if !(ctype.contains("merge-patch") || ctype.contains("apply-patch")) {
+                return Ok(status(415, "UnsupportedMediaType"));
+            }
+            let mut st = state.lock().unwrap();
+            let Some(mut pod) = st.pods.get(&(ns.clone(), name.clone())).cloned() else {
+                return Ok(status(404, "NotFound"));
+            };
+            st.patches.push((ns.clone(), name.clone(), patch.clone()));
+            merge(&mut pod, &patch);
+            let pod = st.record("MODIFIED", pod);
+            st.pods.insert((ns, name), pod.clone());
+            Ok(full(StatusCode::OK, pod))
+        }
+        _ => Ok(status(404, "NotFound")),
+    }
+}
+
+impl FakeApi {
+    /// Serves on a random loopback port from a thread of its own.
+    pub fn start() -> FakeApi {
+        let state = Arc::new(Mutex::new(State::default()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        FakeApi { addr, state }
+    }
+
+    /// Adds (or replaces) a pod, as the scheduler and kubelet would.
+    pub fn add_pod(&self, pod: Value) {
+        let mut st = self.state.lock().unwrap();
+        let kind = if st.pods.contains_key(&key(&pod)) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let pod = st.record(kind, pod);
+        st.pods.insert(key(&pod), pod);
+    }
+
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .pods
+            .get(&(ns.into(), name.into()))
+            .cloned()
+    }
+
+    /// The next requests fail with these status codes, in order.
+    pub fn fail_next(&self, codes: &[u16]) {
+        self.state.lock().unwrap().failures.extend(codes);
+    }
+
+    /// Every patch received: (namespace, name, body).
+    pub fn patches(&self) -> Vec<(String, String, Value)> {
+        self.state.lock().unwrap().patches.clone()
+    }
+
+    /// A kubeconfig pointing at this server.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: test\n",
+            self.addr
+        );
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    }
+}
+
+/// A pod as the API server returns it, with one running container.
+pub fn pod(
+    ns: &str,
+    name: &str,
+    uid: &str,
+    node: &str,
+    container_id: &str,
+    labels: Value,
+) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": ns, "uid": uid, "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{ns}-web-5d8f7c9b4d"), "uid": "rs", "controller": true}]
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1.0"}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "app", "image": "registry.example/app:1.0", "imageID": "registry.example/app@sha256:0123",
+            "containerID": format!("containerd://{container_id}"), "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}
+        }]}
+    })
+}
