@@ -167,8 +167,8 @@ fn sigterm_detaches_every_program() {
     ]);
     assert_eq!(
         daemon.program_ids.len(),
-        7,
-        "exec, fork, exit, connect4/6 and sendmsg4/6"
+        9,
+        "exec, fork, exit, connect4/6, sendmsg4/6 and the quarantine filters"
     );
     let loaded = || -> Vec<u32> {
         aya::programs::loaded_programs()

@@ -150,7 +150,9 @@ pub struct ConnectEvent {
     pub signal: u32,
     /// Errno the connect failed with (0 = allowed).
     pub errno: u32,
-    pub _pad: u32,
+    /// Non-zero: denied because the process's pod is quarantined.
+    pub quarantined: u8,
+    pub _pad: [u8; 3],
 }
 
 /// What a network filter tests.

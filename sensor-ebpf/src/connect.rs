@@ -27,6 +27,7 @@ use crate::reflex::in_scope;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const EPERM: u32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
@@ -127,9 +128,10 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         protocol: sa.protocol as u16,
         op,
         mapped: 0,
+        quarantined: 0,
         signal: 0,
         errno: 0,
-        _pad: 0,
+        _pad: [0; 3],
     };
     read_addresses(sa, op, &mut ev.event);
     ev.n = cfg.n_net_selectors as u64;
@@ -137,7 +139,11 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     ev.hooks_done = 0;
     // SAFETY: ProcState is plain data.
     ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
-    if ev.n > 0 && ev.scoped_in != 0 {
+    if crate::quarantine::current_quarantined() {
+        // A quarantined pod connects nowhere; the record says so.
+        ev.event.quarantined = 1;
+        ev.event.errno = EPERM;
+    } else if ev.n > 0 && ev.scoped_in != 0 {
         // SAFETY: the callback reaches its state through the NET_EVAL map.
         unsafe {
             bpf_loop(
@@ -149,7 +155,7 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         };
     }
     let e = &ev.event;
-    let urgent = e.hits != 0;
+    let urgent = e.hits != 0 || e.quarantined != 0;
     if EVENTS
         .output::<ConnectEvent>(e, wakeup_flags(urgent))
         .is_err()

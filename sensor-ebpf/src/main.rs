@@ -1,6 +1,7 @@
 //! Kernel programs of `sensor`, one module per hook family:
 //! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit),
-//! `connect` (connects and sends, and the connect reflex).
+//! `connect` (connects and sends, and the connect reflex), `quarantine` (the
+//! node-local antibody).
 //! `reflex` evaluates compiled policy selectors, `path` resolves kernel paths,
 //! `kernel` reads struct fields at offsets the loader found in BTF, and `maps`
 //! declares everything userspace shares with these programs.
@@ -13,6 +14,7 @@ mod kernel;
 mod lifecycle;
 mod maps;
 mod path;
+mod quarantine;
 mod reflex;
 
 #[cfg(not(test))]

@@ -158,3 +158,11 @@ pub static NET_VALUE: HashMap<NetValueKey, u8> = HashMap::with_max_entries(16384
 /// State of the connect selector loop (see `connect::NetEval`).
 #[map]
 pub static NET_EVAL: PerCpuArray<crate::connect::NetEval> = PerCpuArray::with_max_entries(1, 0);
+
+/// Quarantined cgroups (a pod's cgroup covers its containers).
+#[map]
+pub static QUARANTINE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Packets dropped for quarantine: index 0 egress, 1 ingress.
+#[map]
+pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);

@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use std::sync::{Arc, RwLock};
 
+use crate::antibody::Antibodies;
 use crate::enrich::pods::PodStore;
 use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub program_stats: bool,
     /// A kubeconfig; the environment's (or in-cluster) configuration otherwise.
     pub kubeconfig: Option<PathBuf>,
+    /// Where pending quarantine labels are kept across restarts.
+    pub state_dir: PathBuf,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -98,19 +101,27 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
     kernel.attach(&root)?;
 
-    // Pod context, when there is a Kubernetes API to ask.
-    let pods = match crate::enrich::kube::client(opts.kubeconfig.as_deref()).await {
+    // Pod context and quarantine labels, when there is a Kubernetes API.
+    let (outcome_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let (pods, labeler) = match crate::enrich::kube::client(opts.kubeconfig.as_deref()).await {
         Some(client) => {
             let store = Arc::new(RwLock::new(PodStore::default()));
+            let node = opts.node_name.clone();
             tokio::spawn(crate::enrich::kube::watch(
-                client,
-                opts.node_name.clone(),
+                client.clone(),
+                node,
                 store.clone(),
             ));
-            Some(store)
+            std::fs::create_dir_all(&opts.state_dir)
+                .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let state = opts.state_dir.join("pending-quarantines.json");
+            tokio::spawn(crate::antibody::label::run(client, state, rx, outcome_tx));
+            (Some(store), Some(tx))
         }
-        None => None,
+        None => (None, None),
     };
+    let mut antibodies = Antibodies::new(root.clone(), pods.clone(), labeler);
 
     // Processes older than the daemon: cache entries and kernel policy state.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
@@ -166,6 +177,15 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
             _ = drain_tick.tick() => {
                 drain(fd.get_mut(), &mut pipeline);
                 pipeline.tick();
+                for e in antibodies.reconcile(&mut kernel) {
+                    pipeline.emit(e, now());
+                    pipeline.exporter.flush();
+                }
+            }
+            Some(o) = outcomes.recv() => {
+                let e = antibodies.labelled(o);
+                pipeline.emit(e, now());
+                pipeline.exporter.flush();
             }
             _ = lost_tick.tick() => report_lost(&kernel, &mut pipeline),
             _ = term.recv() => break,
@@ -189,6 +209,10 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses,
         without_pod = pipeline.enricher.unresolved, "sensor stopped, programs detached");
     Ok(())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Longest a routine record waits in the ring buffer.

@@ -2,6 +2,7 @@
 //! of the pipeline has its own module: `load` (kernel side), `decode`,
 //! `process` (cache and /proc scan), `enrich` (pod context), `policy`,
 //! `pipeline`, `export`, `metrics`, and `daemon`, which runs them.
+mod antibody;
 mod daemon;
 mod decode;
 mod enrich;
@@ -50,11 +51,32 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Quarantine a pod, or lift its quarantine, through its label.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Print JSON lines (a file, or stdin) as compact lines.
     Compact {
         /// File of JSON lines; stdin when absent or "-".
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Label NAMESPACE/NAME quarantine=true: every node isolates it.
+    Apply(PodArg),
+    /// Remove the label: every node gives the pod its network back.
+    Release(PodArg),
+}
+
+#[derive(clap::Args)]
+struct PodArg {
+    /// The pod, as NAMESPACE/NAME.
+    pod: String,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +157,9 @@ struct RunArgs {
     /// the in-cluster service account, and standalone without any.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Where decisions wait until their quarantine label lands.
+    #[arg(long, default_value = "/var/lib/sensor")]
+    state_dir: PathBuf,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -222,6 +247,7 @@ fn run(args: RunArgs) -> ExitCode {
         cache_size: args.process_cache_size,
         program_stats: args.program_stats,
         kubeconfig: args.kubeconfig,
+        state_dir: args.state_dir,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,6 +330,47 @@ fn compact(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn quarantine(arg: &PodArg, apply: bool) -> ExitCode {
+    let Some((ns, name)) = arg.pod.split_once('/') else {
+        eprintln!("error: {}: give the pod as NAMESPACE/NAME", arg.pod);
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let client = enrich::kube::client(arg.kubeconfig.as_deref())
+            .await
+            .ok_or_else(|| "no Kubernetes configuration".to_string())?;
+        antibody::label::by_hand(client, ns, name, apply).await
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "{}: {}",
+                arg.pod,
+                if apply {
+                    "quarantine=true"
+                } else {
+                    "quarantine label removed"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", arg.pod);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -313,5 +380,11 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { files, vars },
         } => check(&files, &vars.vars()),
         Command::Compact { file } => compact(file),
+        Command::Quarantine {
+            command: QuarantineCommand::Apply(p),
+        } => quarantine(&p, true),
+        Command::Quarantine {
+            command: QuarantineCommand::Release(p),
+        } => quarantine(&p, false),
     }
 }

@@ -36,6 +36,7 @@ fn event_kind(e: &Event) -> &'static str {
         Event::ProcessKprobe(_) => "process_kprobe",
         Event::ProcessLsm(_) => "process_lsm",
         Event::ProcessTracepoint(_) => "process_tracepoint",
+        Event::SensorQuarantine(_) => "sensor_quarantine",
     }
 }
 
@@ -59,7 +60,7 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, event: Event, time: String) {
+    pub fn emit(&mut self, event: Event, time: String) {
         self.metrics.event(event_kind(&event));
         let env = Envelope {
             event,

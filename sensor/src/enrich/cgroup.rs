@@ -82,6 +82,23 @@ impl CgroupPaths {
         self.paths.get(&id).map(String::as_str)
     }
 
+    /// The cgroup id of pod `uid`'s own cgroup (the parent of its containers').
+    pub fn pod_cgroup(&mut self, uid: &str) -> Option<u64> {
+        let find = |paths: &HashMap<u64, String>| {
+            paths.iter().find_map(|(id, p)| {
+                let last = p.rsplit('/').next()?;
+                (pod_uid(last).as_deref() == Some(uid)).then_some(*id)
+            })
+        };
+        if let Some(id) = find(&self.paths) {
+            return Some(id);
+        }
+        if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+            self.rescan();
+        }
+        find(&self.paths)
+    }
+
     fn rescan(&mut self) {
         self.paths.clear();
         let mut stack = vec![(self.root.clone(), 0usize)];

@@ -129,6 +129,10 @@ impl PodStore {
     pub fn get(&self, uid: &str) -> Option<&PodInfo> {
         self.by_uid.get(uid)
     }
+
+    pub fn all(&self) -> impl Iterator<Item = &PodInfo> {
+        self.by_uid.values()
+    }
 }
 
 #[cfg(test)]

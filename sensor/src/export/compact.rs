@@ -54,7 +54,27 @@ fn policy_line(action: &str, what: &str, args: &[Argument], policy: &str) -> (St
 
 /// The compact line for one event.
 pub fn line(e: &Envelope) -> String {
-    let p = e.event.process();
+    let Some(p) = e.event.process() else {
+        return match &e.event {
+            Event::SensorQuarantine(q) => {
+                let pod = if q.pod.is_empty() {
+                    q.pod_uid.clone()
+                } else {
+                    format!("{}/{}", q.namespace, q.pod)
+                };
+                let err = q
+                    .error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!(
+                    "🧫 quarantine {} {pod} {} {}{err} [{}]",
+                    e.node_name, q.stage, q.outcome, q.rule
+                )
+            }
+            _ => String::new(),
+        };
+    };
     let (head, tail) = match &e.event {
         Event::ProcessExec(_) => ("🚀 process".to_string(), String::new()),
         Event::ProcessExit(x) => {
@@ -75,6 +95,7 @@ pub fn line(e: &Envelope) -> String {
             &t.args,
             &t.policy_name,
         ),
+        Event::SensorQuarantine(_) => (String::new(), String::new()),
     };
     let mut out = format!("{head} {} {}", e.node_name, command(p));
     if !tail.is_empty() {

@@ -25,6 +25,26 @@ pub enum Event {
     ProcessKprobe(ProcessKprobe),
     ProcessLsm(ProcessLsm),
     ProcessTracepoint(ProcessTracepoint),
+    /// This sensor's own: a quarantine step and its outcome.
+    SensorQuarantine(QuarantineEvent),
+}
+
+/// A step of a quarantine: `stage` "node" (kernel isolation) or "label"
+/// (the Kubernetes label), and how it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuarantineEvent {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    pub pod_uid: String,
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_ids: Vec<String>,
+    pub stage: String,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Tetragon's `Process` message, with the fields this sensor fills.
@@ -202,25 +222,27 @@ pub struct ProcessTracepoint {
 
 impl Event {
     /// The process the event is about and its parent, for enrichment.
-    pub fn processes_mut(&mut self) -> (&mut Process, Option<&mut Process>) {
-        match self {
+    pub fn processes_mut(&mut self) -> Option<(&mut Process, Option<&mut Process>)> {
+        Some(match self {
             Event::ProcessExec(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessExit(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessKprobe(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessLsm(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessTracepoint(e) => (&mut e.process, e.parent.as_mut()),
-        }
+            Event::SensorQuarantine(_) => return None,
+        })
     }
 
-    /// The process the event is about.
-    pub fn process(&self) -> &Process {
-        match self {
+    /// The process the event is about, if it is about one.
+    pub fn process(&self) -> Option<&Process> {
+        Some(match self {
             Event::ProcessExec(e) => &e.process,
             Event::ProcessExit(e) => &e.process,
             Event::ProcessKprobe(e) => &e.process,
             Event::ProcessLsm(e) => &e.process,
             Event::ProcessTracepoint(e) => &e.process,
-        }
+            Event::SensorQuarantine(_) => return None,
+        })
     }
 }
 

@@ -133,7 +133,8 @@ mod tests {
                         .unwrap()
                         .event
                         .process()
-                        .pid
+                        .map(|p| p.pid)
+                        .unwrap_or_default()
                 })
                 .collect()
         };

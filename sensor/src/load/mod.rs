@@ -5,7 +5,10 @@ pub mod btf;
 mod mounts;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, RawTracePoint,
+    TracePoint,
+};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use sensor_common::{
     Config, ExecSelector, NetSelector, NetValueKey, ProcState, NET_ADDR_KEY_LEN, STR_KEY_LEN,
@@ -138,7 +141,34 @@ impl Kernel {
             p.attach(&root, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
+        for (name, ty) in [
+            ("snsr_q_egress", CgroupSkbAttachType::Egress),
+            ("snsr_q_ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let p: &mut CgroupSkb = self.program(name)?;
+            p.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+            p.attach(&root, ty, CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
         Ok(())
+    }
+
+    /// Cuts cgroup `id` (and everything under it) off the network.
+    pub fn quarantine(&mut self, id: u64) -> Result<(), LoadError> {
+        let mut q: HashMap<_, u64, u8> =
+            HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
+        q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))
+    }
+
+    /// Gives cgroup `id` its network back.
+    pub fn release(&mut self, id: u64) -> Result<(), LoadError> {
+        let mut q: HashMap<_, u64, u8> =
+            HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
+        match q.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("QUARANTINE")(e)),
+        }
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>

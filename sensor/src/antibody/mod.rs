@@ -1,0 +1,200 @@
+//! The antibodies: a quarantined pod is cut off the network on this node at
+//! once (its cgroup goes into the kernel's quarantine map) and labelled
+//! `quarantine=true` through the Kubernetes API (`label`), so that a Cilium
+//! policy isolates it in every cluster. The label is the source of truth
+//! afterwards: any local pod that carries it is isolated here, and removing
+//! it lifts the isolation.
+pub mod label;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::enrich::cgroup::CgroupPaths;
+use crate::enrich::pods::PodStore;
+use crate::export::event::{Event, QuarantineEvent};
+use crate::load::Kernel;
+
+/// The label Cilium's quarantine policy selects.
+pub const LABEL: &str = "quarantine";
+/// The annotation that says who decided, when and why.
+pub const ANNOTATION: &str = "sensor.io/quarantine";
+
+/// A decision to quarantine one pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub rule: String,
+    pub exec_ids: Vec<String>,
+    pub time: String,
+}
+
+impl Decision {
+    fn event(&self, stage: &str, outcome: &str, error: Option<String>) -> Event {
+        Event::SensorQuarantine(QuarantineEvent {
+            namespace: self.namespace.clone(),
+            pod: self.name.clone(),
+            pod_uid: self.uid.clone(),
+            rule: self.rule.clone(),
+            exec_ids: self.exec_ids.clone(),
+            stage: stage.into(),
+            outcome: outcome.into(),
+            error,
+        })
+    }
+}
+
+/// What the label task reports back.
+#[derive(Debug)]
+pub struct LabelOutcome {
+    pub decision: Decision,
+    /// `None` when the label landed.
+    pub error: Option<String>,
+    /// Whether it will be tried again.
+    pub retrying: bool,
+}
+
+pub struct Antibodies {
+    paths: CgroupPaths,
+    pods: Option<Arc<RwLock<PodStore>>>,
+    /// Pod uid → the cgroup id isolated in the kernel.
+    isolated: HashMap<String, u64>,
+    /// Pods decided here whose label has not landed yet.
+    pending: HashSet<String>,
+    labeler: Option<UnboundedSender<Decision>>,
+}
+
+impl Antibodies {
+    pub fn new(
+        cgroup_root: PathBuf,
+        pods: Option<Arc<RwLock<PodStore>>>,
+        labeler: Option<UnboundedSender<Decision>>,
+    ) -> Self {
+        Antibodies {
+            paths: CgroupPaths::new(cgroup_root),
+            pods,
+            isolated: HashMap::new(),
+            pending: HashSet::new(),
+            labeler,
+        }
+    }
+
+    fn isolate(&mut self, kernel: &mut Kernel, uid: &str) -> Result<(), String> {
+        if self.isolated.contains_key(uid) {
+            return Ok(());
+        }
+        let id = self
+            .paths
+            .pod_cgroup(uid)
+            .ok_or_else(|| format!("no cgroup for pod {uid} on this node"))?;
+        kernel.quarantine(id).map_err(|e| e.to_string())?;
+        self.isolated.insert(uid.to_string(), id);
+        Ok(())
+    }
+
+    /// Quarantines a pod: the kernel first, then the label (queued).
+    #[allow(dead_code)] // the brain's entry point; wired in with the brain
+    pub fn decide(&mut self, kernel: &mut Kernel, d: Decision) -> Vec<Event> {
+        let mut events = Vec::new();
+        let node = self.isolate(kernel, &d.uid);
+        events.push(match node {
+            Ok(()) => d.event("node", "isolated", None),
+            Err(e) => d.event("node", "failed", Some(e)),
+        });
+        match &self.labeler {
+            Some(tx) => {
+                self.pending.insert(d.uid.clone());
+                if tx.send(d.clone()).is_err() {
+                    events.push(d.event("label", "failed", Some("label task stopped".into())));
+                }
+            }
+            None => events.push(d.event(
+                "label",
+                "skipped",
+                Some("no Kubernetes API (standalone)".into()),
+            )),
+        }
+        events
+    }
+
+    /// Records a label outcome; the pod stays isolated either way.
+    pub fn labelled(&mut self, o: LabelOutcome) -> Event {
+        if !o.retrying {
+            self.pending.remove(&o.decision.uid);
+        }
+        let outcome = match (&o.error, o.retrying) {
+            (None, _) => "labelled",
+            (Some(_), true) => "retrying",
+            (Some(_), false) => "failed",
+        };
+        o.decision.event("label", outcome, o.error)
+    }
+
+    /// Makes the kernel's quarantine set match the labels of this node's pods
+    /// (plus decisions whose label is on its way). Returns release events.
+    pub fn reconcile(&mut self, kernel: &mut Kernel) -> Vec<Event> {
+        let Some(store) = &self.pods else {
+            return Vec::new();
+        };
+        let labelled: Vec<(String, String, String)> = {
+            let store = store.read().unwrap_or_else(|e| e.into_inner());
+            store
+                .all()
+                .filter(|p| p.labels.get(LABEL).map(String::as_str) == Some("true"))
+                .map(|p| (p.uid.clone(), p.namespace.clone(), p.name.clone()))
+                .collect()
+        };
+        let mut events = Vec::new();
+        for (uid, ns, name) in &labelled {
+            if !self.isolated.contains_key(uid) {
+                let d = Decision {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    rule: "label".into(),
+                    exec_ids: Vec::new(),
+                    time: String::new(),
+                };
+                if let Err(e) = self.isolate(kernel, uid) {
+                    tracing::warn!(pod = %name, error = %e, "labelled quarantine=true but not isolated");
+                } else {
+                    events.push(d.event("node", "isolated", None));
+                }
+            }
+        }
+        let keep: HashSet<&str> = labelled
+            .iter()
+            .map(|(u, _, _)| u.as_str())
+            .chain(self.pending.iter().map(String::as_str))
+            .collect();
+        let lift: Vec<(String, u64)> = self
+            .isolated
+            .iter()
+            .filter(|(u, _)| !keep.contains(u.as_str()))
+            .map(|(u, id)| (u.clone(), *id))
+            .collect();
+        for (uid, id) in lift {
+            match kernel.release(id) {
+                Ok(()) => {
+                    self.isolated.remove(&uid);
+                    let d = Decision {
+                        namespace: String::new(),
+                        name: String::new(),
+                        uid,
+                        rule: "label removed".into(),
+                        exec_ids: Vec::new(),
+                        time: String::new(),
+                    };
+                    events.push(d.event("node", "released", None));
+                }
+                Err(e) => tracing::error!(error = %e, "releasing a quarantine"),
+            }
+        }
+        events
+    }
+}

@@ -1,0 +1,157 @@
+//! The antibodies: a pod labelled `quarantine=true` (here by the operator's
+//! `sensor quarantine apply`, against a fake API server speaking real HTTP)
+//! is cut off the network on this node, open connections included; other
+//! pods are untouched; removing the label gives the network back.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::apiserver::{pod, FakeApi};
+use common::netns::{Backend, PORT};
+use common::*;
+use serde_json::json;
+
+fn curl(cg: &TestCgroup, url: &str) -> Option<i32> {
+    cg.command("/bin/sh")
+        .args([
+            "-c",
+            &format!("curl -s -o /dev/null --max-time 3 '{url}'; exit $?"),
+        ])
+        .status()
+        .unwrap()
+        .code()
+}
+
+/// Polls `f` for up to 5 s until it returns true.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn by_hand(kubeconfig: &str, verb: &str, pod: &str) {
+    let out = Command::new(SENSOR)
+        .args(["quarantine", verb, pod, "--kubeconfig", kubeconfig])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_labelled_pod_loses_the_network_until_the_label_goes() {
+    if !can_run("a_labelled_pod_loses_the_network_until_the_label_goes") {
+        return;
+    }
+    let backend = Backend::start();
+    let api = FakeApi::start();
+    let node = format!("node-q-{}", std::process::id());
+    let (fuid, fcid) = pod_ids();
+    let (ouid, ocid) = pod_ids();
+    api.add_pod(pod(
+        "shop",
+        "frontend",
+        &fuid,
+        &node,
+        &fcid,
+        json!({"app": "frontend"}),
+    ));
+    api.add_pod(pod(
+        "shop",
+        "other",
+        &ouid,
+        &node,
+        &ocid,
+        json!({"app": "other"}),
+    ));
+    let frontend = TestCgroup::kubelet(&fuid, &fcid);
+    let other = TestCgroup::kubelet(&ouid, &ocid);
+    let dir = TempDir::new();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let kc = kubeconfig.to_str().unwrap();
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&[
+        "--kubeconfig",
+        kc,
+        "--node-name",
+        &node,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        curl(&frontend, &backend.url()),
+        Some(0),
+        "before: the frontend reaches the backend"
+    );
+
+    // A connection opened before the quarantine, held by a client that sends
+    // a request when told to.
+    let script = format!(
+        "import socket,sys\ns=socket.create_connection(('{}',{PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
+         try:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('reply' if s.recv(100) else 'eof')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
+        backend.v4
+    );
+    let mut held = frontend
+        .command("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "open");
+
+    by_hand(kc, "apply", "shop/frontend");
+    assert_eq!(
+        api.pod("shop", "frontend").unwrap()["metadata"]["labels"]["quarantine"],
+        "true"
+    );
+    daemon.wait_for("isolation", |e| {
+        e["sensor_quarantine"]["pod_uid"] == fuid.as_str()
+            && e["sensor_quarantine"]["outcome"] == "isolated"
+    });
+    assert_eq!(
+        curl(&frontend, &backend.url()),
+        Some(7),
+        "new connects are denied"
+    );
+    writeln!(held.stdin.take().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("cut"),
+        "the open connection is cut too: {line}"
+    );
+    let _ = held.wait();
+    assert_eq!(
+        curl(&other, &backend.url()),
+        Some(0),
+        "another pod is untouched"
+    );
+    let served = backend.requests();
+    assert_eq!(
+        served, 2,
+        "only the two successful curls reached the backend"
+    );
+
+    by_hand(kc, "release", "shop/frontend");
+    assert!(api.pod("shop", "frontend").unwrap()["metadata"]["labels"]
+        .get("quarantine")
+        .is_none());
+    daemon.wait_for("release", |e| {
+        e["sensor_quarantine"]["pod_uid"] == fuid.as_str()
+            && e["sensor_quarantine"]["outcome"] == "released"
+    });
+    eventually("the frontend reaches the backend again", || {
+        curl(&frontend, &backend.url()) == Some(0)
+    });
+}
