@@ -86,7 +86,11 @@ fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
     Ok(ex)
 }
 
-pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
+pub async fn run(
+    opts: RunOptions,
+    compiled: Compiled,
+    rules: Vec<crate::brain::Rule>,
+) -> anyhow::Result<()> {
     let scope: Vec<u64> = opts
         .scope
         .iter()
@@ -150,6 +154,7 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
         compiled.net_meta.clone(),
         opts.node_name.clone(),
         Enricher::new(root.clone(), pods),
+        crate::brain::Brain::new(rules),
         exporter(&opts)?,
     );
     let mut term = signal(SignalKind::terminate())?;
@@ -173,10 +178,12 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut pipeline);
                 guard.clear_ready();
+                act(&mut pipeline, &mut antibodies, &mut kernel);
             }
             _ = drain_tick.tick() => {
                 drain(fd.get_mut(), &mut pipeline);
                 pipeline.tick();
+                act(&mut pipeline, &mut antibodies, &mut kernel);
                 for e in antibodies.reconcile(&mut kernel) {
                     pipeline.emit(e, now());
                     pipeline.exporter.flush();
@@ -209,6 +216,19 @@ pub async fn run(opts: RunOptions, compiled: Compiled) -> anyhow::Result<()> {
     tracing::info!(stats = %pipeline.metrics, cache_misses = pipeline.cache.misses,
         without_pod = pipeline.enricher.unresolved, "sensor stopped, programs detached");
     Ok(())
+}
+
+/// Carries out the brain's quarantine decisions: the kernel at once, the
+/// label queued.
+fn act(pipeline: &mut Pipeline, antibodies: &mut Antibodies, kernel: &mut Kernel) {
+    let decisions = std::mem::take(&mut pipeline.decisions);
+    for d in decisions {
+        let time = d.time.clone();
+        for e in antibodies.decide(kernel, d) {
+            pipeline.emit(e, time.clone());
+        }
+        pipeline.exporter.flush();
+    }
 }
 
 fn now() -> String {

@@ -1,8 +1,10 @@
 //! `sensor`: the daemon and its CLI. The command line lives here; each stage
 //! of the pipeline has its own module: `load` (kernel side), `decode`,
 //! `process` (cache and /proc scan), `enrich` (pod context), `policy`,
-//! `pipeline`, `export`, `metrics`, and `daemon`, which runs them.
+//! `brain`, `antibody` (quarantine), `pipeline`, `export`, `metrics`, and
+//! `daemon`, which runs them.
 mod antibody;
+mod brain;
 mod daemon;
 mod decode;
 mod enrich;
@@ -221,14 +223,18 @@ fn policy_failure(e: &PolicyError) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let compiled = match load_policies(&args).and_then(|l| {
+    let (compiled, rules) = match load_policies(&args).and_then(|l| {
         for (file, why) in &l.skipped {
             tracing::warn!(file = %file.display(), why, "policy not loaded");
         }
         for (file, p) in &l.policies {
             tracing::info!(file = %file.display(), policy = %p.name, hooks = p.hooks.len(), "policy loaded");
         }
-        Compiled::new(&l.policies)
+        for (file, r) in &l.rules {
+            tracing::info!(file = %file.display(), rule = %r.name, "brain rule loaded");
+        }
+        let rules = l.rules.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        Compiled::new(&l.policies).map(|c| (c, rules))
     }) {
         Ok(c) => c,
         Err(e) => return policy_failure(&e),
@@ -259,7 +265,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::run(opts, compiled)) {
+    match rt.block_on(daemon::run(opts, compiled, rules)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -286,6 +292,9 @@ fn check(files: &[PathBuf], vars: &Vars) -> ExitCode {
             p.name,
             p.hooks.len()
         );
+    }
+    for (file, r) in &loaded.rules {
+        println!("ok: {}: brain rule {}", file.display(), r.name);
     }
     for (file, why) in &loaded.skipped {
         println!("skipped: {}: {why}", file.display());

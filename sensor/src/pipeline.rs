@@ -8,6 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{ConnectEvent, ExitEvent};
 
+use crate::antibody::Decision;
+use crate::brain::{Brain, Observation, On};
 use crate::decode::{decode, ExecRecord, Record};
 use crate::enrich::Enricher;
 use crate::export::event::{
@@ -25,6 +27,9 @@ pub struct Pipeline {
     net_meta: Vec<SelectorMeta>,
     node: String,
     pub enricher: Enricher,
+    pub brain: Brain,
+    /// Quarantines the brain decided, for the daemon to carry out.
+    pub decisions: Vec<Decision>,
     pub exporter: Exporter,
     pub metrics: Metrics,
 }
@@ -37,6 +42,7 @@ fn event_kind(e: &Event) -> &'static str {
         Event::ProcessLsm(_) => "process_lsm",
         Event::ProcessTracepoint(_) => "process_tracepoint",
         Event::SensorQuarantine(_) => "sensor_quarantine",
+        Event::SensorAlert(_) => "sensor_alert",
     }
 }
 
@@ -47,6 +53,7 @@ impl Pipeline {
         net_meta: Vec<SelectorMeta>,
         node: String,
         enricher: Enricher,
+        brain: Brain,
         exporter: Exporter,
     ) -> Self {
         Pipeline {
@@ -55,6 +62,8 @@ impl Pipeline {
             net_meta,
             node,
             enricher,
+            brain,
+            decisions: Vec::new(),
             exporter,
             metrics: Metrics::default(),
         }
@@ -109,6 +118,7 @@ impl Pipeline {
             }),
             time.clone(),
         );
+        self.think(On::Exec, &process, None, &time);
         self.post_hits(
             r.header.hits,
             false,
@@ -125,17 +135,53 @@ impl Pipeline {
         );
     }
 
-    /// A connect record: policy events for the selectors that posted. Routine
-    /// connects stop here until the brain reads them.
+    /// Shows an event to the brain, and acts on what it says.
+    fn think(&mut self, on: On, process: &Process, policy: Option<(&str, &str)>, time: &str) {
+        if self.brain.is_empty() {
+            return;
+        }
+        let pod = self.enricher.pod_of(process.cgroup_id);
+        let mut ancestors = Vec::new();
+        let mut p = self.cache.parent_of(process);
+        while let Some(a) = p {
+            if ancestors.len() >= 16 {
+                break;
+            }
+            p = self.cache.parent_of(&a);
+            ancestors.push((*a).clone());
+        }
+        let o = Observation {
+            on,
+            process,
+            pod: pod.as_ref(),
+            ancestors: &ancestors,
+            policy,
+        };
+        for v in self.brain.observe(&o, time) {
+            if let Some(alert) = v.alert {
+                self.emit(alert, time.to_string());
+            }
+            self.decisions.extend(v.decision);
+        }
+    }
+
+    /// A connect record: shown to the brain, and policy events for the
+    /// selectors that posted.
     fn connect(&mut self, c: &ConnectEvent) {
+        let Some(process) = self.cache.by_pid(c.pid) else {
+            if c.hits != 0 {
+                self.cache.misses += 1;
+                tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
+            }
+            return;
+        };
+        if !self.brain.is_empty() {
+            let time = self.cache.rfc3339(c.ktime);
+            self.think(On::Connect, &process, None, &time);
+        }
         if c.hits == 0 {
             return;
         }
-        let Some(process) = self.cache.by_pid(c.pid) else {
-            self.cache.misses += 1;
-            tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
-            return;
-        };
         let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(c.ktime);
         let sock = sock_arg(c);
@@ -166,11 +212,13 @@ impl Pipeline {
                 tracing::warn!(selector = bit, net, "hit on an unknown selector");
                 continue;
             };
+            let action = action_name(meta.actions.signal, meta.actions.errno);
             if meta.actions.post {
                 let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
                 let ev = policy_event(&meta, process, parent.clone(), args);
                 self.emit(ev, time.to_string());
             }
+            self.think(On::Policy, process, Some((action, &meta.policy_name)), time);
         }
     }
 

@@ -25,7 +25,7 @@ struct State {
     log: Vec<(u64, &'static str, Value)>,
     watchers: Vec<(Option<String>, mpsc::UnboundedSender<Bytes>)>,
     failures: VecDeque<u16>,
-    pub patches: Vec<(String, String, Value)>,
+    patches: Vec<(String, String, Value)>,
 }
 
 pub struct FakeApi {
@@ -109,8 +109,10 @@ async fn handle(
     let method = req.method().clone();
     let node = query(&req, "fieldSelector")
         .and_then(|f| f.strip_prefix("spec.nodeName=").map(String::from));
-    if let Some(code) = state.lock().unwrap().failures.pop_front() {
-        return Ok(status(code, "Injected"));
+    if method == Method::PATCH {
+        if let Some(code) = state.lock().unwrap().failures.pop_front() {
+            return Ok(status(code, "Injected"));
+        }
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
@@ -237,12 +239,17 @@ impl FakeApi {
             .cloned()
     }
 
-    /// The next requests fail with these status codes, in order.
+    /// The next patches fail with these status codes, in order.
     pub fn fail_next(&self, codes: &[u16]) {
         self.state.lock().unwrap().failures.extend(codes);
     }
 
-    /// Every patch received: (namespace, name, body).
+    /// Drops the failures not used yet.
+    pub fn clear_failures(&self) {
+        self.state.lock().unwrap().failures.clear();
+    }
+
+    /// Every patch that landed: (namespace, name, body).
     pub fn patches(&self) -> Vec<(String, String, Value)> {
         self.state.lock().unwrap().patches.clone()
     }

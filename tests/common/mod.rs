@@ -180,12 +180,17 @@ impl Daemon {
         // policies the test did not give it (and scope).
         let no_policies = dir.path().join("no-policies");
         std::fs::create_dir(&no_policies).expect("policy dir");
-        let mut child = Command::new(SENSOR)
-            .arg("run")
+        let mut cmd = Command::new(SENSOR);
+        cmd.arg("run")
             .args(["--output", "none", "--export-file"])
-            .arg(&events)
-            .arg("--policy-dir")
-            .arg(&no_policies)
+            .arg(&events);
+        if !args.contains(&"--policy-dir") {
+            cmd.arg("--policy-dir").arg(&no_policies);
+        }
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.path().join("state"));
+        }
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

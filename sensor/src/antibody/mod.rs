@@ -98,7 +98,6 @@ impl Antibodies {
     }
 
     /// Quarantines a pod: the kernel first, then the label (queued).
-    #[allow(dead_code)] // the brain's entry point; wired in with the brain
     pub fn decide(&mut self, kernel: &mut Kernel, d: Decision) -> Vec<Event> {
         let mut events = Vec::new();
         let node = self.isolate(kernel, &d.uid);

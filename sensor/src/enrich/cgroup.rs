@@ -54,11 +54,13 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
     })
 }
 
-/// Cgroup id → path, from walks of the cgroup v2 tree. A miss rescans, at
-/// most once per `RESCAN_EVERY`, since new containers appear all the time.
+/// Cgroup id → path, from walks of the cgroup v2 tree. Cgroup ids only grow,
+/// so a miss on an id above the largest one seen means a new cgroup and
+/// rescans; a miss below it is a cgroup already gone.
 pub struct CgroupPaths {
     root: PathBuf,
     paths: HashMap<u64, String>,
+    max_id: u64,
     scanned: Option<Instant>,
 }
 
@@ -70,13 +72,13 @@ impl CgroupPaths {
         CgroupPaths {
             root,
             paths: HashMap::new(),
+            max_id: 0,
             scanned: None,
         }
     }
 
     pub fn path(&mut self, id: u64) -> Option<&str> {
-        if !self.paths.contains_key(&id) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
-        {
+        if !self.paths.contains_key(&id) && (id > self.max_id || self.scanned.is_none()) {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
@@ -93,6 +95,7 @@ impl CgroupPaths {
         if let Some(id) = find(&self.paths) {
             return Some(id);
         }
+        // A pod's cgroup may be newer than the last walk.
         if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
             self.rescan();
         }
@@ -106,6 +109,7 @@ impl CgroupPaths {
             if let Ok(meta) = std::fs::metadata(&dir) {
                 let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
                 self.paths.insert(meta.ino(), format!("/{}", rel.display()));
+                self.max_id = self.max_id.max(meta.ino());
             }
             if depth >= MAX_DEPTH {
                 continue;

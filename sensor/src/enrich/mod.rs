@@ -54,14 +54,12 @@ impl Enricher {
         if let Some(r) = self.refs.get(&cgroup_id) {
             return r.clone();
         }
-        let r = self.paths.path(cgroup_id).and_then(cgroup::parse);
+        let path = self.paths.path(cgroup_id)?;
+        let r = cgroup::parse(path);
         if self.refs.len() > 50_000 {
             self.refs.clear();
         }
-        // Unknown ids are not cached: the cgroup may not have been scanned yet.
-        if self.paths.path(cgroup_id).is_some() {
-            self.refs.insert(cgroup_id, r.clone());
-        }
+        self.refs.insert(cgroup_id, r.clone());
         r
     }
 
@@ -77,6 +75,15 @@ impl Enricher {
         match store.get(&c.pod_uid) {
             Some(info) => Lookup::Done(Some(Box::new(info.event_pod(&c.container_id))), docker),
             None => Lookup::Pending(docker),
+        }
+    }
+
+    /// The pod of a cgroup, when it is known now (for the brain, which does
+    /// not wait).
+    pub fn pod_of(&mut self, cgroup_id: u64) -> Option<Pod> {
+        match self.lookup(cgroup_id) {
+            Lookup::Done(pod, _) => pod.map(|b| *b),
+            Lookup::Pending(_) => None,
         }
     }
 

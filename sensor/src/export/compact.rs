@@ -96,6 +96,7 @@ pub fn line(e: &Envelope) -> String {
             &t.policy_name,
         ),
         Event::SensorQuarantine(_) => (String::new(), String::new()),
+        Event::SensorAlert(a) => ("🧠 alert  ".to_string(), format!("[{}]", a.rule)),
     };
     let mut out = format!("{head} {} {}", e.node_name, command(p));
     if !tail.is_empty() {

@@ -27,6 +27,20 @@ pub enum Event {
     ProcessTracepoint(ProcessTracepoint),
     /// This sensor's own: a quarantine step and its outcome.
     SensorQuarantine(QuarantineEvent),
+    /// This sensor's own: a brain rule fired.
+    SensorAlert(AlertEvent),
+}
+
+/// A brain rule that fired, with the process (and parent) that made it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlertEvent {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    pub exec_ids: Vec<String>,
 }
 
 /// A step of a quarantine: `stage` "node" (kernel isolation) or "label"
@@ -229,6 +243,7 @@ impl Event {
             Event::ProcessKprobe(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessLsm(e) => (&mut e.process, e.parent.as_mut()),
             Event::ProcessTracepoint(e) => (&mut e.process, e.parent.as_mut()),
+            Event::SensorAlert(e) => (&mut e.process, e.parent.as_mut()),
             Event::SensorQuarantine(_) => return None,
         })
     }
@@ -241,6 +256,7 @@ impl Event {
             Event::ProcessKprobe(e) => &e.process,
             Event::ProcessLsm(e) => &e.process,
             Event::ProcessTracepoint(e) => &e.process,
+            Event::SensorAlert(e) => &e.process,
             Event::SensorQuarantine(_) => return None,
         })
     }

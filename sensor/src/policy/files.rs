@@ -10,6 +10,8 @@ use super::{parse, raw::RawPolicy, Policy, PolicyError};
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub policies: Vec<(PathBuf, Policy)>,
+    /// Brain rules (`BrainRule` documents).
+    pub rules: Vec<(PathBuf, crate::brain::Rule)>,
     /// Files or documents not loaded, and why: meant for another consumer
     /// (Cilium network policies), or waiting for variables the daemon was not
     /// given.
@@ -88,6 +90,17 @@ pub fn load_file(file: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), Poli
         if CILIUM_KINDS.contains(&kind) {
             into.skipped
                 .push((file.to_path_buf(), format!("a {kind}, enforced by Cilium")));
+            continue;
+        }
+        if kind == crate::brain::rule::KIND {
+            let raw: crate::brain::rule::RawRule = serde_path_to_error::deserialize(value)
+                .map_err(|e| {
+                    let field = e.path().to_string();
+                    error(file, format!("{prefix}{field}"), e.into_inner().to_string())
+                })?;
+            let rule = crate::brain::rule::parse(raw)
+                .map_err(|(f, r)| error(file, format!("{prefix}{f}"), r))?;
+            into.rules.push((file.to_path_buf(), rule));
             continue;
         }
         let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {

@@ -1,0 +1,205 @@
+//! The brain: rules over the process tree and the pod (`rule`), evaluated in
+//! userspace on every exec, connect and reflex hit. `sleep` under kubelet is
+//! harmless; `sleep` that connects, or `curl` reached through a `sleep` under
+//! a shell in a pod, is not. A rule alerts, quarantines the pod, or both.
+pub mod rule;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::antibody::Decision;
+use crate::export::event::{AlertEvent, Event, Pod, Process};
+pub use rule::{On, Rule};
+
+/// Splits Tetragon's joined `arguments` back into words (double quotes group).
+pub fn split_args(joined: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+    for c in joined.chars() {
+        match c {
+            _ if escaped => {
+                cur.push(c);
+                escaped = false;
+            }
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One thing the brain is shown.
+pub struct Observation<'a> {
+    pub on: On,
+    pub process: &'a Process,
+    pub pod: Option<&'a Pod>,
+    /// The process's ancestors, parent first.
+    pub ancestors: &'a [Process],
+    /// For `on: policy`: the action string and the policy name.
+    pub policy: Option<(&'a str, &'a str)>,
+}
+
+/// What a rule decided.
+pub struct Verdict {
+    pub alert: Option<Event>,
+    pub decision: Option<Decision>,
+}
+
+/// A pod decided for quarantine is not decided again for this long.
+const DECIDE_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+pub struct Brain {
+    rules: Vec<Rule>,
+    windows: HashMap<(usize, String), VecDeque<Instant>>,
+    decided: HashMap<String, Instant>,
+}
+
+fn proc_matches(m: &rule::ProcMatch, p: &Process) -> bool {
+    let bin = m
+        .binary
+        .as_ref()
+        .is_none_or(|b| b.contains(&p.binary) != b.op.filter().negate.eq(&1));
+    let args = m
+        .arguments
+        .as_ref()
+        .is_none_or(|a| a.matches(&split_args(&p.arguments)));
+    bin && args
+}
+
+impl Brain {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Brain {
+            rules,
+            windows: HashMap::new(),
+            decided: HashMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn matches(r: &Rule, o: &Observation) -> bool {
+        if r.on != o.on || (r.in_pod && o.pod.is_none()) || !proc_matches(&r.process, o.process) {
+            return false;
+        }
+        if let Some(pm) = &r.parent {
+            if !o.ancestors.first().is_some_and(|p| proc_matches(pm, p)) {
+                return false;
+            }
+        }
+        let within = &o.ancestors[..o.ancestors.len().min(r.within)];
+        if r.ancestors_any
+            .as_ref()
+            .is_some_and(|m| !within.iter().any(|p| proc_matches(m, p)))
+        {
+            return false;
+        }
+        if r.ancestors_none
+            .as_ref()
+            .is_some_and(|m| within.iter().any(|p| proc_matches(m, p)))
+        {
+            return false;
+        }
+        if !r.namespaces.is_empty() && !o.pod.is_some_and(|p| r.namespaces.contains(&p.namespace)) {
+            return false;
+        }
+        if !r.labels.is_empty()
+            && !o
+                .pod
+                .is_some_and(|p| r.labels.iter().all(|(k, v)| p.pod_labels.get(k) == Some(v)))
+        {
+            return false;
+        }
+        if o.on == On::Policy {
+            let Some((action, name)) = o.policy else {
+                return false;
+            };
+            if !r.policy_actions.is_empty() && !r.policy_actions.iter().any(|a| a == action) {
+                return false;
+            }
+            if !r.policy_names.is_empty() && !r.policy_names.iter().any(|n| n == name) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Every rule that fires on `o`.
+    pub fn observe(&mut self, o: &Observation, time: &str) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if !Self::matches(r, o) {
+                continue;
+            }
+            let pod_uid = o.pod.map(|p| p.uid.clone()).unwrap_or_default();
+            if let Some((at_least, within)) = r.count {
+                let w = self.windows.entry((i, pod_uid.clone())).or_default();
+                let now = Instant::now();
+                w.push_back(now);
+                while w.front().is_some_and(|t| now.duration_since(*t) > within) {
+                    w.pop_front();
+                }
+                if w.len() < at_least {
+                    continue;
+                }
+                w.clear();
+            }
+            let mut exec_ids = vec![o.process.exec_id.clone()];
+            exec_ids.extend(o.ancestors.first().map(|p| p.exec_id.clone()));
+            let alert = r.alert.then(|| {
+                Event::SensorAlert(AlertEvent {
+                    rule: r.name.clone(),
+                    description: r.description.clone(),
+                    process: o.process.clone(),
+                    parent: o.ancestors.first().cloned(),
+                    exec_ids: exec_ids.clone(),
+                })
+            });
+            let decision = match (r.quarantine, o.pod) {
+                (true, Some(pod)) => {
+                    let recent = self
+                        .decided
+                        .get(&pod.uid)
+                        .is_some_and(|t| t.elapsed() < DECIDE_AGAIN_AFTER);
+                    (!recent).then(|| {
+                        self.decided.insert(pod.uid.clone(), Instant::now());
+                        Decision {
+                            namespace: pod.namespace.clone(),
+                            name: pod.name.clone(),
+                            uid: pod.uid.clone(),
+                            rule: r.name.clone(),
+                            exec_ids,
+                            time: time.to_string(),
+                        }
+                    })
+                }
+                _ => None,
+            };
+            out.push(Verdict { alert, decision });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_split_back() {
+        assert_eq!(
+            split_args("-d @/etc/hostname \"a b\" x"),
+            vec!["-d", "@/etc/hostname", "a b", "x"]
+        );
+        assert_eq!(split_args(""), Vec::<String>::new());
+    }
+}
