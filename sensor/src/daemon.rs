@@ -111,11 +111,20 @@ pub async fn run(
         Some(client) => {
             let store = Arc::new(RwLock::new(PodStore::default()));
             let node = opts.node_name.clone();
+            let (synced_tx, synced) = tokio::sync::oneshot::channel();
             tokio::spawn(crate::enrich::kube::watch(
                 client.clone(),
                 node,
                 store.clone(),
+                synced_tx,
             ));
+            // Rules about pods need the pods: wait for the first list.
+            if tokio::time::timeout(Duration::from_secs(10), synced)
+                .await
+                .is_err()
+            {
+                tracing::warn!("pod watcher not synced after 10 s; starting without it");
+            }
             std::fs::create_dir_all(&opts.state_dir)
                 .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

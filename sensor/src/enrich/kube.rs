@@ -32,8 +32,15 @@ pub async fn client(kubeconfig: Option<&Path>) -> Option<Client> {
     }
 }
 
-/// Watches the pods of `node` into `store` until the task is dropped.
-pub async fn watch(client: Client, node: String, store: Arc<RwLock<PodStore>>) {
+/// Watches the pods of `node` into `store` until the task is dropped;
+/// `synced` fires once the initial list is in.
+pub async fn watch(
+    client: Client,
+    node: String,
+    store: Arc<RwLock<PodStore>>,
+    synced: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut synced = Some(synced);
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -56,7 +63,12 @@ pub async fn watch(client: Client, node: String, store: Arc<RwLock<PodStore>>) {
                 }
             }
             Ok(watcher::Event::Init) => {}
-            Ok(watcher::Event::InitDone) => tracing::info!(node = %node, "pod watcher synced"),
+            Ok(watcher::Event::InitDone) => {
+                tracing::info!(node = %node, "pod watcher synced");
+                if let Some(s) = synced.take() {
+                    let _ = s.send(());
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "pod watcher (retrying)"),
         }
     }
