@@ -147,3 +147,106 @@ fn an_event_before_its_pod_is_known_waits_for_it() {
     let e = exec_of(&daemon, "early");
     assert_eq!(e["process_exec"]["process"]["pod"]["name"], "late-pod");
 }
+
+#[test]
+fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
+    if !can_run("namespaced_and_pod_selector_policies_act_only_on_their_pods") {
+        return;
+    }
+    let api = FakeApi::start();
+    let node = format!("node-scoped-{}", std::process::id());
+    let (shop_uid, shop_cid) = pod_ids();
+    let (other_uid, other_cid) = pod_ids();
+    api.add_pod(pod(
+        "shop",
+        "web",
+        &shop_uid,
+        &node,
+        &shop_cid,
+        json!({"app": "web"}),
+    ));
+    api.add_pod(pod(
+        "other",
+        "db",
+        &other_uid,
+        &node,
+        &other_cid,
+        json!({"app": "db"}),
+    ));
+    let shop = TestCgroup::kubelet(&shop_uid, &shop_cid);
+    let other = TestCgroup::kubelet(&other_uid, &other_cid);
+    let dir = TempDir::new();
+    let echo = resolved("/bin/echo");
+    let printf = resolved("/usr/bin/printf");
+    let namespaced = policy_file(
+        &dir,
+        "ns.yaml",
+        &format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicyNamespaced\nmetadata: {{name: no-echo, namespace: shop}}\nspec:\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: Equal, values: [\"{echo}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
+        ),
+    );
+    let selected = policy_file(
+        &dir,
+        "sel.yaml",
+        &format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: no-printf-in-db}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: Equal, values: [\"{printf}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
+        ),
+    );
+    let kubeconfig = api.kubeconfig(dir.path());
+    let _daemon = Daemon::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        &node,
+        "--policy",
+        &namespaced,
+        "--policy",
+        &selected,
+    ]);
+    let run = |cg: &TestCgroup, bin: &str| {
+        cg.command(bin)
+            .arg("x")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        run(&shop, &echo).signal(),
+        Some(9),
+        "echo in namespace shop"
+    );
+    assert!(run(&other, &echo).success(), "echo in namespace other");
+    assert!(run(&shop, &printf).success(), "printf in app=web");
+    assert_eq!(run(&other, &printf).signal(), Some(9), "printf in app=db");
+    assert!(
+        std::process::Command::new(&echo)
+            .arg("x")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success(),
+        "echo on the host"
+    );
+
+    // A pod that arrives later is covered once the watcher sees it.
+    let (late_uid, late_cid) = pod_ids();
+    let late = TestCgroup::kubelet(&late_uid, &late_cid);
+    assert!(run(&late, &echo).success(), "not a known pod yet");
+    api.add_pod(pod(
+        "shop",
+        "late",
+        &late_uid,
+        &node,
+        &late_cid,
+        json!({"app": "late"}),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while run(&late, &echo).signal() != Some(9) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late pod is covered within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -28,6 +28,9 @@ pub const MAX_CGROUP_LEVEL: i32 = 16;
 /// uses slot `i + 1`.
 pub const SLOT_BINARIES: u8 = 0;
 
+/// Pod-scoped policies at most (one bit each in `POD_SCOPES` values).
+pub const MAX_SCOPES: usize = 64;
+
 /// First field of every ring buffer record.
 pub mod kind {
     pub const EXEC: u32 = 1;
@@ -188,7 +191,9 @@ pub struct NetSelector {
     pub follow: u8,
     pub n_filters: u8,
     pub filters: [NetFilter; MAX_ARG_FILTERS],
-    pub _pad: [u8; 2],
+    /// As [`ExecSelector::scope`].
+    pub scope: u8,
+    pub _pad: u8,
 }
 
 /// Address set key: selector, slot, family (4 or 6), then the address.
@@ -241,7 +246,9 @@ pub struct ExecSelector {
     /// Non-zero: `matchBinaries` tests the image being executed (a tracepoint
     /// after exec) rather than the image that called exec (kprobes, LSM).
     pub binaries_of_new_image: u8,
-    pub _pad: u8,
+    /// 0: every task; i: only tasks under a cgroup whose `POD_SCOPES` bit
+    /// i-1 is set (TracingPolicyNamespaced, podSelector).
+    pub scope: u8,
 }
 
 /// Runtime switches, in a one-entry array map so that policies can be swapped
@@ -258,7 +265,8 @@ pub struct Config {
     /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
     pub follow_mask: u64,
     pub n_net_selectors: u32,
-    pub _pad2: u32,
+    /// Pod-scoped policies loaded (0: skip the scope lookups).
+    pub n_scopes: u32,
     pub net_follow_mask: u64,
 }
 

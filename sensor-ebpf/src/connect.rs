@@ -57,6 +57,7 @@ pub struct NetEval {
     pub scoped_in: u64,
     pub state: ProcState,
     pub hooks_done: u64,
+    pub scopes: u64,
 }
 
 fn v4(word: u32) -> [u8; 4] {
@@ -137,6 +138,11 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     ev.n = cfg.n_net_selectors as u64;
     ev.scoped_in = in_scope(&cfg) as u64;
     ev.hooks_done = 0;
+    ev.scopes = if cfg.n_scopes != 0 {
+        crate::reflex::task_scopes()
+    } else {
+        0
+    };
     // SAFETY: ProcState is plain data.
     ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
     if crate::quarantine::current_quarantined() {
@@ -234,7 +240,7 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
     };
     let bit = 1u64 << s;
     let hook_bit = 1u64 << (sel.hook & 63);
-    if ev.hooks_done & hook_bit != 0 {
+    if ev.hooks_done & hook_bit != 0 || !crate::reflex::scope_applies(sel.scope, ev.scopes) {
         return 0;
     }
     if sel.binaries.kind != match_kind::NONE {

@@ -166,3 +166,8 @@ pub static QUARANTINE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 /// Packets dropped for quarantine: index 0 egress, 1 ingress.
 #[map]
 pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Pod cgroups → the pod-scoped policies (bit i = scope i+1) that apply to
+/// tasks under them.
+#[map]
+pub static POD_SCOPES: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);

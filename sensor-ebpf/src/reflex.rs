@@ -13,8 +13,8 @@ use sensor_common::{
 };
 
 use crate::maps::{
-    PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, NET_SELECTORS, PROCS, SCOPE_CGROUPS, STR_EQUAL,
-    STR_POSTFIX, STR_PREFIX,
+    PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, NET_SELECTORS, POD_SCOPES, PROCS,
+    SCOPE_CGROUPS, STR_EQUAL, STR_POSTFIX, STR_PREFIX,
 };
 
 /// What the reflex decided for one exec.
@@ -116,6 +116,30 @@ fn zero(data: &mut [u8; 256]) {
     }
 }
 
+/// The pod-scoped policies that apply to the current task: the union of the
+/// `POD_SCOPES` entries of its cgroup and their ancestors.
+pub fn task_scopes() -> u64 {
+    let mut bits = 0u64;
+    for level in 0..MAX_CGROUP_LEVEL {
+        // SAFETY: helper without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: plain u64 value.
+        if let Some(b) = unsafe { POD_SCOPES.get(&id) } {
+            bits |= *b;
+        }
+    }
+    bits
+}
+
+/// Whether a selector with `scope` applies to a task in `scopes`.
+#[inline(always)]
+pub fn scope_applies(scope: u8, scopes: u64) -> bool {
+    scope == 0 || scopes & (1u64 << ((scope as u64 - 1) & 63)) != 0
+}
+
 /// Whether the current task is under one of the scope cgroups.
 pub fn in_scope(cfg: &Config) -> bool {
     if cfg.scoped == 0 {
@@ -147,6 +171,7 @@ pub struct Eval {
     state: ProcState,
     hooks_done: u64,
     hits: u64,
+    scopes: u64,
     signal: u32,
     _pad: u32,
 }
@@ -173,7 +198,7 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
         e.state.bin_in |= bit;
     }
     let hook_bit = 1u64 << (sel.hook & 63);
-    if e.scoped_in == 0 || e.hooks_done & hook_bit != 0 {
+    if e.scoped_in == 0 || e.hooks_done & hook_bit != 0 || !scope_applies(sel.scope, e.scopes) {
         return 0;
     }
     if sel.binaries.kind != match_kind::NONE {
@@ -259,6 +284,7 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
         },
         hooks_done: 0,
         hits: 0,
+        scopes: if cfg.n_scopes != 0 { task_scopes() } else { 0 },
         signal: 0,
         _pad: 0,
     };

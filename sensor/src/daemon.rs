@@ -135,6 +135,11 @@ pub async fn run(
         None => (None, None),
     };
     let mut antibodies = Antibodies::new(root.clone(), pods.clone(), labeler);
+    let mut scopes =
+        crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), root.clone());
+    if let Some(s) = scopes.as_mut() {
+        s.reconcile(&mut kernel)?;
+    }
 
     // Processes older than the daemon: cache entries and kernel policy state.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
@@ -193,6 +198,11 @@ pub async fn run(
                 drain(fd.get_mut(), &mut pipeline);
                 pipeline.tick();
                 act(&mut pipeline, &mut antibodies, &mut kernel);
+                if let Some(s) = scopes.as_mut() {
+                    if let Err(e) = s.reconcile(&mut kernel) {
+                        tracing::error!(error = %e, "updating pod scopes");
+                    }
+                }
                 for e in antibodies.reconcile(&mut kernel) {
                     pipeline.emit(e, now());
                     pipeline.exporter.flush();

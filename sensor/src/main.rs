@@ -14,6 +14,7 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod process;
+mod scopes;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -239,8 +240,8 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return policy_failure(&e),
     };
-    for name in &compiled.inactive {
-        tracing::warn!(policy = %name, "TracingPolicyNamespaced needs pod context, which this sensor does not have yet: it acts on no process");
+    for scope in &compiled.scopes {
+        tracing::info!(policy = %scope.policy, namespace = ?scope.namespace, "pod-scoped policy: acts only on the pods it selects");
     }
     let opts = RunOptions {
         node_name: node_name(args.node_name),

@@ -60,6 +60,8 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
 pub struct CgroupPaths {
     root: PathBuf,
     paths: HashMap<u64, String>,
+    /// Pod uid → the pod's own cgroup.
+    pods: HashMap<String, u64>,
     max_id: u64,
     scanned: Option<Instant>,
 }
@@ -72,6 +74,7 @@ impl CgroupPaths {
         CgroupPaths {
             root,
             paths: HashMap::new(),
+            pods: HashMap::new(),
             max_id: 0,
             scanned: None,
         }
@@ -86,30 +89,26 @@ impl CgroupPaths {
 
     /// The cgroup id of pod `uid`'s own cgroup (the parent of its containers').
     pub fn pod_cgroup(&mut self, uid: &str) -> Option<u64> {
-        let find = |paths: &HashMap<u64, String>| {
-            paths.iter().find_map(|(id, p)| {
-                let last = p.rsplit('/').next()?;
-                (pod_uid(last).as_deref() == Some(uid)).then_some(*id)
-            })
-        };
-        if let Some(id) = find(&self.paths) {
-            return Some(id);
-        }
         // A pod's cgroup may be newer than the last walk.
-        if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+        if !self.pods.contains_key(uid) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
             self.rescan();
         }
-        find(&self.paths)
+        self.pods.get(uid).copied()
     }
 
     fn rescan(&mut self) {
         self.paths.clear();
+        self.pods.clear();
         let mut stack = vec![(self.root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             if let Ok(meta) = std::fs::metadata(&dir) {
                 let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
                 self.paths.insert(meta.ino(), format!("/{}", rel.display()));
                 self.max_id = self.max_id.max(meta.ino());
+                if let Some(uid) = dir.file_name().and_then(|n| n.to_str()).and_then(pod_uid) {
+                    self.pods.insert(uid, meta.ino());
+                }
             }
             if depth >= MAX_DEPTH {
                 continue;

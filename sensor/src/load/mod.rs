@@ -161,6 +161,20 @@ impl Kernel {
         q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))
     }
 
+    /// Sets the pod-scoped policies (bit i = scope i+1) for tasks under
+    /// cgroup `id`; 0 removes the entry.
+    pub fn set_pod_scopes(&mut self, id: u64, bits: u64) -> Result<(), LoadError> {
+        let mut m: HashMap<_, u64, u64> =
+            HashMap::try_from(self.map_mut("POD_SCOPES")?).map_err(map_err("POD_SCOPES"))?;
+        if bits != 0 {
+            return m.insert(id, bits, 0).map_err(map_err("POD_SCOPES"));
+        }
+        match m.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("POD_SCOPES")(e)),
+        }
+    }
+
     /// Gives cgroup `id` its network back.
     pub fn release(&mut self, id: u64) -> Result<(), LoadError> {
         let mut q: HashMap<_, u64, u8> =

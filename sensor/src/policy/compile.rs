@@ -27,6 +27,28 @@ pub struct SelectorMeta {
     pub tags: Vec<String>,
 }
 
+/// The pods a pod-scoped policy acts on.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub policy: String,
+    pub namespace: Option<String>,
+    pub selector: Option<super::LabelSelector>,
+}
+
+impl Scope {
+    pub fn selects(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(namespace, labels))
+    }
+}
+
 /// A string map key: selector index, slot, value, zero padded.
 pub type StrKey = [u8; STR_KEY_LEN];
 /// An address set key: selector, slot, family, 0, address.
@@ -46,8 +68,8 @@ pub struct Compiled {
     pub net_addrs: Vec<(u32, AddrKey)>,
     pub net_values: Vec<NetValueKey>,
     pub config: Config,
-    /// Namespaced policies that act on no process until pod context exists.
-    pub inactive: Vec<String>,
+    /// Pod-scoped policies; scope `i + 1` in selectors is `scopes[i]`.
+    pub scopes: Vec<Scope>,
     binaries: Vec<Option<BinaryMatch>>,
     net_binaries: Vec<Option<BinaryMatch>>,
 }
@@ -84,11 +106,19 @@ impl Compiled {
         let mut c = Compiled::default();
         let (mut exec_hooks, mut net_hooks) = (0u32, 0u32);
         for (file, policy) in policies {
-            if let Some(ns) = &policy.namespace {
-                c.inactive
-                    .push(format!("{} (namespace {ns:?})", policy.name));
-                continue;
-            }
+            let scope = if policy.namespace.is_some() || policy.pod_selector.is_some() {
+                if c.scopes.len() >= sensor_common::MAX_SCOPES {
+                    return Err(limit(file, "pod-scoped policies"));
+                }
+                c.scopes.push(Scope {
+                    policy: policy.name.clone(),
+                    namespace: policy.namespace.clone(),
+                    selector: policy.pod_selector.clone(),
+                });
+                c.scopes.len() as u8
+            } else {
+                0
+            };
             for hook in &policy.hooks {
                 let (hooks, kind) = match hook.family {
                     HookFamily::Exec => (&mut exec_hooks, "exec hooks"),
@@ -105,14 +135,14 @@ impl Compiled {
                             if c.selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "exec selectors"));
                             }
-                            c.add_exec(hook_id, hook, sel);
+                            c.add_exec(hook_id, hook, sel, scope);
                             c.meta.push(meta(policy, hook, sel));
                         }
                         HookFamily::Connect => {
                             if c.net_selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "connect selectors"));
                             }
-                            c.add_net(hook_id, sel);
+                            c.add_net(hook_id, sel, scope);
                             c.net_meta.push(meta(policy, hook, sel));
                         }
                     }
@@ -121,13 +151,15 @@ impl Compiled {
         }
         c.config.n_selectors = c.selectors.len() as u32;
         c.config.n_net_selectors = c.net_selectors.len() as u32;
+        c.config.n_scopes = c.scopes.len() as u32;
         Ok(c)
     }
 
-    fn add_exec(&mut self, hook_id: u32, hook: &Hook, sel: &Selector) {
+    fn add_exec(&mut self, hook_id: u32, hook: &Hook, sel: &Selector, scope: u8) {
         let index = self.selectors.len();
         let mut ks = ExecSelector {
             hook: hook_id,
+            scope,
             signal: sel.actions.signal.unwrap_or(0),
             binaries_of_new_image: hook.binaries_of_new_image as u8,
             ..Default::default()
@@ -147,11 +179,12 @@ impl Compiled {
         self.binaries.push(sel.binaries.clone());
     }
 
-    fn add_net(&mut self, hook_id: u32, sel: &Selector) {
+    fn add_net(&mut self, hook_id: u32, sel: &Selector, scope: u8) {
         let index = self.net_selectors.len();
         let id = index as u8;
         let mut ns = NetSelector {
             hook: hook_id,
+            scope,
             signal: sel.actions.signal.unwrap_or(0),
             errno: sel.actions.errno.unwrap_or(0),
             ..Default::default()

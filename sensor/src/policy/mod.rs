@@ -10,10 +10,13 @@ mod net;
 mod parse;
 mod raw;
 mod selector;
+mod selector_labels;
+
+pub use selector_labels::LabelSelector;
 
 pub use net::NetMatch;
 
-pub use compile::{Compiled, SelectorMeta};
+pub use compile::{Compiled, Scope, SelectorMeta};
 pub use files::{load_dir, load_file, Loaded, Vars};
 
 use std::path::PathBuf;
@@ -42,8 +45,10 @@ pub struct PolicyError {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub name: String,
-    /// `Some` for `TracingPolicyNamespaced`.
+    /// `Some` for `TracingPolicyNamespaced`: it acts only on that namespace's pods.
     pub namespace: Option<String>,
+    /// `spec.podSelector`: it acts only on the pods selected.
+    pub pod_selector: Option<LabelSelector>,
     pub hooks: Vec<Hook>,
 }
 

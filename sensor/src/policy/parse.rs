@@ -39,7 +39,16 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     }
     let namespace = match raw.kind.as_str() {
         "TracingPolicy" => None,
-        "TracingPolicyNamespaced" => Some(raw.metadata.namespace.clone().unwrap_or_default()),
+        "TracingPolicyNamespaced" => match raw.metadata.namespace.clone().filter(|n| !n.is_empty())
+        {
+            Some(ns) => Some(ns),
+            None => {
+                return err(
+                    "metadata.namespace",
+                    "a TracingPolicyNamespaced needs the namespace it applies to",
+                )
+            }
+        },
         other => {
             return err(
                 "kind",
@@ -62,11 +71,6 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     unsupported(&s.enforcers, no_spec("enforcers"), "enforcers")?;
     unsupported(&s.lists, no_spec("lists"), "lists")?;
     unsupported(&s.options, no_spec("options"), "options")?;
-    unsupported(
-        &s.pod_selector,
-        no_spec("podSelector"),
-        "podSelector (until pod context exists)",
-    )?;
     unsupported(
         &s.container_selector,
         no_spec("containerSelector"),
@@ -94,9 +98,17 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     if hooks.is_empty() {
         return err("spec", "no kprobes, tracepoints or lsmhooks");
     }
+    let pod_selector = match raw.spec.pod_selector {
+        Some(sel) => Some(
+            super::LabelSelector::parse(sel, "spec.podSelector")
+                .map_err(|(field, reason)| FieldError { field, reason })?,
+        ),
+        None => None,
+    };
     Ok(Policy {
         name: raw.metadata.name,
         namespace,
+        pod_selector,
         hooks,
     })
 }

@@ -44,7 +44,7 @@ pub struct RawSpec {
     pub enforcers: Option<Value>,
     pub lists: Option<Value>,
     pub options: Option<Value>,
-    pub pod_selector: Option<Value>,
+    pub pod_selector: Option<super::selector_labels::RawLabelSelector>,
     pub container_selector: Option<Value>,
     pub host_selector: Option<Value>,
     pub node_selector: Option<Value>,

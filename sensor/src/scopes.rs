@@ -1,0 +1,90 @@
+//! Keeps the kernel's pod scope sets current as pods come and go:
+//! `TracingPolicyNamespaced` and `podSelector` policies act only on the pods
+//! they select, and the kernel knows them by their cgroups.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::enrich::cgroup::CgroupPaths;
+use crate::enrich::pods::PodStore;
+use crate::load::{Kernel, LoadError};
+use crate::policy::Scope;
+
+pub struct PodScopes {
+    scopes: Vec<Scope>,
+    pods: Arc<RwLock<PodStore>>,
+    paths: CgroupPaths,
+    /// Pod cgroup id → scope bits written to the kernel.
+    written: HashMap<u64, u64>,
+    seen_generation: Option<u64>,
+    /// Some selected pod had no cgroup yet: look again next time.
+    incomplete: bool,
+}
+
+impl PodScopes {
+    /// `None` without pod-scoped policies or without a pod store.
+    pub fn new(
+        scopes: Vec<Scope>,
+        pods: Option<Arc<RwLock<PodStore>>>,
+        cgroup_root: PathBuf,
+    ) -> Option<Self> {
+        if scopes.is_empty() {
+            return None;
+        }
+        let Some(pods) = pods else {
+            tracing::warn!("pod-scoped policies need pod context; without a Kubernetes API they act on no process");
+            return None;
+        };
+        Some(PodScopes {
+            scopes,
+            pods,
+            paths: CgroupPaths::new(cgroup_root),
+            written: HashMap::new(),
+            seen_generation: None,
+            incomplete: false,
+        })
+    }
+
+    /// Brings the kernel's map in line with the pods; cheap when nothing changed.
+    pub fn reconcile(&mut self, kernel: &mut Kernel) -> Result<(), LoadError> {
+        let selected: Vec<(String, u64)> = {
+            let store = self.pods.read().unwrap_or_else(|e| e.into_inner());
+            if Some(store.generation) == self.seen_generation && !self.incomplete {
+                return Ok(());
+            }
+            self.seen_generation = Some(store.generation);
+            store
+                .all()
+                .filter_map(|p| {
+                    let bits = self
+                        .scopes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.selects(&p.namespace, &p.labels))
+                        .fold(0u64, |b, (i, _)| b | 1 << i);
+                    (bits != 0).then(|| (p.uid.clone(), bits))
+                })
+                .collect()
+        };
+        self.incomplete = false;
+        let mut want = HashMap::new();
+        for (uid, bits) in selected {
+            match self.paths.pod_cgroup(&uid) {
+                Some(id) => {
+                    want.insert(id, bits);
+                }
+                None => self.incomplete = true,
+            }
+        }
+        for (id, bits) in &want {
+            if self.written.get(id) != Some(bits) {
+                kernel.set_pod_scopes(*id, *bits)?;
+            }
+        }
+        for id in self.written.keys().filter(|id| !want.contains_key(id)) {
+            kernel.set_pod_scopes(*id, 0)?;
+        }
+        self.written = want;
+        Ok(())
+    }
+}
