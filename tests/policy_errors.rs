@@ -293,3 +293,43 @@ fn placeholders_without_values_skip_the_file_and_bad_values_are_refused() {
         String::from_utf8_lossy(&out.stderr).contains("values[1]: `10.0.0.1/16` has host bits set")
     );
 }
+
+const BRAIN: &str = "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {name: r}\nspec:\n";
+
+#[test]
+fn bad_brain_rules() {
+    refused(
+        &format!("{BRAIN}  on: exec\n  actions: [explode]\n"),
+        "spec.actions[0]",
+        "unknown action `explode`",
+    );
+    refused(
+        &format!("{BRAIN}  on: syscall\n  actions: [alert]\n"),
+        "spec.on",
+        "unknown event `syscall`",
+    );
+    refused(&format!("{BRAIN}  on: exec\n  actions: [alert]\n  binary: {{operator: Contains, values: [x]}}\n"), "spec.binary.operator", "unknown operator");
+    refused(
+        &format!(
+            "{BRAIN}  on: policy\n  actions: [quarantine]\n  count: {{atLeast: 3, within: 5d}}\n"
+        ),
+        "spec.count.within",
+        "not a duration",
+    );
+    refused(
+        &format!("{BRAIN}  on: exec\n  actions: [alert]\n  ancestry: {{}}\n"),
+        "spec",
+        "unknown field `ancestry`",
+    );
+    refused(&format!("{BRAIN}  on: exec\n  actions: [alert]\n  policy: {{actions: [KPROBE_ACTION_SIGKILL]}}\n"), "spec.policy", "only with on: policy");
+}
+
+#[test]
+fn namespaced_policy_needs_its_namespace() {
+    refused(
+        &kprobe("    - matchActions: [{action: Post}]\n")
+            .replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced"),
+        "metadata.namespace",
+        "needs the namespace",
+    );
+}
