@@ -3,7 +3,7 @@
 //! holds for this node.
 mod common;
 
-use common::apiserver::{pod, FakeApi};
+use apiserver_double::{pod, FakeApi};
 use common::*;
 use serde_json::json;
 

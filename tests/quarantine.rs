@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::apiserver::{pod, FakeApi};
+use apiserver_double::{pod, FakeApi};
 use common::netns::{Backend, PORT};
 use common::*;
 use serde_json::json;

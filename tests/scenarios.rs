@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::apiserver::{pod, FakeApi};
+use apiserver_double::{pod, FakeApi};
 use common::netns::{Backend, PORT};
 use common::*;
 use serde_json::{json, Value};

@@ -3,7 +3,6 @@
 //! test backends in network namespaces.
 #![allow(dead_code)]
 
-pub mod apiserver;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

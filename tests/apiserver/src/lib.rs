@@ -1,4 +1,5 @@
-//! A fake Kubernetes API server on 127.0.0.1 for the tests: real HTTP/1.1,
+//! A fake Kubernetes API server on 127.0.0.1 for sensor's tests and
+//! benchmarks: real HTTP/1.1,
 //! the parts of the pods API the sensor uses (list, watch with
 //! resourceVersion, get, merge patch, apply patch), and failures on demand.
 use std::collections::{BTreeMap, VecDeque};
