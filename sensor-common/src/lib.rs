@@ -29,7 +29,10 @@ pub const MAX_CGROUP_LEVEL: i32 = 16;
 pub const SLOT_BINARIES: u8 = 0;
 
 /// Pod-scoped policies at most (one bit each in `POD_SCOPES` values).
-pub const MAX_SCOPES: usize = 64;
+pub const MAX_SCOPES: usize = 63;
+/// The `POD_SCOPES` bit every known pod's cgroup carries: records of tasks
+/// in pods wake the reader at once, since the brain acts on them.
+pub const POD_BIT: u64 = 1 << 63;
 
 /// First field of every ring buffer record.
 pub mod kind {
@@ -265,7 +268,7 @@ pub struct Config {
     /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
     pub follow_mask: u64,
     pub n_net_selectors: u32,
-    /// Pod-scoped policies loaded (0: skip the scope lookups).
+    /// Non-zero when `POD_SCOPES` holds anything (else the lookups are skipped).
     pub n_scopes: u32,
     pub net_follow_mask: u64,
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     kind, match_kind, net_kind, sock_op, ConnectEvent, NetFilter, NetValueKey, ProcState,
-    MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN,
+    MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
 };
 
 use crate::maps::{
@@ -161,7 +161,7 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         };
     }
     let e = &ev.event;
-    let urgent = e.hits != 0 || e.quarantined != 0;
+    let urgent = e.hits != 0 || e.quarantined != 0 || ev.scopes & POD_BIT != 0;
     if EVENTS
         .output::<ConnectEvent>(e, wakeup_flags(urgent))
         .is_err()

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX};
+use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{
@@ -52,6 +52,13 @@ fn try_exec() -> Result<(), i32> {
         .and_then(|p| read::<u32>(p, off!(task_tgid)))
         .unwrap_or(0);
 
+    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    let scopes = if cfg.n_scopes != 0 {
+        reflex::task_scopes()
+    } else {
+        0
+    };
+    let v_in_pod = scopes & POD_BIT != 0;
     let data = rec.data.as_mut_ptr();
     let mm = read_ptr(task, off!(task_mm))?;
 
@@ -66,8 +73,7 @@ fn try_exec() -> Result<(), i32> {
                 ev.flags |= exec_flags::PATH_TRUNCATED;
             }
             unsafe { copy_from(data, 0, &pbuf.buf, r.start, plen) };
-            let cfg = CONFIG.get(0).copied().unwrap_or_default();
-            let v = reflex::on_exec(&cfg, tgid, pbuf, r.start);
+            let v = reflex::on_exec(&cfg, tgid, pbuf, r.start, scopes);
             ev.hits = v.hits;
             ev.signal = v.signal;
         }
@@ -126,7 +132,7 @@ fn try_exec() -> Result<(), i32> {
             (&raw const EVENTS).cast_mut().cast(),
             scratch.cast(),
             size as u64,
-            wakeup_flags(ev.hits != 0),
+            wakeup_flags(ev.hits != 0 || v_in_pod),
         )
     };
     if r != 0 {

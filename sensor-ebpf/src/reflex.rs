@@ -258,7 +258,7 @@ extern "C" fn net_binaries(index: u64, _ctx: *mut c_void) -> i64 {
 /// `path.buf[start..]`, updates the process's policy state, and signals the
 /// current task when a matching selector says so.
 #[inline(always)]
-pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Verdict {
+pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize, scopes: u64) -> Verdict {
     let n = cfg.n_selectors as u64;
     if n == 0 && cfg.n_net_selectors == 0 {
         return Verdict { hits: 0, signal: 0 };
@@ -284,7 +284,7 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize) -> Ver
         },
         hooks_done: 0,
         hits: 0,
-        scopes: if cfg.n_scopes != 0 { task_scopes() } else { 0 },
+        scopes,
         signal: 0,
         _pad: 0,
     };

@@ -139,6 +139,7 @@ pub async fn run(
         crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), root.clone());
     if let Some(s) = scopes.as_mut() {
         s.reconcile(&mut kernel)?;
+        kernel.enable_pod_scopes()?;
     }
 
     // Processes older than the daemon: cache entries and kernel policy state.
@@ -242,9 +243,8 @@ pub async fn run(
 fn act(pipeline: &mut Pipeline, antibodies: &mut Antibodies, kernel: &mut Kernel) {
     let decisions = std::mem::take(&mut pipeline.decisions);
     for d in decisions {
-        let time = d.time.clone();
         for e in antibodies.decide(kernel, d) {
-            pipeline.emit(e, time.clone());
+            pipeline.emit(e, now());
         }
         pipeline.exporter.flush();
     }

@@ -137,7 +137,7 @@ impl Pipeline {
 
     /// Shows an event to the brain, and acts on what it says.
     fn think(&mut self, on: On, process: &Process, policy: Option<(&str, &str)>, time: &str) {
-        if self.brain.is_empty() {
+        if !self.brain.wants(on) {
             return;
         }
         let pod = self.enricher.pod_of(process.cgroup_id);
@@ -175,7 +175,7 @@ impl Pipeline {
             }
             return;
         };
-        if !self.brain.is_empty() {
+        if self.brain.wants(On::Connect) {
             let time = self.cache.rfc3339(c.ktime);
             self.think(On::Connect, &process, None, &time);
         }

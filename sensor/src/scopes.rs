@@ -1,6 +1,8 @@
 //! Keeps the kernel's pod scope sets current as pods come and go:
 //! `TracingPolicyNamespaced` and `podSelector` policies act only on the pods
-//! they select, and the kernel knows them by their cgroups.
+//! they select, and the kernel knows them by their cgroups. Every known pod
+//! also carries `POD_BIT`, so that its records wake the reader (and the
+//! brain) at once.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -9,6 +11,7 @@ use crate::enrich::cgroup::CgroupPaths;
 use crate::enrich::pods::PodStore;
 use crate::load::{Kernel, LoadError};
 use crate::policy::Scope;
+use sensor_common::POD_BIT;
 
 pub struct PodScopes {
     scopes: Vec<Scope>,
@@ -22,17 +25,16 @@ pub struct PodScopes {
 }
 
 impl PodScopes {
-    /// `None` without pod-scoped policies or without a pod store.
+    /// `None` without a pod store.
     pub fn new(
         scopes: Vec<Scope>,
         pods: Option<Arc<RwLock<PodStore>>>,
         cgroup_root: PathBuf,
     ) -> Option<Self> {
-        if scopes.is_empty() {
-            return None;
-        }
         let Some(pods) = pods else {
-            tracing::warn!("pod-scoped policies need pod context; without a Kubernetes API they act on no process");
+            if !scopes.is_empty() {
+                tracing::warn!("pod-scoped policies need pod context; without a Kubernetes API they act on no process");
+            }
             return None;
         };
         Some(PodScopes {
@@ -55,14 +57,14 @@ impl PodScopes {
             self.seen_generation = Some(store.generation);
             store
                 .all()
-                .filter_map(|p| {
+                .map(|p| {
                     let bits = self
                         .scopes
                         .iter()
                         .enumerate()
                         .filter(|(_, s)| s.selects(&p.namespace, &p.labels))
-                        .fold(0u64, |b, (i, _)| b | 1 << i);
-                    (bits != 0).then(|| (p.uid.clone(), bits))
+                        .fold(POD_BIT, |b, (i, _)| b | 1 << i);
+                    (p.uid.clone(), bits)
                 })
                 .collect()
         };
@@ -83,6 +85,9 @@ impl PodScopes {
         }
         for id in self.written.keys().filter(|id| !want.contains_key(id)) {
             kernel.set_pod_scopes(*id, 0)?;
+        }
+        if self.written.len() != want.len() {
+            tracing::debug!(pods = want.len(), "pod cgroups known to the kernel");
         }
         self.written = want;
         Ok(())

@@ -4,7 +4,9 @@
 //! - `run`: build everything and run the sensor with the shipped policies
 //! - `test`: lint, build and run every test
 //! - `bench exec|connect`: fork+exec and connect cost with and without the sensor
+//! - `bench quarantine`: time from an offending exec to kernel isolation and label
 mod bench;
+mod bench_quarantine;
 mod ebpf;
 
 use std::path::PathBuf;
@@ -142,9 +144,16 @@ fn main() -> ExitCode {
         Some("build-ebpf") => ebpf::build(),
         Some("run") => sensor_run(),
         Some("test") => test(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("quarantine") => {
+            let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
+            build_sensor().and_then(|s| bench_quarantine::run(&s, n))
+        }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
+        Some("bench-probe") => {
+            bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
+        }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N]");
             return ExitCode::from(2);
         }
     };

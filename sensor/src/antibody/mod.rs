@@ -23,6 +23,10 @@ pub const LABEL: &str = "quarantine";
 /// The annotation that says who decided, when and why.
 pub const ANNOTATION: &str = "sensor.io/quarantine";
 
+/// How long a landed label may take to show in the watch before the pod is
+/// treated as unlabelled.
+const AWAIT_WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A decision to quarantine one pod.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -66,6 +70,9 @@ pub struct Antibodies {
     isolated: HashMap<String, u64>,
     /// Pods decided here whose label has not landed yet.
     pending: HashSet<String>,
+    /// Pods whose label landed but that the watcher has not shown labelled
+    /// yet: still isolated, or the gap would release them for a moment.
+    awaiting_watch: HashMap<String, std::time::Instant>,
     labeler: Option<UnboundedSender<Decision>>,
 }
 
@@ -80,6 +87,7 @@ impl Antibodies {
             pods,
             isolated: HashMap::new(),
             pending: HashSet::new(),
+            awaiting_watch: HashMap::new(),
             labeler,
         }
     }
@@ -126,6 +134,10 @@ impl Antibodies {
         if !o.retrying {
             self.pending.remove(&o.decision.uid);
         }
+        if o.error.is_none() {
+            self.awaiting_watch
+                .insert(o.decision.uid.clone(), std::time::Instant::now());
+        }
         let outcome = match (&o.error, o.retrying) {
             (None, _) => "labelled",
             (Some(_), true) => "retrying",
@@ -166,10 +178,15 @@ impl Antibodies {
                 }
             }
         }
+        // The watcher shows the label (or never will): stop holding on.
+        self.awaiting_watch.retain(|uid, since| {
+            !labelled.iter().any(|(u, _, _)| u == uid) && since.elapsed() < AWAIT_WATCH_FOR
+        });
         let keep: HashSet<&str> = labelled
             .iter()
             .map(|(u, _, _)| u.as_str())
             .chain(self.pending.iter().map(String::as_str))
+            .chain(self.awaiting_watch.keys().map(String::as_str))
             .collect();
         let lift: Vec<(String, u64)> = self
             .isolated

@@ -83,8 +83,9 @@ impl Brain {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+    /// Whether any rule reads events of this kind (the others cost nothing).
+    pub fn wants(&self, on: On) -> bool {
+        self.rules.iter().any(|r| r.on == on)
     }
 
     fn matches(r: &Rule, o: &Observation) -> bool {

@@ -174,3 +174,23 @@ mod tests {
         assert_eq!(p.path(meta.ino()), Some("/"));
     }
 }
+
+#[cfg(test)]
+mod pod_index_tests {
+    use super::*;
+
+    #[test]
+    fn pod_cgroups_are_indexed_by_uid() {
+        let root = std::env::temp_dir().join(format!("sensor-cg-{}", std::process::id()));
+        let uid = "0b5d3b5c-8a4e-4f3a-9d2e-1c2b3a4d5e6f";
+        let pod = root.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        std::fs::create_dir_all(pod.join("cri-containerd-abcdefabcdef0123.scope")).unwrap();
+        let mut p = CgroupPaths::new(root.clone());
+        let want = std::fs::metadata(&pod).unwrap().ino();
+        assert_eq!(p.pod_cgroup(uid), Some(want));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

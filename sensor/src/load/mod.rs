@@ -161,6 +161,15 @@ impl Kernel {
         q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))
     }
 
+    /// Tells the programs that `POD_SCOPES` is in use.
+    pub fn enable_pod_scopes(&mut self) -> Result<(), LoadError> {
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
+        c.n_scopes = c.n_scopes.max(1);
+        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
+    }
+
     /// Sets the pod-scoped policies (bit i = scope i+1) for tasks under
     /// cgroup `id`; 0 removes the entry.
     pub fn set_pod_scopes(&mut self, id: u64, bits: u64) -> Result<(), LoadError> {

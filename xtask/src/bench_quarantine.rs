@@ -1,0 +1,263 @@
+//! `cargo xtask bench quarantine`: how fast an antibody acts. For each of N
+//! pods (cgroups named as kubelet names them, known to a fake API server on
+//! loopback), an offending exec (`curl -d`, which the shipped exfiltration
+//! rule quarantines) is timed to (a) the kernel denying the pod's next
+//! connect, seen by a prober in the pod that connects in a loop, and (b) the
+//! label stored on the API server.
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use apiserver_double::{pod, FakeApi};
+
+use crate::root;
+
+const RULE: &str = "apiVersion: sensor.io/v1alpha1
+kind: BrainRule
+metadata: {name: bench-exfiltration}
+spec:
+  on: exec
+  binary: {operator: Postfix, values: [/curl]}
+  arguments: {anyOf: [\"-d\"]}
+  actions: [quarantine]
+";
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock and a timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `xtask bench-probe PORT`, run inside a pod: connects (UDP, so that no
+/// TIME_WAIT piles up) until a connect is refused with EPERM (the
+/// quarantine), then prints when that happened.
+pub fn probe(port: &str) -> Result<()> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut told = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        match s.connect(&addr) {
+            Ok(_) if !told => {
+                println!("ready");
+                told = true;
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                println!("{}", mono_ns());
+                return Ok(());
+            }
+            Err(e) => bail!("probe connect: {e}"),
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    bail!("never denied")
+}
+
+struct Pod {
+    name: String,
+    dirs: Vec<PathBuf>,
+    procs: std::ffi::CString,
+}
+
+impl Pod {
+    fn command(&self, program: &str) -> Command {
+        let procs = self.procs.clone();
+        let mut c = Command::new(program);
+        // SAFETY: only open, write and close between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn make_pod(api: &FakeApi, node: &str, i: usize) -> Result<Pod> {
+    let pid = std::process::id();
+    let uid = format!("{pid:08x}-0000-4000-9000-{i:012x}");
+    let cid = format!("{pid:016x}{i:016x}{:032x}", 0xbe7c4);
+    let name = format!("bench-{i}");
+    api.add_pod(pod(
+        "bench",
+        &name,
+        &uid,
+        node,
+        &cid,
+        serde_json::json!({"app": "bench"}),
+    ));
+    let rel = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    );
+    let mut path = PathBuf::from("/sys/fs/cgroup/unified");
+    let mut dirs = Vec::new();
+    for part in rel.split('/') {
+        path.push(part);
+        match std::fs::create_dir(&path) {
+            Ok(()) => dirs.push(path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => bail!("cgroup {}: {e}", path.display()),
+        }
+    }
+    let procs = std::ffi::CString::new(
+        path.join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )?;
+    Ok(Pod { name, dirs, procs })
+}
+
+/// The kernel time (CLOCK_MONOTONIC ns) of the offending exec in pod `name`:
+/// the `start_ktime` inside its exec_id.
+fn exec_ktime(events: &Path, name: &str) -> Option<u64> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(events).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let p = &v["process_exec"]["process"];
+        if p["pod"]["name"] != name || !p["binary"].as_str()?.ends_with("/curl") {
+            return None;
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(p["exec_id"].as_str()?)
+            .ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        raw.rsplit(':').nth(1)?.parse().ok()
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
+    let api = FakeApi::start();
+    let node = format!("bench-node-{}", std::process::id());
+    let dir = root().join("target/bench-quarantine");
+    std::fs::create_dir_all(&dir)?;
+    let rule = dir.join("rule.yaml");
+    std::fs::write(&rule, RULE)?;
+    let kubeconfig = api.kubeconfig(&dir);
+    let pods: Vec<Pod> = (0..decisions)
+        .map(|i| make_pod(&api, &node, i))
+        .collect::<Result<_>>()?;
+
+    let port = "9999".to_string();
+
+    let _ = std::fs::remove_dir_all(dir.join("state"));
+    let events = dir.join("events.json");
+    let _ = std::fs::remove_file(&events);
+    let mut daemon = Command::new(sensor)
+        .args(["run", "--output", "none", "--policy"])
+        .arg(&rule)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--node-name", &node, "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--export-file")
+        .arg(dir.join("events.json"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = daemon.stderr.take().context("stderr")?;
+    let mut log = BufReader::new(err).lines();
+    loop {
+        let line = log.next().context("sensor exited before ready")??;
+        if line.contains("sensor ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in log {});
+
+    let me = std::env::current_exe()?;
+    let (mut kernel, mut label) = (Vec::new(), Vec::new());
+    for p in &pods {
+        let mut prober = p
+            .command(me.to_str().context("exe path")?)
+            .args(["bench-probe", &port])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = BufReader::new(prober.stdout.take().context("prober stdout")?).lines();
+        if out.next().transpose()?.as_deref() != Some("ready") {
+            bail!("prober in {} did not connect", p.name);
+        }
+        let mut curl = p
+            .command("/usr/bin/curl")
+            .args(["-s", "-o", "/dev/null", "-d", "x", "http://127.0.0.1:9/"])
+            .spawn()?;
+        let denied: u64 = out
+            .next()
+            .context("prober ended")??
+            .trim()
+            .parse()
+            .context("prober output")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let labelled_at = loop {
+            let labelled = api
+                .pod("bench", &p.name)
+                .is_some_and(|v| v["metadata"]["labels"]["quarantine"] == "true");
+            if labelled {
+                break mono_ns();
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no label within 10 s", p.name);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let t0 = loop {
+            if let Some(t) = exec_ktime(&events, &p.name) {
+                break t;
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no exec event", p.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        kernel.push(denied.saturating_sub(t0) as f64 / 1e6);
+        label.push(labelled_at.saturating_sub(t0) as f64 / 1e6);
+        let _ = curl.wait();
+        let _ = prober.wait();
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait()?;
+    drop(pods);
+    kernel.sort_by(f64::total_cmp);
+    label.sort_by(f64::total_cmp);
+    println!(
+        "bench quarantine: {decisions} decisions: (a) kernel denies the next connect p50 {:.2} ms, p99 {:.2} ms; (b) label stored p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&kernel, 0.5),
+        percentile(&kernel, 0.99),
+        percentile(&label, 0.5),
+        percentile(&label, 0.99)
+    );
+    Ok(())
+}
