@@ -201,14 +201,12 @@ fn baseline_exfiltration_reflex_and_evasion() {
     let tools = TempDir::new();
     let sleep = tools.path().join("sleep");
     std::fs::copy("/usr/bin/curl", &sleep).unwrap();
-    assert_eq!(
-        evader.sh(&format!(
-            "{} -s -o /dev/null {url}; exit $?",
-            sleep.display()
-        )),
-        Some(0),
-        "the reflex missed it"
-    );
+    // The quarantine may cut the request off mid-way: curl then times out.
+    let code = evader.sh(&format!(
+        "{} -s -o /dev/null --max-time 3 {url}; exit $?",
+        sleep.display()
+    ));
+    assert_ne!(code, Some(137), "the name-based reflex missed it");
     daemon.wait_for("evasion alert", |e| {
         e["sensor_alert"]["rule"] == "evasion-renamed-binary"
             && e["sensor_alert"]["process"]["pod"]["name"] == "frontend-evader"

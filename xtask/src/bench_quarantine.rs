@@ -196,13 +196,33 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
         }
     }
     std::thread::spawn(move || for _ in log {});
+    let result = measure(&api, &pods, &port, &events);
+    // SAFETY: signalling our own child, on success and on failure alike.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait()?;
+    drop(pods);
+    let (mut kernel, mut label) = result?;
+    kernel.sort_by(f64::total_cmp);
+    label.sort_by(f64::total_cmp);
+    println!(
+        "bench quarantine: {decisions} decisions: (a) kernel denies the next connect p50 {:.2} ms, p99 {:.2} ms; (b) label stored p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&kernel, 0.5),
+        percentile(&kernel, 0.99),
+        percentile(&label, 0.5),
+        percentile(&label, 0.99)
+    );
+    Ok(())
+}
 
+/// One decision per pod: milliseconds from each offending exec to the
+/// denied connect and to the stored label.
+fn measure(api: &FakeApi, pods: &[Pod], port: &str, events: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
     let me = std::env::current_exe()?;
     let (mut kernel, mut label) = (Vec::new(), Vec::new());
-    for p in &pods {
+    for p in pods {
         let mut prober = p
             .command(me.to_str().context("exe path")?)
-            .args(["bench-probe", &port])
+            .args(["bench-probe", port])
             .stdout(Stdio::piped())
             .spawn()?;
         let mut out = BufReader::new(prober.stdout.take().context("prober stdout")?).lines();
@@ -233,7 +253,7 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
             std::thread::sleep(Duration::from_micros(100));
         };
         let t0 = loop {
-            if let Some(t) = exec_ktime(&events, &p.name) {
+            if let Some(t) = exec_ktime(events, &p.name) {
                 break t;
             }
             if Instant::now() > deadline {
@@ -246,18 +266,5 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
         let _ = curl.wait();
         let _ = prober.wait();
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    daemon.wait()?;
-    drop(pods);
-    kernel.sort_by(f64::total_cmp);
-    label.sort_by(f64::total_cmp);
-    println!(
-        "bench quarantine: {decisions} decisions: (a) kernel denies the next connect p50 {:.2} ms, p99 {:.2} ms; (b) label stored p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&kernel, 0.5),
-        percentile(&kernel, 0.99),
-        percentile(&label, 0.5),
-        percentile(&label, 0.99)
-    );
-    Ok(())
+    Ok((kernel, label))
 }
