@@ -271,6 +271,9 @@ pub struct Config {
     /// Non-zero when `POD_SCOPES` holds anything (else the lookups are skipped).
     pub n_scopes: u32,
     pub net_follow_mask: u64,
+    /// Non-zero when `QUARANTINE` holds anything (else the lookups are skipped).
+    pub quarantine_active: u32,
+    pub _pad3: u32,
 }
 
 /// Offsets (bytes) of kernel struct fields, read from BTF by the loader and set

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sensor_common::MAX_CGROUP_LEVEL;
 
-use crate::maps::{QUARANTINE, QUARANTINE_DROPS};
+use crate::maps::{CONFIG, QUARANTINE, QUARANTINE_DROPS};
 
 /// Whether cgroup `id` is quarantined.
 #[inline(always)]
@@ -19,9 +19,19 @@ fn quarantined(id: u64) -> bool {
     id != 0 && unsafe { QUARANTINE.get(&id) }.is_some()
 }
 
+/// Whether any cgroup is quarantined: one array lookup, so that the
+/// per-packet and per-connect walks cost nothing while none is.
+#[inline(always)]
+fn active() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.quarantine_active != 0)
+}
+
 /// Whether the current task is under a quarantined cgroup.
 #[inline(always)]
 pub fn current_quarantined() -> bool {
+    if !active() {
+        return false;
+    }
     for level in 0..MAX_CGROUP_LEVEL {
         // SAFETY: helper without pointer arguments.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
@@ -36,6 +46,9 @@ pub fn current_quarantined() -> bool {
 }
 
 fn skb_quarantined(ctx: &SkBuffContext) -> bool {
+    if !active() {
+        return false;
+    }
     for level in 0..MAX_CGROUP_LEVEL {
         // SAFETY: the skb of this program's context.
         let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb.cast(), level) };
@@ -51,7 +64,6 @@ fn skb_quarantined(ctx: &SkBuffContext) -> bool {
 
 /// 1 passes the packet, 0 drops it.
 fn filter(ctx: &SkBuffContext, direction: u32) -> i32 {
-    // An empty map costs one lookup; skip the walk then.
     if !skb_quarantined(ctx) {
         return 1;
     }

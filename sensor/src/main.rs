@@ -256,15 +256,9 @@ fn run(args: RunArgs) -> ExitCode {
         kubeconfig: args.kubeconfig,
         state_dir: args.state_dir,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(daemon::run(opts, compiled, rules)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -340,20 +334,25 @@ fn compact(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// The single-threaded runtime the daemon and the API commands run on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn quarantine(arg: &PodArg, apply: bool) -> ExitCode {
     let Some((ns, name)) = arg.pod.split_once('/') else {
         eprintln!("error: {}: give the pod as NAMESPACE/NAME", arg.pod);
         return ExitCode::from(2);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         let client = enrich::kube::client(arg.kubeconfig.as_deref())

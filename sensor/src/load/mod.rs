@@ -158,7 +158,17 @@ impl Kernel {
     pub fn quarantine(&mut self, id: u64) -> Result<(), LoadError> {
         let mut q: HashMap<_, u64, u8> =
             HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
-        q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))
+        q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))?;
+        self.set_quarantine_active(true)
+    }
+
+    /// Turns the programs' quarantine lookups on or off.
+    fn set_quarantine_active(&mut self, on: bool) -> Result<(), LoadError> {
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
+        c.quarantine_active = on as u32;
+        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
     }
 
     /// Tells the programs that `POD_SCOPES` is in use.
@@ -189,9 +199,14 @@ impl Kernel {
         let mut q: HashMap<_, u64, u8> =
             HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
         match q.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("QUARANTINE")(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("QUARANTINE")(e)),
         }
+        let empty = q.keys().next().is_none();
+        if empty {
+            self.set_quarantine_active(false)?;
+        }
+        Ok(())
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
