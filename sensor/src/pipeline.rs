@@ -228,6 +228,10 @@ impl Pipeline {
         };
         let sig = x.exit_code & 0x7f;
         let time = self.cache.rfc3339(x.ktime);
+        if sig != 0 {
+            let name = signal_name(sig);
+            self.think(On::Exit, &process, Some((&name, "")), &time);
+        }
         let ev = ProcessExit {
             process: Arc::unwrap_or_clone(process),
             parent: parent.as_deref().cloned(),

@@ -43,7 +43,8 @@ pub struct Observation<'a> {
     pub pod: Option<&'a Pod>,
     /// The process's ancestors, parent first.
     pub ancestors: &'a [Process],
-    /// For `on: policy`: the action string and the policy name.
+    /// For `on: policy`: the action string and the policy name; for
+    /// `on: exit`: the signal name and "".
     pub policy: Option<(&'a str, &'a str)>,
 }
 
@@ -120,6 +121,14 @@ impl Brain {
         {
             return false;
         }
+        if o.on == On::Exit {
+            let Some((signal, _)) = o.policy else {
+                return false;
+            };
+            if !r.signals.is_empty() && !r.signals.iter().any(|s| s == signal) {
+                return false;
+            }
+        }
         if o.on == On::Policy {
             let Some((action, name)) = o.policy else {
                 return false;
@@ -194,6 +203,52 @@ impl Brain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rule(yaml: &str) -> Rule {
+        rule::parse(serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn exit_by_signal_in_a_pod_counts_per_pod() {
+        let mut brain = Brain::new(vec![rule(
+            "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {name: crashes}\nspec:\n  on: exit\n  signals: [SIGSEGV]\n  count: {atLeast: 2, within: 60s}\n  actions: [alert, quarantine]\n",
+        )]);
+        let p = Process {
+            binary: "/app".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        };
+        let pod = Pod {
+            namespace: "ns".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            ..Default::default()
+        };
+        let obs = |signal: &'static str, pod: Option<&'static Pod>| Observation {
+            on: On::Exit,
+            process: Box::leak(Box::new(p.clone())),
+            pod,
+            ancestors: &[],
+            policy: Some((signal, "")),
+        };
+        let pod: &'static Pod = Box::leak(Box::new(pod));
+        assert!(
+            brain.observe(&obs("SIGSEGV", Some(pod)), "t").is_empty(),
+            "one is not enough"
+        );
+        assert!(
+            brain.observe(&obs("SIGTERM", Some(pod)), "t").is_empty(),
+            "another signal"
+        );
+        assert!(
+            brain.observe(&obs("SIGSEGV", None), "t").is_empty(),
+            "not in a pod"
+        );
+        let v = brain.observe(&obs("SIGSEGV", Some(pod)), "t");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].decision.as_ref().unwrap().name, "web");
+        assert!(matches!(v[0].alert, Some(Event::SensorAlert(_))));
+    }
 
     #[test]
     fn arguments_split_back() {

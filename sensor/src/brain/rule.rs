@@ -41,6 +41,9 @@ pub struct RawSpec {
     pub ancestors: Option<RawAncestors>,
     pub pod: Option<RawPod>,
     pub policy: Option<RawPolicyHit>,
+    /// With `on: exit`: the terminating signals (`SIGKILL`, ...); any when empty.
+    #[serde(default)]
+    pub signals: Vec<String>,
     pub count: Option<RawCount>,
     pub actions: Vec<String>,
 }
@@ -108,6 +111,8 @@ pub enum On {
     Connect,
     /// A reflex policy hit (process_kprobe / process_lsm / process_tracepoint).
     Policy,
+    /// A process ended by a signal.
+    Exit,
 }
 
 /// Argument patterns: `*` at either end is a wildcard (`--data*`).
@@ -160,6 +165,8 @@ pub struct Rule {
     pub labels: std::collections::BTreeMap<String, String>,
     pub policy_actions: Vec<String>,
     pub policy_names: Vec<String>,
+    /// With `on: exit`: the signals that count (empty: any signal).
+    pub signals: Vec<String>,
     /// (at least N, within T) per pod.
     pub count: Option<(usize, Duration)>,
     pub alert: bool,
@@ -254,13 +261,28 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         "exec" => On::Exec,
         "connect" => On::Connect,
         "policy" => On::Policy,
+        "exit" => On::Exit,
         o => {
             return Err((
                 "spec.on".into(),
-                format!("unknown event `{o}`; expected exec, connect or policy"),
+                format!("unknown event `{o}`; expected exec, connect, policy or exit"),
             ))
         }
     };
+    if !s.signals.is_empty() && on != On::Exit {
+        return Err(("spec.signals".into(), "only with on: exit".into()));
+    }
+    if let Some((i, bad)) = s
+        .signals
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.starts_with("SIG") || v.len() < 5)
+    {
+        return Err((
+            format!("spec.signals[{i}]"),
+            format!("`{bad}` is not a signal name (SIGKILL, SIGSEGV, ...)"),
+        ));
+    }
     if s.policy.is_some() && on != On::Policy {
         return Err(("spec.policy".into(), "only with on: policy".into()));
     }
@@ -332,6 +354,7 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         labels,
         policy_actions,
         policy_names,
+        signals: s.signals,
         count,
         alert,
         quarantine,
