@@ -9,18 +9,12 @@ use common::netns::{Backend, PORT};
 use common::*;
 
 fn tcp_policy(name: &str, selector: &str) -> String {
-    format!(
-        "apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  kprobes:
-  - call: tcp_connect
-    syscall: false
-    args: [{{index: 0, type: sock}}]
-    selectors:
-{selector}"
+    kprobe_policy(
+        "TracingPolicy",
+        &format!("{{name: {name}}}"),
+        "tcp_connect",
+        "sock",
+        selector,
     )
 }
 

@@ -178,20 +178,30 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
     let dir = TempDir::new();
     let echo = resolved("/bin/echo");
     let printf = resolved("/usr/bin/printf");
-    let namespaced = policy_file(
-        &dir,
-        "ns.yaml",
-        &format!(
-            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicyNamespaced\nmetadata: {{name: no-echo, namespace: shop}}\nspec:\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: Equal, values: [\"{echo}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
-        ),
+    let kill = |bin: &str| {
+        format!("    - matchArgs: [{{index: 0, operator: Equal, values: [\"{bin}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n")
+    };
+    let namespaced = kprobe_policy(
+        "TracingPolicyNamespaced",
+        "{name: no-echo, namespace: shop}",
+        "security_bprm_check",
+        "linux_binprm",
+        &kill(&echo),
     );
-    let selected = policy_file(
-        &dir,
-        "sel.yaml",
-        &format!(
-            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: no-printf-in-db}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: Equal, values: [\"{printf}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
-        ),
+    let namespaced = policy_file(&dir, "ns.yaml", &namespaced);
+    // podSelector goes into spec, before kprobes.
+    let selected = kprobe_policy(
+        "TracingPolicy",
+        "{name: no-printf-in-db}",
+        "security_bprm_check",
+        "linux_binprm",
+        &kill(&printf),
+    )
+    .replace(
+        "spec:\n",
+        "spec:\n  podSelector: {matchLabels: {app: db}}\n",
     );
+    let selected = policy_file(&dir, "sel.yaml", &selected);
     let kubeconfig = api.kubeconfig(dir.path());
     let _daemon = Daemon::start(&[
         "--kubeconfig",

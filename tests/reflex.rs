@@ -61,21 +61,14 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     assert_eq!(kills, 1, "only the curl in scope hit the policy");
 }
 
-/// A kprobe policy on `security_bprm_check` with one selector (YAML lines
-/// indented for the selector list).
+/// A kprobe policy on `security_bprm_check` with one selector.
 fn bprm_policy(name: &str, selector: &str) -> String {
-    format!(
-        "apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  kprobes:
-  - call: security_bprm_check
-    syscall: false
-    args: [{{index: 0, type: linux_binprm}}]
-    selectors:
-{selector}"
+    kprobe_policy(
+        "TracingPolicy",
+        &format!("{{name: {name}}}"),
+        "security_bprm_check",
+        "linux_binprm",
+        selector,
     )
 }
 

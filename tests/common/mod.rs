@@ -309,6 +309,15 @@ pub fn policy_file(dir: &TempDir, name: &str, yaml: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// A `TracingPolicy` (or another `kind`) with one kprobe on `call` whose
+/// argument 0 has type `arg`, and the given selector list (YAML lines
+/// indented for it).
+pub fn kprobe_policy(kind: &str, metadata: &str, call: &str, arg: &str, selectors: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata: {metadata}\nspec:\n  kprobes:\n  - call: {call}\n    syscall: false\n    args: [{{index: 0, type: {arg}}}]\n    selectors:\n{selectors}"
+    )
+}
+
 /// The repository's `policies/` directory.
 pub fn shipped(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
