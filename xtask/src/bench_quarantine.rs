@@ -200,7 +200,8 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     // SAFETY: signalling our own child, on success and on failure alike.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     daemon.wait()?;
-    drop(pods);
+    // The first pod created the shared parent cgroups: remove it last.
+    pods.into_iter().rev().for_each(drop);
     let (mut kernel, mut label) = result?;
     kernel.sort_by(f64::total_cmp);
     label.sort_by(f64::total_cmp);
