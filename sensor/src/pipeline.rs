@@ -141,6 +141,9 @@ impl Pipeline {
             return;
         }
         let pod = self.enricher.pod_of(process.cgroup_id);
+        if pod.is_none() && self.brain.pods_only(on) {
+            return;
+        }
         let mut ancestors = Vec::new();
         let mut p = self.cache.parent_of(process);
         while let Some(a) = p {

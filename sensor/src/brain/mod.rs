@@ -89,6 +89,12 @@ impl Brain {
         self.rules.iter().any(|r| r.on == on)
     }
 
+    /// Whether every rule for this kind needs a pod: then events outside
+    /// pods (most of a node's) are dropped before the ancestry is built.
+    pub fn pods_only(&self, on: On) -> bool {
+        self.rules.iter().filter(|r| r.on == on).all(|r| r.in_pod)
+    }
+
     fn matches(r: &Rule, o: &Observation) -> bool {
         if r.on != o.on || (r.in_pod && o.pod.is_none()) || !proc_matches(&r.process, o.process) {
             return false;
