@@ -43,12 +43,7 @@ fn events_of_a_pod_carry_its_pod_and_container() {
     let kubeconfig = api.kubeconfig(dir.path());
     let cg = TestCgroup::kubelet(&uid, &cid);
     let other = TestCgroup::kubelet(&other_uid, &other_cid);
-    let daemon = Daemon::start(&[
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        &node,
-    ]);
+    let daemon = Daemon::with_api(&kubeconfig, &node, &[]);
 
     assert!(cg
         .command("/bin/echo")
@@ -116,12 +111,7 @@ fn an_event_before_its_pod_is_known_waits_for_it() {
     let kubeconfig = api.kubeconfig(dir.path());
     let (uid, cid) = pod_ids();
     let cg = TestCgroup::kubelet(&uid, &cid);
-    let daemon = Daemon::start(&[
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        &node,
-    ]);
+    let daemon = Daemon::with_api(&kubeconfig, &node, &[]);
     assert!(cg
         .command("/bin/echo")
         .arg("early")
@@ -203,16 +193,11 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
     );
     let selected = policy_file(&dir, "sel.yaml", &selected);
     let kubeconfig = api.kubeconfig(dir.path());
-    let _daemon = Daemon::start(&[
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
+    let _daemon = Daemon::with_api(
+        &kubeconfig,
         &node,
-        "--policy",
-        &namespaced,
-        "--policy",
-        &selected,
-    ]);
+        &["--policy", &namespaced, "--policy", &selected],
+    );
     let run = |cg: &TestCgroup, bin: &str| {
         cg.command(bin)
             .arg("x")

@@ -77,14 +77,11 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     let kubeconfig = api.kubeconfig(dir.path());
     let kc = kubeconfig.to_str().unwrap();
     let state = dir.path().join("state");
-    let daemon = Daemon::start(&[
-        "--kubeconfig",
-        kc,
-        "--node-name",
+    let daemon = Daemon::with_api(
+        &kubeconfig,
         &node,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+        &["--state-dir", state.to_str().unwrap()],
+    );
     assert_eq!(
         curl(&frontend, &backend.url()),
         Some(0),

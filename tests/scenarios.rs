@@ -51,30 +51,17 @@ impl Cluster {
 
     /// The daemon with the shipped policies, reflexes scoped to `pods`.
     fn daemon(&self, pods: &[&TestPod], state: &str) -> Daemon {
-        let kubeconfig = self
-            .api
-            .kubeconfig(self.dir.path())
-            .to_string_lossy()
-            .into_owned();
+        let kubeconfig = self.api.kubeconfig(self.dir.path());
         let policies = shipped("");
         let scopes: Vec<String> = pods
             .iter()
             .map(|p| p.cg.0.parent().unwrap().to_string_lossy().into_owned())
             .collect();
-        let mut args = vec![
-            "--policy-dir",
-            &policies,
-            "--kubeconfig",
-            &kubeconfig,
-            "--node-name",
-            &self.node,
-            "--state-dir",
-            state,
-        ];
+        let mut args = vec!["--policy-dir", &policies, "--state-dir", state];
         for s in &scopes {
             args.extend(["--enforce-cgroup", s.as_str()]);
         }
-        Daemon::start(&args)
+        Daemon::with_api(&kubeconfig, &self.node, &args)
     }
 
     fn state(&self) -> String {

@@ -228,6 +228,14 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon against a fake API server as node `node`, plus `args`.
+    pub fn with_api(kubeconfig: &Path, node: &str, args: &[&str]) -> Daemon {
+        let kc = kubeconfig.to_str().expect("utf-8 path");
+        let mut all = vec!["--kubeconfig", kc, "--node-name", node];
+        all.extend_from_slice(args);
+        Daemon::start(&all)
+    }
+
     /// Every event exported so far.
     pub fn events(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.events)
