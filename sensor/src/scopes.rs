@@ -4,10 +4,9 @@
 //! also carries `POD_BIT`, so that its records wake the reader (and the
 //! brain) at once.
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::enrich::cgroup::CgroupPaths;
+use crate::enrich::cgroup::SharedPaths;
 use crate::enrich::pods::PodStore;
 use crate::load::{Kernel, LoadError};
 use crate::policy::Scope;
@@ -16,7 +15,7 @@ use sensor_common::POD_BIT;
 pub struct PodScopes {
     scopes: Vec<Scope>,
     pods: Arc<RwLock<PodStore>>,
-    paths: CgroupPaths,
+    paths: SharedPaths,
     /// Pod cgroup id → scope bits written to the kernel.
     written: HashMap<u64, u64>,
     seen_generation: Option<u64>,
@@ -29,7 +28,7 @@ impl PodScopes {
     pub fn new(
         scopes: Vec<Scope>,
         pods: Option<Arc<RwLock<PodStore>>>,
-        cgroup_root: PathBuf,
+        paths: SharedPaths,
     ) -> Option<Self> {
         let Some(pods) = pods else {
             if !scopes.is_empty() {
@@ -40,7 +39,7 @@ impl PodScopes {
         Some(PodScopes {
             scopes,
             pods,
-            paths: CgroupPaths::new(cgroup_root),
+            paths,
             written: HashMap::new(),
             seen_generation: None,
             incomplete: false,
@@ -71,7 +70,7 @@ impl PodScopes {
         self.incomplete = false;
         let mut want = HashMap::new();
         for (uid, bits) in selected {
-            match self.paths.pod_cgroup(&uid) {
+            match self.paths.borrow_mut().pod_cgroup(&uid) {
                 Some(id) => {
                     want.insert(id, bits);
                 }

@@ -7,13 +7,12 @@
 pub mod label;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::enrich::cgroup::CgroupPaths;
+use crate::enrich::cgroup::SharedPaths;
 use crate::enrich::pods::PodStore;
 use crate::export::event::{Event, QuarantineEvent};
 use crate::load::Kernel;
@@ -64,7 +63,7 @@ pub struct LabelOutcome {
 }
 
 pub struct Antibodies {
-    paths: CgroupPaths,
+    paths: SharedPaths,
     pods: Option<Arc<RwLock<PodStore>>>,
     /// Pod uid → the cgroup id isolated in the kernel.
     isolated: HashMap<String, u64>,
@@ -78,12 +77,12 @@ pub struct Antibodies {
 
 impl Antibodies {
     pub fn new(
-        cgroup_root: PathBuf,
+        paths: SharedPaths,
         pods: Option<Arc<RwLock<PodStore>>>,
         labeler: Option<UnboundedSender<Decision>>,
     ) -> Self {
         Antibodies {
-            paths: CgroupPaths::new(cgroup_root),
+            paths,
             pods,
             isolated: HashMap::new(),
             pending: HashSet::new(),
@@ -98,6 +97,7 @@ impl Antibodies {
         }
         let id = self
             .paths
+            .borrow_mut()
             .pod_cgroup(uid)
             .ok_or_else(|| format!("no cgroup for pod {uid} on this node"))?;
         kernel.quarantine(id).map_err(|e| e.to_string())?;

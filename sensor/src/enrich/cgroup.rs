@@ -54,11 +54,17 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
     })
 }
 
-/// Cgroup id → path, from walks of the cgroup v2 tree. Cgroup ids only grow,
-/// so a miss on an id above the largest one seen means a new cgroup and
-/// rescans; a miss below it is a cgroup already gone.
+/// Cgroup id → path. A cgroup id is also a file handle on the cgroup v2
+/// mount, so one id resolves with `open_by_handle_at` and a readlink, without
+/// walking the tree: the first event of a new container must not wait for a
+/// walk of every cgroup on the node. Where handles are refused (no
+/// CAP_DAC_READ_SEARCH), walks do: cgroup ids only grow, so a miss on an id
+/// above the largest one seen means a new cgroup and rescans; a miss below it
+/// is a cgroup already gone.
 pub struct CgroupPaths {
     root: PathBuf,
+    /// The mount, for `open_by_handle_at`; `None` once handles failed.
+    mount: Option<std::fs::File>,
     paths: HashMap<u64, String>,
     /// Pod uid → the pod's own cgroup.
     pods: HashMap<String, u64>,
@@ -66,25 +72,115 @@ pub struct CgroupPaths {
     scanned: Option<Instant>,
 }
 
+/// One index for the stages that ask (pod context, pod scopes, antibodies),
+/// all on the daemon's thread: a pod met in one is known to the others.
+pub type SharedPaths = std::rc::Rc<std::cell::RefCell<CgroupPaths>>;
+
 const RESCAN_EVERY: Duration = Duration::from_millis(200);
 const MAX_DEPTH: usize = 10;
+/// The kernfs file handle type: the handle is the 64-bit cgroup id.
+const FILEID_KERNFS: i32 = 0xfe;
+/// Paths kept at most; past this the index starts again.
+const MAX_PATHS: usize = 100_000;
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: u64,
+}
 
 impl CgroupPaths {
+    /// Walks the tree once, so that the cgroups present at start cost
+    /// nothing later.
     pub fn new(root: PathBuf) -> Self {
-        CgroupPaths {
+        let mount = std::fs::File::open(&root).ok();
+        let mut p = CgroupPaths {
             root,
+            mount,
             paths: HashMap::new(),
             pods: HashMap::new(),
             max_id: 0,
             scanned: None,
-        }
+        };
+        p.rescan();
+        p
+    }
+
+    pub fn shared(root: PathBuf) -> SharedPaths {
+        std::rc::Rc::new(std::cell::RefCell::new(Self::new(root)))
     }
 
     pub fn path(&mut self, id: u64) -> Option<&str> {
+        if !self.paths.contains_key(&id) {
+            match self.by_handle(id) {
+                Some(Ok(Some(path))) => self.insert(id, path),
+                Some(Ok(None)) => return None,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "cgroup ids do not open as file handles; walking the cgroup tree instead");
+                    self.mount = None;
+                }
+                None => {}
+            }
+        }
         if !self.paths.contains_key(&id) && (id > self.max_id || self.scanned.is_none()) {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
+    }
+
+    /// The path of cgroup `id` from its file handle: `None` when handles are
+    /// not available, `Ok(None)` when the cgroup is gone.
+    fn by_handle(&self, id: u64) -> Option<std::io::Result<Option<String>>> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mount = self.mount.as_ref()?;
+        let mut h = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id,
+        };
+        // SAFETY: a file handle header followed by its 8 bytes, as the
+        // kernel reads it; the returned fd is owned below.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&raw mut h).cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Some(match e.raw_os_error() {
+                Some(libc::ESTALE | libc::ENOENT) => Ok(None),
+                _ => Err(e),
+            });
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let full = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Some(full.map(|full| {
+            full.strip_prefix(&self.root)
+                .ok()
+                .map(|rel| format!("/{}", rel.display()))
+        }))
+    }
+
+    /// Remembers a path, and the pod cgroup above it when it is a container's.
+    fn insert(&mut self, id: u64, path: String) {
+        if self.paths.len() >= MAX_PATHS {
+            self.paths.clear();
+        }
+        if let Some(c) = parse(&path) {
+            if !self.pods.contains_key(&c.pod_uid) {
+                let pod_dir = Path::new(&path).parent().unwrap_or(Path::new("/"));
+                let full = self.root.join(pod_dir.strip_prefix("/").unwrap_or(pod_dir));
+                if let Ok(meta) = std::fs::metadata(full) {
+                    self.pods.insert(c.pod_uid, meta.ino());
+                }
+            }
+        }
+        self.max_id = self.max_id.max(id);
+        self.paths.insert(id, path);
     }
 
     /// The cgroup id of pod `uid`'s own cgroup (the parent of its containers').
@@ -192,5 +288,52 @@ mod pod_index_tests {
         let want = std::fs::metadata(&pod).unwrap().ino();
         assert_eq!(p.pod_cgroup(uid), Some(want));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    /// A container cgroup made after the first walk resolves by its handle
+    /// alone, and tells where its pod's cgroup is.
+    #[test]
+    fn new_cgroups_resolve_without_a_walk() {
+        let Some(root) = crate::daemon::cgroup2_root() else {
+            eprintln!("SKIP: no cgroup v2 mount");
+            return;
+        };
+        let uid = format!("{:08x}-1111-4222-8333-444455556666", std::process::id());
+        let pod = root.join(format!(
+            "kubepods-handle-test-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        let container = pod.join("cri-containerd-0123456789abcdef.scope");
+        let mut paths = CgroupPaths::new(root.clone());
+        if let Err(e) = std::fs::create_dir_all(&container) {
+            eprintln!("SKIP: cannot make a cgroup under {} ({e})", root.display());
+            return;
+        }
+        let id = std::fs::metadata(&container).map(|m| m.ino());
+        let walked = paths.scanned;
+        let got = id
+            .as_ref()
+            .ok()
+            .and_then(|id| paths.path(*id))
+            .map(String::from);
+        let pod_id = paths.pod_cgroup(&uid);
+        let want_pod = std::fs::metadata(&pod).map(|m| m.ino()).ok();
+        let _ = std::fs::remove_dir(&container);
+        let _ = std::fs::remove_dir(&pod);
+        assert!(paths.mount.is_some(), "handles refused");
+        assert_eq!(
+            got.as_deref(),
+            Some(&*format!(
+                "/kubepods-handle-test-pod{}.slice/cri-containerd-0123456789abcdef.scope",
+                uid.replace('-', "_")
+            ))
+        );
+        assert_eq!(pod_id, want_pod);
+        assert_eq!(paths.scanned, walked, "resolved by walking the tree");
     }
 }

@@ -9,12 +9,11 @@ pub mod kube;
 pub mod pods;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::export::event::{Envelope, Pod, Process};
-use cgroup::{CgroupPaths, ContainerRef};
+use cgroup::{ContainerRef, SharedPaths};
 use pods::PodStore;
 
 /// How long an event waits for its pod before it goes out without it.
@@ -30,7 +29,7 @@ enum Lookup {
 }
 
 pub struct Enricher {
-    paths: CgroupPaths,
+    paths: SharedPaths,
     refs: HashMap<u64, Option<ContainerRef>>,
     /// `None` when running without Kubernetes.
     pods: Option<Arc<RwLock<PodStore>>>,
@@ -40,9 +39,9 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(cgroup_root: PathBuf, pods: Option<Arc<RwLock<PodStore>>>) -> Self {
+    pub fn new(paths: SharedPaths, pods: Option<Arc<RwLock<PodStore>>>) -> Self {
         Enricher {
-            paths: CgroupPaths::new(cgroup_root),
+            paths,
             refs: HashMap::new(),
             pods,
             held: VecDeque::new(),
@@ -54,8 +53,7 @@ impl Enricher {
         if let Some(r) = self.refs.get(&cgroup_id) {
             return r.clone();
         }
-        let path = self.paths.path(cgroup_id)?;
-        let r = cgroup::parse(path);
+        let r = cgroup::parse(self.paths.borrow_mut().path(cgroup_id)?);
         if self.refs.len() > 50_000 {
             self.refs.clear();
         }
