@@ -29,13 +29,21 @@ fn load(path: &Path) -> Vec<Decision> {
 }
 
 /// Writes atomically (temp file, then rename), so a crash leaves the old or
-/// the new list, never half of one.
-fn save(path: &Path, pending: &VecDeque<Decision>) {
-    let tmp = path.with_extension("tmp");
+/// the new list, never half of one. On the blocking pool: a rename over a
+/// file on ext4 can wait for writeback, and the thread that isolates pods in
+/// the kernel must never wait for a disk.
+async fn save(path: &Path, pending: &VecDeque<Decision>) {
     let bytes = serde_json::to_vec(&pending.iter().collect::<Vec<_>>()).unwrap_or_default();
-    let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let (path, tmp) = (path.to_path_buf(), path.with_extension("tmp"));
+    let shown = path.display().to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
     if let Err(e) = r {
-        tracing::error!(path = %path.display(), error = %e, "saving pending quarantines");
+        tracing::error!(path = shown, error = %e, "saving pending quarantines");
     }
 }
 
@@ -74,26 +82,44 @@ pub async fn run(
         );
     }
     let mut backoff = FIRST_BACKOFF;
+    // Whether `pending` changed since it was last written.
+    let mut dirty = false;
     loop {
         // Take every new decision without waiting; wait only when idle.
         while let Ok(d) = decisions.try_recv() {
             pending.push_back(d);
-            save(&state, &pending);
+            dirty = true;
         }
         let Some(d) = pending.front().cloned() else {
+            if dirty {
+                save(&state, &pending).await;
+            }
             match decisions.recv().await {
                 Some(d) => {
                     pending.push_back(d);
-                    save(&state, &pending);
+                    dirty = true;
                     continue;
                 }
                 None => return,
             }
         };
-        match apply(&api, &d).await {
+        // The list is written while the patch is in flight rather than
+        // before it: a crash before the write ends loses the decision in
+        // either order, and one after it finds it pending or labelled.
+        let written = dirty.then(|| pending.clone());
+        let (_, result) = tokio::join!(
+            async {
+                if let Some(list) = &written {
+                    save(&state, list).await;
+                }
+            },
+            apply(&api, &d)
+        );
+        dirty = false;
+        match result {
             Ok(()) => {
                 pending.pop_front();
-                save(&state, &pending);
+                dirty = true;
                 backoff = FIRST_BACKOFF;
                 let _ = outcomes.send(LabelOutcome {
                     decision: d,
@@ -105,7 +131,7 @@ pub async fn run(
                 let gone = e.contains("NotFound") || e.contains("404");
                 if gone {
                     pending.pop_front();
-                    save(&state, &pending);
+                    dirty = true;
                 }
                 let _ = outcomes.send(LabelOutcome {
                     decision: d,
