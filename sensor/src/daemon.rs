@@ -96,6 +96,16 @@ pub async fn run(
         .iter()
         .map(|p| cgroup_id(p))
         .collect::<Result<_, _>>()?;
+    // Before anything else runs on this thread.
+    match crate::sched::request(crate::sched::SLICE) {
+        Ok(crate::sched::Slice::Granted(slice)) => {
+            tracing::debug!(?slice, "short scheduler slice granted")
+        }
+        Ok(crate::sched::Slice::Unsupported) => tracing::info!(
+            "this kernel has no custom scheduler slices (Linux 6.12): a busy CPU can delay quarantines"
+        ),
+        Err(e) => tracing::warn!(error = %e, "asking for a short scheduler slice"),
+    }
     let _stats = opts
         .program_stats
         .then(crate::load::enable_stats)
@@ -134,9 +144,10 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let mut antibodies = Antibodies::new(root.clone(), pods.clone(), labeler);
+    let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
+    let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);
     let mut scopes =
-        crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), root.clone());
+        crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), paths.clone());
     if let Some(s) = scopes.as_mut() {
         s.reconcile(&mut kernel)?;
         kernel.enable_pod_scopes()?;
@@ -168,7 +179,7 @@ pub async fn run(
         compiled.meta.clone(),
         compiled.net_meta.clone(),
         opts.node_name.clone(),
-        Enricher::new(root.clone(), pods),
+        Enricher::new(paths, pods),
         crate::brain::Brain::new(rules),
         exporter(&opts)?,
     );

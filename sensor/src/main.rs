@@ -2,7 +2,7 @@
 //! of the pipeline has its own module: `load` (kernel side), `decode`,
 //! `process` (cache and /proc scan), `enrich` (pod context), `policy`,
 //! `brain`, `antibody` (quarantine), `pipeline`, `export`, `metrics`, and
-//! `daemon`, which runs them.
+//! `daemon`, which runs them (and `sched`, its place in the CPU scheduler).
 mod antibody;
 mod brain;
 mod daemon;
@@ -14,6 +14,7 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod process;
+mod sched;
 mod scopes;
 
 use std::io::{BufRead, Write};

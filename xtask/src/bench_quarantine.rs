@@ -2,9 +2,9 @@
 //! pods (cgroups named as kubelet names them, known to a fake API server on
 //! loopback), an offending exec (`curl -d`, which the shipped exfiltration
 //! rule quarantines) is timed to (a) the kernel denying the pod's next
-//! connect, seen by a prober in the pod that connects in a loop, and (b) the
-//! label stored on the API server.
-use std::io::{BufRead, BufReader};
+//! connect, seen by a prober in the pod that connects every 100 µs from just
+//! before the exec, and (b) the label stored on the API server.
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,28 +36,32 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `xtask bench-probe PORT`, run inside a pod: connects (UDP, so that no
-/// TIME_WAIT piles up) until a connect is refused with EPERM (the
-/// quarantine), then prints when that happened.
+/// `xtask bench-probe PORT`, run inside a pod: connects once (UDP, so that
+/// no TIME_WAIT piles up) and says `ready`; after `go` on standard input,
+/// connects every 100 µs until a connect is refused with EPERM (the
+/// quarantine), then prints when that happened. Idle until `go`, so that the
+/// daemon is not handling a stream of connects the rest of the time.
 pub fn probe(port: &str) -> Result<()> {
+    // The same short slice as the daemon: what is timed is when the kernel
+    // starts denying, not how long the prober then waits for a CPU.
+    crate::sched::request(crate::sched::SLICE).context("prober slice")?;
     let addr = format!("127.0.0.1:{port}");
-    let mut told = false;
+    let connect = || std::net::UdpSocket::bind("127.0.0.1:0")?.connect(&addr);
+    connect().context("probe connect before the offence")?;
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        match s.connect(&addr) {
-            Ok(_) if !told => {
-                println!("ready");
-                told = true;
-            }
-            Ok(_) => {}
+        match connect() {
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 println!("{}", mono_ns());
                 return Ok(());
             }
             Err(e) => bail!("probe connect: {e}"),
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(100));
     }
     bail!("never denied")
 }
@@ -195,7 +199,13 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
             break;
         }
     }
-    std::thread::spawn(move || for _ in log {});
+    std::thread::spawn(move || {
+        for l in log.map_while(Result::ok) {
+            if l.contains("SLOW") {
+                eprintln!("{l}");
+            }
+        }
+    });
     let result = measure(&api, &pods, &port, &events);
     // SAFETY: signalling our own child, on success and on failure alike.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
@@ -225,12 +235,18 @@ fn measure(api: &FakeApi, pods: &[Pod], port: &str, events: &Path) -> Result<(Ve
         let mut prober = p
             .command(me.to_str().context("exe path")?)
             .args(["bench-probe", port])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         let mut out = BufReader::new(prober.stdout.take().context("prober stdout")?).lines();
         if out.next().transpose()?.as_deref() != Some("ready") {
             bail!("prober in {} did not connect", p.name);
         }
+        prober
+            .stdin
+            .take()
+            .context("prober stdin")?
+            .write_all(b"go\n")?;
         let mut curl = p
             .command("/usr/bin/curl")
             .args(["-s", "-o", "/dev/null", "-d", "x", "http://127.0.0.1:9/"])

@@ -8,6 +8,10 @@
 mod bench;
 mod bench_quarantine;
 mod ebpf;
+// The daemon's scheduler request, shared by the quarantine prober so that
+// the prober's own wait for a CPU is not counted as the sensor's.
+#[path = "../../sensor/src/sched.rs"]
+mod sched;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
