@@ -199,10 +199,11 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
             break;
         }
     }
+    // The daemon's warnings (lost records, failed labels) belong with the figures.
     std::thread::spawn(move || {
         for l in log.map_while(Result::ok) {
-            if l.contains("SLOW") {
-                eprintln!("{l}");
+            if l.contains(" WARN ") || l.contains(" ERROR ") {
+                eprintln!("sensor: {l}");
             }
         }
     });
