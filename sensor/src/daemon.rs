@@ -202,14 +202,12 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut pipeline);
+                drain(guard.get_inner_mut(), &mut pipeline, &mut antibodies, &mut kernel);
                 guard.clear_ready();
-                act(&mut pipeline, &mut antibodies, &mut kernel);
             }
             _ = drain_tick.tick() => {
-                drain(fd.get_mut(), &mut pipeline);
+                drain(fd.get_mut(), &mut pipeline, &mut antibodies, &mut kernel);
                 pipeline.tick();
-                act(&mut pipeline, &mut antibodies, &mut kernel);
                 if let Some(s) = scopes.as_mut() {
                     if let Err(e) = s.reconcile(&mut kernel) {
                         tracing::error!(error = %e, "updating pod scopes");
@@ -231,7 +229,7 @@ pub async fn run(
         }
     }
     // Drain what the kernel wrote before the signal, and what waits for pods.
-    drain(fd.get_mut(), &mut pipeline);
+    drain(fd.get_mut(), &mut pipeline, &mut antibodies, &mut kernel);
     pipeline.tick();
     pipeline.exporter.flush();
     report_lost(&kernel, &mut pipeline);
@@ -268,11 +266,22 @@ fn now() -> String {
 /// Longest a routine record waits in the ring buffer.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Moves every record the ring buffer holds through the pipeline.
-fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+/// Moves every record the ring buffer holds through the pipeline. A
+/// quarantine is carried out as soon as its record is read, before the rest
+/// of the batch and before anything is written out.
+fn drain(
+    rb: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    antibodies: &mut Antibodies,
+    kernel: &mut Kernel,
+) {
     let mut n = 0;
     while let Some(item) = rb.next() {
         pipeline.handle(&item);
+        drop(item);
+        if !pipeline.decisions.is_empty() {
+            act(pipeline, antibodies, kernel);
+        }
         n += 1;
     }
     if n > 0 {

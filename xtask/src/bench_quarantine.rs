@@ -45,6 +45,9 @@ pub fn probe(port: &str) -> Result<()> {
     // The same short slice as the daemon: what is timed is when the kernel
     // starts denying, not how long the prober then waits for a CPU.
     crate::sched::request(crate::sched::SLICE).context("prober slice")?;
+    // And sleeps of 100 µs, not 100 µs plus the default 50 µs of slack.
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
     let addr = format!("127.0.0.1:{port}");
     let connect = || std::net::UdpSocket::bind("127.0.0.1:0")?.connect(&addr);
     connect().context("probe connect before the offence")?;
