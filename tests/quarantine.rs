@@ -1,27 +1,22 @@
 //! The antibodies: a pod labelled `quarantine=true` (here by the operator's
 //! `sensor quarantine apply`, against a fake API server speaking real HTTP)
 //! is cut off the network on this node, open connections included; other
-//! pods are untouched; removing the label gives the network back.
+//! pods are untouched; removing the label gives the network back. The pods
+//! have network namespaces of their own (`common::pod`).
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apiserver_double::{pod, FakeApi};
-use common::netns::{Backend, PORT};
+use apiserver_double::FakeApi;
+use common::pod::{NetPod, Node, HTTP_PORT};
 use common::*;
-use serde_json::json;
 
-fn curl(cg: &TestCgroup, url: &str) -> Option<i32> {
-    cg.command("/bin/sh")
-        .args([
-            "-c",
-            &format!("curl -s -o /dev/null --max-time 3 '{url}'; exit $?"),
-        ])
-        .status()
-        .unwrap()
-        .code()
+fn curl(pod: &NetPod, url: &str) -> Option<i32> {
+    pod.sh(&format!(
+        "curl -s -o /dev/null --max-time 3 '{url}'; exit $?"
+    ))
 }
 
 /// Polls `f` for up to 5 s until it returns true.
@@ -50,29 +45,14 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     if !can_run("a_labelled_pod_loses_the_network_until_the_label_goes") {
         return;
     }
-    let backend = Backend::start();
     let api = FakeApi::start();
     let node = format!("node-q-{}", std::process::id());
-    let (fuid, fcid) = pod_ids();
-    let (ouid, ocid) = pod_ids();
-    api.add_pod(pod(
-        "shop",
-        "frontend",
-        &fuid,
-        &node,
-        &fcid,
-        json!({"app": "frontend"}),
-    ));
-    api.add_pod(pod(
-        "shop",
-        "other",
-        &ouid,
-        &node,
-        &ocid,
-        json!({"app": "other"}),
-    ));
-    let frontend = TestCgroup::kubelet(&fuid, &fcid);
-    let other = TestCgroup::kubelet(&ouid, &ocid);
+    let net = Node::new();
+    let backend = net.pod(&api, &node, "backend");
+    let server = backend.serve_http();
+    let frontend = net.pod(&api, &node, "frontend");
+    let other = net.pod(&api, &node, "other");
+    let fuid = frontend.uid.clone();
     let dir = TempDir::new();
     let kubeconfig = api.kubeconfig(dir.path());
     let kc = kubeconfig.to_str().unwrap();
@@ -91,9 +71,9 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     // A connection opened before the quarantine, held by a client that sends
     // a request when told to.
     let script = format!(
-        "import socket,sys\ns=socket.create_connection(('{}',{PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
+        "import socket,sys\ns=socket.create_connection(('{}',{HTTP_PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
          try:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('reply' if s.recv(100) else 'eof')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
-        backend.v4
+        backend.ip
     );
     let mut held = frontend
         .command("/usr/bin/python3")
@@ -134,7 +114,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         Some(0),
         "another pod is untouched"
     );
-    let served = backend.requests();
+    let served = server.requests();
     assert_eq!(
         served, 2,
         "only the two successful curls reached the backend"

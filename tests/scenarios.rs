@@ -1,59 +1,50 @@
-//! The four attack scenarios end to end, with the shipped `policies/`: two
-//! test pods (cgroups named as kubelet names them) known to a fake API server
-//! (real HTTP), a backend in a network namespace of the test's own, and the
-//! real daemon. Reflexes are scoped to the test pods' cgroups.
+//! The four attack scenarios end to end, with the shipped `policies/`: test
+//! pods (each a cgroup named as kubelet names it and a network namespace
+//! joined by veth to the node's pod network) known to a fake API server
+//! (real HTTP), a backend pod running a real HTTP server, and the real
+//! daemon. The reflexes are scoped to the pods whose scenario is about them
+//! (so that the frontend's curl is the brain's to judge, and nothing on the
+//! test host is killed).
 mod common;
 
-use std::process::Command;
-
-use apiserver_double::{pod, FakeApi};
-use common::netns::{Backend, PORT};
+use apiserver_double::FakeApi;
+use common::pod::{HttpServer, NetPod, Node, HTTP_PORT};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 struct Cluster {
     api: FakeApi,
-    node: String,
-    backend: Backend,
+    node_name: String,
+    net: Node,
     dir: TempDir,
-}
-
-struct TestPod {
-    uid: String,
-    cg: TestCgroup,
 }
 
 impl Cluster {
     fn new() -> Cluster {
         Cluster {
             api: FakeApi::start(),
-            node: format!("node-s-{}", std::process::id()),
-            backend: Backend::start(),
+            node_name: format!("node-s-{}", std::process::id()),
+            net: Node::new(),
             dir: TempDir::new(),
         }
     }
 
-    fn pod(&self, name: &str) -> TestPod {
-        let (uid, cid) = pod_ids();
-        self.api.add_pod(pod(
-            "shop",
-            name,
-            &uid,
-            &self.node,
-            &cid,
-            json!({"app": name}),
-        ));
-        TestPod {
-            uid: uid.clone(),
-            cg: TestCgroup::kubelet(&uid, &cid),
-        }
+    fn pod(&self, name: &str) -> NetPod {
+        self.net.pod(&self.api, &self.node_name, name)
     }
 
-    /// The daemon with the shipped policies, reflexes scoped to `pods`.
-    fn daemon(&self, pods: &[&TestPod], state: &str) -> Daemon {
+    /// The backend pod, serving HTTP.
+    fn backend(&self) -> (NetPod, HttpServer) {
+        let backend = self.pod("backend");
+        let server = backend.serve_http();
+        (backend, server)
+    }
+
+    /// The daemon with the shipped policies, reflexes scoped to `enforced`.
+    fn daemon(&self, enforced: &[&NetPod], state: &str) -> Daemon {
         let kubeconfig = self.api.kubeconfig(self.dir.path());
         let policies = shipped("");
-        let scopes: Vec<String> = pods
+        let scopes: Vec<String> = enforced
             .iter()
             .map(|p| p.cg.0.parent().unwrap().to_string_lossy().into_owned())
             .collect();
@@ -61,7 +52,7 @@ impl Cluster {
         for s in &scopes {
             args.extend(["--enforce-cgroup", s.as_str()]);
         }
-        Daemon::with_api(&kubeconfig, &self.node, &args)
+        Daemon::with_api(&kubeconfig, &self.node_name, &args)
     }
 
     fn state(&self) -> String {
@@ -69,27 +60,18 @@ impl Cluster {
     }
 }
 
-impl TestPod {
-    fn sh(&self, script: &str) -> Option<i32> {
-        self.cg
-            .command("/bin/sh")
-            .args(["-c", script])
-            .status()
-            .unwrap()
-            .code()
-    }
-
-    /// errno of a TCP connect from this pod (0 = connected).
-    fn connect_errno(&self, addr: &str) -> String {
-        let script = format!("import socket\ns=socket.socket()\ns.settimeout(3)\nprint(s.connect_ex(('{addr}', {PORT})))");
-        let out = self
-            .cg
-            .command("/usr/bin/python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
+/// errno of a TCP connect from `pod` to `backend`'s HTTP port (0 = connected).
+fn connect_errno(pod: &NetPod, backend: &NetPod) -> String {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.settimeout(3)\nprint(s.connect_ex(('{}', {HTTP_PORT})))",
+        backend.ip
+    );
+    let out = pod
+        .command("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn quarantine_of(e: &Value, uid: &str, stage: &str, outcome: &str) -> bool {
@@ -108,28 +90,32 @@ fn baseline_exfiltration_reflex_and_evasion() {
         return;
     }
     let c = Cluster::new();
+    let (backend, server) = c.backend();
     let frontend = c.pod("frontend");
     let fresh = c.pod("frontend-fresh");
     let evader = c.pod("frontend-evader");
-    let daemon = c.daemon(&[&frontend, &fresh, &evader], &c.state());
-    let url = c.backend.url();
+    let daemon = c.daemon(&[&fresh, &evader], &c.state());
+    let url = backend.url();
 
-    // 1. Baseline: the request succeeds and its events carry the pod.
+    // 1. Baseline: the frontend's curl reaches the backend, and its events
+    //    carry the frontend's pod.
     assert_eq!(
-        frontend.sh(&format!(
-            "python3 -c \"import urllib.request; urllib.request.urlopen('{url}')\""
-        )),
+        frontend.sh(&format!("curl -s -o /dev/null --max-time 3 {url}; exit $?")),
         Some(0)
     );
-    daemon.wait_for("baseline exec with pod", |e| {
-        e["process_exec"]["process"]["pod"]["name"] == "frontend"
+    assert_eq!(server.requests(), 1);
+    let exec = daemon.wait_for("baseline curl with its pod", |e| {
+        e["process_exec"]["process"]["binary"] == "/usr/bin/curl"
+            && e["process_exec"]["process"]["pod"]["name"] == "frontend"
     });
+    assert_eq!(exec["process_exec"]["process"]["pod"]["namespace"], "shop");
+    assert_eq!(exec["process_exec"]["parent"]["pod"]["name"], "frontend");
 
-    // 2. Exfiltration: the reflex kills curl, and the brain quarantines the pod.
-    assert_eq!(
-        frontend.sh(&format!("curl -s -d @/etc/hostname {url}; exit $?")),
-        Some(137)
-    );
+    // 2. Exfiltration: the brain quarantines the frontend for the upload.
+    //    (The upload itself may or may not get out first.)
+    frontend.sh(&format!(
+        "curl -s -o /dev/null --max-time 3 -d @/etc/hostname {url}; exit $?"
+    ));
     let alert = daemon.wait_for("exfiltration alert", |e| {
         e["sensor_alert"]["rule"] == "exfiltration-curl-upload"
     });
@@ -140,14 +126,18 @@ fn baseline_exfiltration_reflex_and_evasion() {
     daemon.wait_for("label", |e| {
         quarantine_of(e, &frontend.uid, "label", "labelled")
     });
+    let served = server.requests();
     assert_eq!(
-        frontend.connect_errno(&c.backend.v4),
-        "1",
-        "the frontend's next connect is denied (EPERM)"
+        frontend.sh(&format!("curl -s -o /dev/null --max-time 3 {url}; exit $?")),
+        Some(7),
+        "the frontend's next curl cannot connect"
     );
+    assert_eq!(connect_errno(&frontend, &backend), "1", "denied with EPERM");
     assert!(labelled(&c.api, "frontend"));
     assert!(
-        !labelled(&c.api, "frontend-fresh") && !labelled(&c.api, "frontend-evader"),
+        ["frontend-fresh", "frontend-evader", "backend"]
+            .iter()
+            .all(|p| !labelled(&c.api, p)),
         "only the frontend"
     );
     let annotation = c.api.pod("shop", "frontend").unwrap()["metadata"]["annotations"]
@@ -160,18 +150,23 @@ fn baseline_exfiltration_reflex_and_evasion() {
             .contains("exfiltration-curl-upload"),
         "{annotation}"
     );
-    assert_eq!(
-        fresh.connect_errno(&c.backend.v4),
-        "0",
-        "the backend still serves other clients"
-    );
-    assert!(Command::new("curl")
-        .args(["-s", "-o", "/dev/null", &url])
+    // The backend still serves other clients.
+    assert_eq!(connect_errno(&fresh, &backend), "0");
+    let script = format!("import urllib.request; urllib.request.urlopen('{url}')");
+    let status = evader
+        .command("/usr/bin/python3")
+        .args(["-c", &script])
         .status()
-        .unwrap()
-        .success());
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        server.requests(),
+        served + 1,
+        "only the other client's request"
+    );
 
-    // 3. Reflex: curl in a fresh pod dies with 137, and the pod is not quarantined.
+    // 3. Reflex: curl in a fresh frontend dies with 137, and the pod is not
+    //    quarantined.
     assert_eq!(fresh.sh("curl --version; exit $?"), Some(137));
     let hit = daemon.wait_for("reflex event", |e| {
         e["process_kprobe"]["action"] == "KPROBE_ACTION_SIGKILL"
@@ -182,6 +177,7 @@ fn baseline_exfiltration_reflex_and_evasion() {
         "reflex-exfiltration-tools"
     );
     assert!(!labelled(&c.api, "frontend-fresh"));
+    assert_eq!(connect_errno(&fresh, &backend), "0");
 
     // 4. Evasion: curl renamed sleep slips past the name-based reflex; the brain
     //    sees a "sleep" that connects and quarantines the pod.
@@ -201,12 +197,12 @@ fn baseline_exfiltration_reflex_and_evasion() {
     daemon.wait_for("evader isolated", |e| {
         quarantine_of(e, &evader.uid, "node", "isolated")
     });
-    assert_eq!(evader.connect_errno(&c.backend.v4), "1");
+    assert_eq!(connect_errno(&evader, &backend), "1");
 
     // A real sleep under a process named kubelet, outside the pods: nothing.
     let kubelet = tools.path().join("kubelet");
     std::fs::copy("/bin/sh", &kubelet).unwrap();
-    assert!(Command::new(&kubelet)
+    assert!(std::process::Command::new(&kubelet)
         .args(["-c", "/bin/sleep 0.1; /bin/sleep 0.1"])
         .status()
         .unwrap()
@@ -225,6 +221,10 @@ fn baseline_exfiltration_reflex_and_evasion() {
             .all(|a| a["sensor_alert"]["process"]["pod"].is_object()),
         "no alert outside the pods: {alerts:#?}"
     );
+    assert!(
+        !labelled(&c.api, "backend"),
+        "the backend is never quarantined"
+    );
 }
 
 #[test]
@@ -233,9 +233,10 @@ fn label_retries_through_errors_and_survives_a_restart_exactly_once() {
         return;
     }
     let c = Cluster::new();
+    let (backend, _server) = c.backend();
     let a = c.pod("retried");
     let b = c.pod("restarted");
-    let url = c.backend.url();
+    let url = backend.url();
 
     // 500 three times, then 200: the label lands once.
     c.api.fail_next(&[500, 500, 500]);
@@ -284,5 +285,5 @@ fn label_retries_through_errors_and_survives_a_restart_exactly_once() {
         "exactly once"
     );
     // Isolation survives the restart, from the label.
-    assert_eq!(b.connect_errno(&c.backend.v4), "1");
+    assert_eq!(connect_errno(&b, &backend), "1");
 }

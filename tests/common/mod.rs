@@ -1,9 +1,11 @@
 //! Shared pieces of the end-to-end tests: a cgroup of the test's own, the real
 //! daemon started against it, and readers of its JSON export; `netns` holds
-//! test backends in network namespaces.
+//! test backends in network namespaces, `pod` test pods with a network of
+//! their own.
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pod;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -11,7 +11,8 @@ pub const PORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
+/// Runs `ip` with `args`, failing the test with its error.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
     assert!(
         out.status.success(),

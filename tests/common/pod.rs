@@ -1,0 +1,228 @@
+//! Test pods as kubelet and a CNI make them: a cgroup named as kubelet names
+//! a container's, and a network namespace of the pod's own whose `eth0` is
+//! one end of a veth pair. The other ends are in a "node" namespace that
+//! routes between the pods, as a CNI's host routing does, so that nothing of
+//! the host's own network changes. Commands run in a pod join its cgroup and
+//! its network namespace before they exec.
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use apiserver_double::{pod, FakeApi};
+use serde_json::json;
+
+use super::netns::ip;
+use super::{pod_ids, TestCgroup};
+
+pub const HTTP_PORT: u16 = 8080;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The node's pod network: 10.204.K.0/24, a /30 per pod.
+pub struct Node {
+    ns: String,
+    k: u32,
+    pods: AtomicU32,
+    /// Interface names are unique per host while they are made.
+    tag: String,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let pid = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        // Spread by pid so that parallel test binaries differ.
+        let k = (pid % 50) * 5 + n % 5 + 1;
+        let ns = format!("snsr-node-{pid}-{n}");
+        ip(&["netns", "add", &ns]);
+        in_ns(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        Node {
+            ns,
+            k,
+            pods: AtomicU32::new(0),
+            tag: format!("{}{n}", pid % 100_000),
+        }
+    }
+
+    /// A pod in namespace `shop` of the fake API server, with its cgroup
+    /// and its network.
+    pub fn pod(&self, api: &FakeApi, node_name: &str, name: &str) -> NetPod {
+        let (uid, cid) = pod_ids();
+        api.add_pod(pod(
+            "shop",
+            name,
+            &uid,
+            node_name,
+            &cid,
+            json!({"app": name}),
+        ));
+        let i = self.pods.fetch_add(1, Ordering::Relaxed);
+        assert!(i < 63, "a /30 per pod in a /24");
+        let (gw, addr) = (
+            format!("10.204.{}.{}", self.k, 4 * i + 1),
+            format!("10.204.{}.{}", self.k, 4 * i + 2),
+        );
+        let ns = format!("{}-{i}", self.ns);
+        let (inner, outer) = (format!("sp{}i{i}", self.tag), format!("sp{}o{i}", self.tag));
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &outer, "netns",
+            &self.ns,
+        ]);
+        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw]);
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{gw}/30"),
+            "dev",
+            &outer,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", &outer, "up"]);
+        let netns = CString::new(format!("/run/netns/{ns}")).expect("no NUL");
+        NetPod {
+            name: name.to_string(),
+            cg: TestCgroup::kubelet(&uid, &cid),
+            uid,
+            ip: addr,
+            ns,
+            netns,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn in_ns(ns: &str, cmd: &[&str]) {
+    let mut args = vec!["netns", "exec", ns];
+    args.extend_from_slice(cmd);
+    ip(&args);
+}
+
+pub struct NetPod {
+    pub name: String,
+    pub uid: String,
+    /// The pod's address on `eth0`.
+    pub ip: String,
+    pub cg: TestCgroup,
+    ns: String,
+    netns: CString,
+}
+
+impl NetPod {
+    /// A command that joins this pod's network namespace and cgroup before
+    /// it execs.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = self.cg.command(program);
+        let netns = self.netns.clone();
+        // SAFETY: only open, setns and close run between fork and exec; the
+        // path was allocated before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::setns(fd, libc::CLONE_NEWNET);
+                libc::close(fd);
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
+    }
+
+    /// Runs a shell script in the pod; its exit code (None if signalled).
+    pub fn sh(&self, script: &str) -> Option<i32> {
+        self.command("/bin/sh")
+            .args(["-c", script])
+            .status()
+            .expect("running sh in the pod")
+            .code()
+    }
+
+    /// A real HTTP server in this pod, on port 8080, once it listens.
+    pub fn serve_http(&self) -> HttpServer {
+        use std::io::{BufRead, BufReader};
+        let log = std::env::temp_dir().join(format!("{}.log", self.ns));
+        let mut child = self
+            .command("/usr/bin/python3")
+            .args(["-u", "-m", "http.server", &HTTP_PORT.to_string()])
+            .current_dir("/tmp")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting the HTTP server");
+        // It says so once the socket listens.
+        let mut first = String::new();
+        let out = child.stdout.take().expect("server stdout");
+        BufReader::new(out)
+            .read_line(&mut first)
+            .expect("server output");
+        assert!(
+            first.starts_with("Serving HTTP"),
+            "the HTTP server in {} did not start: {first:?}",
+            self.name
+        );
+        HttpServer { child, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:{HTTP_PORT}/", self.ip)
+    }
+}
+
+impl Drop for NetPod {
+    fn drop(&mut self) {
+        // The cgroup's drop kills what still runs in the pod afterwards.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A python `http.server` whose access log the test reads.
+pub struct HttpServer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl HttpServer {
+    /// Requests served (the server logs one line per request).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET ") || l.contains("\"POST "))
+            .count()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
