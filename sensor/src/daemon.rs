@@ -117,8 +117,10 @@ pub async fn run(
 
     // Pod context and quarantine labels, when there is a Kubernetes API.
     let (outcome_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-    let (pods, labeler) = match crate::enrich::kube::client(opts.kubeconfig.as_deref()).await {
-        Some(client) => {
+    let config = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await;
+    let client = config.clone().and_then(crate::enrich::kube::connect);
+    let (pods, labeler) = match (client, config) {
+        (Some(client), Some(config)) => {
             let store = Arc::new(RwLock::new(PodStore::default()));
             let node = opts.node_name.clone();
             let (synced_tx, synced) = tokio::sync::oneshot::channel();
@@ -139,10 +141,11 @@ pub async fn run(
                 .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let state = opts.state_dir.join("pending-quarantines.json");
-            tokio::spawn(crate::antibody::label::run(client, state, rx, outcome_tx));
+            crate::antibody::label::spawn(config, state, rx, outcome_tx)
+                .context("starting the label thread")?;
             (Some(store), Some(tx))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
     let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);

@@ -23,7 +23,8 @@ pub enum Slice {
     Unsupported,
 }
 
-/// Asks for `slice` for the calling thread, keeping its nice value.
+/// Asks for `slice` for the calling thread, keeping its nice value; zero
+/// asks for the kernel's default slice again.
 pub fn request(slice: Duration) -> std::io::Result<Slice> {
     // SAFETY: getpriority has no memory arguments; -1 is also a valid nice
     // value, so errno tells failure apart.

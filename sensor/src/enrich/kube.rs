@@ -14,6 +14,12 @@ use super::pods::{PodInfo, PodStore};
 /// A client from `kubeconfig`, or from the environment (KUBECONFIG,
 /// ~/.kube/config, in-cluster service account). `None`: standalone.
 pub async fn client(kubeconfig: Option<&Path>) -> Option<Client> {
+    let config = config(kubeconfig).await?;
+    connect(config)
+}
+
+/// The configuration a client is made from; `None` (said once): standalone.
+pub async fn config(kubeconfig: Option<&Path>) -> Option<Config> {
     let config: Result<Config, String> = match kubeconfig {
         Some(path) => match kube::config::Kubeconfig::read_from(path) {
             Ok(kc) => Config::from_custom_kubeconfig(kc, &Default::default())
@@ -23,13 +29,20 @@ pub async fn client(kubeconfig: Option<&Path>) -> Option<Client> {
         },
         None => Config::infer().await.map_err(|e| e.to_string()),
     };
-    match config.and_then(|c| Client::try_from(c).map_err(|e| e.to_string())) {
-        Ok(c) => Some(c),
-        Err(e) => {
+    config
+        .inspect_err(|e| {
             tracing::warn!(reason = %e, "no Kubernetes configuration: running standalone, events carry no pod");
-            None
-        }
-    }
+        })
+        .ok()
+}
+
+/// A client on the calling thread's runtime.
+pub fn connect(config: Config) -> Option<Client> {
+    Client::try_from(config)
+        .inspect_err(|e| {
+            tracing::warn!(reason = %e, "no Kubernetes client: running standalone, events carry no pod");
+        })
+        .ok()
 }
 
 /// Watches the pods of `node` into `store` until the task is dropped;
