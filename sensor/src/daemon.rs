@@ -117,35 +117,32 @@ pub async fn run(
 
     // Pod context and quarantine labels, when there is a Kubernetes API.
     let (outcome_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-    let config = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await;
-    let client = config.clone().and_then(crate::enrich::kube::connect);
-    let (pods, labeler) = match (client, config) {
-        (Some(client), Some(config)) => {
-            let store = Arc::new(RwLock::new(PodStore::default()));
-            let node = opts.node_name.clone();
-            let (synced_tx, synced) = tokio::sync::oneshot::channel();
-            tokio::spawn(crate::enrich::kube::watch(
-                client.clone(),
-                node,
-                store.clone(),
-                synced_tx,
-            ));
-            // Rules about pods need the pods: wait for the first list.
-            if tokio::time::timeout(Duration::from_secs(10), synced)
-                .await
-                .is_err()
-            {
-                tracing::warn!("pod watcher not synced after 10 s; starting without it");
-            }
+    let (pods, labeler) = match crate::enrich::kube::config(opts.kubeconfig.as_deref()).await {
+        Some(config) => {
             std::fs::create_dir_all(&opts.state_dir)
                 .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
+            let store = Arc::new(RwLock::new(PodStore::default()));
+            let (synced_tx, synced) = tokio::sync::oneshot::channel();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let state = opts.state_dir.join("pending-quarantines.json");
-            crate::antibody::label::spawn(config, state, rx, outcome_tx)
-                .context("starting the label thread")?;
+            crate::cluster::spawn(crate::cluster::Cluster {
+                config,
+                node: opts.node_name.clone(),
+                store: store.clone(),
+                synced: synced_tx,
+                state: opts.state_dir.join("pending-quarantines.json"),
+                decisions: rx,
+                outcomes: outcome_tx,
+            })
+            .context("starting the Kubernetes thread")?;
+            // Rules about pods need the pods: wait for the first list.
+            match tokio::time::timeout(Duration::from_secs(10), synced).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => tracing::warn!("no Kubernetes client: events carry no pod"),
+                Err(_) => tracing::warn!("pod watcher not synced after 10 s; starting without it"),
+            }
             (Some(store), Some(tx))
         }
-        _ => (None, None),
+        None => (None, None),
     };
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
     let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);

@@ -2,9 +2,11 @@
 //! of the pipeline has its own module: `load` (kernel side), `decode`,
 //! `process` (cache and /proc scan), `enrich` (pod context), `policy`,
 //! `brain`, `antibody` (quarantine), `pipeline`, `export`, `metrics`, and
-//! `daemon`, which runs them (and `sched`, its place in the CPU scheduler).
+//! `daemon`, which runs them (with `cluster`, its Kubernetes thread, and
+//! `sched`, its place in the CPU scheduler).
 mod antibody;
 mod brain;
+mod cluster;
 mod daemon;
 mod decode;
 mod enrich;

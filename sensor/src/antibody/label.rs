@@ -65,41 +65,6 @@ async fn apply(api: &Api<Pod>, d: &Decision) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Runs [`run`] on a thread of its own, with its own client: the patches'
-/// network traffic and the state file's disk writes wake that thread, never
-/// the daemon's, which stays free for the kernel half of the next quarantine.
-pub fn spawn(
-    config: kube::Config,
-    state: PathBuf,
-    decisions: UnboundedReceiver<Decision>,
-    outcomes: UnboundedSender<LabelOutcome>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("labeler".into())
-        .spawn(move || {
-            // The daemon's short slice is for the kernel half; this thread
-            // has 50 ms and must not preempt it.
-            if let Err(e) = crate::sched::request(std::time::Duration::ZERO) {
-                tracing::debug!(error = %e, "label thread keeps the short slice");
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "label thread runtime: quarantines stay node-local");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                if let Some(client) = crate::enrich::kube::connect(config) {
-                    run(client, state, decisions, outcomes).await;
-                }
-            });
-        })
-}
-
 /// Labels decided pods until `decisions` closes. Pending decisions live in
 /// `state`: loaded at start, saved on every change.
 pub async fn run(
