@@ -273,7 +273,16 @@ pub struct Config {
     pub net_follow_mask: u64,
     /// Non-zero when `QUARANTINE` holds anything (else the lookups are skipped).
     pub quarantine_active: u32,
-    pub _pad3: u32,
+    /// Which records from pods wake the reader at once ([`pod_wakeups`]): only
+    /// those the brain acts on, so that a pod's routine traffic does not keep
+    /// the reader busy when its next exec needs it.
+    pub pod_wakeups: u32,
+}
+
+/// Bits of [`Config::pod_wakeups`].
+pub mod pod_wakeups {
+    pub const EXEC: u32 = 1 << 0;
+    pub const CONNECT: u32 = 1 << 1;
 }
 
 /// Offsets (bytes) of kernel struct fields, read from BTF by the loader and set

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sensor_common::{exec_flags, kind, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
+use sensor_common::{exec_flags, kind, pod_wakeups, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{
@@ -132,7 +132,7 @@ fn try_exec() -> Result<(), i32> {
             (&raw const EVENTS).cast_mut().cast(),
             scratch.cast(),
             size as u64,
-            wakeup_flags(ev.hits != 0 || v_in_pod),
+            wakeup_flags(ev.hits != 0 || (v_in_pod && cfg.pod_wakeups & pod_wakeups::EXEC != 0)),
         )
     };
     if r != 0 {

@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use std::sync::{Arc, RwLock};
 
 use crate::antibody::Antibodies;
+use crate::brain::On;
 use crate::enrich::pods::PodStore;
 use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
@@ -183,6 +184,16 @@ pub async fn run(
         crate::brain::Brain::new(rules),
         exporter(&opts)?,
     );
+    // Records from pods wake the reader at once only when the brain acts on
+    // them; the rest wait for the drain tick like every routine record.
+    let wakeups = [
+        (On::Exec, sensor_common::pod_wakeups::EXEC),
+        (On::Connect, sensor_common::pod_wakeups::CONNECT),
+    ]
+    .into_iter()
+    .filter(|(on, _)| pipeline.brain.wants(*on))
+    .fold(0, |bits, (_, bit)| bits | bit);
+    kernel.set_pod_wakeups(wakeups)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(2));

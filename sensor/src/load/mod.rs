@@ -164,19 +164,30 @@ impl Kernel {
 
     /// Turns the programs' quarantine lookups on or off.
     fn set_quarantine_active(&mut self, on: bool) -> Result<(), LoadError> {
-        let mut cfg: Array<_, Config> =
-            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
-        c.quarantine_active = on as u32;
-        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
+        self.update_config(|c| c.quarantine_active = on as u32)
     }
 
     /// Tells the programs that `POD_SCOPES` is in use.
     pub fn enable_pod_scopes(&mut self) -> Result<(), LoadError> {
+        self.update_config(|c| c.n_scopes = c.n_scopes.max(1))
+    }
+
+    /// Which records from pods wake the reader at once
+    /// (`sensor_common::pod_wakeups` bits).
+    pub fn set_pod_wakeups(&mut self, bits: u32) -> Result<(), LoadError> {
+        self.update_config(|c| c.pod_wakeups = bits)
+    }
+
+    /// Changes the programs' runtime switches, writing only on a change.
+    fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), LoadError> {
         let mut cfg: Array<_, Config> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
-        c.n_scopes = c.n_scopes.max(1);
+        let before = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
+        let mut c = before;
+        f(&mut c);
+        if c == before {
+            return Ok(());
+        }
         cfg.set(0, c, 0).map_err(map_err("CONFIG"))
     }
 
