@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    kind, match_kind, net_kind, pod_wakeups, sock_op, ConnectEvent, NetFilter, NetValueKey, ProcState,
-    MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
+    kind, match_kind, net_kind, pod_wakeups, sock_op, ConnectEvent, NetFilter, NetValueKey,
+    ProcState, MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
 };
 
 use crate::maps::{
@@ -161,8 +161,8 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         };
     }
     let e = &ev.event;
-    let urgent = e.hits != 0
-        || (ev.scopes & POD_BIT != 0 && cfg.pod_wakeups & pod_wakeups::CONNECT != 0);
+    let urgent =
+        e.hits != 0 || (ev.scopes & POD_BIT != 0 && cfg.pod_wakeups & pod_wakeups::CONNECT != 0);
     if EVENTS
         .output::<ConnectEvent>(e, wakeup_flags(urgent))
         .is_err()
