@@ -29,9 +29,9 @@ fn load(path: &Path) -> Vec<Decision> {
 }
 
 /// Writes atomically (temp file, then rename), so a crash leaves the old or
-/// the new list, never half of one. On the blocking pool: a rename over a
-/// file on ext4 can wait for writeback, and the thread that isolates pods in
-/// the kernel must never wait for a disk.
+/// the new list, never half of one. On the blocking pool, so that the patch
+/// goes out while the list is written (a rename over a file on ext4 can wait
+/// for writeback).
 async fn save(path: &Path, pending: &VecDeque<Decision>) {
     let bytes = serde_json::to_vec(&pending.iter().collect::<Vec<_>>()).unwrap_or_default();
     let (path, tmp) = (path.to_path_buf(), path.with_extension("tmp"));
