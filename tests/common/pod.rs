@@ -20,30 +20,25 @@ pub const HTTP_PORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// The node's pod network: 10.204.K.0/24, a /30 per pod.
+/// The node's pod network: 10.204.0.0/24, a /30 per pod. Every node is a
+/// world of its own (nothing routes to the host), so nodes of parallel tests
+/// may use the same addresses.
 pub struct Node {
     ns: String,
-    k: u32,
     pods: AtomicU32,
-    /// Interface names are unique per host while they are made.
-    tag: String,
 }
 
 impl Node {
     pub fn new() -> Node {
         let pid = std::process::id();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        // Spread by pid so that parallel test binaries differ.
-        let k = (pid % 50) * 5 + n % 5 + 1;
         let ns = format!("snsr-node-{pid}-{n}");
         ip(&["netns", "add", &ns]);
         in_ns(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         Node {
             ns,
-            k,
             pods: AtomicU32::new(0),
-            tag: format!("{}{n}", pid % 100_000),
         }
     }
 
@@ -62,17 +57,18 @@ impl Node {
         let i = self.pods.fetch_add(1, Ordering::Relaxed);
         assert!(i < 63, "a /30 per pod in a /24");
         let (gw, addr) = (
-            format!("10.204.{}.{}", self.k, 4 * i + 1),
-            format!("10.204.{}.{}", self.k, 4 * i + 2),
+            format!("10.204.0.{}", 4 * i + 1),
+            format!("10.204.0.{}", 4 * i + 2),
         );
         let ns = format!("{}-{i}", self.ns);
-        let (inner, outer) = (format!("sp{}i{i}", self.tag), format!("sp{}o{i}", self.tag));
+        // Made straight in the two namespaces, so the names need not be
+        // unique on the host.
+        let outer = format!("pod{i}");
         ip(&["netns", "add", &ns]);
         ip(&[
-            "link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &outer, "netns",
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &outer, "netns",
             &self.ns,
         ]);
-        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"]);
         ip(&[
             "-n",
             &ns,
