@@ -83,13 +83,25 @@ impl TestCgroup {
     pub fn at(rel: &str) -> Self {
         let mut created = Vec::new();
         let mut p = PathBuf::from(CGROUP2);
-        for part in rel.split('/').filter(|s| !s.is_empty()) {
-            p.push(part);
+        let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        let mut i = 0;
+        let mut retries = 0;
+        while i < parts.len() {
+            p.push(parts[i]);
             match std::fs::create_dir(&p) {
                 Ok(()) => created.push(p.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // A parallel test removed a shared parent just now: again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && retries < 10 => {
+                    retries += 1;
+                    p = PathBuf::from(CGROUP2);
+                    created.clear();
+                    i = 0;
+                    continue;
+                }
                 Err(e) => panic!("creating cgroup {}: {e}", p.display()),
             }
+            i += 1;
         }
         TestCgroup(p, created)
     }
@@ -149,6 +161,16 @@ impl Drop for TestCgroup {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        // Kubelet's parents are shared by parallel tests, and the one that
+        // made them may end first: whoever ends last removes them.
+        let mut up = self.0.parent();
+        while let Some(dir) = up.filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("kubepods"))
+        }) {
+            let _ = std::fs::remove_dir(dir);
+            up = dir.parent();
         }
     }
 }
