@@ -137,11 +137,14 @@ pub async fn run(
             .context("starting the Kubernetes thread")?;
             // Rules about pods need the pods: wait for the first list.
             match tokio::time::timeout(Duration::from_secs(10), synced).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => tracing::warn!("no Kubernetes client: events carry no pod"),
-                Err(_) => tracing::warn!("pod watcher not synced after 10 s; starting without it"),
+                Ok(Ok(())) => (Some(store), Some(tx)),
+                // The thread could not make a client, and said why.
+                Ok(Err(_)) => (None, None),
+                Err(_) => {
+                    tracing::warn!("pod watcher not synced after 10 s; starting without it");
+                    (Some(store), Some(tx))
+                }
             }
-            (Some(store), Some(tx))
         }
         None => (None, None),
     };
