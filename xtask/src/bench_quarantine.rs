@@ -1,9 +1,9 @@
 //! `cargo xtask bench quarantine`: how fast an antibody acts. For each of N
 //! pods (cgroups named as kubelet names them, known to a fake API server on
-//! loopback), an offending exec (`curl -d`, which the shipped exfiltration
-//! rule quarantines) is timed to (a) the kernel denying the pod's next
-//! connect, seen by a prober in the pod that connects every 100 µs from just
-//! before the exec, and (b) the label stored on the API server.
+//! loopback), an offending exec (`curl -d`, which the shipped
+//! `policies/brain.yaml` quarantines) is timed to (a) the kernel denying the
+//! pod's next connect, seen by a prober in the pod that connects every 100 µs
+//! from just before the exec, and (b) the label stored on the API server.
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,16 +14,6 @@ use anyhow::{bail, Context, Result};
 use apiserver_double::{pod, FakeApi};
 
 use crate::root;
-
-const RULE: &str = "apiVersion: sensor.io/v1alpha1
-kind: BrainRule
-metadata: {name: bench-exfiltration}
-spec:
-  on: exec
-  binary: {operator: Postfix, values: [/curl]}
-  arguments: {anyOf: [\"-d\"]}
-  actions: [quarantine]
-";
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes.
 pub fn mono_ns() -> u64 {
@@ -169,8 +159,9 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let node = format!("bench-node-{}", std::process::id());
     let dir = root().join("target/bench-quarantine");
     std::fs::create_dir_all(&dir)?;
-    let rule = dir.join("rule.yaml");
-    std::fs::write(&rule, RULE)?;
+    // The shipped rules, connect rules included: a pod's connects then wake
+    // the daemon at once, as they do in production.
+    let rules = root().join("policies/brain.yaml");
     let kubeconfig = api.kubeconfig(&dir);
     let pods: Vec<Pod> = (0..decisions)
         .map(|i| make_pod(&api, &node, i))
@@ -183,7 +174,7 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let _ = std::fs::remove_file(&events);
     let mut daemon = Command::new(sensor)
         .args(["run", "--output", "none", "--policy"])
-        .arg(&rule)
+        .arg(&rules)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--node-name", &node, "--state-dir"])
