@@ -62,6 +62,18 @@ pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // `cargo run` gave xtask its package's variables; a build script that
+    // watches them (ring's does) would otherwise rebuild at every switch
+    // between xtask's builds and the shell's.
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&&*n)
+        {
+            c.env_remove(&name);
+        }
+    }
     c
 }
 
