@@ -69,7 +69,12 @@ fn cargo() -> Command {
         let n = name.to_string_lossy();
         if n.starts_with("CARGO_PKG_")
             || n.starts_with("CARGO_MANIFEST_")
-            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&&*n)
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*n)
         {
             c.env_remove(&name);
         }
