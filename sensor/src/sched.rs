@@ -5,10 +5,11 @@
 //! p99 on two busy cores).
 //!
 //! Since Linux 6.12 a task of the normal class may ask for a shorter slice
-//! (`sched_attr.sched_runtime`), and a waking task with a shorter slice
-//! preempts the running one instead of waiting for its slice to end. The
-//! daemon's share of the CPU stays what it was; only how soon it runs after a
-//! wakeup changes. Kernels before 6.12 ignore the request, which is reported.
+//! (`sched_attr.sched_runtime`). A waking task with a shorter slice gets an
+//! earlier deadline, so it usually preempts the running one rather than
+//! waiting for that one's slice (or the next tick) to end. The daemon's share
+//! of the CPU stays what it was; only how soon it runs after a wakeup
+//! changes. Kernels before 6.12 ignore the request, which is reported.
 use std::time::Duration;
 
 /// The shortest slice the kernel accepts: the daemon runs in short bursts.
