@@ -40,17 +40,9 @@ fn curl(cg: &TestCgroup, url: &str) -> Option<i32> {
         .code()
 }
 
-/// Connects with Python in the cgroup and prints the errno (0 = connected).
+/// errno of a connect from the cgroup to the backend port (0 = connected).
 fn connect_errno(cg: &TestCgroup, family: &str, addr: &str) -> String {
-    let script = format!(
-        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(5)\nprint(s.connect_ex(('{addr}', {PORT})))"
-    );
-    let out = cg
-        .command("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::connect_errno(cg.command("/usr/bin/python3"), family, addr, PORT)
 }
 
 fn sock(e: &serde_json::Value) -> &serde_json::Value {

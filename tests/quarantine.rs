@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver_double::FakeApi;
-use common::pod::{NetPod, Node, HTTP_PORT};
+use common::pod::{NetPod, Node, PORT};
 use common::*;
 
 fn curl(pod: &NetPod, url: &str) -> Option<i32> {
@@ -71,7 +71,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     // A connection opened before the quarantine, held by a client that sends
     // a request when told to.
     let script = format!(
-        "import socket,sys\ns=socket.create_connection(('{}',{HTTP_PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
+        "import socket,sys\ns=socket.create_connection(('{}',{PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
          try:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('reply' if s.recv(100) else 'eof')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
         backend.ip
     );

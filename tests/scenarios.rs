@@ -8,7 +8,7 @@
 mod common;
 
 use apiserver_double::FakeApi;
-use common::pod::{HttpServer, NetPod, Node, HTTP_PORT};
+use common::pod::{HttpServer, NetPod, Node, PORT};
 use common::*;
 use serde_json::Value;
 
@@ -62,16 +62,12 @@ impl Cluster {
 
 /// errno of a TCP connect from `pod` to `backend`'s HTTP port (0 = connected).
 fn connect_errno(pod: &NetPod, backend: &NetPod) -> String {
-    let script = format!(
-        "import socket\ns=socket.socket()\ns.settimeout(3)\nprint(s.connect_ex(('{}', {HTTP_PORT})))",
-        backend.ip
-    );
-    let out = pod
-        .command("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::connect_errno(
+        pod.command("/usr/bin/python3"),
+        "AF_INET",
+        &backend.ip,
+        PORT,
+    )
 }
 
 fn quarantine_of(e: &Value, uid: &str, stage: &str, outcome: &str) -> bool {

@@ -175,6 +175,19 @@ impl Drop for TestCgroup {
     }
 }
 
+/// errno of a TCP connect to `addr`:`port` made by `python` (python3,
+/// started wherever the connect should come from); "0" when it connected.
+pub fn connect_errno(mut python: Command, family: &str, addr: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(5)\nprint(s.connect_ex(('{addr}', {port})))"
+    );
+    let out = python
+        .args(["-c", &script])
+        .output()
+        .expect("running python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A fresh pod uid and container id.
 pub fn pod_ids() -> (String, String) {
     let n = SEQ.fetch_add(1, Ordering::Relaxed) as u64;

@@ -1,6 +1,7 @@
 //! Test "backends": a network namespace of the test's own, joined to the host
 //! by a veth pair, with a real HTTP server (IPv4 and IPv6) whose access log
 //! the test can read. Only these namespaces and loopback are ever targets.
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,8 +29,7 @@ pub struct Backend {
     /// fd00:5e:K::2 in fd00:5e:K::/64
     pub v6: String,
     pub k: u32,
-    server: Child,
-    log: PathBuf,
+    server: HttpServer,
 }
 
 impl Backend {
@@ -74,31 +74,16 @@ impl Backend {
         ]);
         inside(&["link", "set", &peer, "up"]);
         inside(&["link", "set", "lo", "up"]);
+        let mut python = Command::new("ip");
+        python.args(["netns", "exec", &ns, "/usr/bin/python3"]);
         let log = std::env::temp_dir().join(format!("{ns}.log"));
-        let server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "/usr/bin/python3",
-                "-m",
-                "http.server",
-                &PORT.to_string(),
-                "--bind",
-                "::",
-            ])
-            .current_dir("/tmp")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("starting the HTTP server");
+        let server = HttpServer::start(python, log, &["--bind", "::"]);
         let b = Backend {
             ns,
             v4: format!("10.203.{k}.2"),
             v6: format!("fd00:5e:{k}::2"),
             k,
             server,
-            log,
         };
         b.wait_ready();
         b
@@ -126,22 +111,65 @@ impl Backend {
         format!("http://{}:{PORT}/", self.v4)
     }
 
-    /// Requests the server logged (one line per request).
+    /// Requests the server logged.
     pub fn requests(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"GET "))
-            .count()
+        self.server.requests()
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        // Deleting the namespace removes the veth pair and its routes.
+        // Deleting the namespace removes the veth pair and its routes; the
+        // server's own drop stops it.
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A python `http.server` on `PORT`, whose access log the test reads.
+pub struct HttpServer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl HttpServer {
+    /// Runs `python` (python3, started wherever the server belongs) as the
+    /// server, with `extra` arguments, and returns once it listens.
+    pub fn start(mut python: Command, log: PathBuf, extra: &[&str]) -> HttpServer {
+        let mut child = python
+            .args(["-u", "-m", "http.server", &PORT.to_string()])
+            .args(extra)
+            .current_dir("/tmp")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting the HTTP server");
+        // It says so once the socket listens.
+        let mut first = String::new();
+        let out = child.stdout.take().expect("server stdout");
+        BufReader::new(out)
+            .read_line(&mut first)
+            .expect("server output");
+        assert!(
+            first.starts_with("Serving HTTP"),
+            "the HTTP server did not start: {first:?}"
+        );
+        HttpServer { child, log }
+    }
+
+    /// Requests served (the server logs one line per request).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET ") || l.contains("\"POST "))
+            .count()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
 }

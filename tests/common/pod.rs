@@ -6,17 +6,16 @@
 //! its network namespace before they exec.
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use apiserver_double::{pod, FakeApi};
 use serde_json::json;
 
+pub use super::netns::{HttpServer, PORT};
+
 use super::netns::ip;
 use super::{pod_ids, TestCgroup};
-
-pub const HTTP_PORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -160,34 +159,14 @@ impl NetPod {
             .code()
     }
 
-    /// A real HTTP server in this pod, on port 8080, once it listens.
+    /// A real HTTP server in this pod, on `PORT`, once it listens.
     pub fn serve_http(&self) -> HttpServer {
-        use std::io::{BufRead, BufReader};
         let log = std::env::temp_dir().join(format!("{}.log", self.ns));
-        let mut child = self
-            .command("/usr/bin/python3")
-            .args(["-u", "-m", "http.server", &HTTP_PORT.to_string()])
-            .current_dir("/tmp")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("starting the HTTP server");
-        // It says so once the socket listens.
-        let mut first = String::new();
-        let out = child.stdout.take().expect("server stdout");
-        BufReader::new(out)
-            .read_line(&mut first)
-            .expect("server output");
-        assert!(
-            first.starts_with("Serving HTTP"),
-            "the HTTP server in {} did not start: {first:?}",
-            self.name
-        );
-        HttpServer { child, log }
+        HttpServer::start(self.command("/usr/bin/python3"), log, &[])
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{HTTP_PORT}/", self.ip)
+        format!("http://{}:{PORT}/", self.ip)
     }
 }
 
@@ -195,30 +174,5 @@ impl Drop for NetPod {
     fn drop(&mut self) {
         // The cgroup's drop kills what still runs in the pod afterwards.
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-/// A python `http.server` whose access log the test reads.
-pub struct HttpServer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl HttpServer {
-    /// Requests served (the server logs one line per request).
-    pub fn requests(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"GET ") || l.contains("\"POST "))
-            .count()
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
