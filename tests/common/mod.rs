@@ -18,7 +18,24 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const SENSOR: &str = env!("CARGO_BIN_EXE_sensor");
-const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// The cgroup v2 mount, found the way the daemon finds it (mountinfo): a
+/// hybrid host mounts it at `/sys/fs/cgroup/unified`, most nodes at
+/// `/sys/fs/cgroup`.
+pub fn cgroup2() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        info.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let sep = f.iter().position(|x| *x == "-")?;
+                (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
+            })
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+    })
+    .clone()
+}
 
 /// Says that a test skips, on the real stderr: the test harness captures
 /// `eprintln!`, which would hide the skip.
@@ -34,8 +51,8 @@ pub fn can_run(test: &str) -> bool {
     if unsafe { libc::geteuid() } != 0 {
         return skip(test, "needs root to load eBPF programs");
     }
-    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
-        return skip(test, &format!("no cgroup v2 at {CGROUP2}"));
+    if !cgroup2().join("cgroup.procs").exists() {
+        return skip(test, "no cgroup v2 mount");
     }
     true
 }
@@ -82,7 +99,7 @@ impl TestCgroup {
     /// that are missing (and removing them again on drop).
     pub fn at(rel: &str) -> Self {
         let mut created = Vec::new();
-        let mut p = PathBuf::from(CGROUP2);
+        let mut p = cgroup2();
         let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
         let mut i = 0;
         let mut retries = 0;
@@ -94,7 +111,7 @@ impl TestCgroup {
                 // A parallel test removed a shared parent just now: again.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && retries < 10 => {
                     retries += 1;
-                    p = PathBuf::from(CGROUP2);
+                    p = cgroup2();
                     created.clear();
                     i = 0;
                     continue;

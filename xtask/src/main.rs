@@ -4,10 +4,12 @@
 //! - `run`: build everything and run the sensor with the shipped policies
 //! - `test`: lint, build and run every test
 //! - `bench exec|connect`: fork+exec and connect cost with and without the sensor
+//! - `vmtest`: the kernel matrix (Debian's 5.10 to 6.18 under qemu, and the host)
 //! - `bench quarantine`: time from an offending exec to kernel isolation and label
 mod bench;
 mod bench_quarantine;
 mod ebpf;
+mod vmtest;
 // The daemon's scheduler request, shared by the quarantine prober so that
 // the prober's own wait for a CPU is not counted as the sensor's.
 #[path = "../../sensor/src/sched.rs"]
@@ -171,11 +173,12 @@ fn main() -> ExitCode {
             build_sensor().and_then(|s| bench_quarantine::run(&s, n))
         }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
+        Some("vmtest") => vmtest::main(&args[1..]),
         Some("bench-probe") => {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
             return ExitCode::from(2);
         }
     };

@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn ids_resolve_to_paths() {
-        let root = PathBuf::from("/sys/fs/cgroup/unified");
+        let root = crate::daemon::cgroup2_root().unwrap_or_else(|| "/sys/fs/cgroup".into());
         let Ok(meta) = std::fs::metadata(&root) else {
             eprintln!("SKIP: no cgroup v2 at {}", root.display());
             return;

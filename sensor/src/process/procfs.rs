@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn scan_finds_this_process_and_its_parent_first() {
-        let all = scan(Path::new("/proc"), Path::new("/sys/fs/cgroup/unified"));
+        let all = scan(
+            Path::new("/proc"),
+            &crate::daemon::cgroup2_root().unwrap_or_else(|| "/sys/fs/cgroup".into()),
+        );
         let me = std::process::id();
         let pos = all
             .iter()

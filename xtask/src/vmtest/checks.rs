@@ -1,0 +1,189 @@
+//! What the matrix checks on every kernel, and how one check's output is
+//! judged. The checks are the end-to-end tests themselves (the same test
+//! binaries the host runs), picked by name, plus the sensor's own probe.
+use std::path::Path;
+
+/// One row of the table.
+pub struct Check {
+    pub name: &'static str,
+    pub run: Run,
+}
+
+pub enum Run {
+    /// `sensor ARGS`.
+    Sensor(&'static [&'static str]),
+    /// Tests of one integration test target, by exact name.
+    Tests {
+        target: &'static str,
+        names: &'static [&'static str],
+    },
+}
+
+pub const CHECKS: &[Check] = &[
+    Check {
+        name: "programs verify and attach",
+        run: Run::Sensor(&["probe", "--load"]),
+    },
+    Check {
+        name: "exec and exit events",
+        run: Run::Tests {
+            target: "exec",
+            names: &[
+                "exec_event_carries_binary_args_cwd_uid_and_lineage",
+                "exit_reports_status_and_signal",
+            ],
+        },
+    },
+    Check {
+        name: "exec reflex kills (137)",
+        run: Run::Tests {
+            target: "reflex",
+            names: &["shipped_reflex_kills_curl_in_scope_only"],
+        },
+    },
+    Check {
+        name: "kprobe events (connect Post)",
+        run: Run::Tests {
+            target: "connect",
+            names: &["post_reports_the_backend_and_lets_the_request_through"],
+        },
+    },
+    Check {
+        name: "connect Override errno",
+        run: Run::Tests {
+            target: "connect",
+            names: &["override_denies_the_cidr_with_its_errno_and_nothing_else"],
+        },
+    },
+    Check {
+        name: "connect Sigkill",
+        run: Run::Tests {
+            target: "connect",
+            names: &["sigkill_kills_before_a_packet_leaves"],
+        },
+    },
+    Check {
+        name: "quarantine cuts connects and packets",
+        run: Run::Tests {
+            target: "quarantine",
+            names: &["a_labelled_pod_loses_the_network_until_the_label_goes"],
+        },
+    },
+    Check {
+        name: "LSM exec Override (EPERM)",
+        run: Run::Tests {
+            target: "lsm",
+            names: &["lsm_override_fails_the_exec_and_the_caller_lives"],
+        },
+    },
+    Check {
+        name: "LSM connect Override",
+        run: Run::Tests {
+            target: "lsm",
+            names: &["lsm_socket_connect_override_fails_the_connect"],
+        },
+    },
+];
+
+impl Check {
+    /// The command line, given the sensor and the test binaries' paths.
+    pub fn argv(&self, sensor: &Path, test_bin: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        match &self.run {
+            Run::Sensor(args) => std::iter::once(sensor.display().to_string())
+                .chain(args.iter().map(|s| s.to_string()))
+                .collect(),
+            Run::Tests { target, names } => {
+                let mut v =
+                    vec![test_bin(target).unwrap_or_else(|| format!("missing-test-{target}"))];
+                v.extend(["--exact", "--test-threads=1"].map(String::from));
+                v.extend(names.iter().map(|s| s.to_string()));
+                v
+            }
+        }
+    }
+}
+
+/// The outcome of one check on one kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+impl Outcome {
+    /// Judges a check from its exit status and output. A test that cannot
+    /// run on this kernel says `SKIP <test>: <why>` and passes; that is a
+    /// skip, with the reason, never a pass.
+    pub fn judge(exit_ok: bool, output: &str) -> Outcome {
+        if !exit_ok {
+            return Outcome::Fail(failure_reason(output));
+        }
+        if let Some(why) = output
+            .lines()
+            .find_map(|l| l.split_once("SKIP ").map(|(_, rest)| rest))
+            .map(|l| l.split_once(": ").map_or(l, |(_, why)| why))
+        {
+            return Outcome::Skip(why.to_string());
+        }
+        if output.contains("running 0 tests") {
+            return Outcome::Fail("no test of that name".into());
+        }
+        Outcome::Pass
+    }
+
+    pub fn cell(&self) -> String {
+        match self {
+            Outcome::Pass => "pass".into(),
+            Outcome::Fail(_) => "FAIL".into(),
+            Outcome::Skip(_) => "skip".into(),
+        }
+    }
+}
+
+/// The most telling line of a failed check's output.
+fn failure_reason(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().map(str::trim).collect();
+    let pick = |pat: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(pat))
+            .map(|l| l.to_string())
+    };
+    pick("verifier")
+        .or_else(|| pick("error:"))
+        .or_else(|| pick("panicked at"))
+        .or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| !l.is_empty())
+                .map(|l| l.to_string())
+        })
+        .unwrap_or_else(|| "no output".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_line_makes_a_skip_not_a_pass() {
+        let out = "running 1 test\nSKIP t: this kernel lacks BPF-LSM\ntest t ... ok\n";
+        assert_eq!(
+            Outcome::judge(true, out),
+            Outcome::Skip("this kernel lacks BPF-LSM".into())
+        );
+        assert_eq!(
+            Outcome::judge(true, "running 1 test\ntest t ... ok"),
+            Outcome::Pass
+        );
+        assert!(
+            matches!(Outcome::judge(false, "x\npanicked at y\n"), Outcome::Fail(r) if r.contains("panicked"))
+        );
+        assert!(matches!(
+            Outcome::judge(true, "running 0 tests\n"),
+            Outcome::Fail(_)
+        ));
+    }
+}
