@@ -313,6 +313,16 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
     pub signal_live: u32,
+    /// The cgroup walk of kernels whose tracing programs lack
+    /// `bpf_get_current_ancestor_cgroup_id`: task->cgroups->dfl_cgrp, then
+    /// cgroup->kn->id and cgroup->self.parent->cgroup up to the root.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub cgroup_self: u32,
+    pub css_parent: u32,
+    pub css_cgroup: u32,
     pub _pad: u32,
 }
 

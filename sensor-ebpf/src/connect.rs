@@ -9,8 +9,7 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns, bpf_send_signal,
-        generated::{bpf_loop, bpf_set_retval},
+        bpf_ktime_get_ns, bpf_send_signal, generated::bpf_set_retval,
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -21,32 +20,54 @@ use sensor_common::{
 };
 
 use crate::maps::{
-    count_lost, wakeup_flags, CONFIG, EVENTS, NET_ADDR, NET_EVAL, NET_SELECTORS, NET_VALUE, PROCS,
+    count_lost, wakeup_flags, CONFIG, EVENTS, NET_ADDR, NET_EVAL, NET_SELECTORS, NET_VALUE,
+    PENDING_SIGNALS, PROCS,
 };
-use crate::reflex::in_scope;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EPERM: u32 = 1;
 
+// Each hook in both forms (see `looping`): the compat form denies with
+// EPERM only, having no `bpf_set_retval`, and leaves signals to `signals`.
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
-    on_sock(&ctx, sock_op::CONNECT4)
+    on_sock::<true>(&ctx, sock_op::CONNECT4)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn snsr_connect4_compat(ctx: SockAddrContext) -> i32 {
+    on_sock::<false>(&ctx, sock_op::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
-    on_sock(&ctx, sock_op::CONNECT6)
+    on_sock::<true>(&ctx, sock_op::CONNECT6)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn snsr_connect6_compat(ctx: SockAddrContext) -> i32 {
+    on_sock::<false>(&ctx, sock_op::CONNECT6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sock(&ctx, sock_op::SENDMSG4)
+    on_sock::<true>(&ctx, sock_op::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn snsr_sendmsg4_compat(ctx: SockAddrContext) -> i32 {
+    on_sock::<false>(&ctx, sock_op::SENDMSG4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn snsr_sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sock(&ctx, sock_op::SENDMSG6)
+    on_sock::<true>(&ctx, sock_op::SENDMSG6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn snsr_sendmsg6_compat(ctx: SockAddrContext) -> i32 {
+    on_sock::<false>(&ctx, sock_op::SENDMSG6)
 }
 
 /// The selector loop's state, in a map for the same reason as `reflex::Eval`.
@@ -95,15 +116,17 @@ fn read_addresses(sa: &bpf_sock_addr, op: u8, e: &mut ConnectEvent) {
     }
 }
 
-fn on_sock(ctx: &SockAddrContext, op: u8) -> i32 {
-    match try_sock(ctx, op) {
+#[inline(always)]
+fn on_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> i32 {
+    match try_sock::<MODERN>(ctx, op) {
         Some(false) => 0,
         _ => 1,
     }
 }
 
 /// Returns whether the connect may proceed.
-fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
+#[inline(always)]
+fn try_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     // SAFETY: the context the kernel handed us.
     let sa = unsafe { &*ctx.sock_addr };
     let ep = NET_EVAL.get_ptr_mut(0)?;
@@ -136,29 +159,21 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     };
     read_addresses(sa, op, &mut ev.event);
     ev.n = cfg.n_net_selectors as u64;
-    ev.scoped_in = in_scope(&cfg) as u64;
+    ev.scoped_in = crate::reflex::in_scope::<MODERN>(&cfg) as u64;
     ev.hooks_done = 0;
     ev.scopes = if cfg.n_scopes != 0 {
-        crate::reflex::task_scopes()
+        crate::reflex::task_scopes::<MODERN>()
     } else {
         0
     };
     // SAFETY: ProcState is plain data.
     ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
-    if crate::quarantine::current_quarantined() {
+    if crate::quarantine::current_quarantined::<MODERN>() {
         // A quarantined pod connects nowhere; the record says so.
         ev.event.quarantined = 1;
         ev.event.errno = EPERM;
     } else if ev.n > 0 && ev.scoped_in != 0 {
-        // SAFETY: the callback reaches its state through the NET_EVAL map.
-        unsafe {
-            bpf_loop(
-                MAX_SELECTORS as u32,
-                eval_selector as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            )
-        };
+        crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_selector);
     }
     let e = &ev.event;
     let urgent =
@@ -170,11 +185,19 @@ fn try_sock(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         count_lost(kind::CONNECT);
     }
     if e.signal != 0 {
-        // SAFETY: signals the current task, the one connecting.
-        unsafe { bpf_send_signal(e.signal) };
+        if MODERN {
+            // SAFETY: signals the current task, the one connecting.
+            unsafe { bpf_send_signal(e.signal) };
+        } else {
+            // Older kernels have no bpf_send_signal in cgroup programs: the
+            // connect is denied here and `signals` delivers the signal as
+            // the syscall returns, before the task runs again.
+            let _ = PENDING_SIGNALS.insert(&pid_tgid, &e.signal, 0);
+        }
     }
-    if e.errno != 0 {
-        // SAFETY: sets the error the denied connect returns.
+    if MODERN && e.errno != 0 && e.errno != EPERM {
+        // SAFETY: sets the error the denied connect returns (EPERM is what
+        // a denial returns anyway).
         unsafe { bpf_set_retval(-(e.errno as i32)) };
     }
     Some(e.signal == 0 && e.errno == 0)

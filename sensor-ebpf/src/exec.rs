@@ -22,11 +22,19 @@ const HEADER: usize = core::mem::size_of::<ExecEvent>();
 
 #[tracepoint]
 pub fn snsr_exec(_ctx: TracePointContext) -> u32 {
-    let _ = try_exec();
+    let _ = try_exec::<true>();
     0
 }
 
-fn try_exec() -> Result<(), i32> {
+/// The same program for kernels without `bpf_loop` (see `looping`).
+#[tracepoint]
+pub fn snsr_exec_compat(_ctx: TracePointContext) -> u32 {
+    let _ = try_exec::<false>();
+    0
+}
+
+#[inline(always)]
+fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let pscratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
@@ -54,7 +62,7 @@ fn try_exec() -> Result<(), i32> {
 
     let cfg = CONFIG.get(0).copied().unwrap_or_default();
     let scopes = if cfg.n_scopes != 0 {
-        reflex::task_scopes()
+        reflex::task_scopes::<MODERN>()
     } else {
         0
     };
@@ -65,7 +73,7 @@ fn try_exec() -> Result<(), i32> {
     // The binary: mm->exe_file->f_path, resolved in the kernel.
     let mut plen = 0usize;
     match read_ptr(mm, off!(mm_exe_file))
-        .and_then(|f| path::resolve(f.wrapping_add(off!(file_f_path) as usize), pbuf))
+        .and_then(|f| path::resolve::<MODERN>(f.wrapping_add(off!(file_f_path) as usize), pbuf))
     {
         Ok(r) => {
             plen = r.len() & (PATH_MAX - 1);
@@ -73,7 +81,7 @@ fn try_exec() -> Result<(), i32> {
                 ev.flags |= exec_flags::PATH_TRUNCATED;
             }
             unsafe { copy_from(data, 0, &pbuf.buf, r.start, plen) };
-            let v = reflex::on_exec(&cfg, tgid, pbuf, r.start, scopes);
+            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, r.start, scopes);
             ev.hits = v.hits;
             ev.signal = v.signal;
         }
@@ -109,7 +117,7 @@ fn try_exec() -> Result<(), i32> {
     // The working directory: task->fs->pwd.
     let mut clen = 0usize;
     let cwd = read_ptr(task, off!(task_fs))
-        .and_then(|fs| path::resolve(fs.wrapping_add(off!(fs_pwd) as usize), pbuf));
+        .and_then(|fs| path::resolve::<MODERN>(fs.wrapping_add(off!(fs_pwd) as usize), pbuf));
     match cwd {
         Ok(r) => {
             clen = r.len() & (PATH_MAX - 1);

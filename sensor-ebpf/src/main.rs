@@ -1,21 +1,27 @@
 //! Kernel programs of `sensor`, one module per hook family:
 //! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit),
-//! `connect` (connects and sends, and the connect reflex), `quarantine` (the
-//! node-local antibody).
-//! `reflex` evaluates compiled policy selectors, `path` resolves kernel paths,
-//! `kernel` reads struct fields at offsets the loader found in BTF, and `maps`
-//! declares everything userspace shares with these programs.
+//! `connect` (connects and sends, and the connect reflex), `signals` (a
+//! connect reflex's signal on kernels whose cgroup programs cannot send one),
+//! `quarantine` (the node-local antibody).
+//! Shared pieces: `reflex` evaluates compiled policy selectors, `path`
+//! resolves kernel paths, `cgroups` walks the current task's cgroups,
+//! `kernel` reads struct fields at offsets the loader found in BTF,
+//! `looping` builds each looping program for old and new verifiers, and
+//! `maps` declares everything userspace shares with these programs.
 #![no_std]
 #![no_main]
 
+mod cgroups;
 mod connect;
 mod exec;
 mod kernel;
 mod lifecycle;
+mod looping;
 mod maps;
 mod path;
 mod quarantine;
 mod reflex;
+mod signals;
 
 #[cfg(not(test))]
 #[panic_handler]

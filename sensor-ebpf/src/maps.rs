@@ -35,6 +35,13 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
     signal_live: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cgroup_self: 0,
+    css_parent: 0,
+    css_cgroup: 0,
     _pad: 0,
 };
 
@@ -158,6 +165,11 @@ pub static NET_VALUE: HashMap<NetValueKey, u8> = HashMap::with_max_entries(16384
 /// State of the connect selector loop (see `connect::NetEval`).
 #[map]
 pub static NET_EVAL: PerCpuArray<crate::connect::NetEval> = PerCpuArray::with_max_entries(1, 0);
+
+/// Signals the compat connect programs decided, by pid_tgid of the thread
+/// in the syscall; `signals` sends them as the syscall returns.
+#[map]
+pub static PENDING_SIGNALS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Quarantined cgroups (a pod's cgroup covers its containers).
 #[map]

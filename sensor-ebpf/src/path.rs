@@ -3,7 +3,7 @@
 //! so the result is the path as the process's mount namespace sees it.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel};
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use sensor_common::PATH_MAX;
 
 use crate::kernel::{off, read, read_ptr};
@@ -26,7 +26,7 @@ impl Resolved {
     }
 }
 
-/// The walk's state between `bpf_loop` steps. It lives in a map, not on the
+/// The walk's state between loop steps. It lives in a map, not on the
 /// stack: values read from a map are unknown to the verifier, so it checks
 /// one step instead of following `pos` through every iteration.
 #[repr(C)]
@@ -100,7 +100,10 @@ fn try_step(w: &mut Walk) -> Result<bool, i32> {
 /// Writes the path that `path` (a kernel `struct path *`) names into the
 /// per-CPU path scratch, ending at `PATH_MAX`.
 #[inline(always)]
-pub fn resolve(path: *const u8, scratch: &mut PathScratch) -> Result<Resolved, i32> {
+pub fn resolve<const MODERN: bool>(
+    path: *const u8,
+    scratch: &mut PathScratch,
+) -> Result<Resolved, i32> {
     let vfsmnt = read_ptr(path, off!(path_mnt))?;
     let wp = WALK.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
@@ -112,8 +115,7 @@ pub fn resolve(path: *const u8, scratch: &mut PathScratch) -> Result<Resolved, i
         pos: PATH_MAX as u64,
         end: 0,
     };
-    // SAFETY: the callback reaches its state through the WALK map.
-    unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    crate::looping::repeat::<MODERN>(MAX_STEPS, step);
     let mut pos = w.pos as usize & (PATH_MAX * 2 - 1);
     if pos >= PATH_MAX {
         pos = PATH_MAX - 1;

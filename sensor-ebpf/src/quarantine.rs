@@ -4,9 +4,7 @@
 //! tree, connections opened before the decision included, and the connect
 //! hooks deny new connects and sends outright.
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, generated::bpf_skb_ancestor_cgroup_id},
-    macros::cgroup_skb,
-    programs::SkBuffContext,
+    helpers::generated::bpf_skb_ancestor_cgroup_id, macros::cgroup_skb, programs::SkBuffContext,
 };
 use sensor_common::MAX_CGROUP_LEVEL;
 
@@ -28,21 +26,8 @@ fn active() -> bool {
 
 /// Whether the current task is under a quarantined cgroup.
 #[inline(always)]
-pub fn current_quarantined() -> bool {
-    if !active() {
-        return false;
-    }
-    for level in 0..MAX_CGROUP_LEVEL {
-        // SAFETY: helper without pointer arguments.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            return false;
-        }
-        if quarantined(id) {
-            return true;
-        }
-    }
-    false
+pub fn current_quarantined<const MODERN: bool>() -> bool {
+    active() && crate::cgroups::any::<MODERN>(quarantined)
 }
 
 fn skb_quarantined(ctx: &SkBuffContext) -> bool {

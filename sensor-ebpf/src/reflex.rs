@@ -3,13 +3,10 @@
 //! sent before the new image runs one instruction.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{
-    bpf_get_current_ancestor_cgroup_id, bpf_send_signal,
-    generated::{bpf_loop, bpf_probe_read_kernel},
-};
+use aya_ebpf::helpers::{bpf_send_signal, generated::bpf_probe_read_kernel};
 use sensor_common::{
-    match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_CGROUP_LEVEL, MAX_SELECTORS,
-    MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
+    match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS, MAX_VALUE_LEN,
+    NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
 };
 
 use crate::maps::{
@@ -118,19 +115,16 @@ fn zero(data: &mut [u8; 256]) {
 
 /// The pod-scoped policies that apply to the current task: the union of the
 /// `POD_SCOPES` entries of its cgroup and their ancestors.
-pub fn task_scopes() -> u64 {
+#[inline(always)]
+pub fn task_scopes<const MODERN: bool>() -> u64 {
     let mut bits = 0u64;
-    for level in 0..MAX_CGROUP_LEVEL {
-        // SAFETY: helper without pointer arguments.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            break;
-        }
+    crate::cgroups::any::<MODERN>(|id| {
         // SAFETY: plain u64 value.
         if let Some(b) = unsafe { POD_SCOPES.get(&id) } {
             bits |= *b;
         }
-    }
+        false
+    });
     bits
 }
 
@@ -141,22 +135,13 @@ pub fn scope_applies(scope: u8, scopes: u64) -> bool {
 }
 
 /// Whether the current task is under one of the scope cgroups.
-pub fn in_scope(cfg: &Config) -> bool {
+#[inline(always)]
+pub fn in_scope<const MODERN: bool>(cfg: &Config) -> bool {
     if cfg.scoped == 0 {
         return true;
     }
-    for level in 0..MAX_CGROUP_LEVEL {
-        // SAFETY: helper without pointer arguments.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            break;
-        }
-        // SAFETY: presence test on a u8 value.
-        if unsafe { SCOPE_CGROUPS.get(&id) }.is_some() {
-            return true;
-        }
-    }
-    false
+    // SAFETY: presence test on a u8 value.
+    crate::cgroups::any::<MODERN>(|id| unsafe { SCOPE_CGROUPS.get(&id) }.is_some())
 }
 
 /// State carried through the selector loop. It lives in a map so that the
@@ -258,7 +243,13 @@ extern "C" fn net_binaries(index: u64, _ctx: *mut c_void) -> i64 {
 /// `path.buf[start..]`, updates the process's policy state, and signals the
 /// current task when a matching selector says so.
 #[inline(always)]
-pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize, scopes: u64) -> Verdict {
+pub fn on_exec<const MODERN: bool>(
+    cfg: &Config,
+    tgid: u32,
+    path: &PathScratch,
+    start: usize,
+    scopes: u64,
+) -> Verdict {
     let n = cfg.n_selectors as u64;
     if n == 0 && cfg.n_net_selectors == 0 {
         return Verdict { hits: 0, signal: 0 };
@@ -276,7 +267,7 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize, scopes
     *e = Eval {
         keys,
         n,
-        scoped_in: in_scope(cfg) as u64,
+        scoped_in: in_scope::<MODERN>(cfg) as u64,
         caller,
         state: ProcState {
             follow: caller.follow | (caller.bin_in & cfg.follow_mask),
@@ -288,27 +279,11 @@ pub fn on_exec(cfg: &Config, tgid: u32, path: &PathScratch, start: usize, scopes
         signal: 0,
         _pad: 0,
     };
-    // SAFETY: the callback reaches its state through the EVAL map.
-    unsafe {
-        bpf_loop(
-            MAX_SELECTORS as u32,
-            eval_selector as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_selector);
     if cfg.n_net_selectors != 0 {
         e.state.net_follow = caller.net_follow | (caller.net_bin_in & cfg.net_follow_mask);
         e.n = cfg.n_net_selectors as u64;
-        // SAFETY: as above.
-        unsafe {
-            bpf_loop(
-                MAX_SELECTORS as u32,
-                net_binaries as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            )
-        };
+        crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, net_binaries);
     }
     let state = e.state;
     if state != ProcState::default() {

@@ -33,6 +33,8 @@ pub enum Output {
 
 pub struct RunOptions {
     pub node_name: String,
+    /// Which form of each kernel program this kernel takes.
+    pub plan: crate::load::probe::Plan,
     pub output: Output,
     pub export_file: Option<PathBuf>,
     pub export_max_bytes: u64,
@@ -111,7 +113,7 @@ pub async fn run(
         .program_stats
         .then(crate::load::enable_stats)
         .transpose()?;
-    let mut kernel = Kernel::load(opts.ring_bytes)?;
+    let mut kernel = Kernel::load(opts.ring_bytes, &opts.plan)?;
     kernel.apply(&compiled, &scope)?;
     let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
     kernel.attach(&root)?;

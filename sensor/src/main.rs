@@ -62,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Print what this kernel offers and which path each policy hook takes.
+    Probe {
+        /// Also load and attach every program chosen, then remove them.
+        #[arg(long)]
+        load: bool,
+    },
     /// Print JSON lines (a file, or stdin) as compact lines.
     Compact {
         /// File of JSON lines; stdin when absent or "-".
@@ -227,6 +233,15 @@ fn policy_failure(e: &PolicyError) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let features = load::probe::Features::probe();
+    let plan = features.plan();
+    tracing::info!(
+        kernel = %features.release,
+        exec = ?plan.exec,
+        connect = ?plan.connect,
+        lsm = plan.lsm,
+        "kernel probed: program forms chosen"
+    );
     let (compiled, rules) = match load_policies(&args).and_then(|l| {
         for (file, why) in &l.skipped {
             tracing::warn!(file = %file.display(), why, "policy not loaded");
@@ -238,6 +253,7 @@ fn run(args: RunArgs) -> ExitCode {
             tracing::info!(file = %file.display(), rule = %r.name, "brain rule loaded");
         }
         let rules = l.rules.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        policy::fits_kernel(&l.policies, &plan)?;
         Compiled::new(&l.policies).map(|c| (c, rules))
     }) {
         Ok(c) => c,
@@ -248,6 +264,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let opts = RunOptions {
         node_name: node_name(args.node_name),
+        plan,
         output: args.output,
         export_file: args.export_file,
         export_max_bytes: args.export_file_max_size_mb.max(1) * 1024 * 1024,
@@ -337,6 +354,36 @@ fn compact(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// `sensor probe`: the kernel's features, the forms chosen, and with
+/// `--load` whether every chosen program passes this kernel's verifier.
+fn probe(load: bool) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("error: sensor probe must run as root: it loads test programs");
+        return ExitCode::FAILURE;
+    }
+    let features = load::probe::Features::probe();
+    print!("{features}");
+    if !load {
+        return ExitCode::SUCCESS;
+    }
+    let attached = load::Kernel::load(64 * 1024, &features.plan()).and_then(|mut k| {
+        let root = daemon::cgroup2_root().ok_or(load::LoadError::Missing("a cgroup2 mount"))?;
+        k.attach(&root)?;
+        Ok(k.loaded_programs())
+    });
+    match attached {
+        Ok(names) => {
+            println!("programs verified and attached: {}", names.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The single-threaded runtime the daemon and the API commands run on.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
@@ -392,6 +439,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { files, vars },
         } => check(&files, &vars.vars()),
         Command::Compact { file } => compact(file),
+        Command::Probe { load } => probe(load),
         Command::Quarantine {
             command: QuarantineCommand::Apply(p),
         } => quarantine(&p, true),

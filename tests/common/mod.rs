@@ -214,6 +214,18 @@ pub fn pod_ids() -> (String, String) {
     (uid, container)
 }
 
+/// Whether `sensor probe` says `value` on the line of `what`: what this
+/// kernel can enforce (a test of a feature some kernels lack checks it).
+pub fn probe_says(what: &str, value: &str) -> bool {
+    let out = Command::new(SENSOR)
+        .arg("probe")
+        .output()
+        .expect("running sensor probe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim_start().starts_with(what) && l.contains(value))
+}
+
 /// The sensor daemon, running with a JSON export file.
 pub struct Daemon {
     pub child: Child,

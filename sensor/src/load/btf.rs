@@ -25,6 +25,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -138,6 +139,14 @@ impl Btf {
         Ok(btf)
     }
 
+    /// The type id of the kernel function `name` (a `FUNC` type).
+    pub fn function_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && self.str_at(t.name) == name)
+            .map(|i| i as u32 + 1)
+    }
+
     fn str_at(&self, off: u32) -> &str {
         let rest = self.strings.get(off as usize..).unwrap_or(&[]);
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
@@ -204,6 +213,13 @@ impl Btf {
             mount_mnt_mountpoint: o("mount", "mnt_mountpoint")?,
             vfsmount_mnt_root: o("vfsmount", "mnt_root")?,
             signal_live: o("signal_struct", "live")?,
+            task_cgroups: o("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
+            cgroup_kn: o("cgroup", "kn")?,
+            kernfs_node_id: o("kernfs_node", "id")?,
+            cgroup_self: o("cgroup", "self")?,
+            css_parent: o("cgroup_subsys_state", "parent")?,
+            css_cgroup: o("cgroup_subsys_state", "cgroup")?,
             _pad: 0,
         })
     }

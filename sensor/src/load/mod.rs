@@ -1,8 +1,11 @@
 //! Loading the kernel side: pre-flight checks, struct offsets from BTF, the
 //! embedded eBPF object, attaching the programs, and writing compiled policy
 //! into the kernel's maps. Dropping [`Kernel`] detaches and frees everything.
+//! `probe` finds what the running kernel offers, and so which form of each
+//! program is attached.
 pub mod btf;
 mod mounts;
+pub mod probe;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{
@@ -67,6 +70,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> LoadError {
 /// The loaded, attached kernel side.
 pub struct Kernel {
     ebpf: Ebpf,
+    plan: probe::Plan,
 }
 
 /// Record kinds the `LOST` counters are indexed by, with their names.
@@ -79,8 +83,9 @@ pub const LOST_KINDS: [(u32, &str); 4] = [
 
 impl Kernel {
     /// Checks the environment, loads the object with this kernel's offsets
-    /// and a ring buffer of `ring_bytes`. Nothing is attached yet.
-    pub fn load(ring_bytes: u32) -> Result<Kernel, LoadError> {
+    /// and a ring buffer of `ring_bytes`. Nothing is attached yet; `plan`
+    /// says which form of each program [`Kernel::attach`] takes.
+    pub fn load(ring_bytes: u32, plan: &probe::Plan) -> Result<Kernel, LoadError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(LoadError::NotRoot);
@@ -97,7 +102,10 @@ impl Kernel {
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)?;
-        Ok(Kernel { ebpf })
+        Ok(Kernel {
+            ebpf,
+            plan: plan.clone(),
+        })
     }
 
     /// Attaches fork and exit before exec so that no process the exec
@@ -115,26 +123,47 @@ impl Kernel {
                 name: "snsr_fork",
                 source,
             })?;
-        for (name, tp) in [
-            ("snsr_exit", "sched_process_exit"),
-            ("snsr_exec", "sched_process_exec"),
-        ] {
-            let p: &mut TracePoint = self.program(name)?;
-            p.load()
-                .map_err(|source| LoadError::Program { name, source })?;
-            p.attach("sched", tp)
-                .map_err(|source| LoadError::Program { name, source })?;
+        let modern_exec = self.plan.exec == probe::Form::Modern;
+        let modern_connect = self.plan.connect == probe::Form::Modern;
+        let exec = if modern_exec {
+            "snsr_exec"
+        } else {
+            "snsr_exec_compat"
+        };
+        self.tracepoint("snsr_exit", &[("sched", "sched_process_exit")])?;
+        self.tracepoint(exec, &[("sched", "sched_process_exec")])?;
+        if !modern_connect {
+            // The compat connect programs leave their signals to this one.
+            self.tracepoint(
+                "snsr_signal_on_exit",
+                &[
+                    ("syscalls", "sys_exit_connect"),
+                    ("syscalls", "sys_exit_sendto"),
+                    ("syscalls", "sys_exit_sendmsg"),
+                    ("syscalls", "sys_exit_sendmmsg"),
+                ],
+            )?;
         }
         let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
             path: cgroup_root.display().to_string(),
             source,
         })?;
-        for name in [
-            "snsr_connect4",
-            "snsr_connect6",
-            "snsr_sendmsg4",
-            "snsr_sendmsg6",
-        ] {
+        let sock_programs: [&'static str; 4] = if modern_connect {
+            [
+                "snsr_connect4",
+                "snsr_connect6",
+                "snsr_sendmsg4",
+                "snsr_sendmsg6",
+            ]
+        } else {
+            [
+                "snsr_connect4_compat",
+                "snsr_connect6_compat",
+                "snsr_sendmsg4_compat",
+                "snsr_sendmsg6_compat",
+            ]
+        };
+        for name in sock_programs {
             let p: &mut CgroupSockAddr = self.program(name)?;
             p.load()
                 .map_err(|source| LoadError::Program { name, source })?;
@@ -152,6 +181,27 @@ impl Kernel {
                 .map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(())
+    }
+
+    /// Loads tracepoint program `name` and attaches it to each of `points`.
+    fn tracepoint(&mut self, name: &'static str, points: &[(&str, &str)]) -> Result<(), LoadError> {
+        let p: &mut TracePoint = self.program(name)?;
+        p.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+        for (category, event) in points {
+            p.attach(category, event)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Names of the programs loaded into the kernel.
+    pub fn loaded_programs(&self) -> Vec<String> {
+        self.ebpf
+            .programs()
+            .filter(|(_, p)| p.info().is_ok())
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     /// Cuts cgroup `id` (and everything under it) off the network.

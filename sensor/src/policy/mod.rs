@@ -2,10 +2,12 @@
 //! (`files`), turning the YAML schema (`raw`) into a [`Policy`] whose invalid
 //! states cannot be built (`parse` for hooks, `hooks` for the hooks this
 //! sensor implements, `selector` and `net` for selectors), and compiling
-//! loaded policies into the kernel's selector tables (`compile`).
+//! loaded policies into the kernel's selector tables (`compile`), after
+//! `kernel` has checked them against what the running kernel can enforce.
 mod compile;
 mod files;
 mod hooks;
+mod kernel;
 mod net;
 mod parse;
 mod raw;
@@ -18,6 +20,7 @@ pub use net::NetMatch;
 
 pub use compile::{Compiled, Scope, SelectorMeta};
 pub use files::{load_dir, load_file, Loaded, Vars};
+pub use kernel::fits_kernel;
 
 use std::path::PathBuf;
 
@@ -84,6 +87,9 @@ pub enum EventArg {
 /// One hook of a policy, mapped onto the exec or the connect reflex.
 #[derive(Debug, Clone)]
 pub struct Hook {
+    /// Where the hook is in its file (`spec.kprobes[0]`), for errors found
+    /// after parsing.
+    pub field: String,
     pub point: HookPoint,
     pub family: HookFamily,
     /// Whether matchBinaries tests the image after exec (a tracepoint there).

@@ -277,6 +277,7 @@ fn hook(
         });
     }
     Ok(Hook {
+        field: at.to_string(),
         point,
         family: def.family,
         binaries_of_new_image: def.binaries_of_new_image,

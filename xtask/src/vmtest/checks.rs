@@ -95,7 +95,7 @@ impl Check {
             Run::Tests { target, names } => {
                 let mut v =
                     vec![test_bin(target).unwrap_or_else(|| format!("missing-test-{target}"))];
-                v.extend(["--exact", "--test-threads=1"].map(String::from));
+                v.extend(["--exact", "--test-threads=1", "--nocapture"].map(String::from));
                 v.extend(names.iter().map(|s| s.to_string()));
                 v
             }

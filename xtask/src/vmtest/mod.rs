@@ -59,7 +59,27 @@ impl Artifacts {
     }
 }
 
-pub fn main(args: &[String]) -> Result<()> {
+/// Cells of the table, for the test command's closing line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Skips for a reason other than a kernel feature.
+    pub env_skips: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+        self.env_skips += o.env_skips;
+    }
+}
+
+/// Runs the matrix; fails when any check failed.
+pub fn main(args: &[String]) -> Result<Counts> {
     let only: Vec<&str> = args
         .windows(2)
         .filter(|w| w[0] == "--kernel")
@@ -112,17 +132,17 @@ pub fn main(args: &[String]) -> Result<()> {
         let label = format!("host {}", release.trim().split('-').next().unwrap_or("?"));
         columns.push((label, run_on_host(&artifacts)?));
     }
-    let failed = print_table(&columns);
+    let counts = print_table(&columns);
     println!(
         "vmtest: {} kernels in {:.0} s; guest logs in {}",
         columns.len(),
         started.elapsed().as_secs_f64(),
         dir.join("logs").display()
     );
-    if failed > 0 {
-        bail!("{failed} checks failed");
+    if counts.failed > 0 {
+        bail!("{} checks failed in the kernel matrix", counts.failed);
     }
-    Ok(())
+    Ok(counts)
 }
 
 fn all(o: Outcome) -> Vec<Outcome> {
@@ -229,7 +249,7 @@ fn init_script(modules: &[String], a: &Artifacts) -> String {
     for (i, c) in CHECKS.iter().enumerate() {
         let argv: Vec<String> = a.argv(c).iter().map(|w| format!("'{w}'")).collect();
         s.push_str(&format!(
-            "echo '@@vmtest begin {i}'\ntimeout 300 {} 2>&1\necho \"@@vmtest end {i} $?\"\n",
+            "echo \"@@vmtest begin {i} $(cat /proc/uptime)\"\ntimeout 300 {} 2>&1\necho \"@@vmtest end {i} $? $(cat /proc/uptime)\"\n",
             argv.join(" ")
         ));
     }
@@ -369,6 +389,7 @@ fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Result<Vec<Outco
     let mut outcomes: Vec<Option<Outcome>> = vec![None; CHECKS.len()];
     let mut current: Option<(usize, String)> = None;
     let mut booted = false;
+    let mut began = 0.0;
     let mut last = String::new();
     for line in BufReader::new(out).lines() {
         let line = line.unwrap_or_default();
@@ -377,15 +398,27 @@ fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Result<Vec<Outco
         if let Some(rest) = line.strip_prefix("@@vmtest ready ") {
             booted = true;
             eprintln!("vmtest: {} booted: {rest}", k.label);
-        } else if let Some(i) = line.strip_prefix("@@vmtest begin ") {
-            current = i.trim().parse().ok().map(|i| (i, String::new()));
+        } else if let Some(rest) = line.strip_prefix("@@vmtest begin ") {
+            let mut it = rest.split_whitespace();
+            current = it
+                .next()
+                .and_then(|i| i.parse().ok())
+                .map(|i| (i, String::new()));
+            began = it.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
         } else if let Some(rest) = line.strip_prefix("@@vmtest end ") {
             let mut it = rest.split_whitespace();
             let (i, rc) = (it.next(), it.next());
+            let ended = it.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
             if let (Some((ci, output)), Some(rc)) = (current.take(), rc) {
                 if i.and_then(|i| i.parse::<usize>().ok()) == Some(ci) && ci < outcomes.len() {
                     let o = Outcome::judge(rc == "0", &output);
-                    eprintln!("vmtest: {} {}: {}", k.label, CHECKS[ci].name, o.cell());
+                    eprintln!(
+                        "vmtest: {} {}: {} ({:.0} s)",
+                        k.label,
+                        CHECKS[ci].name,
+                        o.cell(),
+                        ended - began
+                    );
                     outcomes[ci] = Some(o);
                 }
             }
@@ -446,8 +479,8 @@ fn run_on_host(a: &Artifacts) -> Result<Vec<Outcome>> {
     Ok(v)
 }
 
-/// Prints the table and the reasons under it; returns the failure count.
-fn print_table(columns: &[(String, Vec<Outcome>)]) -> usize {
+/// Prints the table and the reasons under it; returns the cells' counts.
+fn print_table(columns: &[(String, Vec<Outcome>)]) -> Counts {
     let w = CHECKS.iter().map(|c| c.name.len()).max().unwrap_or(10);
     let mut head = format!("| {:w$} |", "check");
     let mut rule = format!("|{}|", "-".repeat(w + 2));
@@ -457,7 +490,7 @@ fn print_table(columns: &[(String, Vec<Outcome>)]) -> usize {
     }
     println!("{head}\n{rule}");
     let mut notes = Vec::new();
-    let mut failed = 0;
+    let mut counts = Counts::default();
     for (i, c) in CHECKS.iter().enumerate() {
         let mut row = format!("| {:w$} |", c.name);
         for (label, outcomes) in columns {
@@ -465,11 +498,14 @@ fn print_table(columns: &[(String, Vec<Outcome>)]) -> usize {
             row.push_str(&format!(" {:^11} |", o.cell()));
             match o {
                 Outcome::Fail(why) => {
-                    failed += 1;
+                    counts.failed += 1;
                     notes.push(format!("FAIL {label} / {}: {why}", c.name));
                 }
-                Outcome::Skip(why) => notes.push(format!("skip {label} / {}: {why}", c.name)),
-                Outcome::Pass => {}
+                Outcome::Skip(why) => {
+                    counts.skipped += 1;
+                    notes.push(format!("skip {label} / {}: {why}", c.name));
+                }
+                Outcome::Pass => counts.passed += 1,
             }
         }
         println!("{row}");
@@ -477,5 +513,5 @@ fn print_table(columns: &[(String, Vec<Outcome>)]) -> usize {
     for n in notes {
         println!("{n}");
     }
-    failed
+    counts
 }

@@ -1,0 +1,366 @@
+//! What this kernel offers the sensor, found by asking it (as `bpftool
+//! feature probe` does: a program that calls a helper is refused with
+//! "unknown func" when the kernel lacks it), and the form of each kernel
+//! program that the loader takes from it. The decision is a pure function
+//! of [`Features`], so it is tested without a kernel.
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Facts about the running kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub release: String,
+    pub btf: bool,
+    pub ring_buffer: bool,
+    /// `bpf_loop` (5.17).
+    pub bpf_loop: bool,
+    /// `bpf_set_retval` in cgroup programs (5.18).
+    pub set_retval: bool,
+    /// `bpf_send_signal` in cgroup socket-address programs.
+    pub cgroup_send_signal: bool,
+    /// `bpf_get_current_ancestor_cgroup_id` in tracing programs; without
+    /// it the exec program walks the cgroup tree itself.
+    pub ancestor_cgroup: bool,
+    /// The kernel is built with BPF-LSM (`CONFIG_BPF_LSM`).
+    pub lsm_built: bool,
+    /// `bpf` is in the active LSM list (`lsm=...,bpf` at boot).
+    pub lsm_active: bool,
+    /// An LSM program on `bprm_check_security` passes the verifier (some
+    /// kernels refuse every trampoline program, LSM included).
+    pub lsm_loads: bool,
+    /// kprobes can be attached (the kprobe PMU exists).
+    pub kprobes: bool,
+}
+
+/// The form of a program family the loader takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `bpf_loop` and ancestor cgroup ids from a helper (and, for connect,
+    /// `bpf_set_retval` and a signal from the hook itself).
+    Modern,
+    /// Bounded loops and a cgroup walk; connect denies with EPERM only and
+    /// signals as the syscall returns.
+    Compat,
+}
+
+/// What the loader does on this kernel, per hook family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub exec: Form,
+    pub connect: Form,
+    /// Override on exec and connect hooks through BPF-LSM.
+    pub lsm: bool,
+    /// Why a feature is off, for refusals and the probe table.
+    pub connect_errno_missing: Option<&'static str>,
+    pub lsm_missing: Option<&'static str>,
+}
+
+impl Features {
+    /// The loader's choices for these features.
+    pub fn plan(&self) -> Plan {
+        let connect_modern = self.bpf_loop && self.set_retval && self.cgroup_send_signal;
+        let connect_errno_missing = if !self.set_retval {
+            Some("this kernel has no bpf_set_retval in cgroup programs (Linux 5.18)")
+        } else if !connect_modern {
+            Some("this kernel's connect programs run in their compat form (no bpf_loop, or no bpf_send_signal in cgroup programs), which cannot set an errno")
+        } else {
+            None
+        };
+        let lsm_missing = if !self.lsm_built {
+            Some("this kernel is built without BPF-LSM (CONFIG_BPF_LSM)")
+        } else if !self.lsm_active {
+            Some("BPF-LSM is not active on this kernel (boot with lsm=...,bpf)")
+        } else if !self.lsm_loads {
+            Some("this kernel refuses LSM programs (no BPF trampolines)")
+        } else {
+            None
+        };
+        Plan {
+            exec: if self.bpf_loop && self.ancestor_cgroup {
+                Form::Modern
+            } else {
+                Form::Compat
+            },
+            connect: if connect_modern {
+                Form::Modern
+            } else {
+                Form::Compat
+            },
+            lsm: lsm_missing.is_none(),
+            connect_errno_missing,
+            lsm_missing,
+        }
+    }
+
+    /// Asks the running kernel.
+    pub fn probe() -> Features {
+        // BPF-LSM's activity is read from securityfs.
+        if let Err(e) = super::mounts::ensure() {
+            tracing::warn!(error = %e, "mounting the kernel's file systems for the probe");
+        }
+        let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+        let btf = super::btf::Btf::from_sys_fs().ok();
+        let lsm_hook = btf
+            .as_ref()
+            .and_then(|b| b.function_id("bpf_lsm_bprm_check_security"));
+        Features {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            btf: btf.is_some(),
+            ring_buffer: helper(PROG_TRACEPOINT, 0, HELPER_RINGBUF_OUTPUT),
+            bpf_loop: helper(PROG_TRACEPOINT, 0, HELPER_LOOP),
+            set_retval: helper(
+                PROG_CGROUP_SOCK_ADDR,
+                ATTACH_INET4_CONNECT,
+                HELPER_SET_RETVAL,
+            ),
+            cgroup_send_signal: helper(
+                PROG_CGROUP_SOCK_ADDR,
+                ATTACH_INET4_CONNECT,
+                HELPER_SEND_SIGNAL,
+            ),
+            ancestor_cgroup: helper(PROG_TRACEPOINT, 0, HELPER_ANCESTOR_CGROUP_ID),
+            lsm_built: lsm_hook.is_some(),
+            lsm_loads: lsm_hook.is_some_and(lsm_program_loads),
+            lsm_active: lsm_list.trim().split(',').any(|l| l == "bpf"),
+            kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+        }
+    }
+}
+
+const PROG_TRACEPOINT: u32 = 5;
+const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+const PROG_LSM: u32 = 29;
+const ATTACH_INET4_CONNECT: u32 = 10;
+const ATTACH_LSM_MAC: u32 = 27;
+const HELPER_SEND_SIGNAL: i32 = 109;
+const HELPER_ANCESTOR_CGROUP_ID: i32 = 123;
+const HELPER_RINGBUF_OUTPUT: i32 = 130;
+const HELPER_LOOP: i32 = 181;
+const HELPER_SET_RETVAL: i32 = 187;
+
+/// The head of `union bpf_attr` for `BPF_PROG_LOAD`, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+}
+
+/// Loads `insns` as a program; returns whether it loaded and the verifier log.
+fn load(mut attr: ProgLoadAttr, insns: &[u64]) -> (bool, String) {
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 4096];
+    attr.insn_cnt = insns.len() as u32;
+    attr.insns = insns.as_ptr() as u64;
+    attr.license = license.as_ptr() as u64;
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    // SAFETY: BPF_PROG_LOAD (5) reads `attr` and the buffers it points to,
+    // which outlive the call; it writes at most log_size bytes of log.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a new descriptor that nothing else owns.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    let text = String::from_utf8_lossy(&log);
+    (fd >= 0, text.trim_end_matches('\0').trim().to_string())
+}
+
+/// Whether a BPF-LSM program (`r0 = 0; exit`) on the hook with BTF id
+/// `hook` loads.
+fn lsm_program_loads(hook: u32) -> bool {
+    let attr = ProgLoadAttr {
+        prog_type: PROG_LSM,
+        expected_attach_type: ATTACH_LSM_MAC,
+        attach_btf_id: hook,
+        ..Default::default()
+    };
+    load(attr, &[0xb7, 0x95]).0
+}
+
+/// Whether programs of `prog_type` may call helper `id`: a program that
+/// calls it with zeroed arguments is loaded, and only the verifier's
+/// "unknown func" / "invalid func" says the helper is missing (any other
+/// refusal is about the arguments, so the helper exists).
+fn helper(prog_type: u32, attach: u32, id: i32) -> bool {
+    // r1..r5 = 0; call id; r0 = 1; exit
+    let mut insns: Vec<u64> = (1..=5u64).map(|r| 0xb7 | (r << 8)).collect();
+    insns.push(0x85 | ((id as u32 as u64) << 32));
+    insns.push(0xb7 | (1u64 << 32));
+    insns.push(0x95);
+    let attr = ProgLoadAttr {
+        prog_type,
+        expected_attach_type: attach,
+        ..Default::default()
+    };
+    let (loaded, log) = load(attr, &insns);
+    // No log at all: the load was refused before the verifier ran (no
+    // privilege, or the program type is unknown), so nothing is known.
+    loaded || (!log.is_empty() && !(log.contains("unknown func") || log.contains("invalid func")))
+}
+
+impl std::fmt::Display for Features {
+    /// The `sensor probe` table.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "kernel {}", self.release)?;
+        for (what, have) in [
+            ("BTF (/sys/kernel/btf/vmlinux)", self.btf),
+            ("ring buffer (5.8)", self.ring_buffer),
+            (
+                "ancestor cgroup ids in tracing programs",
+                self.ancestor_cgroup,
+            ),
+            ("bpf_loop (5.17)", self.bpf_loop),
+            ("bpf_set_retval in cgroup programs (5.18)", self.set_retval),
+            (
+                "bpf_send_signal in cgroup programs",
+                self.cgroup_send_signal,
+            ),
+            ("BPF-LSM built in (CONFIG_BPF_LSM)", self.lsm_built),
+            ("BPF-LSM active (lsm=...,bpf)", self.lsm_active),
+            ("BPF-LSM programs load", self.lsm_loads),
+            ("kprobes", self.kprobes),
+        ] {
+            writeln!(f, "  {what:<44} {}", yes(have))?;
+        }
+        let plan = self.plan();
+        let form = |x: Form| match x {
+            Form::Modern => "bpf_loop",
+            Form::Compat => "bounded loops (compat)",
+        };
+        writeln!(f, "policy hooks and the path each takes")?;
+        writeln!(
+            f,
+            "  {:<44} sched/sched_process_exec, {}",
+            "exec (security_bprm_check, sys_execve[at],",
+            form(plan.exec)
+        )?;
+        writeln!(f, "   bprm_check_security, sched_process_exec)")?;
+        let kill = if plan.connect == Form::Modern {
+            "signal from the hook"
+        } else {
+            "signal as the syscall returns"
+        };
+        writeln!(
+            f,
+            "  {:<44} cgroup connect4/6 and sendmsg4/6, {}, {kill}",
+            "connect (tcp_connect, sys_connect,",
+            form(plan.connect)
+        )?;
+        writeln!(f, "   security_socket_connect, socket_connect)")?;
+        match plan.connect_errno_missing {
+            None => writeln!(f, "  {:<44} any errno", "connect Override")?,
+            Some(why) => writeln!(f, "  {:<44} EPERM only: {why}", "connect Override")?,
+        }
+        match plan.lsm_missing {
+            None => writeln!(f, "  {:<44} BPF-LSM", "exec Override (bprm_check_security)")?,
+            Some(why) => writeln!(
+                f,
+                "  {:<44} refused: {why}",
+                "exec Override (bprm_check_security)"
+            )?,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn newest() -> Features {
+        Features {
+            release: "6.18".into(),
+            btf: true,
+            ring_buffer: true,
+            bpf_loop: true,
+            set_retval: true,
+            cgroup_send_signal: true,
+            ancestor_cgroup: true,
+            lsm_built: true,
+            lsm_active: true,
+            lsm_loads: true,
+            kprobes: true,
+        }
+    }
+
+    #[test]
+    fn the_newest_kernel_takes_every_modern_path() {
+        let p = newest().plan();
+        assert_eq!(
+            (p.exec, p.connect, p.lsm),
+            (Form::Modern, Form::Modern, true)
+        );
+        assert_eq!(p.connect_errno_missing, None);
+    }
+
+    #[test]
+    fn without_bpf_loop_both_families_use_bounded_loops() {
+        let f = Features {
+            bpf_loop: false,
+            set_retval: false,
+            cgroup_send_signal: false,
+            ..newest()
+        };
+        let p = f.plan();
+        assert_eq!((p.exec, p.connect), (Form::Compat, Form::Compat));
+        assert!(p.connect_errno_missing.unwrap().contains("bpf_set_retval"));
+    }
+
+    #[test]
+    fn no_signal_from_cgroup_programs_means_compat_connect_only() {
+        let f = Features {
+            cgroup_send_signal: false,
+            ..newest()
+        };
+        let p = f.plan();
+        assert_eq!((p.exec, p.connect), (Form::Modern, Form::Compat));
+        assert!(p.connect_errno_missing.unwrap().contains("compat"));
+    }
+
+    #[test]
+    fn lsm_needs_to_be_built_and_active() {
+        let inactive = Features {
+            lsm_active: false,
+            ..newest()
+        }
+        .plan();
+        assert!(!inactive.lsm);
+        assert!(inactive.lsm_missing.unwrap().contains("lsm=...,bpf"));
+        let absent = Features {
+            lsm_built: false,
+            ..newest()
+        }
+        .plan();
+        assert!(absent.lsm_missing.unwrap().contains("CONFIG_BPF_LSM"));
+    }
+}

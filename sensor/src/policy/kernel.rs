@@ -1,0 +1,32 @@
+//! The one check a policy cannot pass on paper: whether the running kernel
+//! can enforce what it asks. A policy that asks more than the kernel can do
+//! is refused at load with the reason, never quietly weakened.
+use std::path::PathBuf;
+
+use super::{HookFamily, Policy, PolicyError};
+use crate::load::probe::Plan;
+
+const EPERM: u32 = 1;
+
+/// Refuses the first policy that this kernel cannot enforce as written.
+pub fn fits_kernel(policies: &[(PathBuf, Policy)], plan: &Plan) -> Result<(), PolicyError> {
+    for (file, p) in policies {
+        for h in &p.hooks {
+            for (j, s) in h.selectors.iter().enumerate() {
+                let errno = s.actions.errno.filter(|e| *e != EPERM);
+                if let (HookFamily::Connect, Some(e), Some(why)) =
+                    (h.family, errno, plan.connect_errno_missing)
+                {
+                    return Err(PolicyError {
+                        file: file.clone(),
+                        field: format!("{}.selectors[{j}].matchActions", h.field),
+                        reason: format!(
+                            "Override with argError -{e} cannot be enforced: {why}; only -1 (EPERM) can"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
