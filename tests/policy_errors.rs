@@ -77,11 +77,19 @@ fn unknown_action() {
 }
 
 #[test]
-fn override_needs_what_this_kernel_lacks() {
+fn override_on_exec_needs_the_hook_before_the_exec() {
+    // sys_execve's selectors act once the exec happened: too late to refuse it.
     refused(
-        &kprobe("    - matchActions: [{action: Override, argError: -1}]\n"),
-        "matchActions[0].action",
-        "BPF-LSM or kprobe error injection",
+        &format!(
+            "{HEAD}  kprobes:\n  - call: sys_execve\n    syscall: true\n    args: [{{index: 0, type: string}}]\n    selectors:\n    - matchActions: [{{action: Override, argError: -1}}]\n"
+        ),
+        "spec.kprobes[0].selectors[0].matchActions",
+        "security_bprm_check or lsmhook bprm_check_security",
+    );
+    refused(
+        &kprobe("    - matchActions: [{action: Override}]\n"),
+        "matchActions[0].argError",
+        "Override needs argError",
     );
 }
 

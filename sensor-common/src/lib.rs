@@ -40,6 +40,9 @@ pub mod kind {
     pub const FORK: u32 = 2;
     pub const EXIT: u32 = 3;
     pub const CONNECT: u32 = 4;
+    /// An exec refused by an Override selector: an [`ExecEvent`] of the
+    /// calling process, followed by the path of the binary it tried.
+    pub const EXEC_DENIED: u32 = 5;
 }
 
 /// Bits of [`ExecEvent::flags`].
@@ -252,6 +255,10 @@ pub struct ExecSelector {
     /// 0: every task; i: only tasks under a cgroup whose `POD_SCOPES` bit
     /// i-1 is set (TracingPolicyNamespaced, podSelector).
     pub scope: u8,
+    /// Non-zero: Override with this errno, decided in the BPF-LSM
+    /// `bprm_check_security` program before the exec happens; the exec
+    /// tracepoint skips such selectors.
+    pub errno: u32,
 }
 
 /// Runtime switches, in a one-entry array map so that policies can be swapped
@@ -264,7 +271,9 @@ pub struct Config {
     pub scoped: u32,
     /// Non-zero when some selector uses Postfix (the reversed key is built only then).
     pub need_reversed: u32,
-    pub _pad: u32,
+    /// Exec selectors that Override (through BPF-LSM): without any, the
+    /// LSM program returns at once.
+    pub n_override: u32,
     /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
     pub follow_mask: u64,
     pub n_net_selectors: u32,
@@ -323,7 +332,8 @@ pub struct KernelOffsets {
     pub cgroup_self: u32,
     pub css_parent: u32,
     pub css_cgroup: u32,
-    pub _pad: u32,
+    /// linux_binprm->file, for the BPF-LSM exec hook.
+    pub binprm_file: u32,
 }
 
 #[cfg(feature = "user")]

@@ -154,7 +154,13 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
 /// # Safety
 /// `at < 2 * PATH_MAX` and `len < PATH_MAX`, so the write stays in the record.
 #[inline(always)]
-unsafe fn copy_from(dst: *mut u8, at: usize, src: &[u8; PATH_MAX + 256], start: usize, len: usize) {
+pub unsafe fn copy_from(
+    dst: *mut u8,
+    at: usize,
+    src: &[u8; PATH_MAX + 256],
+    start: usize,
+    len: usize,
+) {
     unsafe {
         bpf_probe_read_kernel(
             dst.add(at).cast(),

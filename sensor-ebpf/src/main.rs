@@ -1,5 +1,6 @@
 //! Kernel programs of `sensor`, one module per hook family:
 //! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit),
+//! `lsm` (Override on exec through BPF-LSM, where the kernel has it),
 //! `connect` (connects and sends, and the connect reflex), `signals` (a
 //! connect reflex's signal on kernels whose cgroup programs cannot send one),
 //! `quarantine` (the node-local antibody).
@@ -17,6 +18,7 @@ mod exec;
 mod kernel;
 mod lifecycle;
 mod looping;
+mod lsm;
 mod maps;
 mod path;
 mod quarantine;

@@ -42,7 +42,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_self: 0,
     css_parent: 0,
     css_cgroup: 0,
-    _pad: 0,
+    binprm_file: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

@@ -18,6 +18,8 @@ use crate::maps::{
 pub struct Verdict {
     pub hits: u64,
     pub signal: u32,
+    /// Override: the errno the exec fails with (BPF-LSM only).
+    pub errno: u32,
 }
 
 /// Lookup keys for one path: forward and reversed (in `KEY_SCRATCH`), and
@@ -157,8 +159,11 @@ pub struct Eval {
     hooks_done: u64,
     hits: u64,
     scopes: u64,
+    /// Non-zero in the BPF-LSM hook, before the exec: only Override
+    /// selectors act there, and only those that test the caller.
+    lsm: u64,
     signal: u32,
-    _pad: u32,
+    errno: u32,
 }
 
 /// One selector; returns 1 to stop the loop.
@@ -186,6 +191,11 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
     if e.scoped_in == 0 || e.hooks_done & hook_bit != 0 || !scope_applies(sel.scope, e.scopes) {
         return 0;
     }
+    // Override selectors were decided in the LSM hook; a selector about the
+    // new image cannot be decided before it exists.
+    if (e.lsm == 0 && sel.errno != 0) || (e.lsm != 0 && sel.binaries_of_new_image != 0) {
+        return 0;
+    }
     if sel.binaries.kind != match_kind::NONE {
         let member = if sel.binaries_of_new_image != 0 {
             e.state.bin_in | e.state.follow
@@ -205,6 +215,17 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
         }
     }
     e.hooks_done |= hook_bit;
+    if e.lsm != 0 {
+        // The hook's first match is another action: the exec tracepoint
+        // reports it once the exec happened.
+        if sel.errno != 0 {
+            e.hits |= bit;
+            if e.errno == 0 {
+                e.errno = sel.errno;
+            }
+        }
+        return 0;
+    }
     e.hits |= bit;
     if sel.signal != 0 && e.signal != 9 {
         e.signal = sel.signal;
@@ -239,29 +260,23 @@ extern "C" fn net_binaries(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Evaluates every exec selector for `tgid` executing the path in
-/// `path.buf[start..]`, updates the process's policy state, and signals the
-/// current task when a matching selector says so.
+/// Sets up the selector loop's state for `tgid` executing the path in
+/// `path.buf[start..]` and runs the exec selectors; `None` when there is
+/// nothing to evaluate.
 #[inline(always)]
-pub fn on_exec<const MODERN: bool>(
+fn evaluate<const MODERN: bool>(
     cfg: &Config,
     tgid: u32,
     path: &PathScratch,
     start: usize,
     scopes: u64,
-) -> Verdict {
+    lsm: bool,
+) -> Option<&'static mut Eval> {
     let n = cfg.n_selectors as u64;
-    if n == 0 && cfg.n_net_selectors == 0 {
-        return Verdict { hits: 0, signal: 0 };
-    }
     // SAFETY: ProcState is plain data.
     let caller: ProcState = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
-    let Some(keys) = Keys::build(path, start, cfg.need_reversed != 0) else {
-        return Verdict { hits: 0, signal: 0 };
-    };
-    let Some(ep) = EVAL.get_ptr_mut(0) else {
-        return Verdict { hits: 0, signal: 0 };
-    };
+    let keys = Keys::build(path, start, cfg.need_reversed != 0)?;
+    let ep = EVAL.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
     let e = unsafe { &mut *ep };
     *e = Eval {
@@ -276,10 +291,62 @@ pub fn on_exec<const MODERN: bool>(
         hooks_done: 0,
         hits: 0,
         scopes,
+        lsm: lsm as u64,
         signal: 0,
-        _pad: 0,
+        errno: 0,
     };
     crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_selector);
+    Some(e)
+}
+
+const NONE: Verdict = Verdict {
+    hits: 0,
+    signal: 0,
+    errno: 0,
+};
+
+/// Evaluates the Override selectors for `tgid` about to execute the path in
+/// `path.buf[start..]` (BPF-LSM `bprm_check_security`): the errno the exec
+/// fails with, if one matches.
+#[inline(always)]
+pub fn on_bprm_check<const MODERN: bool>(
+    cfg: &Config,
+    tgid: u32,
+    path: &PathScratch,
+    start: usize,
+    scopes: u64,
+) -> Verdict {
+    if cfg.n_override == 0 {
+        return NONE;
+    }
+    match evaluate::<MODERN>(cfg, tgid, path, start, scopes, true) {
+        Some(e) => Verdict {
+            hits: e.hits,
+            signal: 0,
+            errno: e.errno,
+        },
+        None => NONE,
+    }
+}
+
+/// Evaluates every exec selector for `tgid` executing the path in
+/// `path.buf[start..]`, updates the process's policy state, and signals the
+/// current task when a matching selector says so.
+#[inline(always)]
+pub fn on_exec<const MODERN: bool>(
+    cfg: &Config,
+    tgid: u32,
+    path: &PathScratch,
+    start: usize,
+    scopes: u64,
+) -> Verdict {
+    if cfg.n_selectors == 0 && cfg.n_net_selectors == 0 {
+        return NONE;
+    }
+    let Some(e) = evaluate::<MODERN>(cfg, tgid, path, start, scopes, false) else {
+        return NONE;
+    };
+    let caller = e.caller;
     if cfg.n_net_selectors != 0 {
         e.state.net_follow = caller.net_follow | (caller.net_bin_in & cfg.net_follow_mask);
         e.n = cfg.n_net_selectors as u64;
@@ -298,5 +365,6 @@ pub fn on_exec<const MODERN: bool>(
     Verdict {
         hits: e.hits,
         signal: e.signal,
+        errno: 0,
     }
 }

@@ -5,6 +5,9 @@ use sensor_common::{kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Exec(ExecRecord),
+    /// An exec refused by Override (BPF-LSM): the caller, and in `path`
+    /// the binary it was refused.
+    ExecDenied(ExecRecord),
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
@@ -50,7 +53,7 @@ fn read<T: Copy>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let kind = read::<u32>(0, bytes)?;
     match kind {
-        kind::EXEC => {
+        kind::EXEC | kind::EXEC_DENIED => {
             let header: ExecEvent = read(kind, bytes)?;
             let data = &bytes[size_of::<ExecEvent>()..];
             let (p, a, c) = (
@@ -72,12 +75,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 .filter(|s| !s.is_empty())
                 .map(text)
                 .collect();
-            Ok(Record::Exec(ExecRecord {
+            let r = ExecRecord {
                 header,
                 path: text(&data[..p]),
                 args,
                 cwd: text(&data[p + a..p + a + c]),
-            }))
+            };
+            Ok(if kind == kind::EXEC {
+                Record::Exec(r)
+            } else {
+                Record::ExecDenied(r)
+            })
         }
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),

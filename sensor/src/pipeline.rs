@@ -95,6 +95,7 @@ impl Pipeline {
         self.metrics.records += 1;
         match decode(bytes) {
             Ok(Record::Exec(r)) => self.exec(&r),
+            Ok(Record::ExecDenied(r)) => self.exec_denied(&r),
             Ok(Record::Fork(f)) => {
                 self.cache.fork(&f);
             }
@@ -124,6 +125,32 @@ impl Pipeline {
             false,
             &process,
             parent_owned,
+            &time,
+            |arg| match arg {
+                EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
+                    path: r.path.clone(),
+                })),
+                EventArg::PathString => Some(Argument::StringArg(r.path.clone())),
+                EventArg::Sock | EventArg::Sockaddr => None,
+            },
+        );
+    }
+
+    /// An exec that Override refused: the policy event shows the caller,
+    /// which lives on, and the binary it was refused.
+    fn exec_denied(&mut self, r: &ExecRecord) {
+        let Some(process) = self.cache.by_pid(r.header.pid) else {
+            self.cache.misses += 1;
+            tracing::warn!(pid = r.header.pid, binary = %r.path, "exec refused for an unknown process");
+            return;
+        };
+        let parent = self.cache.parent_of(&process).as_deref().cloned();
+        let time = self.cache.rfc3339(r.header.ktime);
+        self.post_hits(
+            r.header.hits,
+            false,
+            &process,
+            parent,
             &time,
             |arg| match arg {
                 EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {

@@ -45,6 +45,13 @@ fn skip(test: &str, why: &str) -> bool {
     false
 }
 
+/// Says that a test skips because this kernel lacks `feature`; the test
+/// command counts it as a kernel limit (the kernel matrix runs the test where
+/// the feature exists), not a broken setup.
+pub fn skip_kernel(test: &str, feature: &str) {
+    skip(test, &format!("kernel lacks {feature}"));
+}
+
 /// Whether this test can run: root and a cgroup v2 mount. Says why not.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

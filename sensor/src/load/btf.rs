@@ -220,7 +220,7 @@ impl Btf {
             cgroup_self: o("cgroup", "self")?,
             css_parent: o("cgroup_subsys_state", "parent")?,
             css_cgroup: o("cgroup_subsys_state", "cgroup")?,
-            _pad: 0,
+            binprm_file: o("linux_binprm", "file")?,
         })
     }
 }

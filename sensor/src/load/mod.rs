@@ -148,6 +148,13 @@ impl Kernel {
             path: cgroup_root.display().to_string(),
             source,
         })?;
+        if self.plan.lsm {
+            self.lsm_program(if modern_exec {
+                "snsr_lsm_bprm"
+            } else {
+                "snsr_lsm_bprm_compat"
+            })?;
+        }
         let sock_programs: [&'static str; 4] = if modern_connect {
             [
                 "snsr_connect4",
@@ -192,6 +199,20 @@ impl Kernel {
             p.attach(category, event)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
+        Ok(())
+    }
+
+    /// Loads BPF-LSM program `name` on `bprm_check_security` and attaches it.
+    fn lsm_program(&mut self, name: &'static str) -> Result<(), LoadError> {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
+            name,
+            source: ProgramError::Btf(e),
+        })?;
+        let p: &mut aya::programs::Lsm = self.program(name)?;
+        p.load("bprm_check_security", &btf)
+            .map_err(|source| LoadError::Program { name, source })?;
+        p.attach()
+            .map_err(|source| LoadError::Program { name, source })?;
         Ok(())
     }
 

@@ -162,8 +162,12 @@ impl Compiled {
             scope,
             signal: sel.actions.signal.unwrap_or(0),
             binaries_of_new_image: hook.binaries_of_new_image as u8,
+            errno: sel.actions.errno.unwrap_or(0),
             ..Default::default()
         };
+        if ks.errno != 0 {
+            self.config.n_override += 1;
+        }
         if let Some(b) = &sel.binaries {
             ks.binaries = self.add_values(index as u8, SLOT_BINARIES, &b.set);
             if b.follow_children {

@@ -13,6 +13,15 @@ pub fn fits_kernel(policies: &[(PathBuf, Policy)], plan: &Plan) -> Result<(), Po
     for (file, p) in policies {
         for h in &p.hooks {
             for (j, s) in h.selectors.iter().enumerate() {
+                if let (HookFamily::Exec, Some(_), Some(why)) =
+                    (h.family, s.actions.errno, plan.lsm_missing)
+                {
+                    return Err(PolicyError {
+                        file: file.clone(),
+                        field: format!("{}.selectors[{j}].matchActions", h.field),
+                        reason: format!("Override on exec needs BPF-LSM: {why}; use Sigkill"),
+                    });
+                }
                 let errno = s.actions.errno.filter(|e| *e != EPERM);
                 if let (HookFamily::Connect, Some(e), Some(why)) =
                     (h.family, errno, plan.connect_errno_missing)

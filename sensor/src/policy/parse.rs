@@ -5,7 +5,7 @@
 use super::hooks::{self, HookDef};
 use super::raw::*;
 use super::selector::selector;
-use super::{limits, Actions, EventArg, Hook, HookPoint, Policy, Selector};
+use super::{limits, Actions, EventArg, Hook, HookFamily, HookPoint, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
 pub struct FieldError {
@@ -260,12 +260,21 @@ fn hook(
     }
     let mut parsed = Vec::new();
     for (i, s) in selectors.into_iter().enumerate() {
-        parsed.push(selector(
-            s,
-            def.family,
-            &declared,
-            &format!("{at}.selectors[{i}]"),
-        )?);
+        parsed.push(selector(s, &declared, &format!("{at}.selectors[{i}]"))?);
+    }
+    // Override on exec refuses the exec before it happens: only the hooks
+    // that run then (BPF-LSM bprm_check_security) can do it.
+    let overrides_before_exec = matches!(
+        &point,
+        HookPoint::Kprobe { function } if function == "security_bprm_check"
+    ) || matches!(&point, HookPoint::Lsm { hook } if hook == "bprm_check_security");
+    if def.family == HookFamily::Exec && !overrides_before_exec {
+        if let Some(i) = parsed.iter().position(|s| s.actions.errno.is_some()) {
+            return err(
+                format!("{at}.selectors[{i}].matchActions"),
+                "Override on exec needs the hook that runs before the exec: kprobe security_bprm_check or lsmhook bprm_check_security; use Sigkill here",
+            );
+        }
     }
     if parsed.is_empty() {
         // A hook without selectors posts every call, as in Tetragon.

@@ -4,14 +4,9 @@
 use super::net::{self, NetMatch};
 use super::parse::{err, unsupported, Result};
 use super::raw::*;
-use super::{limits, Actions, BinaryMatch, EventArg, HookFamily, Selector, StrMatch, StrOp};
+use super::{limits, Actions, BinaryMatch, EventArg, Selector, StrMatch, StrOp};
 
-pub fn selector(
-    s: RawSelector,
-    family: HookFamily,
-    declared: &[(u32, EventArg)],
-    at: &str,
-) -> Result<Selector> {
+pub fn selector(s: RawSelector, declared: &[(u32, EventArg)], at: &str) -> Result<Selector> {
     for (name, v) in [
         ("matchPIDs", &s.match_pids),
         ("matchData", &s.match_data),
@@ -100,7 +95,7 @@ pub fn selector(
         binaries,
         path,
         net,
-        actions: actions(s.match_actions, family, at)?,
+        actions: actions(s.match_actions, at)?,
     })
 }
 
@@ -224,7 +219,7 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
     Ok(StrMatch { op, values })
 }
 
-fn actions(raw: Vec<RawAction>, family: HookFamily, at: &str) -> Result<Actions> {
+fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
     let mut out = Actions::POST;
     for (i, a) in raw.into_iter().enumerate() {
         let f = format!("{at}.matchActions[{i}]");
@@ -247,29 +242,48 @@ fn actions(raw: Vec<RawAction>, family: HookFamily, at: &str) -> Result<Actions>
                         out.signal = Some(sig);
                     }
                 }
-                Some(sig) => return err(format!("{f}.argSig"), format!("{sig} is not a signal number (1 to 64)")),
+                Some(sig) => {
+                    return err(
+                        format!("{f}.argSig"),
+                        format!("{sig} is not a signal number (1 to 64)"),
+                    )
+                }
                 None => return err(format!("{f}.argSig"), "Signal needs argSig"),
             },
-            // A connect is denied in the cgroup hook, which needs neither.
-            "override" if family == HookFamily::Connect => match a.arg_error {
+            // A connect is denied in the cgroup hook; an exec in the BPF-LSM
+            // hook, which the hook's parser and the kernel check require.
+            "override" => match a.arg_error {
                 Some(e @ -4095..=-1) => out.errno = Some(e.unsigned_abs()),
-                Some(e) => return err(format!("{f}.argError"), format!("{e} is not a negative errno (-1 to -4095)")),
+                Some(e) => {
+                    return err(
+                        format!("{f}.argError"),
+                        format!("{e} is not a negative errno (-1 to -4095)"),
+                    )
+                }
                 None => return err(format!("{f}.argError"), "Override needs argError"),
             },
-            "override" => {
+            "geturl"
+            | "dnslookup"
+            | "followfd"
+            | "unfollowfd"
+            | "copyfd"
+            | "tracksock"
+            | "untracksock"
+            | "notifyenforcer"
+            | "cleanupenforcernotification"
+            | "set" => {
                 return err(
                     format!("{f}.action"),
-                    "Override needs BPF-LSM or kprobe error injection, which this kernel lacks; use Sigkill",
+                    format!("action `{}` is not supported by this sensor", a.action),
                 )
-            }
-            "geturl" | "dnslookup" | "followfd" | "unfollowfd" | "copyfd" | "tracksock"
-            | "untracksock" | "notifyenforcer" | "cleanupenforcernotification" | "set" => {
-                return err(format!("{f}.action"), format!("action `{}` is not supported by this sensor", a.action))
             }
             _ => {
                 return err(
                     format!("{f}.action"),
-                    format!("unknown action `{}`; expected Post, NoPost, Sigkill or Signal", a.action),
+                    format!(
+                        "unknown action `{}`; expected Post, NoPost, Sigkill or Signal",
+                        a.action
+                    ),
                 )
             }
         }

@@ -77,10 +77,10 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "LSM connect Override",
+        name: "kprobe bprm Override via LSM",
         run: Run::Tests {
             target: "lsm",
-            names: &["lsm_socket_connect_override_fails_the_connect"],
+            names: &["kprobe_security_bprm_check_override_goes_through_lsm"],
         },
     },
 ];

@@ -99,6 +99,17 @@ impl<W: Write> Cpio<W> {
         Ok(())
     }
 
+    /// Adds the host's file `from` at `path`.
+    pub fn file_from(&mut self, path: &Path, from: &Path) -> Result<()> {
+        let data = std::fs::read(from).with_context(|| from.display().to_string())?;
+        let mode = std::fs::metadata(from)?.permissions().mode() & 0o7777;
+        self.parents(path)?;
+        if self.seen.insert(path.to_path_buf()) {
+            self.entry(path, S_IFREG | mode, &data)?;
+        }
+        Ok(())
+    }
+
     /// Adds a symlink of the guest's own.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
         let p = PathBuf::from(path);

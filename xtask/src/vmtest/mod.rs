@@ -48,6 +48,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the host built for the checks.
 struct Artifacts {
     sensor: PathBuf,
+    release_sensor: PathBuf,
     tests: BTreeMap<String, PathBuf>,
 }
 
@@ -152,6 +153,7 @@ fn all(o: Outcome) -> Vec<Outcome> {
 /// Builds the test binaries; returns them by target name.
 fn build_tests() -> Result<Artifacts> {
     crate::run(cargo().args(["build", "-p", "sensor"]))?;
+    crate::run(cargo().args(["build", "--release", "-p", "sensor"]))?;
     let out = cargo()
         .args(["test", "--no-run", "-p", "sensor", "--message-format=json"])
         .stderr(Stdio::inherit())
@@ -176,6 +178,7 @@ fn build_tests() -> Result<Artifacts> {
     }
     Ok(Artifacts {
         sensor: root().join("target/debug/sensor"),
+        release_sensor: root().join("target/release/sensor"),
         tests,
     })
 }
@@ -212,7 +215,13 @@ fn write_userland(path: &Path, a: &Artifacts) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     c.add_host(&Path::new("/usr/lib").join(&version))?;
-    c.add_program(&a.sensor)?;
+    // The guests run the release sensor (what users run, and ten times
+    // faster under emulation than a debug build) at the path the tests were
+    // built with.
+    c.add_program(&a.release_sensor)?;
+    c.file_from(&a.sensor, &a.release_sensor)?;
+    // CA certificates: the Kubernetes client loads them at start.
+    c.add_host(Path::new("/etc/ssl"))?;
     for t in a.tests.values() {
         c.add_program(t)?;
     }

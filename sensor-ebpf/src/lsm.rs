@@ -1,0 +1,112 @@
+//! BPF-LSM `bprm_check_security`: Override on exec. The exec is refused
+//! before it happens, so the caller survives and its `execve` fails with
+//! the policy's errno (Tetragon's semantics for Override on
+//! `security_bprm_check` and `bprm_check_security`). Loaded only where the
+//! kernel has BPF-LSM active; elsewhere such policies are refused at load.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::bpf_ringbuf_output,
+    },
+    macros::lsm,
+    programs::LsmContext,
+};
+use sensor_common::{kind, ExecEvent, PATH_MAX};
+
+use crate::kernel::{off, read, read_ptr};
+use crate::maps::{
+    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH,
+};
+use crate::{path, reflex};
+
+const HEADER: usize = core::mem::size_of::<ExecEvent>();
+
+/// `int bprm_check_security(struct linux_binprm *bprm)`, with the previous
+/// LSM's verdict as the last argument.
+#[lsm(hook = "bprm_check_security")]
+pub fn snsr_lsm_bprm(ctx: LsmContext) -> i32 {
+    on_bprm::<true>(&ctx)
+}
+
+/// The same program for kernels without `bpf_loop` (see `looping`).
+#[lsm(hook = "bprm_check_security")]
+pub fn snsr_lsm_bprm_compat(ctx: LsmContext) -> i32 {
+    on_bprm::<false>(&ctx)
+}
+
+#[inline(always)]
+fn on_bprm<const MODERN: bool>(ctx: &LsmContext) -> i32 {
+    // The hook's arguments, as BTF declares them.
+    let (bprm, previous): (*const u8, i32) = (ctx.arg(0), ctx.arg(1));
+    if previous != 0 {
+        return previous;
+    }
+    match try_bprm::<MODERN>(bprm) {
+        Some(errno) if errno != 0 => -(errno as i32),
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn try_bprm<const MODERN: bool>(bprm: *const u8) -> Option<u32> {
+    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    if cfg.n_override == 0 {
+        return None;
+    }
+    let scratch = EXEC_SCRATCH.get_ptr_mut(0)?;
+    let pscratch = PATH_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let (rec, pbuf) = unsafe { (&mut *scratch, &mut *pscratch) };
+    let file = read_ptr(bprm, off!(binprm_file)).ok()?;
+    let r = path::resolve::<MODERN>(file.wrapping_add(off!(file_f_path) as usize), pbuf).ok()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let scopes = if cfg.n_scopes != 0 {
+        reflex::task_scopes::<MODERN>()
+    } else {
+        0
+    };
+    let v = reflex::on_bprm_check::<MODERN>(&cfg, tgid, pbuf, r.start, scopes);
+    if v.errno == 0 {
+        return None;
+    }
+    // The record: the calling process and the binary it was refused.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let uid_gid = bpf_get_current_uid_gid();
+    let plen = r.len() & (PATH_MAX - 1);
+    let ev = &mut rec.event;
+    ev.kind = kind::EXEC_DENIED;
+    ev.pid = tgid;
+    ev.tid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.ktime = unsafe { bpf_ktime_get_ns() };
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.flags = 0;
+    ev.hits = v.hits;
+    ev.signal = 0;
+    ev.ppid = read_ptr(task, off!(task_real_parent))
+        .and_then(|p| read::<u32>(p, off!(task_tgid)))
+        .unwrap_or(0);
+    ev.path_len = plen as u32;
+    ev.args_len = 0;
+    ev.cwd_len = 0;
+    // SAFETY: plen < PATH_MAX fits the record's data.
+    unsafe { crate::exec::copy_from(rec.data.as_mut_ptr(), 0, &pbuf.buf, r.start, plen) };
+    let size = (HEADER + plen) & (EXEC_DATA_CAP - 1);
+    // SAFETY: size < the scratch record's size.
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            (&raw const EVENTS).cast_mut().cast(),
+            scratch.cast(),
+            size as u64,
+            wakeup_flags(true),
+        )
+    };
+    if rc != 0 {
+        count_lost(kind::EXEC);
+    }
+    Some(v.errno)
+}
