@@ -3,8 +3,6 @@
 //! the record with the kernel's copy of the address, and the connect reflex,
 //! which denies the connect (Sigkill also signals, Override sets the errno)
 //! before any packet leaves.
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
@@ -173,7 +171,11 @@ fn try_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         ev.event.quarantined = 1;
         ev.event.errno = EPERM;
     } else if ev.n > 0 && ev.scoped_in != 0 {
-        crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_selector);
+        crate::looping::repeat::<MODERN>(
+            MAX_SELECTORS as u32,
+            eval_callback,
+            snsr_loop_connect_selector,
+        );
     }
     let e = &ev.event;
     let urgent =
@@ -248,8 +250,11 @@ fn filter_matches(f: NetFilter, e: &ConnectEvent, sel: u8, slot: u8) -> bool {
     hit != (f.negate != 0)
 }
 
+crate::looping::forms!(eval_selector, eval_callback, snsr_loop_connect_selector);
+
 /// One connect selector; returns 1 to stop the loop.
-extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
+#[inline(always)]
+fn eval_selector(index: u64) -> i64 {
     let Some(ep) = NET_EVAL.get_ptr_mut(0) else {
         return 1;
     };

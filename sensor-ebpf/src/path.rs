@@ -1,8 +1,6 @@
 //! Resolves a `struct path` to a string the way the kernel's `d_path` does,
 //! walking dentries up to each mount's root and crossing to the parent mount,
 //! so the result is the path as the process's mount namespace sees it.
-use core::ffi::c_void;
-
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use sensor_common::PATH_MAX;
 
@@ -39,8 +37,11 @@ pub struct Walk {
     end: u64,
 }
 
+crate::looping::forms!(step, step_callback, snsr_loop_path);
+
 /// One step up the tree; returns 1 to stop.
-extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+#[inline(always)]
+fn step(_index: u64) -> i64 {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return 1;
     };
@@ -115,7 +116,7 @@ pub fn resolve<const MODERN: bool>(
         pos: PATH_MAX as u64,
         end: 0,
     };
-    crate::looping::repeat::<MODERN>(MAX_STEPS, step);
+    crate::looping::repeat::<MODERN>(MAX_STEPS, step_callback, snsr_loop_path);
     let mut pos = w.pos as usize & (PATH_MAX * 2 - 1);
     if pos >= PATH_MAX {
         pos = PATH_MAX - 1;

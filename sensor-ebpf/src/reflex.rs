@@ -1,8 +1,6 @@
 //! The exec reflex: evaluates compiled selectors against the binary being
 //! executed and the image that executed it, in the kernel, so that a Sigkill is
 //! sent before the new image runs one instruction.
-use core::ffi::c_void;
-
 use aya_ebpf::helpers::{bpf_send_signal, generated::bpf_probe_read_kernel};
 use sensor_common::{
     match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS, MAX_VALUE_LEN,
@@ -166,8 +164,11 @@ pub struct Eval {
     errno: u32,
 }
 
+crate::looping::forms!(eval_selector, eval_callback, snsr_loop_exec_selector);
+
 /// One selector; returns 1 to stop the loop.
-extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
+#[inline(always)]
+fn eval_selector(index: u64) -> i64 {
     let Some(e) = EVAL.get_ptr_mut(0) else {
         return 1;
     };
@@ -233,9 +234,12 @@ extern "C" fn eval_selector(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
+crate::looping::forms!(net_binaries, net_binaries_callback, snsr_loop_net_binaries);
+
 /// Whether the new image is in connect selector `index`'s binary set: the
 /// connect programs test this bit when the process connects.
-extern "C" fn net_binaries(index: u64, _ctx: *mut c_void) -> i64 {
+#[inline(always)]
+fn net_binaries(index: u64) -> i64 {
     let Some(e) = EVAL.get_ptr_mut(0) else {
         return 1;
     };
@@ -295,7 +299,7 @@ fn evaluate<const MODERN: bool>(
         signal: 0,
         errno: 0,
     };
-    crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_selector);
+    crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_callback, snsr_loop_exec_selector);
     Some(e)
 }
 
@@ -350,7 +354,11 @@ pub fn on_exec<const MODERN: bool>(
     if cfg.n_net_selectors != 0 {
         e.state.net_follow = caller.net_follow | (caller.net_bin_in & cfg.net_follow_mask);
         e.n = cfg.n_net_selectors as u64;
-        crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, net_binaries);
+        crate::looping::repeat::<MODERN>(
+            MAX_SELECTORS as u32,
+            net_binaries_callback,
+            snsr_loop_net_binaries,
+        );
     }
     let state = e.state;
     if state != ProcState::default() {

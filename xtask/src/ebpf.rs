@@ -59,6 +59,10 @@ pub fn build() -> Result<()> {
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
+        // Loop bodies called as global functions by the compat programs
+        // (sensor-ebpf/src/looping.rs): exported, their BTF linkage stays
+        // global and the verifier checks each once.
+        "-Clink-arg=--export=snsr_loop_path,snsr_loop_exec_selector,snsr_loop_net_binaries,snsr_loop_connect_selector",
     ]
     .join("\x1f");
     let mut cmd = Command::new("/usr/bin/cargo");

@@ -91,8 +91,23 @@ impl Features {
         }
     }
 
-    /// Asks the running kernel.
+    /// Asks the running kernel. `SENSOR_PROGRAM_FORM=compat` in the
+    /// environment makes a new kernel look like 5.10 to the plan (no
+    /// `bpf_loop`, `bpf_set_retval`, signals from cgroup programs or ancestor
+    /// ids in tracing programs), to exercise the compat programs where
+    /// they are not needed.
     pub fn probe() -> Features {
+        let mut f = Self::probe_kernel();
+        if std::env::var("SENSOR_PROGRAM_FORM").is_ok_and(|v| v == "compat") {
+            f.bpf_loop = false;
+            f.set_retval = false;
+            f.cgroup_send_signal = false;
+            f.ancestor_cgroup = false;
+        }
+        f
+    }
+
+    fn probe_kernel() -> Features {
         // BPF-LSM's activity is read from securityfs.
         if let Err(e) = super::mounts::ensure() {
             tracing::warn!(error = %e, "mounting the kernel's file systems for the probe");
