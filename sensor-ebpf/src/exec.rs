@@ -40,25 +40,9 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     // SAFETY: per-CPU scratch owned by this program run.
     let (rec, pbuf) = unsafe { (&mut *scratch, &mut *pscratch) };
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    let tgid = (pid_tgid >> 32) as u32;
-
     let ev = &mut rec.event;
-    ev.kind = kind::EXEC;
-    ev.pid = tgid;
-    ev.tid = pid_tgid as u32;
-    ev.uid = uid_gid as u32;
-    ev.gid = (uid_gid >> 32) as u32;
-    ev.ktime = unsafe { bpf_ktime_get_ns() };
-    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    ev.comm = bpf_get_current_comm().unwrap_or_default();
-    ev.flags = 0;
-    ev.hits = 0;
-    ev.signal = 0;
-    ev.ppid = read_ptr(task, off!(task_real_parent))
-        .and_then(|p| read::<u32>(p, off!(task_tgid)))
-        .unwrap_or(0);
+    fill_header(ev, kind::EXEC, task);
+    let tgid = ev.pid;
 
     let cfg = CONFIG.get(0).copied().unwrap_or_default();
     let scopes = if cfg.n_scopes != 0 {
@@ -147,6 +131,31 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
         count_lost(kind::EXEC);
     }
     Ok(())
+}
+
+/// Fills an exec record's header with the current task's identity; hits,
+/// signal, flags and lengths start at zero.
+#[inline(always)]
+pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.kind = record;
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.ktime = unsafe { bpf_ktime_get_ns() };
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.flags = 0;
+    ev.hits = 0;
+    ev.signal = 0;
+    ev.path_len = 0;
+    ev.args_len = 0;
+    ev.cwd_len = 0;
+    ev.ppid = read_ptr(task, off!(task_real_parent))
+        .and_then(|p| read::<u32>(p, off!(task_tgid)))
+        .unwrap_or(0);
 }
 
 /// Copies `len` bytes of a resolved path from `src[start..]` to `dst[at..]`.

@@ -4,17 +4,13 @@
 //! `security_bprm_check` and `bprm_check_security`). Loaded only where the
 //! kernel has BPF-LSM active; elsewhere such policies are refused at load.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::bpf_ringbuf_output,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_ringbuf_output},
     macros::lsm,
     programs::LsmContext,
 };
 use sensor_common::{kind, ExecEvent, PATH_MAX};
 
-use crate::kernel::{off, read, read_ptr};
+use crate::kernel::{off, read_ptr};
 use crate::maps::{
     count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH,
 };
@@ -60,8 +56,7 @@ fn try_bprm<const MODERN: bool>(bprm: *const u8) -> Option<u32> {
     let (rec, pbuf) = unsafe { (&mut *scratch, &mut *pscratch) };
     let file = read_ptr(bprm, off!(binprm_file)).ok()?;
     let r = path::resolve::<MODERN>(file.wrapping_add(off!(file_f_path) as usize), pbuf).ok()?;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let scopes = if cfg.n_scopes != 0 {
         reflex::task_scopes::<MODERN>()
     } else {
@@ -73,26 +68,11 @@ fn try_bprm<const MODERN: bool>(bprm: *const u8) -> Option<u32> {
     }
     // The record: the calling process and the binary it was refused.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let uid_gid = bpf_get_current_uid_gid();
     let plen = r.len() & (PATH_MAX - 1);
     let ev = &mut rec.event;
-    ev.kind = kind::EXEC_DENIED;
-    ev.pid = tgid;
-    ev.tid = pid_tgid as u32;
-    ev.uid = uid_gid as u32;
-    ev.gid = (uid_gid >> 32) as u32;
-    ev.ktime = unsafe { bpf_ktime_get_ns() };
-    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    ev.comm = bpf_get_current_comm().unwrap_or_default();
-    ev.flags = 0;
+    crate::exec::fill_header(ev, kind::EXEC_DENIED, task);
     ev.hits = v.hits;
-    ev.signal = 0;
-    ev.ppid = read_ptr(task, off!(task_real_parent))
-        .and_then(|p| read::<u32>(p, off!(task_tgid)))
-        .unwrap_or(0);
     ev.path_len = plen as u32;
-    ev.args_len = 0;
-    ev.cwd_len = 0;
     // SAFETY: plen < PATH_MAX fits the record's data.
     unsafe { crate::exec::copy_from(rec.data.as_mut_ptr(), 0, &pbuf.buf, r.start, plen) };
     let size = (HEADER + plen) & (EXEC_DATA_CAP - 1);

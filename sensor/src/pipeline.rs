@@ -126,13 +126,7 @@ impl Pipeline {
             &process,
             parent_owned,
             &time,
-            |arg| match arg {
-                EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
-                    path: r.path.clone(),
-                })),
-                EventArg::PathString => Some(Argument::StringArg(r.path.clone())),
-                EventArg::Sock | EventArg::Sockaddr => None,
-            },
+            binary_arg(&r.path),
         );
     }
 
@@ -152,13 +146,7 @@ impl Pipeline {
             &process,
             parent,
             &time,
-            |arg| match arg {
-                EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
-                    path: r.path.clone(),
-                })),
-                EventArg::PathString => Some(Argument::StringArg(r.path.clone())),
-                EventArg::Sock | EventArg::Sockaddr => None,
-            },
+            binary_arg(&r.path),
         );
     }
 
@@ -370,5 +358,17 @@ fn policy_event(
             action,
             tags,
         }),
+    }
+}
+
+/// The arguments of an exec hook: the binary's path, as `linux_binprm_arg`
+/// or `string_arg` as the policy declared it.
+fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+    move |arg| match arg {
+        EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
+            path: path.to_string(),
+        })),
+        EventArg::PathString => Some(Argument::StringArg(path.to_string())),
+        EventArg::Sock | EventArg::Sockaddr => None,
     }
 }
