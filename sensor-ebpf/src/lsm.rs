@@ -31,17 +31,31 @@ pub fn snsr_lsm_bprm_compat(ctx: LsmContext) -> i32 {
     on_bprm::<false>(&ctx)
 }
 
+/// The verdict: 0 or a negative errno, which newer verifiers check is in
+/// [-4095, 0] (so it is computed in 64 bits from a bounded errno).
 #[inline(always)]
 fn on_bprm<const MODERN: bool>(ctx: &LsmContext) -> i32 {
     // The hook's arguments, as BTF declares them.
     let (bprm, previous): (*const u8, i32) = (ctx.arg(0), ctx.arg(1));
-    if previous != 0 {
-        return previous;
-    }
-    match try_bprm::<MODERN>(bprm) {
-        Some(errno) if errno != 0 => -(errno as i32),
-        _ => 0,
-    }
+    let errno: i64 = if previous != 0 {
+        // Another BPF-LSM program refused already: keep its refusal.
+        let p = -(previous as i64);
+        if p > 0 && p <= 4095 {
+            p
+        } else {
+            1
+        }
+    } else {
+        match try_bprm::<MODERN>(bprm) {
+            Some(e) => (e as i64) & 0xfff,
+            None => 0,
+        }
+    };
+    // Bounded once more where every path meets: the compiler may carry
+    // `errno` in a register the verifier knows nothing about on one path.
+    // SAFETY: a read of our own local.
+    let errno = unsafe { core::ptr::read_volatile(&errno) } & 0xfff;
+    (-errno) as i32
 }
 
 #[inline(always)]

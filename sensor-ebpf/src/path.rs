@@ -88,9 +88,14 @@ fn try_step(w: &mut Walk) -> Result<bool, i32> {
     // SAFETY: per-CPU scratch owned by this program run.
     let buf = unsafe { (*scratch).buf.as_mut_ptr() };
     let pos = pos - len;
-    // SAFETY: (pos & MASK) + len < PATH_MAX + 256, the buffer's size.
+    // The size is reloaded and masked right at the call: 6.12's verifier
+    // loses the unsigned bound of the register the compiler keeps `len` in
+    // across the comparison above ("R2 unbounded memory access").
+    // SAFETY: a read of our own local.
+    let size = unsafe { core::ptr::read_volatile(&len) } as u32 & 0xff;
+    // SAFETY: (pos & MASK) + size < PATH_MAX + 256, the buffer's size.
     unsafe {
-        bpf_probe_read_kernel(buf.add(pos & MASK).cast(), len as u32, name.cast());
+        bpf_probe_read_kernel(buf.add(pos & MASK).cast(), size, name.cast());
         *buf.add((pos - 1) & MASK) = b'/';
     }
     w.pos = (pos - 1) as u64;

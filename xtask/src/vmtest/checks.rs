@@ -150,6 +150,19 @@ fn failure_reason(output: &str) -> String {
             .find(|l| l.contains(pat))
             .map(|l| l.to_string())
     };
+    // A verifier refusal: the program, and the verifier's last word (the
+    // line before its closing "verification time").
+    let program = lines.iter().find_map(|l| {
+        let rest = &l[l.find("error: program ")? + "error: program ".len()..];
+        rest.split(':').next().map(str::to_string)
+    });
+    let complaint = lines
+        .iter()
+        .position(|l| l.contains("verification time"))
+        .and_then(|i| lines[..i].iter().rev().find(|l| !l.is_empty()));
+    if let (Some(p), Some(c)) = (&program, complaint) {
+        return format!("program {p}: {}", c.trim_start_matches("[sensor] "));
+    }
     pick("verifier")
         .or_else(|| pick("error:"))
         .or_else(|| pick("panicked at"))
@@ -185,5 +198,10 @@ mod tests {
             Outcome::judge(true, "running 0 tests\n"),
             Outcome::Fail(_)
         ));
+        let refused = "[sensor] error: program snsr_exec: the BPF_PROG_LOAD syscall returned EACCES. Verifier output: 0: R1=ctx()\n[sensor] 12: (85) call\n[sensor] R2 unbounded memory access\n[sensor] verification time 10 usec\n";
+        assert_eq!(
+            Outcome::judge(false, refused),
+            Outcome::Fail("program snsr_exec: R2 unbounded memory access".into())
+        );
     }
 }

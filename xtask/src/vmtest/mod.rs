@@ -491,11 +491,17 @@ fn run_on_host(a: &Artifacts) -> Result<Vec<Outcome>> {
 /// Prints the table and the reasons under it; returns the cells' counts.
 fn print_table(columns: &[(String, Vec<Outcome>)]) -> Counts {
     let w = CHECKS.iter().map(|c| c.name.len()).max().unwrap_or(10);
+    let cw = columns
+        .iter()
+        .map(|(l, _)| l.len())
+        .max()
+        .unwrap_or(4)
+        .max(6);
     let mut head = format!("| {:w$} |", "check");
     let mut rule = format!("|{}|", "-".repeat(w + 2));
     for (label, _) in columns {
-        head.push_str(&format!(" {label:^11} |"));
-        rule.push_str(&format!("{}|", "-".repeat(13)));
+        head.push_str(&format!(" {label:^cw$} |"));
+        rule.push_str(&format!("{}|", "-".repeat(cw + 2)));
     }
     println!("{head}\n{rule}");
     let mut notes = Vec::new();
@@ -504,7 +510,7 @@ fn print_table(columns: &[(String, Vec<Outcome>)]) -> Counts {
         let mut row = format!("| {:w$} |", c.name);
         for (label, outcomes) in columns {
             let o = &outcomes[i];
-            row.push_str(&format!(" {:^11} |", o.cell()));
+            row.push_str(&format!(" {:^cw$} |", o.cell()));
             match o {
                 Outcome::Fail(why) => {
                     counts.failed += 1;
