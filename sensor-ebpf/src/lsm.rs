@@ -51,11 +51,14 @@ fn on_bprm<const MODERN: bool>(ctx: &LsmContext) -> i32 {
             None => 0,
         }
     };
-    // Bounded once more where every path meets: the compiler may carry
-    // `errno` in a register the verifier knows nothing about on one path.
-    // SAFETY: a read of our own local.
+    // Bounded once more where every path meets (the compiler may carry
+    // `errno` in a register the verifier knows nothing about on one path),
+    // and negated by a subtraction: 6.12's verifier loses every bound
+    // through a negation (`r0 = -r0`).
+    // SAFETY: reads of our own locals.
     let errno = unsafe { core::ptr::read_volatile(&errno) } & 0xfff;
-    (-errno) as i32
+    let zero = unsafe { core::ptr::read_volatile(&0i64) };
+    (zero - errno) as i32
 }
 
 #[inline(always)]

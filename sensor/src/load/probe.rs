@@ -223,8 +223,9 @@ fn lsm_program_loads(hook: u32) -> bool {
 
 /// Whether programs of `prog_type` may call helper `id`: a program that
 /// calls it with zeroed arguments is loaded, and only the verifier's
-/// "unknown func" / "invalid func" says the helper is missing (any other
-/// refusal is about the arguments, so the helper exists).
+/// "unknown func" / "invalid func" (the helper does not exist) or "cannot
+/// use helper" (6.x: not for this program type) says it is missing; any
+/// other refusal is about the arguments, so the helper is there.
 fn helper(prog_type: u32, attach: u32, id: i32) -> bool {
     // r1..r5 = 0; call id; r0 = 1; exit
     let mut insns: Vec<u64> = (1..=5u64).map(|r| 0xb7 | (r << 8)).collect();
@@ -239,7 +240,13 @@ fn helper(prog_type: u32, attach: u32, id: i32) -> bool {
     let (loaded, log) = load(attr, &insns);
     // No log at all: the load was refused before the verifier ran (no
     // privilege, or the program type is unknown), so nothing is known.
-    loaded || (!log.is_empty() && !(log.contains("unknown func") || log.contains("invalid func")))
+    loaded || (!log.is_empty() && !helper_missing(&log))
+}
+
+fn helper_missing(log: &str) -> bool {
+    ["unknown func", "invalid func", "cannot use helper"]
+        .iter()
+        .any(|m| log.contains(m))
 }
 
 impl std::fmt::Display for Features {
@@ -326,6 +333,17 @@ mod tests {
             lsm_loads: true,
             kprobes: true,
         }
+    }
+
+    #[test]
+    fn verifier_messages_that_mean_no_such_helper() {
+        assert!(helper_missing(
+            "5: (85) call bpf_send_signal#109\nunknown func bpf_send_signal#109"
+        ));
+        assert!(helper_missing(
+            "program of this type cannot use helper bpf_send_signal#109"
+        ));
+        assert!(!helper_missing("R1 type=scalar expected=fp"));
     }
 
     #[test]
