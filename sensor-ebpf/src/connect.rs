@@ -26,46 +26,68 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EPERM: u32 = 1;
 
-// Each hook in both forms (see `looping`): the compat form denies with
-// EPERM only, having no `bpf_set_retval`, and leaves signals to `signals`.
+// Each hook in three forms (see `looping`): modern; deferred (5.18 to 6.x,
+// whose cgroup programs cannot send a signal: `signals` sends it as the
+// syscall returns); compat (before 5.18: also no `bpf_set_retval`, so a
+// denial fails with EPERM only).
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
-    on_sock::<true>(&ctx, sock_op::CONNECT4)
+    on_sock::<true, true>(&ctx, sock_op::CONNECT4)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn snsr_connect4_deferred(ctx: SockAddrContext) -> i32 {
+    on_sock::<true, false>(&ctx, sock_op::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4_compat(ctx: SockAddrContext) -> i32 {
-    on_sock::<false>(&ctx, sock_op::CONNECT4)
+    on_sock::<false, false>(&ctx, sock_op::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
-    on_sock::<true>(&ctx, sock_op::CONNECT6)
+    on_sock::<true, true>(&ctx, sock_op::CONNECT6)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn snsr_connect6_deferred(ctx: SockAddrContext) -> i32 {
+    on_sock::<true, false>(&ctx, sock_op::CONNECT6)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn snsr_connect6_compat(ctx: SockAddrContext) -> i32 {
-    on_sock::<false>(&ctx, sock_op::CONNECT6)
+    on_sock::<false, false>(&ctx, sock_op::CONNECT6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sock::<true>(&ctx, sock_op::SENDMSG4)
+    on_sock::<true, true>(&ctx, sock_op::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn snsr_sendmsg4_deferred(ctx: SockAddrContext) -> i32 {
+    on_sock::<true, false>(&ctx, sock_op::SENDMSG4)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn snsr_sendmsg4_compat(ctx: SockAddrContext) -> i32 {
-    on_sock::<false>(&ctx, sock_op::SENDMSG4)
+    on_sock::<false, false>(&ctx, sock_op::SENDMSG4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn snsr_sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sock::<true>(&ctx, sock_op::SENDMSG6)
+    on_sock::<true, true>(&ctx, sock_op::SENDMSG6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn snsr_sendmsg6_deferred(ctx: SockAddrContext) -> i32 {
+    on_sock::<true, false>(&ctx, sock_op::SENDMSG6)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn snsr_sendmsg6_compat(ctx: SockAddrContext) -> i32 {
-    on_sock::<false>(&ctx, sock_op::SENDMSG6)
+    on_sock::<false, false>(&ctx, sock_op::SENDMSG6)
 }
 
 /// The selector loop's state, in a map for the same reason as `reflex::Eval`.
@@ -115,8 +137,8 @@ fn read_addresses(sa: &bpf_sock_addr, op: u8, e: &mut ConnectEvent) {
 }
 
 #[inline(always)]
-fn on_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> i32 {
-    match try_sock::<MODERN>(ctx, op) {
+fn on_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u8) -> i32 {
+    match try_sock::<MODERN, SIGNAL>(ctx, op) {
         Some(false) => 0,
         _ => 1,
     }
@@ -124,7 +146,9 @@ fn on_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> i32 {
 
 /// Returns whether the connect may proceed.
 #[inline(always)]
-fn try_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
+/// `MODERN`: `bpf_loop`, ancestor cgroup ids and `bpf_set_retval`;
+/// `SIGNAL`: `bpf_send_signal` from this hook.
+fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     // SAFETY: the context the kernel handed us.
     let sa = unsafe { &*ctx.sock_addr };
     let ep = NET_EVAL.get_ptr_mut(0)?;
@@ -187,7 +211,7 @@ fn try_sock<const MODERN: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
         count_lost(kind::CONNECT);
     }
     if e.signal != 0 {
-        if MODERN {
+        if SIGNAL {
             // SAFETY: signals the current task, the one connecting.
             unsafe { bpf_send_signal(e.signal) };
         } else {

@@ -124,7 +124,6 @@ impl Kernel {
                 source,
             })?;
         let modern_exec = self.plan.exec == probe::Form::Modern;
-        let modern_connect = self.plan.connect == probe::Form::Modern;
         let exec = if modern_exec {
             "snsr_exec"
         } else {
@@ -132,8 +131,8 @@ impl Kernel {
         };
         self.tracepoint("snsr_exit", &[("sched", "sched_process_exit")])?;
         self.tracepoint(exec, &[("sched", "sched_process_exec")])?;
-        if !modern_connect {
-            // The compat connect programs leave their signals to this one.
+        if self.plan.connect != probe::Form::Modern {
+            // Connect programs that cannot signal leave it to this one.
             self.tracepoint(
                 "snsr_signal_on_exit",
                 &[
@@ -155,22 +154,13 @@ impl Kernel {
                 "snsr_lsm_bprm_compat"
             })?;
         }
-        let sock_programs: [&'static str; 4] = if modern_connect {
-            [
-                "snsr_connect4",
-                "snsr_connect6",
-                "snsr_sendmsg4",
-                "snsr_sendmsg6",
-            ]
-        } else {
-            [
-                "snsr_connect4_compat",
-                "snsr_connect6_compat",
-                "snsr_sendmsg4_compat",
-                "snsr_sendmsg6_compat",
-            ]
+        let form = match self.plan.connect {
+            probe::Form::Modern => 0,
+            probe::Form::Deferred => 1,
+            probe::Form::Compat => 2,
         };
-        for name in sock_programs {
+        for forms in SOCK_PROGRAMS {
+            let name = forms[form];
             let p: &mut CgroupSockAddr = self.program(name)?;
             p.load()
                 .map_err(|source| LoadError::Program { name, source })?;
@@ -421,6 +411,31 @@ impl Kernel {
         self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))
     }
 }
+
+/// The socket-address programs of `sensor-ebpf/src/connect.rs`, by hook,
+/// in their modern, deferred and compat forms.
+const SOCK_PROGRAMS: [[&str; 3]; 4] = [
+    [
+        "snsr_connect4",
+        "snsr_connect4_deferred",
+        "snsr_connect4_compat",
+    ],
+    [
+        "snsr_connect6",
+        "snsr_connect6_deferred",
+        "snsr_connect6_compat",
+    ],
+    [
+        "snsr_sendmsg4",
+        "snsr_sendmsg4_deferred",
+        "snsr_sendmsg4_compat",
+    ],
+    [
+        "snsr_sendmsg6",
+        "snsr_sendmsg6_deferred",
+        "snsr_sendmsg6_compat",
+    ],
+];
 
 /// Turns on the kernel's per-program run-time statistics for as long as the
 /// returned fd lives (they cost a little on every program run).

@@ -37,6 +37,9 @@ pub enum Form {
     /// `bpf_loop` and ancestor cgroup ids from a helper (and, for connect,
     /// `bpf_set_retval` and a signal from the hook itself).
     Modern,
+    /// Connect only: as modern, but the hook cannot send a signal, so a
+    /// Sigkill is sent as the syscall returns.
+    Deferred,
     /// Bounded loops and a cgroup walk; connect denies with EPERM only and
     /// signals as the syscall returns.
     Compat,
@@ -57,11 +60,15 @@ pub struct Plan {
 impl Features {
     /// The loader's choices for these features.
     pub fn plan(&self) -> Plan {
-        let connect_modern = self.bpf_loop && self.set_retval && self.cgroup_send_signal;
+        let connect = match (self.bpf_loop && self.set_retval, self.cgroup_send_signal) {
+            (true, true) => Form::Modern,
+            (true, false) => Form::Deferred,
+            (false, _) => Form::Compat,
+        };
         let connect_errno_missing = if !self.set_retval {
             Some("this kernel has no bpf_set_retval in cgroup programs (Linux 5.18)")
-        } else if !connect_modern {
-            Some("this kernel's connect programs run in their compat form (no bpf_loop, or no bpf_send_signal in cgroup programs), which cannot set an errno")
+        } else if connect == Form::Compat {
+            Some("this kernel has no bpf_loop (Linux 5.17), and the connect programs without it cannot set an errno")
         } else {
             None
         };
@@ -80,29 +87,30 @@ impl Features {
             } else {
                 Form::Compat
             },
-            connect: if connect_modern {
-                Form::Modern
-            } else {
-                Form::Compat
-            },
+            connect,
             lsm: lsm_missing.is_none(),
             connect_errno_missing,
             lsm_missing,
         }
     }
 
-    /// Asks the running kernel. `SENSOR_PROGRAM_FORM=compat` in the
-    /// environment makes a new kernel look like 5.10 to the plan (no
-    /// `bpf_loop`, `bpf_set_retval`, signals from cgroup programs or ancestor
-    /// ids in tracing programs), to exercise the compat programs where
-    /// they are not needed.
+    /// Asks the running kernel. To exercise the older forms where they are
+    /// not needed, `SENSOR_PROGRAM_FORM` in the environment makes a new
+    /// kernel look older to the plan: `compat` like 5.10 (no `bpf_loop`,
+    /// `bpf_set_retval`, signals from cgroup programs or ancestor ids in
+    /// tracing programs), `deferred` like 6.12 (no signals from cgroup
+    /// programs).
     pub fn probe() -> Features {
         let mut f = Self::probe_kernel();
-        if std::env::var("SENSOR_PROGRAM_FORM").is_ok_and(|v| v == "compat") {
-            f.bpf_loop = false;
-            f.set_retval = false;
-            f.cgroup_send_signal = false;
-            f.ancestor_cgroup = false;
+        match std::env::var("SENSOR_PROGRAM_FORM").as_deref() {
+            Ok("compat") => {
+                f.bpf_loop = false;
+                f.set_retval = false;
+                f.cgroup_send_signal = false;
+                f.ancestor_cgroup = false;
+            }
+            Ok("deferred") => f.cgroup_send_signal = false,
+            _ => {}
         }
         f
     }
@@ -276,7 +284,7 @@ impl std::fmt::Display for Features {
         }
         let plan = self.plan();
         let form = |x: Form| match x {
-            Form::Modern => "bpf_loop",
+            Form::Modern | Form::Deferred => "bpf_loop",
             Form::Compat => "bounded loops (compat)",
         };
         writeln!(f, "policy hooks and the path each takes")?;
@@ -370,14 +378,25 @@ mod tests {
     }
 
     #[test]
-    fn no_signal_from_cgroup_programs_means_compat_connect_only() {
+    fn no_signal_from_cgroup_programs_defers_the_signal_and_keeps_errnos() {
         let f = Features {
             cgroup_send_signal: false,
             ..newest()
         };
         let p = f.plan();
-        assert_eq!((p.exec, p.connect), (Form::Modern, Form::Compat));
-        assert!(p.connect_errno_missing.unwrap().contains("compat"));
+        assert_eq!((p.exec, p.connect), (Form::Modern, Form::Deferred));
+        assert_eq!(p.connect_errno_missing, None);
+    }
+
+    #[test]
+    fn bpf_set_retval_without_bpf_loop_still_limits_errnos() {
+        let f = Features {
+            bpf_loop: false,
+            ..newest()
+        };
+        let p = f.plan();
+        assert_eq!(p.connect, Form::Compat);
+        assert!(p.connect_errno_missing.unwrap().contains("bpf_loop"));
     }
 
     #[test]
