@@ -132,7 +132,7 @@ impl<W: Write> Cpio<W> {
         let ft = meta.file_type();
         let new = !self.seen.contains(path);
         // A directory seen as a parent before is walked when asked to be.
-        if !new && !(ft.is_dir() && recursive) {
+        if !(new || ft.is_dir() && recursive) {
             return Ok(());
         }
         self.parents(path)?;

@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn newest_by_version_not_by_text() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.12.95+deb12-cloud-amd64",
             "linux-image-6.12.117+deb12-cloud-amd64",
             "linux-image-6.12.100+deb12-cloud-amd64",

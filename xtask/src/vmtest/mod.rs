@@ -457,6 +457,8 @@ fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Result<Vec<Outco
         }
     }
     let _ = child.wait();
+    // Each initrd is the whole userland again: keep only the shared one.
+    let _ = std::fs::remove_file(&initrd);
     let hung = watchdog.join().unwrap_or(false);
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
