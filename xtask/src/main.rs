@@ -121,7 +121,7 @@ fn test() -> Result<()> {
     // The kernel matrix runs the end-to-end checks on every kernel users
     // have; its cells count in the closing line like tests.
     let matrix = if is_root() {
-        vmtest::main(&[])
+        vmtest::run(&[])
     } else {
         eprintln!("xtask: not root: the kernel matrix (cargo xtask vmtest) needs root");
         Ok(vmtest::Counts::default())
@@ -229,7 +229,7 @@ fn main() -> ExitCode {
             build_sensor().and_then(|s| bench_quarantine::run(&s, n))
         }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
-        Some("vmtest") => vmtest::main(&args[1..]).map(|_| ()),
+        Some("vmtest") => vmtest::main(&args[1..]),
         Some("bench-probe") => {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
