@@ -1,10 +1,10 @@
 //! The current task's cgroup and its ancestors, each tested against a map.
 //! Modern kernels give the ids by level through
 //! `bpf_get_current_ancestor_cgroup_id`; where a program type lacks that
-//! helper (tracing programs before 6.x, cgroup programs before 5.x), the
-//! same ids come from walking task->cgroups->dfl_cgrp up through
-//! cgroup->self.parent at offsets from BTF. Only the set of ids matters to
-//! the callers, not their order.
+//! helper (tracing programs on 5.10 in the kernel matrix), the same ids
+//! come from walking task->cgroups->dfl_cgrp up through cgroup->self.parent
+//! at offsets from BTF. Only the set of ids matters to the callers, not
+//! their order.
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task};
 use sensor_common::MAX_CGROUP_LEVEL;
 

@@ -26,7 +26,7 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EPERM: u32 = 1;
 
-// Each hook in three forms (see `looping`): modern; deferred (5.18 to 6.x,
+// Each hook in three forms (see `looping`): modern; deferred (5.18 to 6.12,
 // whose cgroup programs cannot send a signal: `signals` sends it as the
 // syscall returns); compat (before 5.18: also no `bpf_set_retval`, so a
 // denial fails with EPERM only).

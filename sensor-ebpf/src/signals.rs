@@ -1,10 +1,12 @@
 //! Signals for the connect reflex on kernels whose cgroup programs have no
-//! `bpf_send_signal` (before 6.x): the compat connect program denies the
-//! connect and leaves the signal in `PENDING_SIGNALS`; this program, on the
-//! exit tracepoints of the syscalls that reach those hooks (`connect`,
-//! `sendto`, `sendmsg`, `sendmmsg`), sends it to the same thread before it
-//! returns to user space, so the process runs no further instruction, as
-//! with a signal sent from the hook itself.
+//! `bpf_send_signal` (6.12 and older in the kernel matrix): the deferred
+//! and compat connect programs deny the connect and leave the signal in
+//! `PENDING_SIGNALS`; this program, on the exit tracepoints of the syscalls
+//! that reach those hooks (`connect`, `sendto`, `sendmsg`, `sendmmsg`),
+//! sends it to the same thread before it returns to user space, so the
+//! process runs no further instruction, as with a signal sent from the hook
+//! itself. A connect that no syscall made (io_uring) leaves its signal
+//! pending until that thread's next such syscall.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_send_signal},
     macros::tracepoint,

@@ -234,6 +234,10 @@ fn policy_failure(e: &PolicyError) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let features = load::probe::Features::probe();
+    if let Some(why) = features.unsupported() {
+        eprintln!("error: {why}");
+        return ExitCode::FAILURE;
+    }
     let plan = features.plan();
     tracing::info!(
         kernel = %features.release,

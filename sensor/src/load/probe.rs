@@ -58,6 +58,25 @@ pub struct Plan {
 }
 
 impl Features {
+    /// Why the sensor cannot run on this kernel at all, if it cannot. As
+    /// root only: without privilege every probe fails.
+    pub fn unsupported(&self) -> Option<String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        if !self.btf {
+            return Some(format!("kernel {}: no BTF (/sys/kernel/btf/vmlinux); the sensor needs CONFIG_DEBUG_INFO_BTF", self.release));
+        }
+        if !self.ring_buffer {
+            return Some(format!(
+                "kernel {}: no BPF ring buffer (Linux 5.8); the sensor needs Linux 5.10 or later",
+                self.release
+            ));
+        }
+        None
+    }
+
     /// The loader's choices for these features.
     pub fn plan(&self) -> Plan {
         let connect = match (self.bpf_loop && self.set_retval, self.cgroup_send_signal) {
@@ -232,7 +251,7 @@ fn lsm_program_loads(hook: u32) -> bool {
 /// Whether programs of `prog_type` may call helper `id`: a program that
 /// calls it with zeroed arguments is loaded, and only the verifier's
 /// "unknown func" / "invalid func" (the helper does not exist) or "cannot
-/// use helper" (6.x: not for this program type) says it is missing; any
+/// use helper" (6.12: not for this program type) says it is missing; any
 /// other refusal is about the arguments, so the helper is there.
 fn helper(prog_type: u32, attach: u32, id: i32) -> bool {
     // r1..r5 = 0; call id; r0 = 1; exit
