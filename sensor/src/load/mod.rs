@@ -109,9 +109,10 @@ impl Kernel {
     }
 
     /// Attaches fork and exit before exec so that no process the exec
-    /// program sees is missing its lineage, then the socket hooks at the root
-    /// of the cgroup v2 tree `cgroup_root`, as links that coexist with other
-    /// programs there (Cilium's).
+    /// program sees is missing its lineage, then (in the forms the plan
+    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
+    /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
+    /// that coexist with other programs there (Cilium's).
     pub fn attach(&mut self, cgroup_root: &std::path::Path) -> Result<(), LoadError> {
         let p: &mut RawTracePoint = self.program("snsr_fork")?;
         p.load().map_err(|source| LoadError::Program {
