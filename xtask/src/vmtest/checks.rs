@@ -70,6 +70,13 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "pod-scoped policies",
+        run: Run::Tests {
+            target: "pods",
+            names: &["namespaced_and_pod_selector_policies_act_only_on_their_pods"],
+        },
+    },
+    Check {
         name: "LSM exec Override (EPERM)",
         run: Run::Tests {
             target: "lsm",

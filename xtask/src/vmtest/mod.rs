@@ -32,6 +32,7 @@ const GUEST_PROGRAMS: &[&str] = &[
     "/bin/sleep",
     "/bin/true",
     "/usr/bin/env",
+    "/usr/bin/printf",
     "/usr/bin/touch",
     "/usr/bin/setpriv",
     "/usr/bin/curl",
