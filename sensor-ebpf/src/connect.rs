@@ -145,9 +145,9 @@ fn on_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u8
 }
 
 /// Returns whether the connect may proceed.
-#[inline(always)]
 /// `MODERN`: `bpf_loop`, ancestor cgroup ids and `bpf_set_retval`;
 /// `SIGNAL`: `bpf_send_signal` from this hook.
+#[inline(always)]
 fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u8) -> Option<bool> {
     // SAFETY: the context the kernel handed us.
     let sa = unsafe { &*ctx.sock_addr };

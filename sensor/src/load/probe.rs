@@ -58,15 +58,13 @@ pub struct Plan {
 }
 
 impl Features {
-    /// Why the sensor cannot run on this kernel at all, if it cannot. As
-    /// root only: without privilege every probe fails.
+    /// Why the sensor cannot run on this kernel at all, if it cannot (a
+    /// kernel without BTF is refused by the loader). As root only: without
+    /// privilege every probe fails.
     pub fn unsupported(&self) -> Option<String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return None;
-        }
-        if !self.btf {
-            return Some(format!("kernel {}: no BTF (/sys/kernel/btf/vmlinux); the sensor needs CONFIG_DEBUG_INFO_BTF", self.release));
         }
         if !self.ring_buffer {
             return Some(format!(

@@ -16,6 +16,11 @@ pub struct HookDef {
     pub function: &'static str,
     pub args: &'static [ArgDef],
     pub binaries_of_new_image: bool,
+    /// Whether Override can be enforced here: the connect hooks (the cgroup
+    /// hook denies the connect), and the exec hooks that run before the
+    /// exec happens (BPF-LSM `bprm_check_security`); not hooks that act
+    /// once the new image is in place.
+    pub overrides: bool,
 }
 
 const BINPRM: ArgDef = ArgDef {
@@ -42,6 +47,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             function: "security_bprm_check",
             args: &[BINPRM],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
     (
@@ -55,6 +61,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
                 arg: EventArg::PathString,
             }],
             binaries_of_new_image: false,
+            overrides: false,
         },
     ),
     (
@@ -68,6 +75,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
                 arg: EventArg::PathString,
             }],
             binaries_of_new_image: false,
+            overrides: false,
         },
     ),
     (
@@ -77,6 +85,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             function: "tcp_connect",
             args: &[SOCK],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
     (
@@ -86,6 +95,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             function: "security_socket_connect",
             args: &[SOCK, SOCKADDR1],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
     (
@@ -95,6 +105,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             function: "__x64_sys_connect",
             args: &[SOCKADDR1],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
 ];
@@ -107,6 +118,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             function: "bprm_check_security",
             args: &[BINPRM],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
     (
@@ -116,6 +128,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             function: "socket_connect",
             args: &[SOCK, SOCKADDR1],
             binaries_of_new_image: false,
+            overrides: true,
         },
     ),
 ];
@@ -131,6 +144,7 @@ pub const EXEC_TRACEPOINT: HookDef = HookDef {
         arg: EventArg::PathString,
     }],
     binaries_of_new_image: true,
+    overrides: false,
 };
 
 pub fn names(table: &[(&str, HookDef)]) -> String {

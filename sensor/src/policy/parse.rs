@@ -5,7 +5,7 @@
 use super::hooks::{self, HookDef};
 use super::raw::*;
 use super::selector::selector;
-use super::{limits, Actions, EventArg, Hook, HookFamily, HookPoint, Policy, Selector};
+use super::{limits, Actions, EventArg, Hook, HookPoint, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
 pub struct FieldError {
@@ -262,13 +262,7 @@ fn hook(
     for (i, s) in selectors.into_iter().enumerate() {
         parsed.push(selector(s, &declared, &format!("{at}.selectors[{i}]"))?);
     }
-    // Override on exec refuses the exec before it happens: only the hooks
-    // that run then (BPF-LSM bprm_check_security) can do it.
-    let overrides_before_exec = matches!(
-        &point,
-        HookPoint::Kprobe { function } if function == "security_bprm_check"
-    ) || matches!(&point, HookPoint::Lsm { hook } if hook == "bprm_check_security");
-    if def.family == HookFamily::Exec && !overrides_before_exec {
+    if !def.overrides {
         if let Some(i) = parsed.iter().position(|s| s.actions.errno.is_some()) {
             return err(
                 format!("{at}.selectors[{i}].matchActions"),

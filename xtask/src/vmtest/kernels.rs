@@ -97,13 +97,18 @@ fn update_indexes() -> Result<()> {
         sources.push_str(&format!("deb {archive} {suite} main\n"));
     }
     std::fs::write(base.join("sources.list"), sources)?;
-    let out = apt("apt-get")
-        .arg("update")
-        .output()
-        .context("running apt-get update")?;
+    succeeded(
+        apt("apt-get").arg("update"),
+        "apt-get update for the kernel matrix",
+    )
+}
+
+/// Runs an apt command; its error output is the failure's reason.
+fn succeeded(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
-            "apt-get update for the kernel matrix failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -171,17 +176,12 @@ fn download(spec: &KernelSpec) -> Result<PathBuf> {
     let package = newest_package(spec)?;
     let download = dir().join("download");
     std::fs::create_dir_all(&download)?;
-    let out = apt("apt-get")
-        .args(["download", &package])
-        .current_dir(&download)
-        .output()
-        .context("running apt-get download")?;
-    if !out.status.success() {
-        bail!(
-            "apt-get download {package} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    succeeded(
+        apt("apt-get")
+            .args(["download", &package])
+            .current_dir(&download),
+        &format!("apt-get download {package}"),
+    )?;
     std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
