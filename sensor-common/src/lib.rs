@@ -208,7 +208,7 @@ pub const NET_ADDR_KEY_LEN: usize = 20;
 
 /// Value set key for ports, protocols and families.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NetValueKey {
     pub selector: u8,
     pub slot: u8,

@@ -1,4 +1,4 @@
-//! `sched/sched_process_exec`: the exec event (binary path as the kernel
+//! `sched_process_exec` (raw tracepoint): the exec event (binary path as the kernel
 //! resolved it, arguments, cwd) and the exec reflex, which runs here because
 //! the new image is in place but has not yet returned to user space.
 use aya_ebpf::{
@@ -7,8 +7,8 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use sensor_common::{exec_flags, kind, pod_wakeups, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
 
@@ -20,15 +20,18 @@ use crate::{path, reflex};
 
 const HEADER: usize = core::mem::size_of::<ExecEvent>();
 
-#[tracepoint]
-pub fn snsr_exec(_ctx: TracePointContext) -> u32 {
+// Raw tracepoints attach through a bpf link on every kernel (5.7 and
+// later), so the attachment can be pinned and outlive the daemon; a classic
+// tracepoint's perf event cannot be pinned before 5.15.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn snsr_exec(_ctx: RawTracePointContext) -> i32 {
     let _ = try_exec::<true>();
     0
 }
 
 /// The same program for kernels without `bpf_loop` (see `looping`).
-#[tracepoint]
-pub fn snsr_exec_compat(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn snsr_exec_compat(_ctx: RawTracePointContext) -> i32 {
     let _ = try_exec::<false>();
     0
 }

@@ -3,8 +3,8 @@
 //! of a process reports the exit status and the terminating signal.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use sensor_common::{kind, ExitEvent, ForkEvent};
 
@@ -47,8 +47,8 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[tracepoint]
-pub fn snsr_exit(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn snsr_exit(_ctx: RawTracePointContext) -> i32 {
     let _ = try_exit();
     0
 }

@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         load: bool,
     },
+    /// Remove the pinned kernel side (uninstall): programs detach and
+    /// quarantines lift. Stop the daemon first, or it keeps its own links.
+    Unload(BpfDir),
+    /// Show the pinned sets: their programs and how many links each has.
+    Status(BpfDir),
     /// Print JSON lines (a file, or stdin) as compact lines.
     Compact {
         /// File of JSON lines; stdin when absent or "-".
@@ -172,6 +177,20 @@ struct RunArgs {
     /// Where decisions wait until their quarantine label lands.
     #[arg(long, default_value = "/var/lib/sensor")]
     state_dir: PathBuf,
+    #[command(flatten)]
+    bpf: BpfDir,
+    /// On SIGTERM, leave the programs, policies and quarantines pinned and
+    /// enforcing for the next daemon to adopt (the DaemonSet sets this).
+    /// Without it, stopping removes everything.
+    #[arg(long)]
+    keep_on_exit: bool,
+}
+
+#[derive(clap::Args)]
+struct BpfDir {
+    /// The bpffs directory where links and maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/sensor")]
+    bpf_dir: PathBuf,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -279,6 +298,8 @@ fn run(args: RunArgs) -> ExitCode {
         program_stats: args.program_stats,
         kubeconfig: args.kubeconfig,
         state_dir: args.state_dir,
+        bpf_dir: Some(args.bpf.bpf_dir),
+        keep_on_exit: args.keep_on_exit,
     };
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -388,6 +409,57 @@ fn probe(load: bool) -> ExitCode {
     }
 }
 
+fn unload(bpf_dir: &std::path::Path) -> ExitCode {
+    match daemon::adopt::unload(bpf_dir) {
+        Ok(sets) if sets.is_empty() => {
+            println!("nothing pinned under {}", bpf_dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(sets) => {
+            for s in sets {
+                println!("removed {}", s.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(bpf_dir: &std::path::Path) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let sets = load::pin::sets(bpf_dir);
+    if sets.is_empty() {
+        let _ = writeln!(out, "nothing pinned under {}", bpf_dir.display());
+    }
+    for set in sets {
+        let state = if set.is_complete() {
+            "complete"
+        } else {
+            "incomplete"
+        };
+        let _ = writeln!(out, "set {} ({state})", set.path.display());
+        match load::pinned_programs(&set) {
+            Ok(programs) => {
+                for p in programs {
+                    let _ = writeln!(
+                        out,
+                        "  {} program={} links={}",
+                        p.name, p.program_id, p.links_in_kernel
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// The single-threaded runtime the daemon and the API commands run on.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
@@ -443,6 +515,8 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { files, vars },
         } => check(&files, &vars.vars()),
         Command::Compact { file } => compact(file),
+        Command::Unload(d) => unload(&d.bpf_dir),
+        Command::Status(d) => status(&d.bpf_dir),
         Command::Probe { load } => probe(load),
         Command::Quarantine {
             command: QuarantineCommand::Apply(p),

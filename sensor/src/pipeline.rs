@@ -22,16 +22,16 @@ use crate::policy::{EventArg, HookPoint, SelectorMeta};
 use crate::process::ProcessCache;
 
 pub struct Pipeline {
-    pub cache: ProcessCache,
+    cache: ProcessCache,
     meta: Vec<SelectorMeta>,
     net_meta: Vec<SelectorMeta>,
     node: String,
-    pub enricher: Enricher,
-    pub brain: Brain,
-    /// Quarantines the brain decided, for the daemon to carry out.
-    pub decisions: Vec<Decision>,
-    pub exporter: Exporter,
-    pub metrics: Metrics,
+    enricher: Enricher,
+    brain: Brain,
+    /// Quarantines the brain decided while handling the current record.
+    decisions: Vec<Decision>,
+    exporter: Exporter,
+    metrics: Metrics,
 }
 
 fn event_kind(e: &Event) -> &'static str {
@@ -90,8 +90,47 @@ impl Pipeline {
         }
     }
 
-    /// Handles one ring buffer record.
-    pub fn handle(&mut self, bytes: &[u8]) {
+    /// Emits an event the daemon made (a quarantine outcome) now, and
+    /// writes it out at once.
+    pub fn announce(&mut self, event: Event) {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        self.emit(event, time);
+        self.exporter.flush();
+    }
+
+    /// Writes out what the exporters buffered.
+    pub fn flush(&mut self) {
+        self.exporter.flush();
+    }
+
+    /// Whether the brain has a rule on `on` records.
+    pub fn wants(&self, on: crate::brain::On) -> bool {
+        self.brain.wants(on)
+    }
+
+    /// Takes the kernel's lost-record total for `kind`; returns how much it
+    /// grew since the last reading.
+    pub fn lost(&mut self, kind: &'static str, total: u64) -> u64 {
+        let before = self.metrics.lost.insert(kind, total).unwrap_or(0);
+        total.saturating_sub(before)
+    }
+
+    /// Counters for the log line at stop.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} cache_misses={} without_pod={}",
+            self.metrics, self.cache.misses, self.enricher.unresolved
+        )
+    }
+
+    /// Handles one ring buffer record; returns the quarantines the brain
+    /// decided on it, for the daemon to carry out at once.
+    pub fn handle(&mut self, bytes: &[u8]) -> Vec<Decision> {
+        self.handle_record(bytes);
+        std::mem::take(&mut self.decisions)
+    }
+
+    fn handle_record(&mut self, bytes: &[u8]) {
         self.metrics.records += 1;
         match decode(bytes) {
             Ok(Record::Exec(r)) => self.exec(&r),

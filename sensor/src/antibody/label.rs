@@ -18,7 +18,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Decisions not labelled yet, as kept on disk.
-fn load(path: &Path) -> Vec<Decision> {
+pub fn pending(path: &Path) -> Vec<Decision> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::error!(path = %path.display(), error = %e, "unreadable pending quarantines; starting empty");
@@ -74,7 +74,7 @@ pub async fn run(
     outcomes: UnboundedSender<LabelOutcome>,
 ) {
     let api: Api<Pod> = Api::all(client);
-    let mut pending: VecDeque<Decision> = load(&state).into();
+    let mut pending: VecDeque<Decision> = pending(&state).into();
     if !pending.is_empty() {
         tracing::info!(
             count = pending.len(),

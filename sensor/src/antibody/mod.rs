@@ -105,6 +105,55 @@ impl Antibodies {
         Ok(())
     }
 
+    /// Takes over the quarantines of the daemon before this one: decisions
+    /// whose label had not landed (`pending`, from the state file; the
+    /// label thread retries them) are isolated again, and cgroups the kernel
+    /// still isolates (an adopted or carried-over set) are tracked, held
+    /// until the watcher has had time to show their label, as after a label
+    /// lands. Cgroups that are gone are released.
+    pub fn restore(&mut self, kernel: &mut Kernel, pending: Vec<Decision>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for d in pending {
+            match self.isolate(kernel, &d.uid) {
+                Ok(()) => events.push(d.event("node", "isolated", None)),
+                Err(e) => events.push(d.event("node", "failed", Some(e))),
+            }
+            if self.labeler.is_some() {
+                self.pending.insert(d.uid.clone());
+            }
+        }
+        let ids = match kernel.quarantined() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the kernel's quarantines");
+                return events;
+            }
+        };
+        for id in ids {
+            if self.isolated.values().any(|v| *v == id) {
+                continue;
+            }
+            let uid = self
+                .paths
+                .borrow_mut()
+                .path(id)
+                .and_then(crate::enrich::cgroup::pod_of);
+            match uid {
+                Some(uid) => {
+                    self.awaiting_watch
+                        .insert(uid.clone(), std::time::Instant::now());
+                    self.isolated.insert(uid, id);
+                }
+                None => {
+                    if let Err(e) = kernel.release(id) {
+                        tracing::error!(cgroup = id, error = %e, "releasing the quarantine of a cgroup that is gone");
+                    }
+                }
+            }
+        }
+        events
+    }
+
     /// Quarantines a pod: the kernel first, then the label (queued).
     pub fn decide(&mut self, kernel: &mut Kernel, d: Decision) -> Vec<Event> {
         let mut events = Vec::new();

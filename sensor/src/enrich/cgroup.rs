@@ -34,6 +34,12 @@ fn pod_uid(component: &str) -> Option<String> {
     (uid.len() >= 32 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
 }
 
+/// The uid of the pod whose cgroup (or a cgroup inside it) `path` is.
+pub fn pod_of(path: &str) -> Option<String> {
+    let mut parts = path.split('/').skip_while(|p| !p.starts_with("kubepods"));
+    parts.find_map(pod_uid)
+}
+
 /// Parses a cgroup path under `kubepods`: the pod uid and the container id.
 pub fn parse(path: &str) -> Option<ContainerRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -246,6 +252,13 @@ mod tests {
         assert_eq!(parse(&crio), want);
         let docker = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/docker-{ID}.scope", uid.replace('-', "_"));
         assert_eq!(parse(&docker), want);
+        let pod = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_of(&pod).as_deref(), Some(uid));
+        assert_eq!(pod_of(&systemd).as_deref(), Some(uid));
+        assert_eq!(pod_of("/user.slice/pod0b5d3b5c8a4e4f3a9d2e1c2b3a4d5e6f"), None);
     }
 
     #[test]

@@ -1,29 +1,31 @@
 //! Loading the kernel side: pre-flight checks, struct offsets from BTF, the
-//! embedded eBPF object, attaching the programs, and writing compiled policy
-//! into the kernel's maps. Dropping [`Kernel`] detaches and frees everything.
+//! embedded eBPF object, attaching the programs as bpf links, and pinning
+//! them (`pin`) so that they outlive the process, or adopting a pinned set.
+//! `write` fills the kernel's tables. Dropping an unpinned [`Kernel`]
+//! detaches and frees everything; a pinned one keeps enforcing.
 //! `probe` finds what the running kernel offers, and so which form of each
 //! program is attached.
 pub mod btf;
 mod mounts;
+pub mod pin;
 pub mod probe;
+mod write;
 
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+pub use write::quarantined_in;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use aya::maps::{Map, MapData, MapError, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, RawTracePoint,
-    TracePoint,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramInfo,
+    RawTracePoint,
 };
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use sensor_common::{
-    Config, ExecSelector, NetSelector, NetValueKey, ProcState, NET_ADDR_KEY_LEN, STR_KEY_LEN,
-};
-
-use crate::policy::Compiled;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
 /// (empty when it was not built).
-/// `BPF_NOEXIST`: insert only when the key is absent.
-const BPF_NOEXIST: u64 = 1;
-
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
 
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +63,36 @@ pub enum LoadError {
     },
     #[error("eBPF object lacks {0}")]
     Missing(&'static str),
+    #[error("program {name}: not attached through a bpf link: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error("pinning {what} at {path}: {source}")]
+    Pinning {
+        what: String,
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("adopting {path}: {why}")]
+    Adopt { path: String, why: String },
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> LoadError {
     move |source| LoadError::Map { name, source }
 }
 
-/// The loaded, attached kernel side.
+/// The kernel side: maps and program links, loaded by this process or
+/// adopted from a pinned set.
 pub struct Kernel {
-    ebpf: Ebpf,
+    /// The object this process loaded; `None` for an adopted set, whose
+    /// programs are held by their links.
+    ebpf: Option<Ebpf>,
+    maps: HashMap<String, Map>,
+    /// (program, its link), in attach order.
+    links: Vec<(String, FdLink)>,
     plan: probe::Plan,
 }
 
@@ -81,205 +104,222 @@ pub const LOST_KINDS: [(u32, &str); 4] = [
     (sensor_common::kind::CONNECT, "connect"),
 ];
 
+/// The id of the set this binary loads on this kernel (see [`pin::build_id`]).
+pub fn build_id(plan: &probe::Plan) -> String {
+    pin::build_id(OBJECT, plan)
+}
+
+/// Root, BTF and the embedded object: what every load needs.
+fn preflight() -> Result<(), LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(LoadError::NoBtf);
+    }
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    mounts::ensure()?;
+    Ok(())
+}
+
 impl Kernel {
     /// Checks the environment, loads the object with this kernel's offsets
     /// and a ring buffer of `ring_bytes`. Nothing is attached yet; `plan`
     /// says which form of each program [`Kernel::attach`] takes.
     pub fn load(ring_bytes: u32, plan: &probe::Plan) -> Result<Kernel, LoadError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(LoadError::NotRoot);
-        }
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(LoadError::NoBtf);
-        }
-        if OBJECT.is_empty() {
-            return Err(LoadError::NoObject);
-        }
-        mounts::ensure()?;
+        preflight()?;
         let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)?;
+        // Our maps move out of the object (their fds are already in the
+        // programs' instructions); the data sections stay with it.
+        let names: Vec<String> = ebpf
+            .maps()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|n| ebpf.take_map(&n).map(|m| (n, m)))
+            .collect();
         Ok(Kernel {
-            ebpf,
+            ebpf: Some(ebpf),
+            maps,
+            links: Vec::new(),
             plan: plan.clone(),
         })
     }
 
-    /// Attaches fork and exit before exec so that no process the exec
-    /// program sees is missing its lineage, then (in the forms the plan
-    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
-    /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
-    /// that coexist with other programs there (Cilium's).
-    pub fn attach(&mut self, cgroup_root: &std::path::Path) -> Result<(), LoadError> {
-        let p: &mut RawTracePoint = self.program("snsr_fork")?;
-        p.load().map_err(|source| LoadError::Program {
-            name: "snsr_fork",
-            source,
-        })?;
-        p.attach("sched_process_fork")
-            .map_err(|source| LoadError::Program {
-                name: "snsr_fork",
-                source,
-            })?;
-        let modern_exec = self.plan.exec == probe::Form::Modern;
-        let exec = if modern_exec {
-            "snsr_exec"
-        } else {
-            "snsr_exec_compat"
+    /// Opens the set pinned at `set`: its maps and its links, which stay
+    /// attached as they are. Nothing is loaded or attached.
+    pub fn adopt(set: &pin::SetDir, plan: &probe::Plan) -> Result<Kernel, LoadError> {
+        preflight()?;
+        let bad = |why: String| LoadError::Adopt {
+            path: set.path.display().to_string(),
+            why,
         };
-        self.tracepoint("snsr_exit", &[("sched", "sched_process_exit")])?;
-        self.tracepoint(exec, &[("sched", "sched_process_exec")])?;
-        if self.plan.connect != probe::Form::Modern {
-            // Connect programs that cannot signal leave it to this one.
-            self.tracepoint(
-                "snsr_signal_on_exit",
-                &[
-                    ("syscalls", "sys_exit_connect"),
-                    ("syscalls", "sys_exit_sendto"),
-                    ("syscalls", "sys_exit_sendmsg"),
-                    ("syscalls", "sys_exit_sendmmsg"),
-                ],
-            )?;
+        let mut maps = HashMap::new();
+        for (name, path) in set.map_pins() {
+            let data = MapData::from_pin(&path).map_err(|e| bad(format!("map {name}: {e}")))?;
+            let map = Map::from_map_data(data).map_err(|e| bad(format!("map {name}: {e}")))?;
+            maps.insert(name, map);
         }
-        let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
-            path: cgroup_root.display().to_string(),
-            source,
-        })?;
+        let mut links = Vec::new();
+        for (name, path) in set.link_pins() {
+            let link =
+                PinnedLink::from_pin(&path).map_err(|e| bad(format!("link {name}: {e}")))?;
+            links.push((name, FdLink::from(link)));
+        }
+        let k = Kernel {
+            ebpf: None,
+            maps,
+            links,
+            plan: plan.clone(),
+        };
+        let missing: Vec<&str> = k
+            .expected_programs()
+            .into_iter()
+            .filter(|p| !k.links.iter().any(|(n, _)| n == p))
+            .collect();
+        if !missing.is_empty() {
+            return Err(bad(format!("no link for {}", missing.join(", "))));
+        }
+        Ok(k)
+    }
+
+    /// Pins every map and link into `set` (an empty set directory), then
+    /// marks it complete: from then on the kernel keeps it whatever happens
+    /// to this process.
+    pub fn pin(&mut self, set: &pin::SetDir) -> Result<(), LoadError> {
+        let failed = |what: String, path: &Path| {
+            let path = path.display().to_string();
+            move |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pinning {
+                what,
+                path,
+                source: e,
+            }
+        };
+        for (name, map) in &self.maps {
+            let path = set.maps().join(name);
+            map.pin(&path)
+                .map_err(|e| failed(format!("map {name}"), &path)(e.into()))?;
+        }
+        for (name, link) in std::mem::take(&mut self.links) {
+            let path = set.links().join(&name);
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| failed(format!("link {name}"), &path)(e.into()))?;
+            self.links.push((name, FdLink::from(pinned)));
+        }
+        set.mark_complete()?;
+        Ok(())
+    }
+
+    /// The programs [`Kernel::attach`] attaches under this plan.
+    pub fn expected_programs(&self) -> Vec<&'static str> {
+        let modern_exec = self.plan.exec == probe::Form::Modern;
+        let mut v = vec![
+            "snsr_fork",
+            "snsr_exit",
+            if modern_exec {
+                "snsr_exec"
+            } else {
+                "snsr_exec_compat"
+            },
+        ];
+        if self.plan.connect != probe::Form::Modern {
+            v.push("snsr_signal_on_exit");
+        }
         if self.plan.lsm {
-            self.lsm_program(if modern_exec {
+            v.push(if modern_exec {
                 "snsr_lsm_bprm"
             } else {
                 "snsr_lsm_bprm_compat"
-            })?;
+            });
         }
         let form = match self.plan.connect {
             probe::Form::Modern => 0,
             probe::Form::Deferred => 1,
             probe::Form::Compat => 2,
         };
-        for forms in SOCK_PROGRAMS {
-            let name = forms[form];
-            let p: &mut CgroupSockAddr = self.program(name)?;
-            p.load()
-                .map_err(|source| LoadError::Program { name, source })?;
-            p.attach(&root, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        for (name, ty) in [
-            ("snsr_q_egress", CgroupSkbAttachType::Egress),
-            ("snsr_q_ingress", CgroupSkbAttachType::Ingress),
-        ] {
-            let p: &mut CgroupSkb = self.program(name)?;
-            p.load()
-                .map_err(|source| LoadError::Program { name, source })?;
-            p.attach(&root, ty, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
+        v.extend(SOCK_PROGRAMS.iter().map(|forms| forms[form]));
+        v.extend(["snsr_q_egress", "snsr_q_ingress"]);
+        v
+    }
+
+    /// Attaches fork and exit before exec so that no process the exec
+    /// program sees is missing its lineage, then (in the forms the plan
+    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
+    /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
+    /// that coexist with other programs there (Cilium's). Every attachment
+    /// is a bpf link, so that [`Kernel::pin`] can keep it.
+    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
+        let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.display().to_string(),
+            source,
+        })?;
+        for name in self.expected_programs() {
+            let link = match name {
+                "snsr_fork" => self.raw_tracepoint(name, "sched_process_fork")?,
+                "snsr_exit" => self.raw_tracepoint(name, "sched_process_exit")?,
+                "snsr_exec" | "snsr_exec_compat" => {
+                    self.raw_tracepoint(name, "sched_process_exec")?
+                }
+                "snsr_signal_on_exit" => self.raw_tracepoint(name, "sys_exit")?,
+                "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
+                "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
+                "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
+                _ => self.sock_addr(name, &root)?,
+            };
+            self.links.push((name.to_string(), link));
         }
         Ok(())
     }
 
-    /// Loads tracepoint program `name` and attaches it to each of `points`.
-    fn tracepoint(&mut self, name: &'static str, points: &[(&str, &str)]) -> Result<(), LoadError> {
-        let p: &mut TracePoint = self.program(name)?;
-        p.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        for (category, event) in points {
-            p.attach(category, event)
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        Ok(())
+    fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let p: &mut RawTracePoint = self.program(name)?;
+        p.load().map_err(err)?;
+        let id = p.attach(point).map_err(err)?;
+        Ok(p.take_link(id).map_err(err)?.into())
+    }
+
+    fn sock_addr(&mut self, name: &'static str, root: &std::fs::File) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let p: &mut CgroupSockAddr = self.program(name)?;
+        p.load().map_err(err)?;
+        let id = p.attach(root, CgroupAttachMode::Single).map_err(err)?;
+        let link = p.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
+    }
+
+    fn skb(
+        &mut self,
+        name: &'static str,
+        root: &std::fs::File,
+        ty: CgroupSkbAttachType,
+    ) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let p: &mut CgroupSkb = self.program(name)?;
+        p.load().map_err(err)?;
+        let id = p.attach(root, ty, CgroupAttachMode::Single).map_err(err)?;
+        let link = p.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
     }
 
     /// Loads BPF-LSM program `name` on `bprm_check_security` and attaches it.
-    fn lsm_program(&mut self, name: &'static str) -> Result<(), LoadError> {
-        let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
-            name,
-            source: ProgramError::Btf(e),
-        })?;
+    fn lsm_program(&mut self, name: &'static str) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let btf = aya::Btf::from_sys_fs().map_err(|e| err(ProgramError::Btf(e)))?;
         let p: &mut aya::programs::Lsm = self.program(name)?;
-        p.load("bprm_check_security", &btf)
-            .map_err(|source| LoadError::Program { name, source })?;
-        p.attach()
-            .map_err(|source| LoadError::Program { name, source })?;
-        Ok(())
-    }
-
-    /// Names of the programs loaded into the kernel.
-    pub fn loaded_programs(&self) -> Vec<String> {
-        self.ebpf
-            .programs()
-            .filter(|(_, p)| p.info().is_ok())
-            .map(|(name, _)| name.to_string())
-            .collect()
-    }
-
-    /// Cuts cgroup `id` (and everything under it) off the network.
-    pub fn quarantine(&mut self, id: u64) -> Result<(), LoadError> {
-        let mut q: HashMap<_, u64, u8> =
-            HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
-        q.insert(id, 1, 0).map_err(map_err("QUARANTINE"))?;
-        self.set_quarantine_active(true)
-    }
-
-    /// Turns the programs' quarantine lookups on or off.
-    fn set_quarantine_active(&mut self, on: bool) -> Result<(), LoadError> {
-        self.update_config(|c| c.quarantine_active = on as u32)
-    }
-
-    /// Tells the programs that `POD_SCOPES` is in use.
-    pub fn enable_pod_scopes(&mut self) -> Result<(), LoadError> {
-        self.update_config(|c| c.n_scopes = c.n_scopes.max(1))
-    }
-
-    /// Which records from pods wake the reader at once
-    /// (`sensor_common::pod_wakeups` bits).
-    pub fn set_pod_wakeups(&mut self, bits: u32) -> Result<(), LoadError> {
-        self.update_config(|c| c.pod_wakeups = bits)
-    }
-
-    /// Changes the programs' runtime switches, writing only on a change.
-    fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), LoadError> {
-        let mut cfg: Array<_, Config> =
-            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        let before = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
-        let mut c = before;
-        f(&mut c);
-        if c == before {
-            return Ok(());
-        }
-        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
-    }
-
-    /// Sets the pod-scoped policies (bit i = scope i+1) for tasks under
-    /// cgroup `id`; 0 removes the entry.
-    pub fn set_pod_scopes(&mut self, id: u64, bits: u64) -> Result<(), LoadError> {
-        let mut m: HashMap<_, u64, u64> =
-            HashMap::try_from(self.map_mut("POD_SCOPES")?).map_err(map_err("POD_SCOPES"))?;
-        if bits != 0 {
-            return m.insert(id, bits, 0).map_err(map_err("POD_SCOPES"));
-        }
-        match m.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("POD_SCOPES")(e)),
-        }
-    }
-
-    /// Gives cgroup `id` its network back.
-    pub fn release(&mut self, id: u64) -> Result<(), LoadError> {
-        let mut q: HashMap<_, u64, u8> =
-            HashMap::try_from(self.map_mut("QUARANTINE")?).map_err(map_err("QUARANTINE"))?;
-        match q.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("QUARANTINE")(e)),
-        }
-        let empty = q.keys().next().is_none();
-        if empty {
-            self.set_quarantine_active(false)?;
-        }
-        Ok(())
+        p.load("bprm_check_security", &btf).map_err(err)?;
+        let id = p.attach().map_err(err)?;
+        Ok(p.take_link(id).map_err(err)?.into())
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -288,129 +328,110 @@ impl Kernel {
     {
         let p = self
             .ebpf
-            .program_mut(name)
+            .as_mut()
+            .and_then(|e| e.program_mut(name))
             .ok_or(LoadError::Missing(name))?;
         p.try_into()
             .map_err(|source| LoadError::Program { name, source })
     }
 
-    /// Per program: name, runs and total run time, as the kernel counts them
-    /// while run-time statistics are enabled (see [`enable_stats`]).
-    pub fn program_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, p)| {
-                p.info()
-                    .ok()
-                    .map(|i| (name.to_string(), i.run_count(), i.run_time()))
+    /// Each attached program with its link id and kernel info.
+    fn attached(&self) -> Vec<(String, u32, ProgramInfo)> {
+        let links: Vec<(String, u32, u32)> = self
+            .links
+            .iter()
+            .filter_map(|(name, link)| {
+                let info = link.info().ok()?;
+                Some((name.clone(), info.id(), info.program_id()))
             })
+            .collect();
+        let mut programs: HashMap<u32, ProgramInfo> = aya::programs::loaded_programs()
+            .flatten()
+            .filter(|p| links.iter().any(|(_, _, id)| *id == p.id()))
+            .map(|p| (p.id(), p))
+            .collect();
+        links
+            .into_iter()
+            .filter_map(|(name, link, prog)| Some((name, link, programs.remove(&prog)?)))
             .collect()
     }
 
-    /// Kernel ids of the loaded programs.
-    pub fn program_ids(&self) -> Vec<u32> {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+    /// Names of the programs attached.
+    pub fn loaded_programs(&self) -> Vec<String> {
+        self.attached().into_iter().map(|(n, _, _)| n).collect()
+    }
+
+    /// Per program: name, runs and total run time, as the kernel counts them
+    /// while run-time statistics are enabled (see [`enable_stats`]).
+    pub fn program_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
+        self.attached()
+            .into_iter()
+            .map(|(n, _, i)| (n, i.run_count(), i.run_time()))
             .collect()
+    }
+
+    /// Kernel ids of the attached programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.attached().into_iter().map(|(_, _, i)| i.id()).collect()
+    }
+
+    /// Kernel ids of the links.
+    pub fn link_ids(&self) -> Vec<u32> {
+        self.attached().into_iter().map(|(_, l, _)| l).collect()
     }
 
     /// The ring buffer, taken out once for the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let m = self
-            .ebpf
-            .take_map("EVENTS")
+            .maps
+            .remove("EVENTS")
             .ok_or(LoadError::Missing("EVENTS"))?;
         RingBuf::try_from(m).map_err(map_err("EVENTS"))
     }
 
-    /// Writes compiled policy and the enforcement scope. Tables are written
-    /// before the selector count, so the programs never see a partial set.
-    pub fn apply(&mut self, c: &Compiled, scope: &[u64]) -> Result<(), LoadError> {
-        let mut equal: HashMap<_, [u8; STR_KEY_LEN], u8> =
-            HashMap::try_from(self.map_mut("STR_EQUAL")?).map_err(map_err("STR_EQUAL"))?;
-        for k in &c.equal {
-            equal.insert(k, 1, 0).map_err(map_err("STR_EQUAL"))?;
-        }
-        for (name, entries) in [("STR_PREFIX", &c.prefix), ("STR_POSTFIX", &c.postfix)] {
-            let mut trie: LpmTrie<_, [u8; STR_KEY_LEN], u8> =
-                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            for (bits, k) in entries {
-                trie.insert(&Key::new(*bits, *k), 1, 0)
-                    .map_err(map_err(name))?;
-            }
-        }
-        let mut sels: Array<_, ExecSelector> =
-            Array::try_from(self.map_mut("EXEC_SELECTORS")?).map_err(map_err("EXEC_SELECTORS"))?;
-        for (i, s) in c.selectors.iter().enumerate() {
-            sels.set(i as u32, s, 0)
-                .map_err(map_err("EXEC_SELECTORS"))?;
-        }
-        let mut nsels: Array<_, NetSelector> =
-            Array::try_from(self.map_mut("NET_SELECTORS")?).map_err(map_err("NET_SELECTORS"))?;
-        for (i, s) in c.net_selectors.iter().enumerate() {
-            nsels
-                .set(i as u32, s, 0)
-                .map_err(map_err("NET_SELECTORS"))?;
-        }
-        let mut addrs: LpmTrie<_, [u8; NET_ADDR_KEY_LEN], u8> =
-            LpmTrie::try_from(self.map_mut("NET_ADDR")?).map_err(map_err("NET_ADDR"))?;
-        for (bits, k) in &c.net_addrs {
-            addrs
-                .insert(&Key::new(*bits, *k), 1, 0)
-                .map_err(map_err("NET_ADDR"))?;
-        }
-        let mut values: HashMap<_, NetValueKey, u8> =
-            HashMap::try_from(self.map_mut("NET_VALUE")?).map_err(map_err("NET_VALUE"))?;
-        for k in &c.net_values {
-            values.insert(k, 1, 0).map_err(map_err("NET_VALUE"))?;
-        }
-        let mut cg: HashMap<_, u64, u8> =
-            HashMap::try_from(self.map_mut("SCOPE_CGROUPS")?).map_err(map_err("SCOPE_CGROUPS"))?;
-        for id in scope {
-            cg.insert(id, 1, 0).map_err(map_err("SCOPE_CGROUPS"))?;
-        }
-        let config = Config {
-            scoped: !scope.is_empty() as u32,
-            ..c.config
-        };
-        let mut cfg: Array<_, Config> =
-            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        cfg.set(0, config, 0).map_err(map_err("CONFIG"))
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoadError> {
+        self.maps.get_mut(name).ok_or(LoadError::Missing(name))
     }
 
-    /// Seeds the policy state of processes found in /proc. A state the exec
-    /// program already wrote is newer and is kept.
-    pub fn seed_states(&mut self, states: &[(u32, ProcState)]) -> Result<(), LoadError> {
-        let mut procs: HashMap<_, u32, ProcState> =
-            HashMap::try_from(self.map_mut("PROCS")?).map_err(map_err("PROCS"))?;
-        for (pid, st) in states {
-            match procs.insert(pid, st, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(map_err("PROCS")(e)),
-            }
-        }
-        Ok(())
+    fn map(&self, name: &'static str) -> Result<&Map, LoadError> {
+        self.maps.get(name).ok_or(LoadError::Missing(name))
     }
+}
 
-    /// Records lost to a full ring buffer so far, per kind.
-    pub fn lost(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
-        let m = self.ebpf.map("LOST").ok_or(LoadError::Missing("LOST"))?;
-        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(m).map_err(map_err("LOST"))?;
-        LOST_KINDS
-            .iter()
-            .map(|&(k, name)| {
-                let v = lost.get(&k, 0).map_err(map_err("LOST"))?;
-                Ok((name, v.iter().sum()))
+/// A program of a pinned set, and how many links the kernel has for it.
+pub struct PinnedProgram {
+    pub name: String,
+    pub program_id: u32,
+    /// Every link in the kernel that runs this program (1 when nothing was
+    /// attached twice).
+    pub links_in_kernel: usize,
+}
+
+/// The programs of the set pinned at `set`, from the kernel's view.
+pub fn pinned_programs(set: &pin::SetDir) -> Result<Vec<PinnedProgram>, LoadError> {
+    let all: Vec<u32> = aya::programs::loaded_links()
+        .flatten()
+        .map(|l| l.program_id())
+        .collect();
+    set.link_pins()
+        .into_iter()
+        .map(|(name, path)| {
+            let link = PinnedLink::from_pin(&path).map_err(|e| LoadError::Adopt {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            let info = FdLink::from(link).info().map_err(|e| LoadError::Adopt {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            let program_id = info.program_id();
+            Ok(PinnedProgram {
+                name,
+                program_id,
+                links_in_kernel: all.iter().filter(|p| **p == program_id).count(),
             })
-            .collect()
-    }
-
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
-        self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))
-    }
+        })
+        .collect()
 }
 
 /// The socket-address programs of `sensor-ebpf/src/connect.rs`, by hook,

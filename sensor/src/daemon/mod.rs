@@ -1,0 +1,290 @@
+//! The `run` command, in three steps: setup (the kernel side, adopted or
+//! loaded by `adopt`; the Kubernetes thread; the process cache seeded from
+//! /proc), the loop (`serve`), and the way out: with `--keep-on-exit`
+//! everything stays pinned and enforcing, otherwise it is removed.
+pub mod adopt;
+mod serve;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::unix::AsyncFd;
+
+use crate::antibody::Antibodies;
+use crate::brain::On;
+use crate::enrich::pods::PodStore;
+use crate::enrich::Enricher;
+use crate::export::json::{JsonSink, RotatingFile};
+use crate::export::{CompactSink, Exporter};
+use crate::pipeline::Pipeline;
+use crate::policy::Compiled;
+use crate::process::{procfs, Clock, ProcessCache};
+
+/// What goes to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Json,
+    Compact,
+    None,
+}
+
+pub struct RunOptions {
+    pub node_name: String,
+    /// Which form of each kernel program this kernel takes.
+    pub plan: crate::load::probe::Plan,
+    pub output: Output,
+    pub export_file: Option<PathBuf>,
+    pub export_max_bytes: u64,
+    pub export_backups: u32,
+    pub scope: Vec<PathBuf>,
+    pub ring_bytes: u32,
+    pub cache_size: usize,
+    /// Count each program's runs and run time, and log them at stop.
+    pub program_stats: bool,
+    /// A kubeconfig; the environment's (or in-cluster) configuration otherwise.
+    pub kubeconfig: Option<PathBuf>,
+    /// Where pending quarantine labels are kept across restarts.
+    pub state_dir: PathBuf,
+    /// The bpffs directory the kernel side is pinned under; `None` keeps
+    /// nothing pinned.
+    pub bpf_dir: Option<PathBuf>,
+    /// Leave the pinned set enforcing when the daemon stops.
+    pub keep_on_exit: bool,
+}
+
+/// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
+    })
+}
+
+/// The cgroup id of a cgroup v2 directory: its inode number.
+pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cgroup2_root().context("no cgroup2 mount")?.join(path)
+    };
+    Ok(std::fs::metadata(&full)
+        .with_context(|| format!("cgroup {}", full.display()))?
+        .ino())
+}
+
+fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
+    let mut ex = Exporter::default();
+    match opts.output {
+        Output::Json => ex.add(Box::new(JsonSink(std::io::stdout()))),
+        Output::Compact => ex.add(Box::new(CompactSink(std::io::stdout()))),
+        Output::None => {}
+    }
+    if let Some(path) = &opts.export_file {
+        let f = RotatingFile::new(path.clone(), opts.export_max_bytes, opts.export_backups)
+            .with_context(|| format!("export file {}", path.display()))?;
+        ex.add(Box::new(f));
+        tracing::info!(path = %path.display(), "exporting JSON lines");
+    }
+    Ok(ex)
+}
+
+pub async fn run(
+    opts: RunOptions,
+    compiled: Compiled,
+    rules: Vec<crate::brain::Rule>,
+) -> anyhow::Result<()> {
+    let scope: Vec<u64> = opts
+        .scope
+        .iter()
+        .map(|p| cgroup_id(p))
+        .collect::<Result<_, _>>()?;
+    ask_for_short_slice();
+    let _stats = opts
+        .program_stats
+        .then(crate::load::enable_stats)
+        .transpose()?;
+    let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
+    let started = adopt::start(
+        &adopt::KernelOptions {
+            bpf_dir: opts.bpf_dir.as_deref(),
+            plan: &opts.plan,
+            ring_bytes: opts.ring_bytes,
+            cgroup_root: &root,
+        },
+        &compiled,
+        &scope,
+    )?;
+    let (mut kernel, set, origin) = (started.kernel, started.set, started.origin);
+
+    // Pod context and quarantine labels, when there is a Kubernetes API.
+    let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let (pods, labeler) = start_cluster(&opts, outcome_tx).await?;
+    let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
+    let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);
+    for e in antibodies.restore(
+        &mut kernel,
+        crate::antibody::label::pending(&pending_file(&opts)),
+    ) {
+        tracing::info!(event = ?e, "quarantine restored at start");
+    }
+    let mut scopes =
+        crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), paths.clone());
+    if let Some(s) = scopes.as_mut() {
+        s.reconcile(&mut kernel)?;
+        kernel.enable_pod_scopes()?;
+    }
+
+    // Processes older than the daemon: cache entries and kernel policy state.
+    let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
+    let scanned = procfs::scan(Path::new("/proc"), &root);
+    let mut states = std::collections::HashMap::new();
+    for e in &scanned {
+        let parent = states.get(&e.ppid).copied().unwrap_or_default();
+        states.insert(e.pid, compiled.state_for(&e.binary, parent));
+    }
+    for p in procfs::processes(&scanned, &cache) {
+        cache.insert(p);
+    }
+    // An adopted set's states were computed under the policies it had.
+    let replace = origin == adopt::Origin::Adopted;
+    let seeds: Vec<_> = states
+        .into_iter()
+        .filter(|(_, s)| replace || *s != Default::default())
+        .collect();
+    kernel.seed_states(&seeds, replace)?;
+
+    let events = kernel.take_events()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
+    // long as it is registered.
+    let mut fd = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
+    let pipeline = Pipeline::new(
+        cache,
+        compiled.meta.clone(),
+        compiled.net_meta.clone(),
+        opts.node_name.clone(),
+        Enricher::new(paths, pods),
+        crate::brain::Brain::new(rules),
+        exporter(&opts)?,
+    );
+    // Records from pods wake the reader at once only when the brain acts on
+    // them; the rest wait for the drain tick like every routine record.
+    let wakeups = [
+        (On::Exec, sensor_common::pod_wakeups::EXEC),
+        (On::Connect, sensor_common::pod_wakeups::CONNECT),
+    ]
+    .into_iter()
+    .filter(|(on, _)| pipeline.wants(*on))
+    .fold(0, |bits, (_, bit)| bits | bit);
+    kernel.set_pod_wakeups(wakeups)?;
+    tracing::info!(
+        node = %opts.node_name,
+        exec_selectors = compiled.selectors.len(),
+        connect_selectors = compiled.net_selectors.len(),
+        procfs = scanned.len(),
+        programs = ?kernel.program_ids(),
+        links = ?kernel.link_ids(),
+        origin = ?origin,
+        "sensor ready"
+    );
+
+    let mut stages = serve::Stages {
+        pipeline,
+        antibodies,
+        scopes,
+        outcomes,
+    };
+    serve::run(&mut kernel, &mut fd, &mut stages).await?;
+
+    if opts.program_stats {
+        for (program, runs, time) in kernel.program_stats() {
+            let ns_per_run = time.as_nanos() as u64 / runs.max(1);
+            tracing::info!(program, runs, ns_per_run, "program stats");
+        }
+    }
+    let kept = match (&set, opts.keep_on_exit) {
+        (Some(set), false) => {
+            if let Err(e) = set.remove() {
+                tracing::error!(error = %e, "removing the pinned set");
+            }
+            // Left in place when someone else's sets are in it.
+            if let Some(dir) = set.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            false
+        }
+        (Some(_), true) => true,
+        (None, _) => false,
+    };
+    drop(fd);
+    drop(kernel);
+    let _ = std::io::stdout().flush();
+    let summary = stages.pipeline.summary();
+    if kept {
+        tracing::info!(stats = %summary, set = ?set.map(|s| s.path), "sensor stopped; the pinned set keeps enforcing");
+    } else {
+        tracing::info!(stats = %summary, "sensor stopped, programs detached");
+    }
+    Ok(())
+}
+
+fn pending_file(opts: &RunOptions) -> PathBuf {
+    opts.state_dir.join("pending-quarantines.json")
+}
+
+/// Before anything else runs on this thread.
+fn ask_for_short_slice() {
+    match crate::sched::request(crate::sched::SLICE) {
+        Ok(crate::sched::Slice::Granted(slice)) => {
+            tracing::debug!(?slice, "short scheduler slice granted")
+        }
+        Ok(crate::sched::Slice::Unsupported) => tracing::info!(
+            "this kernel has no custom scheduler slices (Linux 6.12): a busy CPU can delay quarantines"
+        ),
+        Err(e) => tracing::warn!(error = %e, "asking for a short scheduler slice"),
+    }
+}
+
+type Labeler = tokio::sync::mpsc::UnboundedSender<crate::antibody::Decision>;
+
+/// Starts the Kubernetes thread when there is an API, and waits (up to
+/// 10 s) for its first list of pods: rules about pods need the pods.
+async fn start_cluster(
+    opts: &RunOptions,
+    outcome_tx: tokio::sync::mpsc::UnboundedSender<crate::antibody::LabelOutcome>,
+) -> anyhow::Result<(Option<Arc<RwLock<PodStore>>>, Option<Labeler>)> {
+    let Some(config) = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await else {
+        return Ok((None, None));
+    };
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
+    let store = Arc::new(RwLock::new(PodStore::default()));
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    crate::cluster::spawn(crate::cluster::Cluster {
+        config,
+        node: opts.node_name.clone(),
+        store: store.clone(),
+        synced: synced_tx,
+        state: pending_file(opts),
+        decisions: rx,
+        outcomes: outcome_tx,
+    })
+    .context("starting the Kubernetes thread")?;
+    Ok(
+        match tokio::time::timeout(Duration::from_secs(10), synced).await {
+            Ok(Ok(())) => (Some(store), Some(tx)),
+            // The thread could not make a client, and said why.
+            Ok(Err(_)) => (None, None),
+            Err(_) => {
+                tracing::warn!("pod watcher not synced after 10 s; starting without it");
+                (Some(store), Some(tx))
+            }
+        },
+    )
+}

@@ -1,0 +1,108 @@
+//! The daemon's loop: records from the ring buffer through the pipeline,
+//! the brain's decisions to the antibodies, the periodic reconciles, and
+//! the signals that end it.
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::antibody::{Antibodies, LabelOutcome};
+use crate::load::Kernel;
+use crate::pipeline::Pipeline;
+use crate::scopes::PodScopes;
+
+/// Longest a routine record waits in the ring buffer.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Everything the loop drives.
+pub struct Stages {
+    pub pipeline: Pipeline,
+    pub antibodies: Antibodies,
+    pub scopes: Option<PodScopes>,
+    pub outcomes: UnboundedReceiver<LabelOutcome>,
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains what the kernel wrote before.
+pub async fn run(
+    kernel: &mut Kernel,
+    fd: &mut AsyncFd<RingBuf<MapData>>,
+    s: &mut Stages,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(2));
+    // The kernel wakes us only for policy hits and a filling buffer; routine
+    // records are drained on this tick.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), s, kernel);
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                drain(fd.get_mut(), s, kernel);
+                s.pipeline.tick();
+                if let Some(scopes) = s.scopes.as_mut() {
+                    if let Err(e) = scopes.reconcile(kernel) {
+                        tracing::error!(error = %e, "updating pod scopes");
+                    }
+                }
+                for e in s.antibodies.reconcile(kernel) {
+                    s.pipeline.announce(e);
+                }
+            }
+            Some(o) = s.outcomes.recv() => {
+                let e = s.antibodies.labelled(o);
+                s.pipeline.announce(e);
+            }
+            _ = lost_tick.tick() => report_lost(kernel, &mut s.pipeline),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Drain what the kernel wrote before the signal, and what waits for pods.
+    drain(fd.get_mut(), s, kernel);
+    s.pipeline.tick();
+    s.pipeline.flush();
+    report_lost(kernel, &mut s.pipeline);
+    Ok(())
+}
+
+/// Moves every record the ring buffer holds through the pipeline. A
+/// quarantine is carried out as soon as its record is read, before the rest
+/// of the batch and before anything is written out.
+fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) {
+    let mut n = 0;
+    while let Some(item) = rb.next() {
+        let decisions = s.pipeline.handle(&item);
+        drop(item);
+        for d in decisions {
+            for e in s.antibodies.decide(kernel, d) {
+                s.pipeline.announce(e);
+            }
+        }
+        n += 1;
+    }
+    if n > 0 {
+        s.pipeline.flush();
+    }
+}
+
+/// Reads the kernel's lost-record counters and warns when they grew.
+pub fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
+    match kernel.lost() {
+        Ok(counts) => {
+            for (kind, n) in counts {
+                let grew = pipeline.lost(kind, n);
+                if grew > 0 {
+                    tracing::warn!(kind, lost = grew, total = n, "ring buffer full: records lost");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading lost counters"),
+    }
+}
