@@ -94,6 +94,36 @@ impl Drop for TempDir {
     }
 }
 
+/// A bpffs directory of this test's own for the daemon's pins: never the
+/// default, and unloaded on drop, when the test fails too.
+pub struct BpfDir(pub PathBuf);
+
+impl BpfDir {
+    pub fn new() -> Self {
+        BpfDir(PathBuf::from("/sys/fs/bpf").join(unique("sensor-test")))
+    }
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+    /// `sensor status` of this directory.
+    pub fn status(&self) -> String {
+        let out = Command::new(SENSOR)
+            .args(["status", "--bpf-dir", self.arg()])
+            .output()
+            .expect("sensor status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for BpfDir {
+    fn drop(&mut self) {
+        let _ = Command::new(SENSOR)
+            .args(["unload", "--bpf-dir", self.arg()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 /// A cgroup of this test; every policy the test loads is scoped to it.
 pub struct TestCgroup(pub PathBuf, Vec<PathBuf>);
 
@@ -238,7 +268,11 @@ pub struct Daemon {
     pub child: Child,
     pub events: PathBuf,
     pub program_ids: Vec<u32>,
+    /// The "sensor ready" log line.
+    pub ready: String,
     _dir: TempDir,
+    /// Pins of this daemon alone (when the test gave no --bpf-dir).
+    _bpf: Option<BpfDir>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -246,6 +280,11 @@ impl Daemon {
     /// Starts `sensor run` with `args` plus an export file, and waits until it
     /// says it is ready.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new();
         let events = dir.path().join("events.json");
         // An explicit, empty policy directory: the daemon must never pick up
@@ -262,10 +301,15 @@ impl Daemon {
         if !args.contains(&"--state-dir") {
             cmd.arg("--state-dir").arg(dir.path().join("state"));
         }
+        let bpf = (!args.contains(&"--bpf-dir")).then(BpfDir::new);
+        if let Some(b) = &bpf {
+            cmd.args(["--bpf-dir", b.arg()]);
+        }
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -281,10 +325,10 @@ impl Daemon {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let program_ids = loop {
+        let ready = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("sensor ready") => break parse_ids(&line),
+                Ok(line) if line.contains("sensor ready") => break line,
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
@@ -295,8 +339,10 @@ impl Daemon {
         Daemon {
             child,
             events,
-            program_ids,
+            program_ids: parse_ids(&ready, "programs"),
+            ready,
             _dir: dir,
+            _bpf: bpf,
             stderr: rx,
         }
     }
@@ -339,6 +385,12 @@ impl Daemon {
         self.child.wait().expect("waiting for the sensor")
     }
 
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Log lines received so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
@@ -353,11 +405,13 @@ impl Drop for Daemon {
     }
 }
 
-fn parse_ids(line: &str) -> Vec<u32> {
-    let Some(start) = line.find("programs=[") else {
+/// The ids in `name=[1, 2, ...]` of a log line.
+pub fn parse_ids(line: &str, name: &str) -> Vec<u32> {
+    let key = format!("{name}=[");
+    let Some(start) = line.find(&key) else {
         return Vec::new();
     };
-    let rest = &line[start + "programs=[".len()..];
+    let rest = &line[start + key.len()..];
     let end = rest.find(']').unwrap_or(0);
     rest[..end]
         .split(',')

@@ -109,6 +109,8 @@ fn start(sensor: &Path, policy: &Path, events: &Path) -> Result<Daemon> {
         .current_dir(root())
         .args(["run", "--output", "none", "--program-stats", "--policy"])
         .arg(policy)
+        // Pins of the bench's own, removed when it stops (no --keep-on-exit).
+        .args(["--bpf-dir", "/sys/fs/bpf/sensor-bench"])
         .arg("--export-file")
         .arg(events)
         .env("NO_COLOR", "1")

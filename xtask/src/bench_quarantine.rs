@@ -175,6 +175,7 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let mut daemon = Command::new(sensor)
         .args(["run", "--output", "none", "--policy"])
         .arg(&rules)
+        .args(["--bpf-dir", "/sys/fs/bpf/sensor-bench"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--node-name", &node, "--state-dir"])

@@ -50,6 +50,7 @@ pub fn start(o: &KernelOptions, compiled: &Compiled, scope: &[u64]) -> anyhow::R
             origin: Origin::Fresh,
         });
     };
+    crate::load::preflight()?;
     pin::prepare(bpf_dir)?;
     let id = crate::load::build_id(o.plan);
     let (mine, others): (Vec<SetDir>, Vec<SetDir>) =
@@ -113,11 +114,15 @@ fn carry_quarantines(old: &[SetDir], kernel: &mut Kernel) -> usize {
                 for id in ids {
                     match kernel.quarantine(id) {
                         Ok(()) => n += 1,
-                        Err(e) => tracing::error!(cgroup = id, error = %e, "carrying a quarantine over"),
+                        Err(e) => {
+                            tracing::error!(cgroup = id, error = %e, "carrying a quarantine over")
+                        }
                     }
                 }
             }
-            Err(e) => tracing::error!(map = %path.display(), error = %e, "reading the old set's quarantines"),
+            Err(e) => {
+                tracing::error!(map = %path.display(), error = %e, "reading the old set's quarantines")
+            }
         }
     }
     n

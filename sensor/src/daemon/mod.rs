@@ -182,6 +182,7 @@ pub async fn run(
     .filter(|(on, _)| pipeline.wants(*on))
     .fold(0, |bits, (_, bit)| bits | bit);
     kernel.set_pod_wakeups(wakeups)?;
+    let mut stop = serve::Stop::catch()?;
     tracing::info!(
         node = %opts.node_name,
         exec_selectors = compiled.selectors.len(),
@@ -199,7 +200,7 @@ pub async fn run(
         scopes,
         outcomes,
     };
-    serve::run(&mut kernel, &mut fd, &mut stages).await?;
+    serve::run(&mut kernel, &mut fd, &mut stages, &mut stop).await?;
 
     if opts.program_stats {
         for (program, runs, time) in kernel.program_stats() {

@@ -24,14 +24,28 @@ pub struct Stages {
     pub outcomes: UnboundedReceiver<LabelOutcome>,
 }
 
+/// SIGTERM and Ctrl-C, caught from before the daemon says it is ready.
+pub struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub fn catch() -> std::io::Result<Stop> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or Ctrl-C, then drains what the kernel wrote before.
 pub async fn run(
     kernel: &mut Kernel,
     fd: &mut AsyncFd<RingBuf<MapData>>,
     s: &mut Stages,
+    stop: &mut Stop,
 ) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(2));
     // The kernel wakes us only for policy hits and a filling buffer; routine
     // records are drained on this tick.
@@ -60,8 +74,8 @@ pub async fn run(
                 s.pipeline.announce(e);
             }
             _ = lost_tick.tick() => report_lost(kernel, &mut s.pipeline),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = stop.term.recv() => break,
+            _ = stop.int.recv() => break,
         }
     }
     // Drain what the kernel wrote before the signal, and what waits for pods.
@@ -99,7 +113,12 @@ pub fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
             for (kind, n) in counts {
                 let grew = pipeline.lost(kind, n);
                 if grew > 0 {
-                    tracing::warn!(kind, lost = grew, total = n, "ring buffer full: records lost");
+                    tracing::warn!(
+                        kind,
+                        lost = grew,
+                        total = n,
+                        "ring buffer full: records lost"
+                    );
                 }
             }
         }

@@ -258,7 +258,10 @@ mod tests {
         );
         assert_eq!(pod_of(&pod).as_deref(), Some(uid));
         assert_eq!(pod_of(&systemd).as_deref(), Some(uid));
-        assert_eq!(pod_of("/user.slice/pod0b5d3b5c8a4e4f3a9d2e1c2b3a4d5e6f"), None);
+        assert_eq!(
+            pod_of("/user.slice/pod0b5d3b5c8a4e4f3a9d2e1c2b3a4d5e6f"),
+            None
+        );
     }
 
     #[test]

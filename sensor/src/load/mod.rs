@@ -109,8 +109,9 @@ pub fn build_id(plan: &probe::Plan) -> String {
     pin::build_id(OBJECT, plan)
 }
 
-/// Root, BTF and the embedded object: what every load needs.
-fn preflight() -> Result<(), LoadError> {
+/// Root, BTF, the embedded object and the pseudo file systems (bpffs for
+/// pins): what every load needs.
+pub fn preflight() -> Result<(), LoadError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
@@ -171,8 +172,7 @@ impl Kernel {
         }
         let mut links = Vec::new();
         for (name, path) in set.link_pins() {
-            let link =
-                PinnedLink::from_pin(&path).map_err(|e| bad(format!("link {name}: {e}")))?;
+            let link = PinnedLink::from_pin(&path).map_err(|e| bad(format!("link {name}: {e}")))?;
             links.push((name, FdLink::from(link)));
         }
         let k = Kernel {
@@ -372,7 +372,10 @@ impl Kernel {
 
     /// Kernel ids of the attached programs.
     pub fn program_ids(&self) -> Vec<u32> {
-        self.attached().into_iter().map(|(_, _, i)| i.id()).collect()
+        self.attached()
+            .into_iter()
+            .map(|(_, _, i)| i.id())
+            .collect()
     }
 
     /// Kernel ids of the links.

@@ -36,7 +36,9 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> PinError + '_ {
 /// `SENSOR_BUILD_ID` overrides it, so that tests can stage an upgrade.
 pub fn build_id(object: &[u8], plan: &Plan) -> String {
     match std::env::var("SENSOR_BUILD_ID") {
-        Ok(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => id,
+        Ok(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            id
+        }
         _ => object_id(object, plan),
     }
 }

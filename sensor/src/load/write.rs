@@ -241,7 +241,6 @@ impl Kernel {
             })
             .collect()
     }
-
 }
 
 /// The cgroups quarantined in a pinned `QUARANTINE` map (another set's).

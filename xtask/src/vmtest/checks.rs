@@ -77,6 +77,22 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "pinned set survives kill -9",
+        run: Run::Tests {
+            target: "persist",
+            names: &[
+                "kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_adopts_them",
+            ],
+        },
+    },
+    Check {
+        name: "upgrade swaps sets with no gap",
+        run: Run::Tests {
+            target: "persist",
+            names: &["an_upgrade_swaps_the_pinned_set_with_no_gap_and_a_plain_stop_removes_it"],
+        },
+    },
+    Check {
         name: "LSM exec Override (EPERM)",
         run: Run::Tests {
             target: "lsm",

@@ -1,0 +1,295 @@
+//! Enforcement that outlives the daemon: the pinned set keeps killing and
+//! isolating through a crash (`kill -9`), the next daemon adopts it without
+//! attaching anything twice, an upgrade swaps sets with no gap, and a
+//! daemon stopped without `--keep-on-exit` leaves nothing behind. Each test
+//! pins under a `--bpf-dir` of its own.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver_double::FakeApi;
+use common::pod::{NetPod, Node};
+use common::*;
+
+/// A copy of `true` that the policy kills, and the policy, in `dir`.
+fn blocked_binary(dir: &TempDir) -> (String, String) {
+    let bin = dir.path().join("blocked");
+    std::fs::copy("/bin/true", &bin).expect("copying true");
+    let bin = bin.to_string_lossy().into_owned();
+    let policy = policy_file(
+        dir,
+        "kill-blocked.yaml",
+        &format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: kill-blocked\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{bin}\"]\n      matchActions:\n      - action: Sigkill\n"
+        ),
+    );
+    (bin, policy)
+}
+
+fn exit_code(cg: &TestCgroup, bin: &str) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let st = cg.command(bin).status().expect("running the binary");
+    st.code().or(st.signal().map(|s| 128 + s))
+}
+
+fn curl(pod: &NetPod, url: &str) -> Option<i32> {
+    pod.sh(&format!(
+        "curl -s -o /dev/null --max-time 3 '{url}'; exit $?"
+    ))
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (program, links in the kernel) of each pinned program, from `sensor status`.
+fn links_per_program(status: &str) -> Vec<(String, usize)> {
+    status
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let name = l.split_whitespace().next()?;
+            let links = l.split("links=").nth(1)?.parse().ok()?;
+            Some((name.to_string(), links))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_adopts_them() {
+    if !can_run(
+        "kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_adopts_them",
+    ) {
+        return;
+    }
+    let api = FakeApi::start();
+    let node = format!("node-p-{}", std::process::id());
+    let net = Node::new();
+    let backend = net.pod(&api, &node, "backend");
+    let _server = backend.serve_http();
+    let frontend = net.pod(&api, &node, "frontend");
+    let other = net.pod(&api, &node, "other");
+    let dir = TempDir::new();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let kc = kubeconfig.to_str().unwrap();
+    let (bin, policy) = blocked_binary(&dir);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let bpf = BpfDir::new();
+    let state = dir.path().join("state");
+    let args = [
+        "--policy",
+        &policy,
+        "--enforce-cgroup",
+        &scope,
+        "--bpf-dir",
+        bpf.arg(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--keep-on-exit",
+    ];
+    let mut first = Daemon::with_api(&kubeconfig, &node, &args);
+    assert_eq!(exit_code(&cg, &bin), Some(137), "the reflex kills");
+    let out = Command::new(SENSOR)
+        .args(["quarantine", "apply", "shop/frontend", "--kubeconfig", kc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    first.wait_for("isolation", |e| {
+        e["sensor_quarantine"]["pod_uid"] == frontend.uid.as_str()
+            && e["sensor_quarantine"]["outcome"] == "isolated"
+    });
+    assert_ne!(curl(&frontend, &backend.url()), Some(0), "quarantined");
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v
+    };
+    let links_before = sorted(parse_ids(&first.ready, "links"));
+
+    first.kill9();
+    assert_eq!(
+        exit_code(&cg, &bin),
+        Some(137),
+        "with no daemon, the pinned reflex still kills"
+    );
+    assert_ne!(
+        curl(&frontend, &backend.url()),
+        Some(0),
+        "with no daemon, the quarantined pod still cannot connect"
+    );
+    assert_eq!(
+        curl(&other, &backend.url()),
+        Some(0),
+        "another pod still can"
+    );
+    assert_eq!(exit_code(&cg, "/bin/true"), Some(0), "other binaries run");
+
+    let second = Daemon::with_api(&kubeconfig, &node, &args);
+    assert!(second.ready.contains("origin=Adopted"), "{}", second.ready);
+    assert_eq!(
+        sorted(second.program_ids.clone()),
+        sorted(first.program_ids.clone()),
+        "the same programs, none loaded again"
+    );
+    assert_eq!(sorted(parse_ids(&second.ready, "links")), links_before);
+    let links = links_per_program(&bpf.status());
+    assert_eq!(links.len(), first.program_ids.len(), "{}", bpf.status());
+    for (program, n) in &links {
+        assert_eq!(*n, 1, "{program} is attached once: {}", bpf.status());
+    }
+    // Events flow again, through the adopted ring buffer.
+    assert_eq!(exit_code(&cg, &bin), Some(137));
+    second.wait_for("the blocked exec, killed", |e| {
+        is(e, "process_exec", &bin) && e["process_exec"]["process"]["pid"].as_u64().is_some()
+    });
+    assert_ne!(
+        curl(&frontend, &backend.url()),
+        Some(0),
+        "still quarantined"
+    );
+    // The adopted quarantine is the new daemon's: the label's removal lifts it.
+    let out = Command::new(SENSOR)
+        .args(["quarantine", "release", "shop/frontend", "--kubeconfig", kc])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually("the frontend reaches the backend again", || {
+        curl(&frontend, &backend.url()) == Some(0)
+    });
+}
+
+/// Runs `bin` in `cg` in a tight loop until `stop` exists; the file it
+/// writes gets one exit status per line.
+fn prober(cg: &TestCgroup, bin: &str, stop: &Path, out: &Path) -> std::process::Child {
+    cg.command("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "while [ ! -e '{}' ]; do '{bin}'; echo $?; done > '{}' 2>/dev/null",
+                stop.display(),
+                out.display()
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the prober")
+}
+
+#[test]
+fn an_upgrade_swaps_the_pinned_set_with_no_gap_and_a_plain_stop_removes_it() {
+    if !can_run("an_upgrade_swaps_the_pinned_set_with_no_gap_and_a_plain_stop_removes_it") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (bin, policy) = blocked_binary(&dir);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let bpf = BpfDir::new();
+    let mut old = Daemon::start(&[
+        "--policy",
+        &policy,
+        "--enforce-cgroup",
+        &scope,
+        "--bpf-dir",
+        bpf.arg(),
+        "--keep-on-exit",
+    ]);
+    let (stop, out) = (dir.path().join("stop"), dir.path().join("probe"));
+    let mut probe = prober(&cg, &bin, &stop, &out);
+    // A rolling update: the old daemon is told to stop, the new build starts.
+    assert!(old.stop().success());
+    let new = Daemon::start_with_env(
+        &[
+            "--policy",
+            &policy,
+            "--enforce-cgroup",
+            &scope,
+            "--bpf-dir",
+            bpf.arg(),
+        ],
+        &[("SENSOR_BUILD_ID", "upgrade-test")],
+    );
+    assert!(new.ready.contains("origin=Replaced"), "{}", new.ready);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    let _ = probe.wait();
+    let codes = std::fs::read_to_string(&out).unwrap();
+    let killed = codes.lines().filter(|l| *l == "137").count();
+    let survived = codes.lines().filter(|l| *l != "137").count();
+    eprintln!("prober: {killed} killed, {survived} survived");
+    assert!(killed > 10, "the prober ran through the swap: {codes}");
+    assert_eq!(survived, 0, "no exec escaped during the swap");
+    let status = bpf.status();
+    assert!(status.contains("/upgrade-test (complete)"), "{status}");
+    assert_eq!(
+        status.lines().filter(|l| l.starts_with("set ")).count(),
+        1,
+        "the old set is gone: {status}"
+    );
+
+    // Without --keep-on-exit, stopping removes everything.
+    let mut new = new;
+    assert!(new.stop().success());
+    assert_eq!(exit_code(&cg, &bin), Some(0), "nothing enforces any more");
+    assert!(bpf.status().contains("nothing pinned"), "{}", bpf.status());
+}
+
+#[test]
+fn a_pending_decision_in_the_state_file_is_isolated_again_at_start() {
+    if !can_run("a_pending_decision_in_the_state_file_is_isolated_again_at_start") {
+        return;
+    }
+    let api = FakeApi::start();
+    let node = format!("node-s-{}", std::process::id());
+    let net = Node::new();
+    let backend = net.pod(&api, &node, "backend");
+    let _server = backend.serve_http();
+    let frontend = net.pod(&api, &node, "frontend");
+    let dir = TempDir::new();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // What a daemon that died before the label landed left behind.
+    let decision = serde_json::json!([{
+        "namespace": "shop",
+        "name": "frontend",
+        "uid": frontend.uid,
+        "rule": "test-rule",
+        "exec_ids": [],
+        "time": "2026-11-26T00:00:00Z"
+    }]);
+    std::fs::write(state.join("pending-quarantines.json"), decision.to_string()).unwrap();
+    assert_eq!(
+        curl(&frontend, &backend.url()),
+        Some(0),
+        "before: connected"
+    );
+    let daemon = Daemon::with_api(
+        &kubeconfig,
+        &node,
+        &["--state-dir", state.to_str().unwrap()],
+    );
+    assert_ne!(
+        curl(&frontend, &backend.url()),
+        Some(0),
+        "isolated from the state file at start"
+    );
+    eventually("the label lands", || {
+        api.pod("shop", "frontend").unwrap()["metadata"]["labels"]["quarantine"] == "true"
+    });
+    daemon.wait_for("the label outcome", |e| {
+        e["sensor_quarantine"]["pod_uid"] == frontend.uid.as_str()
+            && e["sensor_quarantine"]["outcome"] == "labelled"
+    });
+}
