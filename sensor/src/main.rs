@@ -9,6 +9,7 @@ mod brain;
 mod cluster;
 mod daemon;
 mod decode;
+mod documents;
 mod enrich;
 mod export;
 mod load;
@@ -16,6 +17,7 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod process;
+mod reconcile;
 mod sched;
 mod scopes;
 
@@ -26,7 +28,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use daemon::{Output, RunOptions};
-use policy::{Compiled, Loaded, PolicyError, Vars};
+use documents::{Loaded, Vars};
+use policy::{Compiled, PolicyError};
 
 #[derive(Parser)]
 #[command(
@@ -224,26 +227,50 @@ fn node_name(arg: Option<String>) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Loads the policies a run asks for.
-fn load_policies(args: &RunArgs) -> Result<Loaded, PolicyError> {
-    let mut loaded = Loaded::default();
+/// The policies a run starts with: `--policy` files, which must all load
+/// (exit 2 otherwise), and the policy directory, whose files are taken or
+/// refused one by one and then watched.
+fn load_policies(
+    args: &RunArgs,
+    plan: &load::probe::Plan,
+) -> Result<daemon::Policies, PolicyError> {
     let vars = args.vars.vars();
+    let mut set = reconcile::PolicySet::new(plan.clone());
     for f in &args.policies {
-        policy::load_file(f, &vars, &mut loaded)?;
-    }
-    match (&args.policy_dir, args.policies.is_empty()) {
-        (Some(dir), _) => policy::load_dir(dir, &vars, &mut loaded)?,
-        (None, true) => {
-            let dir = PathBuf::from("policies");
-            if dir.is_dir() {
-                policy::load_dir(&dir, &vars, &mut loaded)?;
-            } else {
-                tracing::warn!("no --policy given and no ./policies directory: no reflexes loaded");
-            }
+        let mut l = Loaded::default();
+        documents::load_file(f, &vars, &mut l)?;
+        for (file, why) in &l.skipped {
+            tracing::warn!(file = %file.display(), why, "document not loaded");
         }
-        (None, false) => {}
+        set.set(reconcile::Source::Flag(f.clone()), Some(l))?;
     }
-    Ok(loaded)
+    let dir = match (&args.policy_dir, args.policies.is_empty()) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) if std::path::Path::new("policies").is_dir() => {
+            Some(PathBuf::from("policies"))
+        }
+        (None, true) => {
+            tracing::warn!("no --policy given and no ./policies directory: no reflexes loaded");
+            None
+        }
+        (None, false) => None,
+    };
+    let dir = match dir {
+        Some(d) => {
+            let mut w = reconcile::dir::DirWatch::new(&d).map_err(|e| PolicyError {
+                file: d.clone(),
+                field: "(directory)".into(),
+                reason: e.to_string(),
+            })?;
+            w.sync(&mut set, &vars);
+            Some(w)
+        }
+        None => None,
+    };
+    for (source, p) in set.policies() {
+        tracing::info!(%source, policy = %p.name, hooks = p.hooks.len(), "policy loaded");
+    }
+    Ok(daemon::Policies { set, dir, vars })
 }
 
 fn policy_failure(e: &PolicyError) -> ExitCode {
@@ -265,26 +292,16 @@ fn run(args: RunArgs) -> ExitCode {
         lsm = plan.lsm,
         "kernel probed: program forms chosen"
     );
-    let (compiled, rules) = match load_policies(&args).and_then(|l| {
-        for (file, why) in &l.skipped {
-            tracing::warn!(file = %file.display(), why, "policy not loaded");
-        }
-        for (file, p) in &l.policies {
-            tracing::info!(file = %file.display(), policy = %p.name, hooks = p.hooks.len(), "policy loaded");
-        }
-        for (file, r) in &l.rules {
-            tracing::info!(file = %file.display(), rule = %r.name, "brain rule loaded");
-        }
-        let rules = l.rules.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
-        policy::fits_kernel(&l.policies, &plan)?;
-        Compiled::new(&l.policies).map(|c| (c, rules))
-    }) {
-        Ok(c) => c,
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    // The policy directory's watch registers with the runtime.
+    let _in_runtime = rt.enter();
+    let policies = match load_policies(&args, &plan) {
+        Ok(p) => p,
         Err(e) => return policy_failure(&e),
     };
-    for scope in &compiled.scopes {
-        tracing::info!(policy = %scope.policy, namespace = ?scope.namespace, "pod-scoped policy: acts only on the pods it selects");
-    }
     let opts = RunOptions {
         node_name: node_name(args.node_name),
         plan,
@@ -301,11 +318,7 @@ fn run(args: RunArgs) -> ExitCode {
         bpf_dir: Some(args.bpf.bpf_dir),
         keep_on_exit: args.keep_on_exit,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match rt.block_on(daemon::run(opts, compiled, rules)) {
+    match rt.block_on(daemon::run(opts, policies)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -317,7 +330,7 @@ fn run(args: RunArgs) -> ExitCode {
 fn check(files: &[PathBuf], vars: &Vars) -> ExitCode {
     let mut loaded = Loaded::default();
     for f in files {
-        if let Err(e) = policy::load_file(f, vars, &mut loaded) {
+        if let Err(e) = documents::load_file(f, vars, &mut loaded) {
             return policy_failure(&e);
         }
     }

@@ -47,29 +47,37 @@ fn event_kind(e: &Event) -> &'static str {
 }
 
 impl Pipeline {
-    pub fn new(
-        cache: ProcessCache,
-        meta: Vec<SelectorMeta>,
-        net_meta: Vec<SelectorMeta>,
-        node: String,
-        enricher: Enricher,
-        brain: Brain,
-        exporter: Exporter,
-    ) -> Self {
+    /// A pipeline with no policies and no brain rules yet (see
+    /// [`Pipeline::set_policies`]).
+    pub fn new(cache: ProcessCache, node: String, enricher: Enricher, exporter: Exporter) -> Self {
         Pipeline {
             cache,
-            meta,
-            net_meta,
+            meta: Vec::new(),
+            net_meta: Vec::new(),
             node,
             enricher,
-            brain,
+            brain: Brain::new(Vec::new()),
             decisions: Vec::new(),
             exporter,
             metrics: Metrics::default(),
         }
     }
 
-    pub fn emit(&mut self, event: Event, time: String) {
+    /// What the kernel's selector bits mean from now on, and the brain's
+    /// rules. Records read after this are read under the new policies; the
+    /// daemon drains the ring buffer first.
+    pub fn set_policies(
+        &mut self,
+        meta: Vec<SelectorMeta>,
+        net_meta: Vec<SelectorMeta>,
+        rules: Vec<crate::brain::Rule>,
+    ) {
+        self.meta = meta;
+        self.net_meta = net_meta;
+        self.brain = Brain::new(rules);
+    }
+
+    fn emit(&mut self, event: Event, time: String) {
         self.metrics.event(event_kind(&event));
         let env = Envelope {
             event,

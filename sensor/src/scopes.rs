@@ -46,6 +46,21 @@ impl PodScopes {
         })
     }
 
+    /// Takes over what the kernel's map already holds (an adopted set), so
+    /// that entries no pod wants any more are removed.
+    pub fn adopt(&mut self, kernel: &Kernel) -> Result<(), LoadError> {
+        self.written = kernel.pod_scopes()?.into_iter().collect();
+        self.seen_generation = None;
+        Ok(())
+    }
+
+    /// New scoped policies (a policy change): the next reconcile rewrites
+    /// every pod's bits.
+    pub fn set_scopes(&mut self, scopes: Vec<Scope>) {
+        self.scopes = scopes;
+        self.seen_generation = None;
+    }
+
     /// Brings the kernel's map in line with the pods; cheap when nothing changed.
     pub fn reconcile(&mut self, kernel: &mut Kernel) -> Result<(), LoadError> {
         let selected: Vec<(String, u64)> = {

@@ -270,6 +270,8 @@ pub struct Daemon {
     pub program_ids: Vec<u32>,
     /// The "sensor ready" log line.
     pub ready: String,
+    /// The log lines before it.
+    pub startup: Vec<String>,
     _dir: TempDir,
     /// Pins of this daemon alone (when the test gave no --bpf-dir).
     _bpf: Option<BpfDir>,
@@ -325,11 +327,12 @@ impl Daemon {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut startup = Vec::new();
         let ready = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("sensor ready") => break line,
-                Ok(_) => {}
+                Ok(line) => startup.push(line),
                 Err(_) => {
                     let _ = child.kill();
                     panic!("the sensor did not become ready: {:?}", child.wait());
@@ -341,6 +344,7 @@ impl Daemon {
             events,
             program_ids: parse_ids(&ready, "programs"),
             ready,
+            startup,
             _dir: dir,
             _bpf: bpf,
             stderr: rx,

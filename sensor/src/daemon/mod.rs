@@ -3,6 +3,7 @@
 //! /proc), the loop (`serve`), and the way out: with `--keep-on-exit`
 //! everything stays pinned and enforcing, otherwise it is removed.
 pub mod adopt;
+mod enforce;
 mod serve;
 
 use std::io::Write;
@@ -14,13 +15,11 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 
 use crate::antibody::Antibodies;
-use crate::brain::On;
 use crate::enrich::pods::PodStore;
 use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
 use crate::export::{CompactSink, Exporter};
 use crate::pipeline::Pipeline;
-use crate::policy::Compiled;
 use crate::process::{procfs, Clock, ProcessCache};
 
 /// What goes to standard output.
@@ -94,11 +93,16 @@ fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
     Ok(ex)
 }
 
-pub async fn run(
-    opts: RunOptions,
-    compiled: Compiled,
-    rules: Vec<crate::brain::Rule>,
-) -> anyhow::Result<()> {
+/// The policies the daemon starts with and where changes come from.
+pub struct Policies {
+    pub set: crate::reconcile::PolicySet,
+    /// The watched `--policy-dir`, already read once.
+    pub dir: Option<crate::reconcile::dir::DirWatch>,
+    pub vars: crate::documents::Vars,
+}
+
+pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
+    let active = policies.set.compile()?;
     let scope: Vec<u64> = opts
         .scope
         .iter()
@@ -117,7 +121,7 @@ pub async fn run(
             ring_bytes: opts.ring_bytes,
             cgroup_root: &root,
         },
-        &compiled,
+        &active.compiled,
         &scope,
     )?;
     let (mut kernel, set, origin) = (started.kernel, started.set, started.origin);
@@ -133,60 +137,43 @@ pub async fn run(
     ) {
         tracing::info!(event = ?e, "quarantine restored at start");
     }
-    let mut scopes =
-        crate::scopes::PodScopes::new(compiled.scopes.clone(), pods.clone(), paths.clone());
-    if let Some(s) = scopes.as_mut() {
-        s.reconcile(&mut kernel)?;
-        kernel.enable_pod_scopes()?;
-    }
 
-    // Processes older than the daemon: cache entries and kernel policy state.
+    // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
     let scanned = procfs::scan(Path::new("/proc"), &root);
-    let mut states = std::collections::HashMap::new();
-    for e in &scanned {
-        let parent = states.get(&e.ppid).copied().unwrap_or_default();
-        states.insert(e.pid, compiled.state_for(&e.binary, parent));
-    }
     for p in procfs::processes(&scanned, &cache) {
         cache.insert(p);
     }
-    // An adopted set's states were computed under the policies it had.
-    let replace = origin == adopt::Origin::Adopted;
-    let seeds: Vec<_> = states
-        .into_iter()
-        .filter(|(_, s)| replace || *s != Default::default())
-        .collect();
-    kernel.seed_states(&seeds, replace)?;
+    let mut pipeline = Pipeline::new(
+        cache,
+        opts.node_name.clone(),
+        Enricher::new(paths.clone(), pods.clone()),
+        exporter(&opts)?,
+    );
+    let enforcer = enforce::Enforcer {
+        scope,
+        cgroup_root: root,
+        pods,
+        paths,
+    };
+    let mut scopes = None;
+    // An adopted set's tables and process states were written under the
+    // policies it had.
+    let tables = match origin {
+        adopt::Origin::Adopted => enforce::Tables::Stale,
+        _ => enforce::Tables::Fresh,
+    };
+    enforcer.enforce(&mut kernel, &mut pipeline, &mut scopes, &active, tables)?;
 
     let events = kernel.take_events()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
     // long as it is registered.
     let mut fd = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
-    let pipeline = Pipeline::new(
-        cache,
-        compiled.meta.clone(),
-        compiled.net_meta.clone(),
-        opts.node_name.clone(),
-        Enricher::new(paths, pods),
-        crate::brain::Brain::new(rules),
-        exporter(&opts)?,
-    );
-    // Records from pods wake the reader at once only when the brain acts on
-    // them; the rest wait for the drain tick like every routine record.
-    let wakeups = [
-        (On::Exec, sensor_common::pod_wakeups::EXEC),
-        (On::Connect, sensor_common::pod_wakeups::CONNECT),
-    ]
-    .into_iter()
-    .filter(|(on, _)| pipeline.wants(*on))
-    .fold(0, |bits, (_, bit)| bits | bit);
-    kernel.set_pod_wakeups(wakeups)?;
     let mut stop = serve::Stop::catch()?;
     tracing::info!(
         node = %opts.node_name,
-        exec_selectors = compiled.selectors.len(),
-        connect_selectors = compiled.net_selectors.len(),
+        exec_selectors = active.compiled.selectors.len(),
+        connect_selectors = active.compiled.net_selectors.len(),
         procfs = scanned.len(),
         programs = ?kernel.program_ids(),
         links = ?kernel.link_ids(),
@@ -199,6 +186,8 @@ pub async fn run(
         antibodies,
         scopes,
         outcomes,
+        policies,
+        enforcer,
     };
     serve::run(&mut kernel, &mut fd, &mut stages, &mut stop).await?;
 

@@ -22,6 +22,64 @@ pub struct Stages {
     pub antibodies: Antibodies,
     pub scopes: Option<PodScopes>,
     pub outcomes: UnboundedReceiver<LabelOutcome>,
+    pub policies: super::Policies,
+    pub enforcer: super::enforce::Enforcer,
+}
+
+/// How long the policy directory must be quiet before it is read again: an
+/// editor's save or a ConfigMap update is several events.
+const DIR_SETTLE: Duration = Duration::from_millis(30);
+
+/// Waits for a change of the policy directory, forever when there is none.
+async fn dir_changed(p: &mut super::Policies) {
+    match p.dir.as_mut() {
+        Some(d) => {
+            if let Err(e) = d.changed().await {
+                tracing::error!(error = %e, "watching the policy directory; it is no longer watched");
+                p.dir = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Puts a changed policy set in force, after reading every record written
+/// under the old one.
+fn enforce(
+    kernel: &mut Kernel,
+    fd: &mut AsyncFd<RingBuf<MapData>>,
+    s: &mut Stages,
+    active: &crate::reconcile::Active,
+) {
+    drain(fd.get_mut(), s, kernel);
+    let r = kernel
+        .apply(&active.compiled, &s.enforcer.scope)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            s.enforcer.enforce(
+                kernel,
+                &mut s.pipeline,
+                &mut s.scopes,
+                active,
+                super::enforce::Tables::Stale,
+            )
+        });
+    match r {
+        Ok(()) => tracing::info!(
+            exec_selectors = active.compiled.selectors.len(),
+            connect_selectors = active.compiled.net_selectors.len(),
+            rules = active.rules.len(),
+            "policies changed: in force"
+        ),
+        Err(e) => tracing::error!(error = %e, "putting changed policies in force"),
+    }
 }
 
 /// SIGTERM and Ctrl-C, caught from before the daemon says it is ready.
@@ -50,8 +108,19 @@ pub async fn run(
     // The kernel wakes us only for policy hits and a filling buffer; routine
     // records are drained on this tick.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut reread_at = None;
     loop {
         tokio::select! {
+            _ = dir_changed(&mut s.policies) => {
+                reread_at = Some(tokio::time::Instant::now() + DIR_SETTLE);
+            }
+            _ = at(reread_at) => {
+                reread_at = None;
+                let p = &mut s.policies;
+                if let Some(active) = p.dir.as_mut().and_then(|d| d.sync(&mut p.set, &p.vars)) {
+                    enforce(kernel, fd, s, &active);
+                }
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), s, kernel);

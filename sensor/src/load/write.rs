@@ -199,6 +199,13 @@ impl Kernel {
         Ok(())
     }
 
+    /// The pod scope bits the kernel holds, by pod cgroup.
+    pub fn pod_scopes(&self) -> Result<Vec<(u64, u64)>, LoadError> {
+        let m: HashMap<_, u64, u64> =
+            HashMap::try_from(self.map("POD_SCOPES")?).map_err(map_err("POD_SCOPES"))?;
+        Ok(m.iter().flatten().collect())
+    }
+
     /// The quarantined cgroups.
     pub fn quarantined(&self) -> Result<Vec<u64>, LoadError> {
         let q: HashMap<_, u64, u8> =

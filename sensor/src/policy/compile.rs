@@ -321,7 +321,7 @@ fn addr_key(selector: u8, slot: u8, addr: IpAddr, prefix: u8) -> (u32, AddrKey) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{load_file, Loaded};
+    use crate::documents::{load_file, Loaded};
 
     fn compile(yaml: &str) -> Compiled {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -1,11 +1,10 @@
-//! Reflex policies in Tetragon's `TracingPolicy` format: reading files
-//! (`files`), turning the YAML schema (`raw`) into a [`Policy`] whose invalid
+//! Reflex policies in Tetragon's `TracingPolicy` format: turning a
+//! document (routed here by `documents`) and its YAML schema (`raw`) into a [`Policy`] whose invalid
 //! states cannot be built (`parse` for hooks, `hooks` for the hooks this
 //! sensor implements, `selector` and `net` for selectors), and compiling
 //! loaded policies into the kernel's selector tables (`compile`), after
 //! `kernel` has checked them against what the running kernel can enforce.
 mod compile;
-mod files;
 mod hooks;
 mod kernel;
 mod net;
@@ -19,7 +18,6 @@ pub use selector_labels::LabelSelector;
 pub use net::NetMatch;
 
 pub use compile::{Compiled, Scope, SelectorMeta};
-pub use files::{load_dir, load_file, Loaded, Vars};
 pub use kernel::fits_kernel;
 
 use std::path::PathBuf;
@@ -42,6 +40,14 @@ pub struct PolicyError {
     pub file: PathBuf,
     pub field: String,
     pub reason: String,
+}
+
+/// Parses one `TracingPolicy` / `TracingPolicyNamespaced` document; an
+/// error is (field path, reason).
+pub fn from_document(value: serde_yaml::Value) -> Result<Policy, (String, String)> {
+    let raw: raw::RawPolicy = serde_path_to_error::deserialize(value)
+        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))?;
+    parse::policy(raw).map_err(|e| (e.field, e.reason))
 }
 
 /// A parsed reflex policy.

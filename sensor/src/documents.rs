@@ -1,13 +1,16 @@
-//! Policy files and directories: YAML documents in, parsed policies out, with
-//! every error tied to its file and field.
+//! The document router: YAML files and directories in, each document sent
+//! by its `kind` to the stage that owns it (`TracingPolicy*` to `policy`,
+//! `BrainRule` to `brain`, Cilium's kinds set aside), with every error tied
+//! to its file (or source) and field. `policy` and `brain` never read each
+//! other's documents.
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{parse, raw::RawPolicy, Policy, PolicyError};
+use crate::policy::{Policy, PolicyError};
 
 /// What a set of files yielded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Loaded {
     pub policies: Vec<(PathBuf, Policy)>,
     /// Brain rules (`BrainRule` documents).
@@ -56,8 +59,34 @@ fn error(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Po
 /// Loads every document of one file, after filling its placeholders. A file
 /// whose placeholders are not all given is skipped, and says which it needs.
 pub fn load_file(file: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), PolicyError> {
-    let mut text =
-        std::fs::read_to_string(file).map_err(|e| error(file, "(file)", e.to_string()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| error(file, "(file)", e.to_string()))?;
+    load_text(file, &text, vars, into)
+}
+
+/// Loads the documents of `text`, named `file` in errors (a path, or the
+/// name a policy came under through the API). Nothing is added to `into`
+/// unless every document loads.
+pub fn load_text(
+    file: &Path,
+    text: &str,
+    vars: &Vars,
+    into: &mut Loaded,
+) -> Result<(), PolicyError> {
+    let mut one = Loaded::default();
+    read_documents(file, text, vars, &mut one)?;
+    into.policies.extend(one.policies);
+    into.rules.extend(one.rules);
+    into.skipped.extend(one.skipped);
+    Ok(())
+}
+
+fn read_documents(
+    file: &Path,
+    text: &str,
+    vars: &Vars,
+    into: &mut Loaded,
+) -> Result<(), PolicyError> {
+    let mut text = text.to_string();
     let names: Vec<String> = placeholders(&text).into_iter().map(String::from).collect();
     let missing: Vec<&str> = names
         .iter()
@@ -103,27 +132,9 @@ pub fn load_file(file: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), Poli
             into.rules.push((file.to_path_buf(), rule));
             continue;
         }
-        let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            error(file, format!("{prefix}{field}"), e.into_inner().to_string())
-        })?;
-        let policy = parse::policy(raw)
-            .map_err(|e| error(file, format!("{prefix}{}", e.field), e.reason))?;
+        let policy = crate::policy::from_document(value)
+            .map_err(|(field, reason)| error(file, format!("{prefix}{field}"), reason))?;
         into.policies.push((file.to_path_buf(), policy));
-    }
-    Ok(())
-}
-
-/// Loads every `*.yaml` / `*.yml` file of a directory, in name order.
-pub fn load_dir(dir: &Path, vars: &Vars, into: &mut Loaded) -> Result<(), PolicyError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| error(dir, "(directory)", e.to_string()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    for f in files {
-        load_file(&f, vars, into)?;
     }
     Ok(())
 }

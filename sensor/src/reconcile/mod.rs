@@ -1,0 +1,163 @@
+//! The reconciler: one set of policy documents, whatever their source
+//! (`--policy` files, the `--policy-dir` files that `dir` watches, the
+//! control API, TracingPolicy resources), and the one rule for changing it:
+//! a change is taken only if the whole set still compiles and fits this
+//! kernel; otherwise nothing changes and the error says why (file or name,
+//! field, reason). Disabled policies stay in the set but are not compiled.
+pub mod dir;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::brain::Rule;
+use crate::documents::Loaded;
+use crate::load::probe::Plan;
+use crate::policy::{Compiled, Policy, PolicyError};
+
+/// Where documents came from: their key in the set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// `--policy FILE`: fixed for the daemon's life.
+    Flag(PathBuf),
+    /// A file of `--policy-dir`.
+    Dir(PathBuf),
+    /// Added through the control API, by policy name.
+    Api(String),
+    /// A TracingPolicy or TracingPolicyNamespaced resource (`ns/name`, or
+    /// `name` for the cluster-wide kind).
+    Resource(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(p) | Source::Dir(p) => write!(f, "{}", p.display()),
+            Source::Api(n) => write!(f, "api:{n}"),
+            Source::Resource(n) => write!(f, "resource:{n}"),
+        }
+    }
+}
+
+/// What the kernel and the brain enforce now.
+pub struct Active {
+    pub compiled: Compiled,
+    pub rules: Vec<Rule>,
+}
+
+/// The documents in force, by source.
+pub struct PolicySet {
+    docs: BTreeMap<Source, Loaded>,
+    plan: Plan,
+    disabled: BTreeSet<String>,
+}
+
+impl PolicySet {
+    pub fn new(plan: Plan) -> PolicySet {
+        PolicySet {
+            docs: BTreeMap::new(),
+            plan,
+            disabled: BTreeSet::new(),
+        }
+    }
+
+    /// Compiles the enabled policies and collects the brain rules.
+    pub fn compile(&self) -> Result<Active, PolicyError> {
+        let policies: Vec<(PathBuf, Policy)> = self
+            .docs
+            .values()
+            .flat_map(|l| l.policies.iter())
+            .filter(|(_, p)| !self.disabled.contains(&p.name))
+            .cloned()
+            .collect();
+        crate::policy::fits_kernel(&policies, &self.plan)?;
+        let compiled = Compiled::new(&policies)?;
+        let rules = self
+            .docs
+            .values()
+            .flat_map(|l| l.rules.iter().map(|(_, r)| r.clone()))
+            .collect();
+        Ok(Active { compiled, rules })
+    }
+
+    /// Replaces the documents of `source` (removes them for `None`) if the
+    /// whole set still compiles; otherwise leaves the set as it was.
+    pub fn set(&mut self, source: Source, docs: Option<Loaded>) -> Result<Active, PolicyError> {
+        if let Some(d) = &docs {
+            self.check_names(&source, d)?;
+        }
+        let old = match docs {
+            Some(d) => self.docs.insert(source.clone(), d),
+            None => self.docs.remove(&source),
+        };
+        self.compile().inspect_err(|_| {
+            match old {
+                Some(o) => self.docs.insert(source, o),
+                None => self.docs.remove(&source),
+            };
+        })
+    }
+
+    /// Policy names are unique across sources (Tetragon's rule): the API and
+    /// the mode and enable calls name policies.
+    fn check_names(&self, source: &Source, d: &Loaded) -> Result<(), PolicyError> {
+        for (file, p) in &d.policies {
+            if let Some(other) = self.source_of(&p.name).filter(|s| *s != source) {
+                return Err(PolicyError {
+                    file: file.clone(),
+                    field: "metadata.name".into(),
+                    reason: format!("a policy named {} is already loaded from {other}", p.name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the policy named `name` came from.
+    pub fn source_of(&self, name: &str) -> Option<&Source> {
+        self.docs
+            .iter()
+            .find(|(_, l)| l.policies.iter().any(|(_, p)| p.name == name))
+            .map(|(s, _)| s)
+    }
+
+    /// Turns a policy off (kept, not enforced) or back on, if the set then
+    /// compiles.
+    pub fn enable(&mut self, name: &str, on: bool) -> Result<Active, PolicyError> {
+        let changed = if on {
+            self.disabled.remove(name)
+        } else {
+            self.disabled.insert(name.to_string())
+        };
+        self.compile().inspect_err(|_| {
+            if changed {
+                if on {
+                    self.disabled.insert(name.to_string());
+                } else {
+                    self.disabled.remove(name);
+                }
+            }
+        })
+    }
+
+    pub fn is_enabled(&self, name: &str) -> bool {
+        !self.disabled.contains(name)
+    }
+
+    /// Every policy with its source.
+    pub fn policies(&self) -> impl Iterator<Item = (&Source, &Policy)> {
+        self.docs
+            .iter()
+            .flat_map(|(s, l)| l.policies.iter().map(move |(_, p)| (s, p)))
+    }
+
+    /// The sources whose key is a file of the policy directory.
+    pub fn dir_files(&self) -> Vec<PathBuf> {
+        self.docs
+            .keys()
+            .filter_map(|s| match s {
+                Source::Dir(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
