@@ -7,6 +7,7 @@
 mod antibody;
 mod brain;
 mod cluster;
+mod control;
 mod daemon;
 mod decode;
 mod documents;
@@ -76,6 +77,8 @@ enum Command {
     Unload(BpfDir),
     /// Show the pinned sets: their programs and how many links each has.
     Status(BpfDir),
+    /// Stream the running daemon's events (its gRPC GetEvents).
+    Getevents(GeteventsArgs),
     /// Print JSON lines (a file, or stdin) as compact lines.
     Compact {
         /// File of JSON lines; stdin when absent or "-".
@@ -108,6 +111,92 @@ enum PolicyCommand {
         #[command(flatten)]
         vars: PolicyVars,
     },
+    /// Add a policy to the running daemon (or replace one added before).
+    Add {
+        file: PathBuf,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Delete a policy added through the API.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List the running daemon's policies.
+    List {
+        /// Print the API's answer as JSON.
+        #[arg(short, long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Enforce a loaded policy again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Keep a policy loaded but stop enforcing it.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Switch a policy between enforcing and monitoring (its Sigkill,
+    /// Signal and Override are reported but not carried out).
+    Mode {
+        name: String,
+        #[arg(value_enum)]
+        mode: ModeArg,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Monitor,
+}
+
+/// Where the daemon's API is.
+#[derive(clap::Args)]
+struct Server {
+    /// The daemon's gRPC socket (Tetragon's flag).
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    server_address: String,
+}
+
+const DEFAULT_SERVER: &str = "unix:///var/run/sensor/sensor.sock";
+
+#[derive(clap::Args)]
+struct GeteventsArgs {
+    #[arg(short, long, value_enum, default_value = "json")]
+    output: EventsOutput,
+    /// Only events of pods in these namespaces.
+    #[arg(long)]
+    namespace: Vec<String>,
+    /// Only events of pods whose name matches (regex).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// Only events of binaries that match (regex).
+    #[arg(long)]
+    binary: Vec<String>,
+    /// Only events of these policies.
+    #[arg(long)]
+    policy_names: Vec<String>,
+    /// Only these event types (PROCESS_EXEC, PROCESS_KPROBE, ...).
+    #[arg(long)]
+    event_types: Vec<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EventsOutput {
+    Json,
+    Compact,
 }
 
 /// Values for `${NAME}` placeholders in policies, as Tetragon's quickstart
@@ -187,6 +276,9 @@ struct RunArgs {
     /// Without it, stopping removes everything.
     #[arg(long)]
     keep_on_exit: bool,
+    /// The gRPC API's unix socket (Tetragon's flag); empty turns it off.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    server_address: String,
 }
 
 #[derive(clap::Args)]
@@ -317,6 +409,16 @@ fn run(args: RunArgs) -> ExitCode {
         state_dir: args.state_dir,
         bpf_dir: Some(args.bpf.bpf_dir),
         keep_on_exit: args.keep_on_exit,
+        server: match args.server_address.as_str() {
+            "" => None,
+            a => match control::server::socket_path(a) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("error: --server-address {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        },
     };
     match rt.block_on(daemon::run(opts, policies)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -473,6 +575,47 @@ fn status(bpf_dir: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn policy_call(command: PolicyCommand) -> ExitCode {
+    use control::client::PolicyOp;
+    let (server, op) = match command {
+        PolicyCommand::Check { .. } => unreachable!("checked offline"),
+        PolicyCommand::Add { file, server } => (server, PolicyOp::Add(file)),
+        PolicyCommand::Delete { name, server } => (server, PolicyOp::Delete(name)),
+        PolicyCommand::List { json, server } => (server, PolicyOp::List { json }),
+        PolicyCommand::Enable { name, server } => (server, PolicyOp::Enable(name, true)),
+        PolicyCommand::Disable { name, server } => (server, PolicyOp::Enable(name, false)),
+        PolicyCommand::Mode { name, mode, server } => (
+            server,
+            PolicyOp::Mode(
+                name,
+                match mode {
+                    ModeArg::Enforce => policy::Mode::Enforce,
+                    ModeArg::Monitor => policy::Mode::Monitor,
+                },
+            ),
+        ),
+    };
+    match runtime() {
+        Ok(rt) => rt.block_on(control::client::policy(&server.server_address, op)),
+        Err(code) => code,
+    }
+}
+
+fn getevents(a: GeteventsArgs) -> ExitCode {
+    let q = control::client::EventQuery {
+        compact: a.output == EventsOutput::Compact,
+        namespace: a.namespace,
+        pod: a.pod,
+        binary: a.binary,
+        policy_names: a.policy_names,
+        event_types: a.event_types,
+    };
+    match runtime() {
+        Ok(rt) => rt.block_on(control::client::getevents(&a.server.server_address, q)),
+        Err(code) => code,
+    }
+}
+
 /// The single-threaded runtime the daemon and the API commands run on.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
@@ -527,6 +670,8 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { files, vars },
         } => check(&files, &vars.vars()),
+        Command::Policy { command } => policy_call(command),
+        Command::Getevents(a) => getevents(a),
         Command::Compact { file } => compact(file),
         Command::Unload(d) => unload(&d.bpf_dir),
         Command::Status(d) => status(&d.bpf_dir),

@@ -11,11 +11,48 @@ pub struct Metrics {
     pub events: BTreeMap<&'static str, u64>,
     /// Last value read from the kernel's `LOST` counters, per record kind.
     pub lost: BTreeMap<&'static str, u64>,
+    /// Per policy: what its selectors did (Tetragon's action counters).
+    pub policies: BTreeMap<String, ActionCounters>,
+}
+
+/// Tetragon's `TracingPolicyActionCounters`, for the actions this sensor
+/// has: events posted, signals sent, Overrides, and those monitor mode held
+/// back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ActionCounters {
+    pub post: u64,
+    pub signal: u64,
+    pub monitor_signal: u64,
+    pub overrides: u64,
+    pub monitor_override: u64,
 }
 
 impl Metrics {
     pub fn event(&mut self, kind: &'static str) {
         *self.events.entry(kind).or_default() += 1;
+    }
+
+    /// Counts one selector hit of `policy`.
+    pub fn policy_hit(
+        &mut self,
+        policy: &str,
+        posted: bool,
+        signal: bool,
+        over: bool,
+        monitor: bool,
+    ) {
+        let c = self.policies.entry(policy.to_string()).or_default();
+        c.post += posted as u64;
+        match (signal, over, monitor) {
+            (true, _, false) => c.signal += 1,
+            (true, _, true) => c.monitor_signal += 1,
+            _ => {}
+        }
+        match (over, monitor) {
+            (true, false) => c.overrides += 1,
+            (true, true) => c.monitor_override += 1,
+            _ => {}
+        }
     }
 
     pub fn lost_total(&self) -> u64 {

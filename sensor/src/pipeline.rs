@@ -123,6 +123,15 @@ impl Pipeline {
         total.saturating_sub(before)
     }
 
+    /// What each policy's selectors did so far.
+    pub fn action_counters(&self, policy: &str) -> crate::metrics::ActionCounters {
+        self.metrics
+            .policies
+            .get(policy)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Counters for the log line at stop.
     pub fn summary(&self) -> String {
         format!(
@@ -278,6 +287,13 @@ impl Pipeline {
                 continue;
             };
             let action = action_name(meta.actions.signal, meta.actions.errno);
+            self.metrics.policy_hit(
+                &meta.policy_name,
+                meta.actions.post,
+                meta.actions.signal.is_some(),
+                meta.actions.errno.is_some(),
+                meta.monitor,
+            );
             if meta.actions.post {
                 let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
                 let ev = policy_event(&meta, process, parent.clone(), args);

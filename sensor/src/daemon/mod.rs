@@ -18,6 +18,7 @@ use crate::antibody::Antibodies;
 use crate::enrich::pods::PodStore;
 use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
+use crate::export::stream::Events;
 use crate::export::{CompactSink, Exporter};
 use crate::pipeline::Pipeline;
 use crate::process::{procfs, Clock, ProcessCache};
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub bpf_dir: Option<PathBuf>,
     /// Leave the pinned set enforcing when the daemon stops.
     pub keep_on_exit: bool,
+    /// The control API's unix socket; `None` serves no API.
+    pub server: Option<PathBuf>,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -77,8 +80,9 @@ pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
         .ino())
 }
 
-fn exporter(opts: &RunOptions) -> anyhow::Result<Exporter> {
+fn exporter(opts: &RunOptions, stream: &Events) -> anyhow::Result<Exporter> {
     let mut ex = Exporter::default();
+    ex.add(Box::new(crate::export::stream::StreamSink(stream.clone())));
     match opts.output {
         Output::Json => ex.add(Box::new(JsonSink(std::io::stdout()))),
         Output::Compact => ex.add(Box::new(CompactSink(std::io::stdout()))),
@@ -144,11 +148,12 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
     for p in procfs::processes(&scanned, &cache) {
         cache.insert(p);
     }
+    let (stream, _) = tokio::sync::broadcast::channel(crate::export::stream::BACKLOG);
     let mut pipeline = Pipeline::new(
         cache,
         opts.node_name.clone(),
         Enricher::new(paths.clone(), pods.clone()),
-        exporter(&opts)?,
+        exporter(&opts, &stream)?,
     );
     let enforcer = enforce::Enforcer {
         scope,
@@ -170,6 +175,22 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
     // long as it is registered.
     let mut fd = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
     let mut stop = serve::Stop::catch()?;
+    let (calls_tx, calls) = tokio::sync::mpsc::channel(64);
+    if let Some(path) = &opts.server {
+        let listener = crate::control::server::listen(path)
+            .with_context(|| format!("control API socket {}", path.display()))?;
+        let api = crate::control::server::Api {
+            calls: calls_tx,
+            events: stream,
+            node_name: opts.node_name.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::control::server::serve(listener, api).await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        });
+        tracing::info!(socket = %path.display(), "control API listening");
+    }
     tracing::info!(
         node = %opts.node_name,
         exec_selectors = active.compiled.selectors.len(),
@@ -188,6 +209,7 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
         outcomes,
         policies,
         enforcer,
+        calls,
     };
     serve::run(&mut kernel, &mut fd, &mut stages, &mut stop).await?;
 
@@ -211,6 +233,9 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
         (Some(_), true) => true,
         (None, _) => false,
     };
+    if let Some(path) = &opts.server {
+        crate::control::server::remove_socket(path);
+    }
     drop(fd);
     drop(kernel);
     let _ = std::io::stdout().flush();

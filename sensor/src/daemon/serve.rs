@@ -24,6 +24,8 @@ pub struct Stages {
     pub outcomes: UnboundedReceiver<LabelOutcome>,
     pub policies: super::Policies,
     pub enforcer: super::enforce::Enforcer,
+    /// Policy calls from the control API.
+    pub calls: tokio::sync::mpsc::Receiver<crate::control::Request>,
 }
 
 /// How long the policy directory must be quiet before it is read again: an
@@ -113,6 +115,20 @@ pub async fn run(
         tokio::select! {
             _ = dir_changed(&mut s.policies) => {
                 reread_at = Some(tokio::time::Instant::now() + DIR_SETTLE);
+            }
+            Some(req) = s.calls.recv() => {
+                let pipeline = &s.pipeline;
+                let (reply, active) = crate::control::handle(
+                    &mut s.policies.set,
+                    &s.policies.vars,
+                    req.call,
+                    &|name| pipeline.action_counters(name),
+                );
+                if let Some(active) = active {
+                    enforce(kernel, fd, s, &active);
+                }
+                // The change is in the kernel before the caller hears of it.
+                let _ = req.reply.send(reply);
             }
             _ = at(reread_at) => {
                 reread_at = None;

@@ -1,9 +1,10 @@
 //! The end of the pipeline: Tetragon-compatible events (`event`), written as
-//! JSON lines to stdout or a rotating file (`json`) and as one human line per
-//! event (`compact`).
+//! JSON lines to stdout or a rotating file (`json`), as one human line per
+//! event (`compact`), and to the gRPC `GetEvents` streams (`stream`).
 pub mod compact;
 pub mod event;
 pub mod json;
+pub mod stream;
 
 use std::io::Write;
 

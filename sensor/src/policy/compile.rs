@@ -12,8 +12,8 @@ use sensor_common::{
 };
 
 use super::{
-    Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, NetMatch, Policy, PolicyError,
-    Selector, StrMatch,
+    Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, Mode, NetMatch, Policy,
+    PolicyError, Selector, StrMatch,
 };
 
 /// What a selector hit means for the event stream.
@@ -22,7 +22,10 @@ pub struct SelectorMeta {
     pub policy_name: String,
     pub point: HookPoint,
     pub args: Vec<EventArg>,
+    /// The policy's actions, as written (and as events report them).
     pub actions: Actions,
+    /// Monitor mode: the kernel carried out none of them.
+    pub monitor: bool,
     pub message: Option<String>,
     pub tags: Vec<String>,
 }
@@ -96,8 +99,24 @@ fn meta(policy: &Policy, hook: &Hook, sel: &Selector) -> SelectorMeta {
         point: hook.point.clone(),
         args: hook.args.clone(),
         actions: sel.actions,
+        monitor: policy.mode == Mode::Monitor,
         message: hook.message.clone(),
         tags: hook.tags.clone(),
+    }
+}
+
+/// What the kernel carries out of a selector: in monitor mode, no signal
+/// and no Override; the event (from the selector's meta) still names them.
+fn enforced(sel: &Selector, mode: Mode) -> std::borrow::Cow<'_, Selector> {
+    match mode {
+        Mode::Enforce => std::borrow::Cow::Borrowed(sel),
+        Mode::Monitor => {
+            let mut s = sel.clone();
+            s.actions.signal = None;
+            s.actions.errno = None;
+            s.actions.post = true;
+            std::borrow::Cow::Owned(s)
+        }
     }
 }
 
@@ -135,14 +154,14 @@ impl Compiled {
                             if c.selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "exec selectors"));
                             }
-                            c.add_exec(hook_id, hook, sel, scope);
+                            c.add_exec(hook_id, hook, &enforced(sel, policy.mode), scope);
                             c.meta.push(meta(policy, hook, sel));
                         }
                         HookFamily::Connect => {
                             if c.net_selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "connect selectors"));
                             }
-                            c.add_net(hook_id, sel, scope);
+                            c.add_net(hook_id, &enforced(sel, policy.mode), scope);
                             c.net_meta.push(meta(policy, hook, sel));
                         }
                     }

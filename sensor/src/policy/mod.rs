@@ -59,6 +59,18 @@ pub struct Policy {
     /// `spec.podSelector`: it acts only on the pods selected.
     pub pod_selector: Option<LabelSelector>,
     pub hooks: Vec<Hook>,
+    /// `policy-mode` of `spec.options`, or as the control API set it.
+    pub mode: Mode,
+}
+
+/// Tetragon's policy modes. In monitor mode Sigkill, Signal and Override
+/// are not carried out: the event is posted with the action they would
+/// have taken. Switching is a write of the selector tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
 }
 
 /// Where a hook attaches, as the policy named it; it decides the event type

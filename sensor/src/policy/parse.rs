@@ -5,7 +5,7 @@
 use super::hooks::{self, HookDef};
 use super::raw::*;
 use super::selector::selector;
-use super::{limits, Actions, EventArg, Hook, HookPoint, Policy, Selector};
+use super::{limits, Actions, EventArg, Hook, HookPoint, Mode, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
 pub struct FieldError {
@@ -28,6 +28,44 @@ pub fn unsupported<T>(value: &Option<T>, field: String, what: &str) -> Result<()
         Some(_) => err(field, format!("{what} is not supported by this sensor")),
         None => Ok(()),
     }
+}
+
+/// `spec.options`, Tetragon's list of `{name, value}`: `policy-mode` is the
+/// one this sensor has; any other is refused rather than ignored.
+fn options(value: Option<&serde_yaml::Value>) -> Result<Mode> {
+    let Some(value) = value else {
+        return Ok(Mode::Enforce);
+    };
+    let Some(list) = value.as_sequence() else {
+        return err("spec.options", "expected a list of {name, value}");
+    };
+    let mut mode = Mode::Enforce;
+    for (i, o) in list.iter().enumerate() {
+        let field = format!("spec.options[{i}]");
+        let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        let value = o.get("value").and_then(|v| v.as_str()).unwrap_or_default();
+        match name {
+            "policy-mode" => {
+                mode = match value {
+                    "enforce" => Mode::Enforce,
+                    "monitor" => Mode::Monitor,
+                    other => {
+                        return err(
+                            format!("{field}.value"),
+                            format!("`{other}`: expected enforce or monitor"),
+                        )
+                    }
+                }
+            }
+            other => {
+                return err(
+                    format!("{field}.name"),
+                    format!("`{other}` is not supported by this sensor; supported: policy-mode"),
+                )
+            }
+        }
+    }
+    Ok(mode)
 }
 
 pub fn policy(raw: RawPolicy) -> Result<Policy> {
@@ -70,7 +108,6 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     )?;
     unsupported(&s.enforcers, no_spec("enforcers"), "enforcers")?;
     unsupported(&s.lists, no_spec("lists"), "lists")?;
-    unsupported(&s.options, no_spec("options"), "options")?;
     unsupported(
         &s.container_selector,
         no_spec("containerSelector"),
@@ -85,6 +122,7 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     )?;
     unsupported(&s.loader, no_spec("loader"), "the loader sensor")?;
 
+    let mode = options(s.options.as_ref())?;
     let mut hooks = Vec::new();
     for (i, k) in raw.spec.kprobes.into_iter().enumerate() {
         hooks.push(kprobe(k, &format!("spec.kprobes[{i}]"))?);
@@ -110,6 +148,7 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
         namespace,
         pod_selector,
         hooks,
+        mode,
     })
 }
 

@@ -3,7 +3,8 @@
 //! control API, TracingPolicy resources), and the one rule for changing it:
 //! a change is taken only if the whole set still compiles and fits this
 //! kernel; otherwise nothing changes and the error says why (file or name,
-//! field, reason). Disabled policies stay in the set but are not compiled.
+//! field, reason). Disabled policies stay in the set but are not compiled;
+//! a mode set through the API overrides the policy's own `policy-mode`.
 pub mod dir;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use crate::brain::Rule;
 use crate::documents::Loaded;
 use crate::load::probe::Plan;
-use crate::policy::{Compiled, Policy, PolicyError};
+use crate::policy::{Compiled, Mode, Policy, PolicyError};
 
 /// Where documents came from: their key in the set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,6 +50,7 @@ pub struct PolicySet {
     docs: BTreeMap<Source, Loaded>,
     plan: Plan,
     disabled: BTreeSet<String>,
+    modes: BTreeMap<String, Mode>,
 }
 
 impl PolicySet {
@@ -57,6 +59,7 @@ impl PolicySet {
             docs: BTreeMap::new(),
             plan,
             disabled: BTreeSet::new(),
+            modes: BTreeMap::new(),
         }
     }
 
@@ -67,7 +70,11 @@ impl PolicySet {
             .values()
             .flat_map(|l| l.policies.iter())
             .filter(|(_, p)| !self.disabled.contains(&p.name))
-            .cloned()
+            .map(|(f, p)| {
+                let mut p = p.clone();
+                p.mode = self.mode_of(&p);
+                (f.clone(), p)
+            })
             .collect();
         crate::policy::fits_kernel(&policies, &self.plan)?;
         let compiled = Compiled::new(&policies)?;
@@ -137,6 +144,22 @@ impl PolicySet {
                 }
             }
         })
+    }
+
+    /// Sets a policy's mode, if the set then compiles.
+    pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<Active, PolicyError> {
+        let old = self.modes.insert(name.to_string(), mode);
+        self.compile().inspect_err(|_| {
+            match old {
+                Some(m) => self.modes.insert(name.to_string(), m),
+                None => self.modes.remove(name),
+            };
+        })
+    }
+
+    /// The mode a policy is in: the API's, else its own.
+    pub fn mode_of(&self, p: &Policy) -> Mode {
+        self.modes.get(&p.name).copied().unwrap_or(p.mode)
     }
 
     pub fn is_enabled(&self, name: &str) -> bool {
