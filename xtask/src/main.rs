@@ -110,6 +110,14 @@ fn test() -> Result<()> {
     ensure_packages(&[
         ("curl", "/usr/bin/curl"),
         ("util-linux", "/usr/bin/setpriv"),
+        // The gRPC test's client, generated from the protos in Python.
+        ("protobuf-compiler", "/usr/bin/protoc"),
+        ("protobuf-compiler-grpc", "/usr/bin/grpc_python_plugin"),
+        ("python3-grpcio", "/usr/lib/python3/dist-packages/grpc"),
+        (
+            "python3-protobuf",
+            "/usr/lib/python3/dist-packages/google/protobuf",
+        ),
     ])?;
     ebpf::build()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;

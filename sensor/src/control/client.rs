@@ -138,7 +138,7 @@ fn print_list(r: &ListTracingPoliciesResponse, json: bool) {
         let c = p
             .stats
             .as_ref()
-            .and_then(|s| s.action_counters.clone())
+            .and_then(|s| s.action_counters)
             .unwrap_or_default();
         let _ = writeln!(
             out,
