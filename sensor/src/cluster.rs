@@ -3,7 +3,8 @@
 //! on a runtime and client of its own. Its network and disk completions wake
 //! this thread, never the daemon's, which stays free for the ring buffer and
 //! the kernel half of quarantines; the two share the pod store and talk
-//! through channels.
+//! through channels. It also watches TracingPolicy resources for the
+//! reconciler.
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::antibody::{Decision, LabelOutcome};
 use crate::enrich::pods::PodStore;
+use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
 
 /// What the Kubernetes thread needs.
 pub struct Cluster {
@@ -24,6 +26,9 @@ pub struct Cluster {
     pub state: PathBuf,
     pub decisions: UnboundedReceiver<Decision>,
     pub outcomes: UnboundedSender<LabelOutcome>,
+    /// TracingPolicy resources, to the daemon; their outcomes, back.
+    pub resources: UnboundedSender<ResourceEvent>,
+    pub resource_outcomes: UnboundedReceiver<ResourceOutcome>,
 }
 
 /// Starts the thread; it ends when the daemon drops its decision sender.
@@ -52,9 +57,15 @@ pub fn spawn(c: Cluster) -> std::io::Result<std::thread::JoinHandle<()>> {
                 };
                 tokio::spawn(crate::enrich::kube::watch(
                     client.clone(),
-                    c.node,
+                    c.node.clone(),
                     c.store,
                     c.synced,
+                ));
+                tokio::spawn(crate::reconcile::resources::run(
+                    client.clone(),
+                    c.node,
+                    c.resources,
+                    c.resource_outcomes,
                 ));
                 crate::antibody::label::run(client, c.state, c.decisions, c.outcomes).await;
             });

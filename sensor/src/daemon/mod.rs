@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::antibody::Antibodies;
 use crate::enrich::pods::PodStore;
@@ -22,6 +23,7 @@ use crate::export::stream::Events;
 use crate::export::{CompactSink, Exporter};
 use crate::pipeline::Pipeline;
 use crate::process::{procfs, Clock, ProcessCache};
+use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
 
 /// What goes to standard output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -105,8 +107,7 @@ pub struct Policies {
     pub vars: crate::documents::Vars,
 }
 
-pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
-    let active = policies.set.compile()?;
+pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()> {
     let scope: Vec<u64> = opts
         .scope
         .iter()
@@ -118,6 +119,13 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
         .then(crate::load::enable_stats)
         .transpose()?;
     let root = cgroup2_root().context("no cgroup2 mount: connect hooks attach to its root")?;
+    // Pod context, quarantine labels and policy resources, when there is a
+    // Kubernetes API; its policies are in the set before the kernel is
+    // first written.
+    let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let mut cluster = start_cluster(&opts, outcome_tx).await?;
+    first_resources(&mut cluster, &mut policies).await;
+    let active = policies.set.compile()?;
     let started = adopt::start(
         &adopt::KernelOptions {
             bpf_dir: opts.bpf_dir.as_deref(),
@@ -130,9 +138,7 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
     )?;
     let (mut kernel, set, origin) = (started.kernel, started.set, started.origin);
 
-    // Pod context and quarantine labels, when there is a Kubernetes API.
-    let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
-    let (pods, labeler) = start_cluster(&opts, outcome_tx).await?;
+    let (pods, labeler) = (cluster.pods.take(), cluster.labeler.take());
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
     let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);
     for e in antibodies.restore(
@@ -210,6 +216,8 @@ pub async fn run(opts: RunOptions, policies: Policies) -> anyhow::Result<()> {
         policies,
         enforcer,
         calls,
+        resources: cluster.resources,
+        resource_outcomes: cluster.resource_outcomes,
     };
     serve::run(&mut kernel, &mut fd, &mut stages, &mut stop).await?;
 
@@ -265,22 +273,33 @@ fn ask_for_short_slice() {
     }
 }
 
-type Labeler = tokio::sync::mpsc::UnboundedSender<crate::antibody::Decision>;
+type Labeler = UnboundedSender<crate::antibody::Decision>;
+
+/// The daemon's side of the Kubernetes thread.
+#[derive(Default)]
+struct ClusterLink {
+    pods: Option<Arc<RwLock<PodStore>>>,
+    labeler: Option<Labeler>,
+    resources: Option<UnboundedReceiver<ResourceEvent>>,
+    resource_outcomes: Option<UnboundedSender<ResourceOutcome>>,
+}
 
 /// Starts the Kubernetes thread when there is an API, and waits (up to
 /// 10 s) for its first list of pods: rules about pods need the pods.
 async fn start_cluster(
     opts: &RunOptions,
-    outcome_tx: tokio::sync::mpsc::UnboundedSender<crate::antibody::LabelOutcome>,
-) -> anyhow::Result<(Option<Arc<RwLock<PodStore>>>, Option<Labeler>)> {
+    outcome_tx: UnboundedSender<crate::antibody::LabelOutcome>,
+) -> anyhow::Result<ClusterLink> {
     let Some(config) = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await else {
-        return Ok((None, None));
+        return Ok(ClusterLink::default());
     };
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
     let store = Arc::new(RwLock::new(PodStore::default()));
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (res_tx, res_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
     crate::cluster::spawn(crate::cluster::Cluster {
         config,
         node: opts.node_name.clone(),
@@ -289,17 +308,52 @@ async fn start_cluster(
         state: pending_file(opts),
         decisions: rx,
         outcomes: outcome_tx,
+        resources: res_tx,
+        resource_outcomes: out_rx,
     })
     .context("starting the Kubernetes thread")?;
+    let linked = ClusterLink {
+        pods: Some(store),
+        labeler: Some(tx),
+        resources: Some(res_rx),
+        resource_outcomes: Some(out_tx),
+    };
     Ok(
         match tokio::time::timeout(Duration::from_secs(10), synced).await {
-            Ok(Ok(())) => (Some(store), Some(tx)),
+            Ok(Ok(())) => linked,
             // The thread could not make a client, and said why.
-            Ok(Err(_)) => (None, None),
+            Ok(Err(_)) => ClusterLink::default(),
             Err(_) => {
                 tracing::warn!("pod watcher not synced after 10 s; starting without it");
-                (Some(store), Some(tx))
+                linked
             }
         },
     )
+}
+
+/// Takes the policy resources of the first lists (both kinds, up to 10 s)
+/// into the set, so that the first write of the kernel already has them.
+async fn first_resources(cluster: &mut ClusterLink, policies: &mut Policies) {
+    let Some(rx) = cluster.resources.as_mut() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut synced = 0;
+    while synced < 2 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ResourceEvent::Synced)) => synced += 1,
+            Ok(Some(ResourceEvent::Change(c))) => {
+                let (_, outcome) =
+                    crate::reconcile::resources::take(&mut policies.set, &policies.vars, c);
+                if let (Some(o), Some(tx)) = (outcome, &cluster.resource_outcomes) {
+                    let _ = tx.send(o);
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!("policy resources not listed after 10 s; starting without them");
+                return;
+            }
+        }
+    }
 }

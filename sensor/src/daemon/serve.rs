@@ -11,6 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::antibody::{Antibodies, LabelOutcome};
 use crate::load::Kernel;
 use crate::pipeline::Pipeline;
+use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
 use crate::scopes::PodScopes;
 
 /// Longest a routine record waits in the ring buffer.
@@ -26,6 +27,19 @@ pub struct Stages {
     pub enforcer: super::enforce::Enforcer,
     /// Policy calls from the control API.
     pub calls: tokio::sync::mpsc::Receiver<crate::control::Request>,
+    /// TracingPolicy resources, and where their outcomes go.
+    pub resources: Option<UnboundedReceiver<ResourceEvent>>,
+    pub resource_outcomes: Option<tokio::sync::mpsc::UnboundedSender<ResourceOutcome>>,
+}
+
+/// The next resource event, or never when there is no Kubernetes API.
+async fn resource_event(
+    rx: &mut Option<UnboundedReceiver<ResourceEvent>>,
+) -> Option<ResourceEvent> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long the policy directory must be quiet before it is read again: an
@@ -130,6 +144,24 @@ pub async fn run(
                 // The change is in the kernel before the caller hears of it.
                 let _ = req.reply.send(reply);
             }
+            event = resource_event(&mut s.resources) => match event {
+                Some(ResourceEvent::Change(change)) => {
+                    let (active, outcome) = crate::reconcile::resources::take(
+                        &mut s.policies.set,
+                        &s.policies.vars,
+                        change,
+                    );
+                    if let Some(active) = active {
+                        enforce(kernel, fd, s, &active);
+                    }
+                    if let (Some(o), Some(tx)) = (outcome, &s.resource_outcomes) {
+                        let _ = tx.send(o);
+                    }
+                }
+                Some(ResourceEvent::Synced) => {}
+                // The Kubernetes thread is gone.
+                None => s.resources = None,
+            },
             _ = at(reread_at) => {
                 reread_at = None;
                 let p = &mut s.policies;

@@ -6,6 +6,7 @@
 //! field, reason). Disabled policies stay in the set but are not compiled;
 //! a mode set through the API overrides the policy's own `policy-mode`.
 pub mod dir;
+pub mod resources;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

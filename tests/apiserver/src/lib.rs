@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server on 127.0.0.1 for sensor's tests and
-//! benchmarks: real HTTP/1.1,
-//! the parts of the pods API the sensor uses (list, watch with
-//! resourceVersion, get, merge patch, apply patch), and failures on demand.
+//! benchmarks: real HTTP/1.1, the parts of the API the sensor uses (pods:
+//! list, watch with resourceVersion, get, merge and apply patch; Tetragon's
+//! TracingPolicy and TracingPolicyNamespaced resources: list, watch and
+//! status merge patch), and failures on demand.
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,13 +19,27 @@ use serde_json::{json, Value};
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The resources served: pods, and Tetragon's policy kinds.
+pub const PODS: &str = "pods";
+pub const TRACING_POLICIES: &str = "tracingpolicies";
+pub const TRACING_POLICIES_NAMESPACED: &str = "tracingpoliciesnamespaced";
+
+struct Watcher {
+    resource: String,
+    /// Pods only: the node the watch selects.
+    node: Option<String>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
 #[derive(Default)]
 struct State {
     rv: u64,
-    pods: BTreeMap<(String, String), Value>,
-    /// Every change: (resourceVersion, type, object), for watches that resume.
-    log: Vec<(u64, &'static str, Value)>,
-    watchers: Vec<(Option<String>, mpsc::UnboundedSender<Bytes>)>,
+    /// (resource, namespace, name) → object.
+    objects: BTreeMap<(String, String, String), Value>,
+    /// Every change: (resourceVersion, type, resource, object), for watches
+    /// that resume.
+    log: Vec<(u64, &'static str, String, Value)>,
+    watchers: Vec<Watcher>,
     failures: VecDeque<u16>,
     patches: Vec<(String, String, Value)>,
 }
@@ -34,9 +49,10 @@ pub struct FakeApi {
     state: Arc<Mutex<State>>,
 }
 
-fn key(pod: &Value) -> (String, String) {
-    let m = &pod["metadata"];
+fn key(resource: &str, obj: &Value) -> (String, String, String) {
+    let m = &obj["metadata"];
     (
+        resource.into(),
         m["namespace"].as_str().unwrap_or("").into(),
         m["name"].as_str().unwrap_or("").into(),
     )
@@ -63,19 +79,64 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 impl State {
-    fn record(&mut self, kind: &'static str, mut pod: Value) -> Value {
+    fn record(&mut self, kind: &'static str, resource: &str, mut obj: Value) -> Value {
         self.rv += 1;
-        pod["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.log.push((self.rv, kind, pod.clone()));
-        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": pod})));
-        let node = node_of(&pod).map(String::from);
-        self.watchers.retain(|(want, tx)| {
-            if want.is_some() && *want != node {
-                return !tx.is_closed();
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.log.push((self.rv, kind, resource.into(), obj.clone()));
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+        let node = node_of(&obj).map(String::from);
+        self.watchers.retain(|w| {
+            if w.resource != resource || (w.node.is_some() && w.node != node) {
+                return !w.tx.is_closed();
             }
-            tx.unbounded_send(line.clone()).is_ok()
+            w.tx.unbounded_send(line.clone()).is_ok()
         });
-        pod
+        obj
+    }
+
+    /// Adds or replaces an object; a changed spec bumps its generation, as
+    /// the API server does.
+    fn put(&mut self, resource: &str, mut obj: Value) -> Value {
+        let k = key(resource, &obj);
+        let (kind, generation) = match self.objects.get(&k) {
+            Some(old) => {
+                let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = old["spec"] != obj["spec"];
+                ("MODIFIED", if changed { g + 1 } else { g })
+            }
+            None => ("ADDED", 1),
+        };
+        if resource != PODS {
+            obj["metadata"]["generation"] = json!(generation);
+            if obj["metadata"]["uid"].is_null() {
+                obj["metadata"]["uid"] = json!(format!("uid-{}-{}", k.2, self.rv + 1));
+            }
+        }
+        let obj = self.record(kind, resource, obj);
+        self.objects.insert(k, obj.clone());
+        obj
+    }
+}
+
+/// The resource a path names, with its namespace and name when it names
+/// one object: `/api/v1/pods`, `/api/v1/namespaces/NS/pods/NAME`,
+/// `/apis/cilium.io/v1alpha1/tracingpolicies[/NAME]`,
+/// `/apis/cilium.io/v1alpha1[/namespaces/NS]/tracingpoliciesnamespaced[/NAME]`,
+/// and `.../status`.
+fn route<'a>(parts: &[&'a str]) -> Option<(&'a str, Option<(&'a str, &'a str)>, bool)> {
+    let rest = match parts {
+        ["api", "v1", rest @ ..] => rest,
+        ["apis", "cilium.io", "v1alpha1", rest @ ..] => rest,
+        _ => return None,
+    };
+    match rest {
+        [res] => Some((res, None, false)),
+        ["namespaces", _, res] => Some((res, None, false)),
+        ["namespaces", ns, res, name] => Some((res, Some((ns, name)), false)),
+        ["namespaces", ns, res, name, "status"] => Some((res, Some((ns, name)), true)),
+        [res, name] => Some((res, Some(("", name)), false)),
+        [res, name, "status"] => Some((res, Some(("", name)), true)),
+        _ => None,
     }
 }
 
@@ -116,28 +177,50 @@ async fn handle(
         }
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (Method::GET, ["api", "v1", "pods"]) => {
+    let Some((resource, one, status_sub)) = route(&parts) else {
+        return Ok(status(404, "NotFound"));
+    };
+    if ![PODS, TRACING_POLICIES, TRACING_POLICIES_NAMESPACED].contains(&resource) {
+        return Ok(status(404, "NotFound"));
+    }
+    let resource = resource.to_string();
+    match (method, one) {
+        (Method::GET, None) => {
             let watch = matches!(query(&req, "watch").as_deref(), Some("true" | "1"));
+            let node = node.filter(|_| resource == PODS);
             let mut st = state.lock().unwrap();
-            let wanted = |p: &Value| node.is_none() || node.as_deref() == node_of(p);
+            let wanted = |r: &str, o: &Value| {
+                r == resource && (node.is_none() || node.as_deref() == node_of(o))
+            };
             if !watch {
-                let items: Vec<Value> = st.pods.values().filter(|p| wanted(p)).cloned().collect();
-                let body = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|((r, _, _), o)| wanted(r, o))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                let body = json!({"kind": "List", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
                 return Ok(full(StatusCode::OK, body));
             }
             let since: u64 = query(&req, "resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let (tx, rx) = mpsc::unbounded();
-            for (rv, kind, pod) in st.log.iter().filter(|(rv, _, p)| *rv > since && wanted(p)) {
-                let _ = rv;
+            for (_, kind, _, obj) in st
+                .log
+                .iter()
+                .filter(|(rv, _, r, o)| *rv > since && wanted(r, o))
+            {
                 let _ = tx.unbounded_send(Bytes::from(format!(
                     "{}\n",
-                    json!({"type": kind, "object": pod})
+                    json!({"type": kind, "object": obj})
                 )));
             }
-            st.watchers.push((node, tx));
+            st.watchers.push(Watcher {
+                resource: resource.clone(),
+                node,
+                tx,
+            });
             let body = BodyExt::boxed(StreamBody::new(
                 rx.map(|b| Ok::<_, Infallible>(Frame::data(b))),
             ));
@@ -146,14 +229,14 @@ async fn handle(
                 .body(body)
                 .unwrap_or_default())
         }
-        (Method::GET, ["api", "v1", "namespaces", ns, "pods", name]) => {
+        (Method::GET, Some((ns, name))) => {
             let st = state.lock().unwrap();
-            Ok(match st.pods.get(&(ns.to_string(), name.to_string())) {
+            Ok(match st.objects.get(&(resource, ns.into(), name.into())) {
                 Some(p) => full(StatusCode::OK, p.clone()),
                 None => status(404, "NotFound"),
             })
         }
-        (Method::PATCH, ["api", "v1", "namespaces", ns, "pods", name]) => {
+        (Method::PATCH, Some((ns, name))) => {
             let ctype = req
                 .headers()
                 .get("content-type")
@@ -167,23 +250,36 @@ async fn handle(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut patch) = serde_json::from_slice::<Value>(&body) else {
                 return Ok(status(400, "BadRequest"));
             };
             if !(ctype.contains("merge-patch") || ctype.contains("apply-patch")) {
                 return Ok(status(415, "UnsupportedMediaType"));
             }
+            // The status subresource changes the status only; the object
+            // itself never does.
+            match (status_sub, resource == PODS) {
+                (true, false) => patch = json!({"status": patch["status"].clone()}),
+                (false, false) => {
+                    if let Some(o) = patch.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+                (true, true) => return Ok(status(404, "NotFound")),
+                (false, true) => {}
+            }
             let mut st = state.lock().unwrap();
-            let Some(mut pod) = st.pods.get(&(ns.clone(), name.clone())).cloned() else {
+            let k = (resource.clone(), ns.clone(), name.clone());
+            let Some(mut obj) = st.objects.get(&k).cloned() else {
                 return Ok(status(404, "NotFound"));
             };
-            st.patches.push((ns.clone(), name.clone(), patch.clone()));
-            merge(&mut pod, &patch);
-            let pod = st.record("MODIFIED", pod);
-            st.pods.insert((ns, name), pod.clone());
-            Ok(full(StatusCode::OK, pod))
+            st.patches.push((ns, name, patch.clone()));
+            merge(&mut obj, &patch);
+            let obj = st.record("MODIFIED", &resource, obj);
+            st.objects.insert(k, obj.clone());
+            Ok(full(StatusCode::OK, obj))
         }
-        _ => Ok(status(404, "NotFound")),
+        _ => Ok(status(405, "MethodNotAllowed")),
     }
 }
 
@@ -221,22 +317,36 @@ impl FakeApi {
 
     /// Adds (or replaces) a pod, as the scheduler and kubelet would.
     pub fn add_pod(&self, pod: Value) {
-        let mut st = self.state.lock().unwrap();
-        let kind = if st.pods.contains_key(&key(&pod)) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        let pod = st.record(kind, pod);
-        st.pods.insert(key(&pod), pod);
+        self.state.lock().unwrap().put(PODS, pod);
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<Value> {
+        self.object(PODS, ns, name)
+    }
+
+    /// Creates or updates an object of `resource` (as `kubectl apply`).
+    pub fn put(&self, resource: &str, obj: Value) -> Value {
+        self.state.lock().unwrap().put(resource, obj)
+    }
+
+    /// Deletes an object (as `kubectl delete`).
+    pub fn delete(&self, resource: &str, ns: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(obj) = st
+            .objects
+            .remove(&(resource.into(), ns.into(), name.into()))
+        {
+            st.record("DELETED", resource, obj);
+        }
+    }
+
+    /// An object of `resource` (`ns` empty for cluster-scoped kinds).
+    pub fn object(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
         self.state
             .lock()
             .unwrap()
-            .pods
-            .get(&(ns.into(), name.into()))
+            .objects
+            .get(&(resource.into(), ns.into(), name.into()))
             .cloned()
     }
 
