@@ -123,21 +123,37 @@ impl State {
 /// `/apis/cilium.io/v1alpha1/tracingpolicies[/NAME]`,
 /// `/apis/cilium.io/v1alpha1[/namespaces/NS]/tracingpoliciesnamespaced[/NAME]`,
 /// and `.../status`.
-fn route<'a>(parts: &[&'a str]) -> Option<(&'a str, Option<(&'a str, &'a str)>, bool)> {
+fn route<'a>(parts: &[&'a str]) -> Option<Route<'a>> {
     let rest = match parts {
         ["api", "v1", rest @ ..] => rest,
         ["apis", "cilium.io", "v1alpha1", rest @ ..] => rest,
         _ => return None,
     };
+    let r = |resource, one, status| {
+        Some(Route {
+            resource,
+            one,
+            status,
+        })
+    };
     match rest {
-        [res] => Some((res, None, false)),
-        ["namespaces", _, res] => Some((res, None, false)),
-        ["namespaces", ns, res, name] => Some((res, Some((ns, name)), false)),
-        ["namespaces", ns, res, name, "status"] => Some((res, Some((ns, name)), true)),
-        [res, name] => Some((res, Some(("", name)), false)),
-        [res, name, "status"] => Some((res, Some(("", name)), true)),
+        [res] => r(res, None, false),
+        ["namespaces", _, res] => r(res, None, false),
+        ["namespaces", ns, res, name] => r(res, Some((ns, name)), false),
+        ["namespaces", ns, res, name, "status"] => r(res, Some((ns, name)), true),
+        [res, name] => r(res, Some(("", name)), false),
+        [res, name, "status"] => r(res, Some(("", name)), true),
         _ => None,
     }
+}
+
+/// What a request path names.
+struct Route<'a> {
+    resource: &'a str,
+    /// (namespace, name) of one object; `None` for the collection.
+    one: Option<(&'a str, &'a str)>,
+    /// The status subresource.
+    status: bool,
 }
 
 fn full(status: StatusCode, body: Value) -> Response<Body> {
@@ -177,7 +193,12 @@ async fn handle(
         }
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let Some((resource, one, status_sub)) = route(&parts) else {
+    let Some(Route {
+        resource,
+        one,
+        status: status_sub,
+    }) = route(&parts)
+    else {
         return Ok(status(404, "NotFound"));
     };
     if ![PODS, TRACING_POLICIES, TRACING_POLICIES_NAMESPACED].contains(&resource) {
