@@ -285,6 +285,12 @@ fn a_pending_decision_in_the_state_file_is_isolated_again_at_start() {
         Some(0),
         "isolated from the state file at start"
     );
+    daemon.wait_for("the restored isolation", |e| {
+        e["sensor_quarantine"]["pod_uid"] == frontend.uid.as_str()
+            && e["sensor_quarantine"]["stage"] == "node"
+            && e["sensor_quarantine"]["outcome"] == "isolated"
+            && e["sensor_quarantine"]["rule"] == "test-rule"
+    });
     eventually("the label lands", || {
         api.pod("shop", "frontend").unwrap()["metadata"]["labels"]["quarantine"] == "true"
     });

@@ -303,6 +303,11 @@ impl Daemon {
         if !args.contains(&"--state-dir") {
             cmd.arg("--state-dir").arg(dir.path().join("state"));
         }
+        if !args.contains(&"--server-address") {
+            let sock = dir.path().join("api.sock");
+            cmd.arg("--server-address")
+                .arg(format!("unix://{}", sock.display()));
+        }
         let bpf = (!args.contains(&"--bpf-dir")).then(BpfDir::new);
         if let Some(b) = &bpf {
             cmd.args(["--bpf-dir", b.arg()]);

@@ -110,7 +110,12 @@ fn start(sensor: &Path, policy: &Path, events: &Path) -> Result<Daemon> {
         .args(["run", "--output", "none", "--program-stats", "--policy"])
         .arg(policy)
         // Pins of the bench's own, removed when it stops (no --keep-on-exit).
-        .args(["--bpf-dir", "/sys/fs/bpf/sensor-bench"])
+        .args([
+            "--bpf-dir",
+            "/sys/fs/bpf/sensor-bench",
+            "--server-address",
+            "",
+        ])
         .arg("--export-file")
         .arg(events)
         .env("NO_COLOR", "1")

@@ -175,7 +175,12 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let mut daemon = Command::new(sensor)
         .args(["run", "--output", "none", "--policy"])
         .arg(&rules)
-        .args(["--bpf-dir", "/sys/fs/bpf/sensor-bench"])
+        .args([
+            "--bpf-dir",
+            "/sys/fs/bpf/sensor-bench",
+            "--server-address",
+            "",
+        ])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--node-name", &node, "--state-dir"])

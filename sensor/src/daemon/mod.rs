@@ -123,6 +123,9 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Kubernetes API; its policies are in the set before the kernel is
     // first written.
     let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    // Read before the Kubernetes thread starts: it labels these and then
+    // rewrites the file.
+    let pending = crate::antibody::label::pending(&pending_file(&opts));
     let mut cluster = start_cluster(&opts, outcome_tx).await?;
     first_resources(&mut cluster, &mut policies).await;
     let active = policies.set.compile()?;
@@ -141,12 +144,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     let (pods, labeler) = (cluster.pods.take(), cluster.labeler.take());
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
     let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);
-    for e in antibodies.restore(
-        &mut kernel,
-        crate::antibody::label::pending(&pending_file(&opts)),
-    ) {
-        tracing::info!(event = ?e, "quarantine restored at start");
-    }
+    let restored = antibodies.restore(&mut kernel, pending);
 
     // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
@@ -161,6 +159,9 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         Enricher::new(paths.clone(), pods.clone()),
         exporter(&opts, &stream)?,
     );
+    for e in restored {
+        pipeline.announce(e);
+    }
     let enforcer = enforce::Enforcer {
         scope,
         cgroup_root: root,
