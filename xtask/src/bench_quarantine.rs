@@ -34,7 +34,9 @@ pub fn mono_ns() -> u64 {
 pub fn probe(port: &str) -> Result<()> {
     // The same short slice as the daemon: what is timed is when the kernel
     // starts denying, not how long the prober then waits for a CPU.
-    crate::sched::request(crate::sched::SLICE).context("prober slice")?;
+    // The daemon's own scheduler request, so that the prober's wait for a
+    // CPU is not counted as the sensor's.
+    sensor::sched::request(sensor::sched::SLICE).context("prober slice")?;
     // And sleeps of 100 µs, not 100 µs plus the default 50 µs of slack.
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };

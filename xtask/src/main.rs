@@ -10,10 +10,6 @@ mod bench;
 mod bench_quarantine;
 mod ebpf;
 mod vmtest;
-// The daemon's scheduler request, shared by the quarantine prober so that
-// the prober's own wait for a CPU is not counted as the sensor's.
-#[path = "../../sensor/src/sched.rs"]
-mod sched;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};

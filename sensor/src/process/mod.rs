@@ -95,9 +95,12 @@ impl ProcessCache {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn exec_id(&self, ktime: u64, pid: u32) -> ExecId {

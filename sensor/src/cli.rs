@@ -1,0 +1,272 @@
+//! The command line: every subcommand and flag of `sensor`.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use sensor::daemon::Output;
+use sensor::documents::Vars;
+
+#[derive(Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "A network immune system for Kubernetes nodes"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the sensor on this node.
+    Run(RunArgs),
+    /// Work with reflex policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Quarantine a pod, or lift its quarantine, through its label.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// Print what this kernel offers and which path each policy hook takes.
+    Probe {
+        /// Also load and attach every program chosen, then remove them.
+        #[arg(long)]
+        load: bool,
+    },
+    /// Remove the pinned kernel side (uninstall): programs detach and
+    /// quarantines lift. Stop the daemon first, or it keeps its own links.
+    Unload(BpfDir),
+    /// Show the pinned sets: their programs and how many links each has.
+    Status(BpfDir),
+    /// Stream the running daemon's events (its gRPC GetEvents).
+    Getevents(GeteventsArgs),
+    /// Print JSON lines (a file, or stdin) as compact lines.
+    Compact {
+        /// File of JSON lines; stdin when absent or "-".
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QuarantineCommand {
+    /// Label NAMESPACE/NAME quarantine=true: every node isolates it.
+    Apply(PodArg),
+    /// Remove the label: every node gives the pod its network back.
+    Release(PodArg),
+}
+
+#[derive(clap::Args)]
+pub struct PodArg {
+    /// The pod, as NAMESPACE/NAME.
+    pub pod: String,
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files without loading anything.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: PolicyVars,
+    },
+    /// Add a policy to the running daemon (or replace one added before).
+    Add {
+        file: PathBuf,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Delete a policy added through the API.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List the running daemon's policies.
+    List {
+        /// Print the API's answer as JSON.
+        #[arg(short, long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Enforce a loaded policy again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Keep a policy loaded but stop enforcing it.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Switch a policy between enforcing and monitoring (its Sigkill,
+    /// Signal and Override are reported but not carried out).
+    Mode {
+        name: String,
+        #[arg(value_enum)]
+        mode: ModeArg,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Enforce,
+    Monitor,
+}
+
+/// Where the daemon's API is.
+#[derive(clap::Args)]
+pub struct Server {
+    /// The daemon's gRPC socket (Tetragon's flag).
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server_address: String,
+}
+
+const DEFAULT_SERVER: &str = "unix:///var/run/sensor/sensor.sock";
+
+#[derive(clap::Args)]
+pub struct GeteventsArgs {
+    #[arg(short, long, value_enum, default_value = "json")]
+    pub output: EventsOutput,
+    /// Only events of pods in these namespaces.
+    #[arg(long)]
+    pub namespace: Vec<String>,
+    /// Only events of pods whose name matches (regex).
+    #[arg(long)]
+    pub pod: Vec<String>,
+    /// Only events of binaries that match (regex).
+    #[arg(long)]
+    pub binary: Vec<String>,
+    /// Only events of these policies.
+    #[arg(long)]
+    pub policy_names: Vec<String>,
+    /// Only these event types (PROCESS_EXEC, PROCESS_KPROBE, ...).
+    #[arg(long)]
+    pub event_types: Vec<String>,
+    #[command(flatten)]
+    pub server: Server,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventsOutput {
+    Json,
+    Compact,
+}
+
+/// Values for `${NAME}` placeholders in policies, as Tetragon's quickstart
+/// fills them with envsubst.
+#[derive(clap::Args)]
+pub struct PolicyVars {
+    /// The cluster's pod CIDR (`${PODCIDR}` in policies).
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// The cluster's service CIDR (`${SERVICECIDR}` in policies).
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+}
+
+impl PolicyVars {
+    pub fn vars(&self) -> Vars {
+        let mut v = Vars::new();
+        for (name, value) in [
+            ("PODCIDR", &self.pod_cidr),
+            ("SERVICECIDR", &self.service_cidr),
+        ] {
+            if let Some(value) = value {
+                v.insert(name.to_string(), value.clone());
+            }
+        }
+        v
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A TracingPolicy file (repeatable).
+    #[arg(long = "policy")]
+    pub policies: Vec<PathBuf>,
+    /// A directory of policies; `policies` when no --policy is given.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub vars: PolicyVars,
+    /// What goes to stdout.
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: Output,
+    /// Also write JSON lines to this file, rotated by size.
+    #[arg(long)]
+    pub export_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub export_file_max_size_mb: u64,
+    #[arg(long, default_value_t = 5)]
+    pub export_file_max_backups: u32,
+    /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
+    /// relative paths are under the cgroup2 mount.
+    #[arg(long = "enforce-cgroup")]
+    pub enforce_cgroups: Vec<PathBuf>,
+    /// Node name in exec_ids and events; NODE_NAME or the hostname otherwise.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = ring_size)]
+    pub ring_buffer_size: u32,
+    /// Processes kept in the cache, exited ones evicted first.
+    #[arg(long, default_value_t = 65536)]
+    pub process_cache_size: usize,
+    /// Count each kernel program's runs and run time; logged at stop.
+    #[arg(long)]
+    pub program_stats: bool,
+    /// Kubeconfig for pod context; otherwise KUBECONFIG, ~/.kube/config or
+    /// the in-cluster service account, and standalone without any.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where decisions wait until their quarantine label lands.
+    #[arg(long, default_value = "/var/lib/sensor")]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub bpf: BpfDir,
+    /// On SIGTERM, leave the programs, policies and quarantines pinned and
+    /// enforcing for the next daemon to adopt (the DaemonSet sets this).
+    /// Without it, stopping removes everything.
+    #[arg(long)]
+    pub keep_on_exit: bool,
+    /// The gRPC API's unix socket (Tetragon's flag); empty turns it off.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server_address: String,
+}
+
+#[derive(clap::Args)]
+pub struct BpfDir {
+    /// The bpffs directory where links and maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/sensor")]
+    pub bpf_dir: PathBuf,
+}
+
+pub fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n >= 4096 {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a power of two of at least 4096"))
+    }
+}
