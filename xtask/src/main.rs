@@ -6,8 +6,10 @@
 //! - `bench exec|connect`: fork+exec and connect cost with and without the sensor
 //! - `vmtest`: the kernel matrix (Debian's 5.10 to 6.18 under qemu, and the host)
 //! - `bench quarantine`: time from an offending exec to kernel isolation and label
+//! - `bench reload`: time for a policy change to be in force, and the upgrade gap
 mod bench;
 mod bench_quarantine;
+mod bench_reload;
 mod ebpf;
 mod vmtest;
 
@@ -228,6 +230,10 @@ fn main() -> ExitCode {
         Some("build-ebpf") => ebpf::build(),
         Some("run") => sensor_run(),
         Some("test") => test(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("reload") => {
+            let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+            build_sensor().and_then(|s| bench_reload::run(&s, n))
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("quarantine") => {
             let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
             build_sensor().and_then(|s| bench_quarantine::run(&s, n))
@@ -238,7 +244,7 @@ fn main() -> ExitCode {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
             return ExitCode::from(2);
         }
     };
