@@ -204,6 +204,10 @@ struct ProgLoadAttr {
     line_info_cnt: u32,
     attach_btf_id: u32,
     attach_prog_fd: u32,
+    /// Explicit, so that it is zero: a kernel whose last field is
+    /// `attach_prog_fd` (5.10) refuses the load with EINVAL when the bytes
+    /// after it are not, and implicit padding is whatever was on the stack.
+    _pad: u32,
 }
 
 /// Loads `insns` as a program; returns whether it loaded and the verifier log.
