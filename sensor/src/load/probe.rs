@@ -118,6 +118,7 @@ impl Features {
     /// tracing programs), `deferred` like 6.12 (no signals from cgroup
     /// programs).
     pub fn probe() -> Features {
+        raise_memlock();
         let mut f = Self::probe_kernel();
         match std::env::var("SENSOR_PROGRAM_FORM").as_deref() {
             Ok("compat") => {
@@ -165,6 +166,21 @@ impl Features {
             lsm_active: lsm_list.trim().split(',').any(|l| l == "bpf"),
             kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
         }
+    }
+}
+
+/// Before 5.11 the kernel charges BPF memory to RLIMIT_MEMLOCK: with a
+/// pinned set already charged (a daemon that crashed, or is being
+/// upgraded), the probe's own test programs would be refused with EPERM and
+/// read as missing features. Root lifts the limit, as every BPF agent does.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "raising RLIMIT_MEMLOCK");
     }
 }
 
