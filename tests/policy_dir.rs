@@ -98,4 +98,35 @@ fn files_added_changed_and_removed_take_effect_and_bad_ones_are_refused_alone() 
     std::fs::remove_file(policies.join("c.yaml")).unwrap();
     until(&cg, &bins[1], 0, "a removed file stops");
     assert_eq!(exit_code(&cg, &bins[2]), Some(137), "the others stay");
+
+    // Brain rules come and go the same way.
+    let watched = tmp.path().join("watched");
+    std::fs::copy("/bin/true", &watched).unwrap();
+    let watched = watched.to_string_lossy().into_owned();
+    put(
+        &policies,
+        "rule.yaml",
+        &format!(
+            "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: dir-rule}}\nspec:\n  on: exec\n  binary: {{operator: In, values: [\"{watched}\"]}}\n  actions: [alert]\n"
+        ),
+    );
+    let alerts = || {
+        daemon
+            .events()
+            .iter()
+            .filter(|e| e["sensor_alert"]["rule"] == "dir-rule")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alerts() == 0 {
+        assert!(Instant::now() < deadline, "an added brain rule alerts within 5 s");
+        assert_eq!(exit_code(&cg, &watched), Some(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(policies.join("rule.yaml")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = alerts();
+    assert_eq!(exit_code(&cg, &watched), Some(0));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(alerts(), before, "a removed brain rule no longer alerts");
 }
