@@ -119,7 +119,10 @@ fn files_added_changed_and_removed_take_effect_and_bad_ones_are_refused_alone() 
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while alerts() == 0 {
-        assert!(Instant::now() < deadline, "an added brain rule alerts within 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "an added brain rule alerts within 5 s"
+        );
         assert_eq!(exit_code(&cg, &watched), Some(0));
         std::thread::sleep(Duration::from_millis(50));
     }

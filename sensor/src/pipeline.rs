@@ -1,10 +1,8 @@
 //! The event pipeline, one way: ring buffer record → decode → process cache →
-//! Tetragon events (exec, exit, and one policy event per selector hit that
-//! posts) → exporter. Kernel-facing code stays in `load`; this stage only sees
+//! brain → Tetragon events (exec, exit, and one policy event per selector
+//! hit that posts, built by `export::build`) → exporter. Kernel-facing code stays in `load`; this stage only sees
 //! bytes.
 use std::sync::Arc;
-
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{ConnectEvent, ExitEvent};
 
@@ -12,13 +10,13 @@ use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
 use crate::decode::{decode, ExecRecord, Record};
 use crate::enrich::Enricher;
+use crate::export::build;
 use crate::export::event::{
-    action_name, signal_name, Argument, BinprmArg, Envelope, Event, Process, ProcessExec,
-    ProcessExit, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg, SockaddrArg,
+    action_name, signal_name, Argument, Envelope, Event, Process, ProcessExec, ProcessExit,
 };
 use crate::export::Exporter;
 use crate::metrics::Metrics;
-use crate::policy::{EventArg, HookPoint, SelectorMeta};
+use crate::policy::{EventArg, SelectorMeta};
 use crate::process::ProcessCache;
 
 pub struct Pipeline {
@@ -32,18 +30,6 @@ pub struct Pipeline {
     decisions: Vec<Decision>,
     exporter: Exporter,
     metrics: Metrics,
-}
-
-fn event_kind(e: &Event) -> &'static str {
-    match e {
-        Event::ProcessExec(_) => "process_exec",
-        Event::ProcessExit(_) => "process_exit",
-        Event::ProcessKprobe(_) => "process_kprobe",
-        Event::ProcessLsm(_) => "process_lsm",
-        Event::ProcessTracepoint(_) => "process_tracepoint",
-        Event::SensorQuarantine(_) => "sensor_quarantine",
-        Event::SensorAlert(_) => "sensor_alert",
-    }
 }
 
 impl Pipeline {
@@ -78,7 +64,7 @@ impl Pipeline {
     }
 
     fn emit(&mut self, event: Event, time: String) {
-        self.metrics.event(event_kind(&event));
+        self.metrics.event(event.kind());
         let env = Envelope {
             event,
             node_name: self.node.clone(),
@@ -182,7 +168,7 @@ impl Pipeline {
             &process,
             parent_owned,
             &time,
-            binary_arg(&r.path),
+            build::binary_arg(&r.path),
         );
     }
 
@@ -202,7 +188,7 @@ impl Pipeline {
             &process,
             parent,
             &time,
-            binary_arg(&r.path),
+            build::binary_arg(&r.path),
         );
     }
 
@@ -258,16 +244,15 @@ impl Pipeline {
         }
         let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(c.ktime);
-        let sock = sock_arg(c);
-        self.post_hits(c.hits, true, &process, parent, &time, |arg| match arg {
-            EventArg::Sock => Some(Argument::SockArg(sock.clone())),
-            EventArg::Sockaddr => Some(Argument::SockaddrArg(SockaddrArg {
-                family: sock.family.clone(),
-                addr: sock.daddr.clone(),
-                port: sock.dport,
-            })),
-            EventArg::LinuxBinprm | EventArg::PathString => None,
-        });
+        let sock = build::sock_arg(c);
+        self.post_hits(
+            c.hits,
+            true,
+            &process,
+            parent,
+            &time,
+            build::connect_arg(&sock),
+        );
     }
 
     /// One policy event for each hit selector that posts.
@@ -296,7 +281,7 @@ impl Pipeline {
             );
             if meta.actions.post {
                 let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
-                let ev = policy_event(&meta, process, parent.clone(), args);
+                let ev = build::policy_event(&meta, process, parent.clone(), args);
                 self.emit(ev, time.to_string());
             }
             self.think(On::Policy, process, Some((action, &meta.policy_name)), time);
@@ -325,113 +310,5 @@ impl Pipeline {
             time: time.clone(),
         };
         self.emit(Event::ProcessExit(ev), time);
-    }
-}
-
-fn family_name(f: u16) -> &'static str {
-    match f {
-        2 => "AF_INET",
-        10 => "AF_INET6",
-        _ => "AF_UNSPEC",
-    }
-}
-
-fn sock_type_name(t: u16) -> String {
-    match t {
-        1 => "SOCK_STREAM".into(),
-        2 => "SOCK_DGRAM".into(),
-        3 => "SOCK_RAW".into(),
-        5 => "SOCK_SEQPACKET".into(),
-        n => n.to_string(),
-    }
-}
-
-fn protocol_name(p: u16) -> String {
-    match p {
-        6 => "IPPROTO_TCP".into(),
-        17 => "IPPROTO_UDP".into(),
-        1 => "IPPROTO_ICMP".into(),
-        58 => "IPPROTO_ICMPV6".into(),
-        132 => "IPPROTO_SCTP".into(),
-        n => n.to_string(),
-    }
-}
-
-fn addr(family: u16, bytes: &[u8; 16]) -> String {
-    if family == 10 {
-        Ipv6Addr::from(*bytes).to_string()
-    } else {
-        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
-    }
-}
-
-/// Tetragon's `sock_arg` for a connect record.
-pub fn sock_arg(c: &ConnectEvent) -> SockArg {
-    SockArg {
-        family: family_name(c.family).into(),
-        type_: sock_type_name(c.sock_type),
-        protocol: protocol_name(c.protocol),
-        saddr: addr(c.family, &c.saddr),
-        daddr: addr(c.family, &c.daddr),
-        sport: c.sport as u32,
-        dport: c.dport as u32,
-    }
-}
-
-/// The Tetragon policy event for a selector hit.
-fn policy_event(
-    meta: &SelectorMeta,
-    process: &Process,
-    parent: Option<Process>,
-    args: Vec<Argument>,
-) -> Event {
-    let action = action_name(meta.actions.signal, meta.actions.errno).to_string();
-    let process = process.clone();
-    let policy_name = meta.policy_name.clone();
-    let (message, tags) = (meta.message.clone(), meta.tags.clone());
-    match &meta.point {
-        HookPoint::Kprobe { function } => Event::ProcessKprobe(ProcessKprobe {
-            process,
-            parent,
-            function_name: function.clone(),
-            args,
-            action,
-            policy_name,
-            message,
-            tags,
-        }),
-        HookPoint::Lsm { hook } => Event::ProcessLsm(ProcessLsm {
-            process,
-            parent,
-            function_name: hook.clone(),
-            policy_name,
-            message,
-            args,
-            action,
-            tags,
-        }),
-        HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
-            process,
-            parent,
-            subsys: subsystem.clone(),
-            event: event.clone(),
-            args,
-            policy_name,
-            message,
-            action,
-            tags,
-        }),
-    }
-}
-
-/// The arguments of an exec hook: the binary's path, as `linux_binprm_arg`
-/// or `string_arg` as the policy declared it.
-fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
-    move |arg| match arg {
-        EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
-            path: path.to_string(),
-        })),
-        EventArg::PathString => Some(Argument::StringArg(path.to_string())),
-        EventArg::Sock | EventArg::Sockaddr => None,
     }
 }

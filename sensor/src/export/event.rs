@@ -145,6 +145,21 @@ pub struct ProcessExit {
     pub time: String,
 }
 
+impl Event {
+    /// The event's name in the JSON stream and in counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ProcessExec(_) => "process_exec",
+            Event::ProcessExit(_) => "process_exit",
+            Event::ProcessKprobe(_) => "process_kprobe",
+            Event::ProcessLsm(_) => "process_lsm",
+            Event::ProcessTracepoint(_) => "process_tracepoint",
+            Event::SensorQuarantine(_) => "sensor_quarantine",
+            Event::SensorAlert(_) => "sensor_alert",
+        }
+    }
+}
+
 /// `KprobeArgument`: one of its `*_arg` fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,8 @@
-//! The end of the pipeline: Tetragon-compatible events (`event`), written as
+//! The end of the pipeline: Tetragon-compatible events (`event`, built by
+//! `build`), written as
 //! JSON lines to stdout or a rotating file (`json`), as one human line per
 //! event (`compact`), and to the gRPC `GetEvents` streams (`stream`).
+pub mod build;
 pub mod compact;
 pub mod event;
 pub mod json;

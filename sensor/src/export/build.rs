@@ -1,0 +1,135 @@
+//! Building Tetragon's events from what the kernel reported and what the
+//! policy says: policy events for selector hits (`process_kprobe`,
+//! `process_lsm`, `process_tracepoint`) and their arguments, with Tetragon's
+//! names for families, socket types and protocols.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sensor_common::ConnectEvent;
+
+use super::event::{
+    action_name, Argument, BinprmArg, Event, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint,
+    SockArg, SockaddrArg,
+};
+use crate::policy::{EventArg, HookPoint, SelectorMeta};
+
+fn family_name(f: u16) -> &'static str {
+    match f {
+        2 => "AF_INET",
+        10 => "AF_INET6",
+        _ => "AF_UNSPEC",
+    }
+}
+
+fn sock_type_name(t: u16) -> String {
+    match t {
+        1 => "SOCK_STREAM".into(),
+        2 => "SOCK_DGRAM".into(),
+        3 => "SOCK_RAW".into(),
+        5 => "SOCK_SEQPACKET".into(),
+        n => n.to_string(),
+    }
+}
+
+fn protocol_name(p: u16) -> String {
+    match p {
+        6 => "IPPROTO_TCP".into(),
+        17 => "IPPROTO_UDP".into(),
+        1 => "IPPROTO_ICMP".into(),
+        58 => "IPPROTO_ICMPV6".into(),
+        132 => "IPPROTO_SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+fn addr(family: u16, bytes: &[u8; 16]) -> String {
+    if family == 10 {
+        Ipv6Addr::from(*bytes).to_string()
+    } else {
+        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+    }
+}
+
+/// Tetragon's `sock_arg` for a connect record.
+pub fn sock_arg(c: &ConnectEvent) -> SockArg {
+    SockArg {
+        family: family_name(c.family).into(),
+        type_: sock_type_name(c.sock_type),
+        protocol: protocol_name(c.protocol),
+        saddr: addr(c.family, &c.saddr),
+        daddr: addr(c.family, &c.daddr),
+        sport: c.sport as u32,
+        dport: c.dport as u32,
+    }
+}
+
+/// The Tetragon policy event for a selector hit.
+pub fn policy_event(
+    meta: &SelectorMeta,
+    process: &Process,
+    parent: Option<Process>,
+    args: Vec<Argument>,
+) -> Event {
+    let action = action_name(meta.actions.signal, meta.actions.errno).to_string();
+    let process = process.clone();
+    let policy_name = meta.policy_name.clone();
+    let (message, tags) = (meta.message.clone(), meta.tags.clone());
+    match &meta.point {
+        HookPoint::Kprobe { function } => Event::ProcessKprobe(ProcessKprobe {
+            process,
+            parent,
+            function_name: function.clone(),
+            args,
+            action,
+            policy_name,
+            message,
+            tags,
+        }),
+        HookPoint::Lsm { hook } => Event::ProcessLsm(ProcessLsm {
+            process,
+            parent,
+            function_name: hook.clone(),
+            policy_name,
+            message,
+            args,
+            action,
+            tags,
+        }),
+        HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
+            process,
+            parent,
+            subsys: subsystem.clone(),
+            event: event.clone(),
+            args,
+            policy_name,
+            message,
+            action,
+            tags,
+        }),
+    }
+}
+
+/// The arguments of an exec hook: the binary's path, as `linux_binprm_arg`
+/// or `string_arg` as the policy declared it.
+pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+    move |arg| match arg {
+        EventArg::LinuxBinprm => Some(Argument::LinuxBinprmArg(BinprmArg {
+            path: path.to_string(),
+        })),
+        EventArg::PathString => Some(Argument::StringArg(path.to_string())),
+        EventArg::Sock | EventArg::Sockaddr => None,
+    }
+}
+
+/// The arguments of a connect hook: `sock_arg`, or `sockaddr_arg` with the
+/// destination, as the policy declared them.
+pub fn connect_arg(sock: &SockArg) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+    move |arg| match arg {
+        EventArg::Sock => Some(Argument::SockArg(sock.clone())),
+        EventArg::Sockaddr => Some(Argument::SockaddrArg(SockaddrArg {
+            family: sock.family.clone(),
+            addr: sock.daddr.clone(),
+            port: sock.dport,
+        })),
+        EventArg::LinuxBinprm | EventArg::PathString => None,
+    }
+}
