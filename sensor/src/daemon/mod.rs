@@ -3,27 +3,23 @@
 //! /proc), the loop (`serve`), and the way out: with `--keep-on-exit`
 //! everything stays pinned and enforcing, otherwise it is removed.
 pub mod adopt;
+mod cluster;
 mod enforce;
 mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::antibody::Antibodies;
-use crate::enrich::pods::PodStore;
 use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
 use crate::export::stream::Events;
 use crate::export::{CompactSink, Exporter};
 use crate::pipeline::Pipeline;
 use crate::process::{procfs, Clock, ProcessCache};
-use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
 
 /// What goes to standard output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,8 +122,8 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Read before the Kubernetes thread starts: it labels these and then
     // rewrites the file.
     let pending = crate::antibody::label::pending(&pending_file(&opts));
-    let mut cluster = start_cluster(&opts, outcome_tx).await?;
-    first_resources(&mut cluster, &mut policies).await;
+    let mut cluster = cluster::start(&opts, outcome_tx).await?;
+    cluster::first_resources(&mut cluster, &mut policies).await;
     let active = policies.set.compile()?;
     let started = adopt::start(
         &adopt::KernelOptions {
@@ -257,7 +253,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     Ok(())
 }
 
-fn pending_file(opts: &RunOptions) -> PathBuf {
+pub(crate) fn pending_file(opts: &RunOptions) -> PathBuf {
     opts.state_dir.join("pending-quarantines.json")
 }
 
@@ -271,90 +267,5 @@ fn ask_for_short_slice() {
             "this kernel has no custom scheduler slices (Linux 6.12): a busy CPU can delay quarantines"
         ),
         Err(e) => tracing::warn!(error = %e, "asking for a short scheduler slice"),
-    }
-}
-
-type Labeler = UnboundedSender<crate::antibody::Decision>;
-
-/// The daemon's side of the Kubernetes thread.
-#[derive(Default)]
-struct ClusterLink {
-    pods: Option<Arc<RwLock<PodStore>>>,
-    labeler: Option<Labeler>,
-    resources: Option<UnboundedReceiver<ResourceEvent>>,
-    resource_outcomes: Option<UnboundedSender<ResourceOutcome>>,
-}
-
-/// Starts the Kubernetes thread when there is an API, and waits (up to
-/// 10 s) for its first list of pods: rules about pods need the pods.
-async fn start_cluster(
-    opts: &RunOptions,
-    outcome_tx: UnboundedSender<crate::antibody::LabelOutcome>,
-) -> anyhow::Result<ClusterLink> {
-    let Some(config) = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await else {
-        return Ok(ClusterLink::default());
-    };
-    std::fs::create_dir_all(&opts.state_dir)
-        .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
-    let store = Arc::new(RwLock::new(PodStore::default()));
-    let (synced_tx, synced) = tokio::sync::oneshot::channel();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (res_tx, res_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
-    crate::cluster::spawn(crate::cluster::Cluster {
-        config,
-        node: opts.node_name.clone(),
-        store: store.clone(),
-        synced: synced_tx,
-        state: pending_file(opts),
-        decisions: rx,
-        outcomes: outcome_tx,
-        resources: res_tx,
-        resource_outcomes: out_rx,
-    })
-    .context("starting the Kubernetes thread")?;
-    let linked = ClusterLink {
-        pods: Some(store),
-        labeler: Some(tx),
-        resources: Some(res_rx),
-        resource_outcomes: Some(out_tx),
-    };
-    Ok(
-        match tokio::time::timeout(Duration::from_secs(10), synced).await {
-            Ok(Ok(())) => linked,
-            // The thread could not make a client, and said why.
-            Ok(Err(_)) => ClusterLink::default(),
-            Err(_) => {
-                tracing::warn!("pod watcher not synced after 10 s; starting without it");
-                linked
-            }
-        },
-    )
-}
-
-/// Takes the policy resources of the first lists (both kinds, up to 10 s)
-/// into the set, so that the first write of the kernel already has them.
-async fn first_resources(cluster: &mut ClusterLink, policies: &mut Policies) {
-    let Some(rx) = cluster.resources.as_mut() else {
-        return;
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut synced = 0;
-    while synced < 2 {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(ResourceEvent::Synced)) => synced += 1,
-            Ok(Some(ResourceEvent::Change(c))) => {
-                let (_, outcome) =
-                    crate::reconcile::resources::take(&mut policies.set, &policies.vars, c);
-                if let (Some(o), Some(tx)) = (outcome, &cluster.resource_outcomes) {
-                    let _ = tx.send(o);
-                }
-            }
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!("policy resources not listed after 10 s; starting without them");
-                return;
-            }
-        }
     }
 }

@@ -1,10 +1,12 @@
 //! Loading the kernel side: pre-flight checks, struct offsets from BTF, the
 //! embedded eBPF object, attaching the programs as bpf links, and pinning
 //! them (`pin`) so that they outlive the process, or adopting a pinned set.
-//! `write` fills the kernel's tables. Dropping an unpinned [`Kernel`]
+//! `attach` attaches each program in the form this kernel takes, `write`
+//! fills the kernel's tables. Dropping an unpinned [`Kernel`]
 //! detaches and frees everything; a pinned one keeps enforcing.
 //! `probe` finds what the running kernel offers, and so which form of each
 //! program is attached.
+mod attach;
 pub mod btf;
 mod mounts;
 pub mod pin;
@@ -18,10 +20,7 @@ use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramInfo,
-    RawTracePoint,
-};
+use aya::programs::{ProgramError, ProgramInfo};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
@@ -220,108 +219,6 @@ impl Kernel {
         Ok(())
     }
 
-    /// The programs [`Kernel::attach`] attaches under this plan.
-    pub fn expected_programs(&self) -> Vec<&'static str> {
-        let modern_exec = self.plan.exec == probe::Form::Modern;
-        let mut v = vec![
-            "snsr_fork",
-            "snsr_exit",
-            if modern_exec {
-                "snsr_exec"
-            } else {
-                "snsr_exec_compat"
-            },
-        ];
-        if self.plan.connect != probe::Form::Modern {
-            v.push("snsr_signal_on_exit");
-        }
-        if self.plan.lsm {
-            v.push(if modern_exec {
-                "snsr_lsm_bprm"
-            } else {
-                "snsr_lsm_bprm_compat"
-            });
-        }
-        let form = match self.plan.connect {
-            probe::Form::Modern => 0,
-            probe::Form::Deferred => 1,
-            probe::Form::Compat => 2,
-        };
-        v.extend(SOCK_PROGRAMS.iter().map(|forms| forms[form]));
-        v.extend(["snsr_q_egress", "snsr_q_ingress"]);
-        v
-    }
-
-    /// Attaches fork and exit before exec so that no process the exec
-    /// program sees is missing its lineage, then (in the forms the plan
-    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
-    /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
-    /// that coexist with other programs there (Cilium's). Every attachment
-    /// is a bpf link, so that [`Kernel::pin`] can keep it.
-    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
-        let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
-            path: cgroup_root.display().to_string(),
-            source,
-        })?;
-        for name in self.expected_programs() {
-            let link = match name {
-                "snsr_fork" => self.raw_tracepoint(name, "sched_process_fork")?,
-                "snsr_exit" => self.raw_tracepoint(name, "sched_process_exit")?,
-                "snsr_exec" | "snsr_exec_compat" => {
-                    self.raw_tracepoint(name, "sched_process_exec")?
-                }
-                "snsr_signal_on_exit" => self.raw_tracepoint(name, "sys_exit")?,
-                "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
-                "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
-                "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
-                _ => self.sock_addr(name, &root)?,
-            };
-            self.links.push((name.to_string(), link));
-        }
-        Ok(())
-    }
-
-    fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
-        let err = |source| LoadError::Program { name, source };
-        let p: &mut RawTracePoint = self.program(name)?;
-        p.load().map_err(err)?;
-        let id = p.attach(point).map_err(err)?;
-        Ok(p.take_link(id).map_err(err)?.into())
-    }
-
-    fn sock_addr(&mut self, name: &'static str, root: &std::fs::File) -> Result<FdLink, LoadError> {
-        let err = |source| LoadError::Program { name, source };
-        let p: &mut CgroupSockAddr = self.program(name)?;
-        p.load().map_err(err)?;
-        let id = p.attach(root, CgroupAttachMode::Single).map_err(err)?;
-        let link = p.take_link(id).map_err(err)?;
-        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
-    }
-
-    fn skb(
-        &mut self,
-        name: &'static str,
-        root: &std::fs::File,
-        ty: CgroupSkbAttachType,
-    ) -> Result<FdLink, LoadError> {
-        let err = |source| LoadError::Program { name, source };
-        let p: &mut CgroupSkb = self.program(name)?;
-        p.load().map_err(err)?;
-        let id = p.attach(root, ty, CgroupAttachMode::Single).map_err(err)?;
-        let link = p.take_link(id).map_err(err)?;
-        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
-    }
-
-    /// Loads BPF-LSM program `name` on `bprm_check_security` and attaches it.
-    fn lsm_program(&mut self, name: &'static str) -> Result<FdLink, LoadError> {
-        let err = |source| LoadError::Program { name, source };
-        let btf = aya::Btf::from_sys_fs().map_err(|e| err(ProgramError::Btf(e)))?;
-        let p: &mut aya::programs::Lsm = self.program(name)?;
-        p.load("bprm_check_security", &btf).map_err(err)?;
-        let id = p.attach().map_err(err)?;
-        Ok(p.take_link(id).map_err(err)?.into())
-    }
-
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -436,31 +333,6 @@ pub fn pinned_programs(set: &pin::SetDir) -> Result<Vec<PinnedProgram>, LoadErro
         })
         .collect()
 }
-
-/// The socket-address programs of `sensor-ebpf/src/connect.rs`, by hook,
-/// in their modern, deferred and compat forms.
-const SOCK_PROGRAMS: [[&str; 3]; 4] = [
-    [
-        "snsr_connect4",
-        "snsr_connect4_deferred",
-        "snsr_connect4_compat",
-    ],
-    [
-        "snsr_connect6",
-        "snsr_connect6_deferred",
-        "snsr_connect6_compat",
-    ],
-    [
-        "snsr_sendmsg4",
-        "snsr_sendmsg4_deferred",
-        "snsr_sendmsg4_compat",
-    ],
-    [
-        "snsr_sendmsg6",
-        "snsr_sendmsg6_deferred",
-        "snsr_sendmsg6_compat",
-    ],
-];
 
 /// Turns on the kernel's per-program run-time statistics for as long as the
 /// returned fd lives (they cost a little on every program run).
