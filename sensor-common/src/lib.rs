@@ -261,8 +261,30 @@ pub struct ExecSelector {
     pub errno: u32,
 }
 
-/// Runtime switches, in a one-entry array map so that policies can be swapped
-/// without reloading programs.
+/// Policy tables come in two banks: the daemon writes the bank not in use,
+/// then flips `BANK` (one u32 store), so a program sees the old policy set
+/// or the new one whole, never a mix. Bank b's exec and connect selectors
+/// sit at `b * MAX_SELECTORS + i` in their arrays; its string keys have bit 7
+/// of the selector byte set to b, and its address and value keys carry
+/// `b * MAX_SELECTORS + i` as the selector.
+pub const BANKS: usize = 2;
+
+/// The string-key selector byte of selector byte `sel` in `bank`.
+#[inline(always)]
+pub const fn str_selector(sel: u8, bank: u32) -> u8 {
+    sel | ((bank as u8 & 1) << 7)
+}
+
+/// The address/value-key selector of connect selector `i` in `bank`.
+#[inline(always)]
+pub const fn net_selector(i: u8, bank: u32) -> u8 {
+    i + (bank as u8 & 1) * MAX_SELECTORS as u8
+}
+
+/// Runtime switches and the counts of one bank's tables, in a two-entry
+/// array map (one per bank) so that policies can be swapped without
+/// reloading programs. The switches (quarantine, pod scopes, wakeups) are
+/// kept the same in both entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -286,6 +308,9 @@ pub struct Config {
     /// those the brain acts on, so that a pod's routine traffic does not keep
     /// the reader busy when its next exec needs it.
     pub pod_wakeups: u32,
+    /// The bank this entry describes (its own index).
+    pub bank: u32,
+    pub _pad: u32,
 }
 
 /// Bits of [`Config::pod_wakeups`].

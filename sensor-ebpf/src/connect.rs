@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    kind, match_kind, net_kind, pod_wakeups, sock_op, ConnectEvent, NetFilter, NetValueKey,
-    ProcState, MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
+    kind, match_kind, net_kind, net_selector, pod_wakeups, sock_op, ConnectEvent, NetFilter,
+    NetValueKey, ProcState, MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
 };
 
 use crate::maps::{
-    count_lost, wakeup_flags, CONFIG, EVENTS, NET_ADDR, NET_EVAL, NET_SELECTORS, NET_VALUE,
+    count_lost, wakeup_flags, EVENTS, NET_ADDR, NET_EVAL, NET_SELECTORS, NET_VALUE,
     PENDING_SIGNALS, PROCS,
 };
 
@@ -99,6 +99,8 @@ pub struct NetEval {
     pub state: ProcState,
     pub hooks_done: u64,
     pub scopes: u64,
+    /// The bank whose tables are read (see `sensor_common::BANKS`).
+    pub bank: u64,
 }
 
 fn v4(word: u32) -> [u8; 4] {
@@ -156,7 +158,7 @@ fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u
     let ev = unsafe { &mut *ep };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    let cfg = crate::maps::config().copied().unwrap_or_default();
     ev.event = ConnectEvent {
         kind: kind::CONNECT,
         pid: tgid,
@@ -181,6 +183,7 @@ fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u
     };
     read_addresses(sa, op, &mut ev.event);
     ev.n = cfg.n_net_selectors as u64;
+    ev.bank = cfg.bank as u64 & 1;
     ev.scoped_in = crate::reflex::in_scope::<MODERN>(&cfg) as u64;
     ev.hooks_done = 0;
     ev.scopes = if cfg.n_scopes != 0 {
@@ -288,10 +291,12 @@ fn eval_selector(index: u64) -> i64 {
         return 1;
     }
     let s = index as u32 & (MAX_SELECTORS as u32 - 1);
-    let Some(sel) = NET_SELECTORS.get(s) else {
+    let bank = ev.bank as u32 & 1;
+    let Some(sel) = NET_SELECTORS.get(bank * MAX_SELECTORS as u32 + s) else {
         return 1;
     };
     let bit = 1u64 << s;
+    let key_sel = net_selector(s as u8, bank);
     let hook_bit = 1u64 << (sel.hook & 63);
     if ev.hooks_done & hook_bit != 0 || !crate::reflex::scope_applies(sel.scope, ev.scopes) {
         return 0;
@@ -311,7 +316,7 @@ fn eval_selector(index: u64) -> i64 {
         if a >= sel.n_filters as usize {
             break;
         }
-        if !filter_matches(sel.filters[a], &ev.event, s as u8, (a + 1) as u8) {
+        if !filter_matches(sel.filters[a], &ev.event, key_sel, (a + 1) as u8) {
             return 0;
         }
     }

@@ -13,9 +13,7 @@ use aya_ebpf::{
 use sensor_common::{exec_flags, kind, pod_wakeups, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
 
 use crate::kernel::{off, read, read_ptr};
-use crate::maps::{
-    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH,
-};
+use crate::maps::{count_lost, wakeup_flags, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH};
 use crate::{path, reflex};
 
 const HEADER: usize = core::mem::size_of::<ExecEvent>();
@@ -47,7 +45,7 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     fill_header(ev, kind::EXEC, task);
     let tgid = ev.pid;
 
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    let cfg = crate::maps::config().copied().unwrap_or_default();
     let scopes = if cfg.n_scopes != 0 {
         reflex::task_scopes::<MODERN>()
     } else {

@@ -11,9 +11,7 @@ use aya_ebpf::{
 use sensor_common::{kind, ExecEvent, PATH_MAX};
 
 use crate::kernel::{off, read_ptr};
-use crate::maps::{
-    count_lost, wakeup_flags, CONFIG, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH,
-};
+use crate::maps::{count_lost, wakeup_flags, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH};
 use crate::{path, reflex};
 
 const HEADER: usize = core::mem::size_of::<ExecEvent>();
@@ -63,7 +61,7 @@ fn on_bprm<const MODERN: bool>(ctx: &LsmContext) -> i32 {
 
 #[inline(always)]
 fn try_bprm<const MODERN: bool>(bprm: *const u8) -> Option<u32> {
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    let cfg = crate::maps::config().copied().unwrap_or_default();
     if cfg.n_override == 0 {
         return None;
     }

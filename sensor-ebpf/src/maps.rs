@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState,
+    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState, BANKS,
     MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN,
 };
 
@@ -53,11 +53,24 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 
+/// One entry per bank (see `sensor_common::BANKS`).
 #[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(BANKS as u32, 0);
+
+/// The bank in use: the daemon flips it once the other bank is written.
+#[map]
+pub static BANK: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The configuration of the bank in use.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let bank = BANK.get(0).copied().unwrap_or(0) & 1;
+    CONFIG.get(bank)
+}
 
 #[map]
-pub static EXEC_SELECTORS: Array<ExecSelector> = Array::with_max_entries(MAX_SELECTORS as u32, 0);
+pub static EXEC_SELECTORS: Array<ExecSelector> =
+    Array::with_max_entries((BANKS * MAX_SELECTORS) as u32, 0);
 
 /// Exact string values: key = selector, slot, string (zero padded).
 #[map]
@@ -152,7 +165,8 @@ pub static WALK: PerCpuArray<crate::path::Walk> = PerCpuArray::with_max_entries(
 pub static EVAL: PerCpuArray<crate::reflex::Eval> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static NET_SELECTORS: Array<NetSelector> = Array::with_max_entries(MAX_SELECTORS as u32, 0);
+pub static NET_SELECTORS: Array<NetSelector> =
+    Array::with_max_entries((BANKS * MAX_SELECTORS) as u32, 0);
 
 /// Address sets (CIDRs): key = selector, slot, family, 0, address.
 #[map]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use sensor_common::MAX_CGROUP_LEVEL;
 
-use crate::maps::{CONFIG, QUARANTINE, QUARANTINE_DROPS};
+use crate::maps::{QUARANTINE, QUARANTINE_DROPS};
 
 /// Whether cgroup `id` is quarantined.
 #[inline(always)]
@@ -21,7 +21,7 @@ fn quarantined(id: u64) -> bool {
 /// per-packet and per-connect walks cost nothing while none is.
 #[inline(always)]
 fn active() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.quarantine_active != 0)
+    crate::maps::config().is_some_and(|c| c.quarantine_active != 0)
 }
 
 /// Whether the current task is under a quarantined cgroup.

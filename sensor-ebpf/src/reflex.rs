@@ -3,8 +3,8 @@
 //! sent before the new image runs one instruction.
 use aya_ebpf::helpers::{bpf_send_signal, generated::bpf_probe_read_kernel};
 use sensor_common::{
-    match_kind, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS, MAX_VALUE_LEN,
-    NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
+    match_kind, str_selector, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS,
+    MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
 };
 
 use crate::maps::{
@@ -160,6 +160,8 @@ pub struct Eval {
     /// Non-zero in the BPF-LSM hook, before the exec: only Override
     /// selectors act there, and only those that test the caller.
     lsm: u64,
+    /// The bank whose tables are read (see `sensor_common::BANKS`).
+    bank: u64,
     signal: u32,
     errno: u32,
 }
@@ -178,10 +180,11 @@ fn eval_selector(index: u64) -> i64 {
     if index >= e.n {
         return 1;
     }
-    let Some(sel) = EXEC_SELECTORS.get(s) else {
+    let bank = e.bank as u32 & 1;
+    let Some(sel) = EXEC_SELECTORS.get(bank * MAX_SELECTORS as u32 + s) else {
         return 1;
     };
-    let sel_id = s as u8;
+    let sel_id = str_selector(s as u8, bank);
     let bit = 1u64 << s;
     if sel.binaries.kind != match_kind::NONE
         && e.keys.contains(sel.binaries.kind, sel_id, SLOT_BINARIES)
@@ -249,13 +252,14 @@ fn net_binaries(index: u64) -> i64 {
         return 1;
     }
     let s = index as u32 & (MAX_SELECTORS as u32 - 1);
-    let Some(sel) = NET_SELECTORS.get(s) else {
+    let bank = e.bank as u32 & 1;
+    let Some(sel) = NET_SELECTORS.get(bank * MAX_SELECTORS as u32 + s) else {
         return 1;
     };
     if sel.binaries.kind != match_kind::NONE
         && e.keys.contains(
             sel.binaries.kind,
-            NET_SELECTOR_BASE + s as u8,
+            str_selector(NET_SELECTOR_BASE + s as u8, bank),
             SLOT_BINARIES,
         )
     {
@@ -296,6 +300,7 @@ fn evaluate<const MODERN: bool>(
         hits: 0,
         scopes,
         lsm: lsm as u64,
+        bank: cfg.bank as u64 & 1,
         signal: 0,
         errno: 0,
     };

@@ -364,10 +364,12 @@ impl Daemon {
         Daemon::start(&all)
     }
 
-    /// Every event exported so far.
+    /// Every event exported so far (complete lines only: the daemon may be
+    /// writing the last one).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("each export line is JSON"))
             .collect()

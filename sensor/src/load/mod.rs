@@ -1,8 +1,9 @@
 //! Loading the kernel side: pre-flight checks, struct offsets from BTF, the
 //! embedded eBPF object, attaching the programs as bpf links, and pinning
 //! them (`pin`) so that they outlive the process, or adopting a pinned set.
-//! `attach` attaches each program in the form this kernel takes, `write`
-//! fills the kernel's tables. Dropping an unpinned [`Kernel`]
+//! `attach` attaches each program in the form this kernel takes, `tables`
+//! swaps policy in whole (two banks), `write` keeps the rest of the
+//! kernel's state. Dropping an unpinned [`Kernel`]
 //! detaches and frees everything; a pinned one keeps enforcing.
 //! `probe` finds what the running kernel offers, and so which form of each
 //! program is attached.
@@ -11,6 +12,7 @@ pub mod btf;
 mod mounts;
 pub mod pin;
 pub mod probe;
+mod tables;
 mod write;
 
 pub use write::quarantined_in;

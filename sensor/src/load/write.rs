@@ -1,18 +1,11 @@
-//! Writing the kernel's tables: compiled policy, the enforcement scope,
-//! pod scopes, quarantined cgroups, seeded process states and the runtime
+//! Writing the kernel's state other than policy (`tables` has that): pod
+//! scopes, quarantined cgroups, seeded process states and the runtime
 //! switches; and reading its counters. The same calls serve a set this
 //! daemon loaded and one it adopted.
-use std::collections::HashSet;
-use std::hash::Hash;
-
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray};
-use aya::Pod;
-use sensor_common::{
-    Config, ExecSelector, NetSelector, NetValueKey, ProcState, NET_ADDR_KEY_LEN, STR_KEY_LEN,
-};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use sensor_common::{Config, ProcState, BANKS};
 
 use super::{map_err, Kernel, LoadError, LOST_KINDS};
-use crate::policy::Compiled;
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -42,17 +35,20 @@ impl Kernel {
         self.update_config(|c| c.pod_wakeups = bits)
     }
 
-    /// Changes the programs' runtime switches, writing only on a change.
-    fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), LoadError> {
+    /// Changes the programs' runtime switches, in both banks' entries,
+    /// writing only on a change.
+    pub(super) fn update_config(&mut self, f: impl Fn(&mut Config)) -> Result<(), LoadError> {
         let mut cfg: Array<_, Config> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        let before = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
-        let mut c = before;
-        f(&mut c);
-        if c == before {
-            return Ok(());
+        for bank in 0..BANKS as u32 {
+            let before = cfg.get(&bank, 0).map_err(map_err("CONFIG"))?;
+            let mut c = before;
+            f(&mut c);
+            if c != before {
+                cfg.set(bank, c, 0).map_err(map_err("CONFIG"))?;
+            }
         }
-        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
+        Ok(())
     }
 
     /// Sets the pod-scoped policies (bit i = scope i+1) for tasks under
@@ -80,121 +76,6 @@ impl Kernel {
         let empty = q.keys().next().is_none();
         if empty {
             self.set_quarantine_active(false)?;
-        }
-        Ok(())
-    }
-
-    /// Writes compiled policy and the enforcement scope over whatever the
-    /// tables hold (a fresh set, or an adopted set's older policy): new
-    /// entries go in first, then the selectors and their counts, and only
-    /// then do stale entries go, so that no moment enforces less than both
-    /// the old and the new set would. Runtime switches (quarantine, pod
-    /// scopes, wakeups) are kept.
-    pub fn apply(&mut self, c: &Compiled, scope: &[u64]) -> Result<(), LoadError> {
-        let equal: HashSet<[u8; STR_KEY_LEN]> = c.equal.iter().copied().collect();
-        self.add_hash("STR_EQUAL", &equal)?;
-        let prefix: HashSet<(u32, [u8; STR_KEY_LEN])> = c.prefix.iter().copied().collect();
-        self.add_trie("STR_PREFIX", &prefix)?;
-        let postfix: HashSet<(u32, [u8; STR_KEY_LEN])> = c.postfix.iter().copied().collect();
-        self.add_trie("STR_POSTFIX", &postfix)?;
-        let addrs: HashSet<(u32, [u8; NET_ADDR_KEY_LEN])> = c.net_addrs.iter().copied().collect();
-        self.add_trie("NET_ADDR", &addrs)?;
-        let values: HashSet<NetValueKey> = c.net_values.iter().copied().collect();
-        self.add_hash("NET_VALUE", &values)?;
-        let scope: HashSet<u64> = scope.iter().copied().collect();
-        self.add_hash("SCOPE_CGROUPS", &scope)?;
-        let mut sels: Array<_, ExecSelector> =
-            Array::try_from(self.map_mut("EXEC_SELECTORS")?).map_err(map_err("EXEC_SELECTORS"))?;
-        for (i, s) in c.selectors.iter().enumerate() {
-            sels.set(i as u32, s, 0)
-                .map_err(map_err("EXEC_SELECTORS"))?;
-        }
-        let mut nsels: Array<_, NetSelector> =
-            Array::try_from(self.map_mut("NET_SELECTORS")?).map_err(map_err("NET_SELECTORS"))?;
-        for (i, s) in c.net_selectors.iter().enumerate() {
-            nsels
-                .set(i as u32, s, 0)
-                .map_err(map_err("NET_SELECTORS"))?;
-        }
-        let scoped = !scope.is_empty() as u32;
-        self.update_config(|now| {
-            *now = Config {
-                scoped,
-                quarantine_active: now.quarantine_active,
-                n_scopes: now.n_scopes,
-                pod_wakeups: now.pod_wakeups,
-                ..c.config
-            }
-        })?;
-        self.prune_hash("STR_EQUAL", &equal)?;
-        self.prune_trie("STR_PREFIX", &prefix)?;
-        self.prune_trie("STR_POSTFIX", &postfix)?;
-        self.prune_trie("NET_ADDR", &addrs)?;
-        self.prune_hash("NET_VALUE", &values)?;
-        self.prune_hash("SCOPE_CGROUPS", &scope)
-    }
-
-    fn add_hash<K: Pod + Eq + Hash>(
-        &mut self,
-        name: &'static str,
-        want: &HashSet<K>,
-    ) -> Result<(), LoadError> {
-        let mut m: HashMap<_, K, u8> =
-            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        for k in want {
-            m.insert(k, 1, 0).map_err(map_err(name))?;
-        }
-        Ok(())
-    }
-
-    fn prune_hash<K: Pod + Eq + Hash>(
-        &mut self,
-        name: &'static str,
-        want: &HashSet<K>,
-    ) -> Result<(), LoadError> {
-        let mut m: HashMap<_, K, u8> =
-            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        let stale: Vec<K> = m.keys().flatten().filter(|k| !want.contains(k)).collect();
-        for k in stale {
-            match m.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            }
-        }
-        Ok(())
-    }
-
-    fn add_trie<const N: usize>(
-        &mut self,
-        name: &'static str,
-        want: &HashSet<(u32, [u8; N])>,
-    ) -> Result<(), LoadError> {
-        let mut trie: LpmTrie<_, [u8; N], u8> =
-            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        for (bits, k) in want {
-            trie.insert(&Key::new(*bits, *k), 1, 0)
-                .map_err(map_err(name))?;
-        }
-        Ok(())
-    }
-
-    fn prune_trie<const N: usize>(
-        &mut self,
-        name: &'static str,
-        want: &HashSet<(u32, [u8; N])>,
-    ) -> Result<(), LoadError> {
-        let mut trie: LpmTrie<_, [u8; N], u8> =
-            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        let stale: Vec<Key<[u8; N]>> = trie
-            .keys()
-            .flatten()
-            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for k in stale {
-            match trie.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            }
         }
         Ok(())
     }

@@ -1,0 +1,199 @@
+//! The policy tables, in two banks (`sensor_common::BANKS`): a new policy
+//! set is written whole into the bank the programs do not read, then one
+//! store to `BANK` switches them over. A program run sees the old set or
+//! the new one, never a mix, and never neither; the old bank is emptied
+//! afterwards. The enforcement scope (`SCOPE_CGROUPS`) is not banked: it is
+//! added to before the switch and pruned after it.
+use std::collections::HashSet;
+use std::hash::Hash;
+
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError};
+use aya::Pod;
+use sensor_common::{
+    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, MAX_SELECTORS,
+    NET_ADDR_KEY_LEN, STR_KEY_LEN,
+};
+
+use super::{map_err, Kernel, LoadError};
+use crate::policy::Compiled;
+
+const STR_MAPS: [&str; 2] = ["STR_PREFIX", "STR_POSTFIX"];
+
+/// The bank a string key belongs to (bit 7 of its selector byte).
+fn str_bank(k: &[u8]) -> u32 {
+    (k[0] >> 7) as u32
+}
+
+/// The bank an address or value key's selector belongs to.
+fn net_bank(selector: u8) -> u32 {
+    (selector as usize / MAX_SELECTORS) as u32
+}
+
+impl Kernel {
+    /// The bank the programs read.
+    pub fn bank(&self) -> Result<u32, LoadError> {
+        let m: Array<_, u32> = Array::try_from(self.map("BANK")?).map_err(map_err("BANK"))?;
+        Ok(m.get(&0, 0).map_err(map_err("BANK"))? & 1)
+    }
+
+    /// Puts compiled policy and the enforcement scope in force: written
+    /// into the idle bank, switched to in one store, the old bank emptied.
+    /// Runtime switches (quarantine, pod scopes, wakeups) carry over.
+    pub fn apply(&mut self, c: &Compiled, scope: &[u64]) -> Result<(), LoadError> {
+        let active = self.bank()?;
+        let next = 1 - active;
+        // Whatever an interrupted write left in the idle bank goes first.
+        self.clear_bank(next)?;
+        let str_key = |k: &[u8; STR_KEY_LEN]| {
+            let mut k = *k;
+            k[0] = str_selector(k[0], next);
+            k
+        };
+        let mut equal: HashMap<_, [u8; STR_KEY_LEN], u8> =
+            HashMap::try_from(self.map_mut("STR_EQUAL")?).map_err(map_err("STR_EQUAL"))?;
+        for k in &c.equal {
+            equal
+                .insert(str_key(k), 1, 0)
+                .map_err(map_err("STR_EQUAL"))?;
+        }
+        for (name, entries) in STR_MAPS.into_iter().zip([&c.prefix, &c.postfix]) {
+            let mut trie: LpmTrie<_, [u8; STR_KEY_LEN], u8> =
+                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (bits, k) in entries {
+                trie.insert(&Key::new(*bits, str_key(k)), 1, 0)
+                    .map_err(map_err(name))?;
+            }
+        }
+        let mut addrs: LpmTrie<_, [u8; NET_ADDR_KEY_LEN], u8> =
+            LpmTrie::try_from(self.map_mut("NET_ADDR")?).map_err(map_err("NET_ADDR"))?;
+        for (bits, k) in &c.net_addrs {
+            let mut k = *k;
+            k[0] = net_selector(k[0], next);
+            addrs
+                .insert(&Key::new(*bits, k), 1, 0)
+                .map_err(map_err("NET_ADDR"))?;
+        }
+        let mut values: HashMap<_, NetValueKey, u8> =
+            HashMap::try_from(self.map_mut("NET_VALUE")?).map_err(map_err("NET_VALUE"))?;
+        for k in &c.net_values {
+            let k = NetValueKey {
+                selector: net_selector(k.selector, next),
+                ..*k
+            };
+            values.insert(k, 1, 0).map_err(map_err("NET_VALUE"))?;
+        }
+        let base = next * MAX_SELECTORS as u32;
+        let mut sels: Array<_, ExecSelector> =
+            Array::try_from(self.map_mut("EXEC_SELECTORS")?).map_err(map_err("EXEC_SELECTORS"))?;
+        for (i, s) in c.selectors.iter().enumerate() {
+            sels.set(base + i as u32, s, 0)
+                .map_err(map_err("EXEC_SELECTORS"))?;
+        }
+        let mut nsels: Array<_, NetSelector> =
+            Array::try_from(self.map_mut("NET_SELECTORS")?).map_err(map_err("NET_SELECTORS"))?;
+        for (i, s) in c.net_selectors.iter().enumerate() {
+            nsels
+                .set(base + i as u32, s, 0)
+                .map_err(map_err("NET_SELECTORS"))?;
+        }
+        let scope: HashSet<u64> = scope.iter().copied().collect();
+        self.add_hash("SCOPE_CGROUPS", &scope)?;
+
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        let now = cfg.get(&active, 0).map_err(map_err("CONFIG"))?;
+        let config = Config {
+            scoped: !scope.is_empty() as u32,
+            quarantine_active: now.quarantine_active,
+            n_scopes: now.n_scopes,
+            pod_wakeups: now.pod_wakeups,
+            bank: next,
+            ..c.config
+        };
+        cfg.set(next, config, 0).map_err(map_err("CONFIG"))?;
+        let mut bank: Array<_, u32> =
+            Array::try_from(self.map_mut("BANK")?).map_err(map_err("BANK"))?;
+        bank.set(0, next, 0).map_err(map_err("BANK"))?;
+
+        self.clear_bank(active)?;
+        self.prune_hash("SCOPE_CGROUPS", |id| scope.contains(id))
+    }
+
+    /// Removes every table entry of `bank`.
+    fn clear_bank(&mut self, bank: u32) -> Result<(), LoadError> {
+        self.prune_hash::<[u8; STR_KEY_LEN]>("STR_EQUAL", |k| str_bank(k) != bank)?;
+        for name in STR_MAPS {
+            self.prune_trie::<STR_KEY_LEN>(name, |k| str_bank(k) != bank)?;
+        }
+        self.prune_trie::<NET_ADDR_KEY_LEN>("NET_ADDR", |k| net_bank(k[0]) != bank)?;
+        self.prune_hash::<NetValueKey>("NET_VALUE", |k| net_bank(k.selector) != bank)
+    }
+
+    fn add_hash<K: Pod + Eq + Hash>(
+        &mut self,
+        name: &'static str,
+        want: &HashSet<K>,
+    ) -> Result<(), LoadError> {
+        let mut m: HashMap<_, K, u8> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for k in want {
+            m.insert(k, 1, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the keys of hash map `name` that `keep` refuses.
+    fn prune_hash<K: Pod + Eq + Hash>(
+        &mut self,
+        name: &'static str,
+        keep: impl Fn(&K) -> bool,
+    ) -> Result<(), LoadError> {
+        let mut m: HashMap<_, K, u8> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let stale: Vec<K> = m.keys().flatten().filter(|k| !keep(k)).collect();
+        for k in stale {
+            match m.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the keys of LPM trie `name` whose data `keep` refuses.
+    fn prune_trie<const N: usize>(
+        &mut self,
+        name: &'static str,
+        keep: impl Fn(&[u8; N]) -> bool,
+    ) -> Result<(), LoadError> {
+        let mut trie: LpmTrie<_, [u8; N], u8> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let stale: Vec<Key<[u8; N]>> = trie.keys().flatten().filter(|k| !keep(&k.data())).collect();
+        for k in stale {
+            match trie.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_common::NET_SELECTOR_BASE;
+
+    #[test]
+    fn every_key_names_its_bank() {
+        for bank in 0..2 {
+            for i in 0..MAX_SELECTORS as u8 {
+                assert_eq!(str_bank(&[str_selector(i, bank)]), bank);
+                assert_eq!(str_bank(&[str_selector(NET_SELECTOR_BASE + i, bank)]), bank);
+                assert_eq!(net_bank(net_selector(i, bank)), bank);
+            }
+        }
+        // Exec and connect string keys stay apart within a bank.
+        assert_ne!(str_selector(3, 1), str_selector(NET_SELECTOR_BASE + 3, 1));
+    }
+}
