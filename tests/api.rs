@@ -292,3 +292,68 @@ fn a_client_generated_from_the_protos_streams_filtered_events() {
     assert_eq!(kprobe["function_name"], "tcp_connect");
     assert_eq!(kprobe["args"][0]["sock_arg"]["daddr"], backend.v4);
 }
+
+/// A policy whose one hook has these selectors (binary, action).
+fn selectors_policy(name: &str, selectors: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n"
+    );
+    for (bin, action) in selectors {
+        y.push_str(&format!(
+            "    - matchBinaries: [{{operator: In, values: [\"{bin}\"]}}]\n      matchActions: [{{action: {action}}}]\n"
+        ));
+    }
+    y
+}
+
+#[test]
+fn a_policy_switch_is_whole_in_the_kernel_with_no_moment_of_a_mix() {
+    if !can_run("a_policy_switch_is_whole_in_the_kernel_with_no_moment_of_a_mix") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (a, b) = (copy_true(&dir, "a"), copy_true(&dir, "b"));
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let address = format!("unix://{}", dir.path().join("api.sock").display());
+    let _daemon = Daemon::start(&["--enforce-cgroup", &scope, "--server-address", &address]);
+    let api = Api { address };
+    // Both versions kill `a`, through a different selector. A mix of the two
+    // (the second's first selector with the first's values, say) would let
+    // `a` through with a Post: the first match in a hook decides.
+    let one = policy_file(
+        &dir,
+        "one.yaml",
+        &selectors_policy("swap", &[(&a, "Sigkill")]),
+    );
+    let two = policy_file(
+        &dir,
+        "two.yaml",
+        &selectors_policy("swap", &[(&b, "Post"), (&a, "Sigkill")]),
+    );
+    api.ok(&["add", &one]);
+    let (stop, out) = (dir.path().join("stop"), dir.path().join("codes"));
+    let mut prober = cg
+        .command("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "while [ ! -e '{}' ]; do '{a}'; echo $?; done > '{}' 2>/dev/null",
+                stop.display(),
+                out.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    for i in 0..40 {
+        api.ok(&["add", if i % 2 == 0 { &two } else { &one }]);
+    }
+    std::fs::write(&stop, "").unwrap();
+    prober.wait().unwrap();
+    let codes = std::fs::read_to_string(&out).unwrap();
+    let killed = codes.lines().filter(|l| *l == "137").count();
+    let survived = codes.lines().filter(|l| *l != "137").count();
+    eprintln!("prober during 40 switches: {killed} killed, {survived} survived");
+    assert!(killed > 10, "the prober ran through the switches");
+    assert_eq!(survived, 0, "no exec saw a mix of the two versions");
+}

@@ -93,6 +93,16 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "policy changes live, whole",
+        run: Run::Tests {
+            target: "api",
+            names: &[
+                "policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing",
+                "a_policy_switch_is_whole_in_the_kernel_with_no_moment_of_a_mix",
+            ],
+        },
+    },
+    Check {
         name: "LSM exec Override (EPERM)",
         run: Run::Tests {
             target: "lsm",
