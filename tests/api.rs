@@ -12,18 +12,6 @@ use std::time::{Duration, Instant};
 use common::netns::{Backend, PORT};
 use common::*;
 
-fn kill_policy(name: &str, bin: &str) -> String {
-    format!(
-        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{bin}\"]\n      matchActions:\n      - action: Sigkill\n"
-    )
-}
-
-fn exit_code(cg: &TestCgroup, bin: &str) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let st = cg.command(bin).status().expect("running the binary");
-    st.code().or(st.signal().map(|s| 128 + s))
-}
-
 struct Api {
     address: String,
 }
@@ -53,12 +41,6 @@ impl Api {
     }
 }
 
-fn copy_true(dir: &TempDir, name: &str) -> String {
-    let p = dir.path().join(name);
-    std::fs::copy("/bin/true", &p).unwrap();
-    p.to_string_lossy().into_owned()
-}
-
 #[test]
 fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     if !can_run("policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing") {
@@ -79,10 +61,10 @@ fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     );
 
     let policy = policy_file(&dir, "kill.yaml", &kill_policy("kill-api", &one));
-    assert_eq!(exit_code(&cg, &one), Some(0), "before: runs");
+    assert_eq!(cg.exit_code(&one), Some(0), "before: runs");
     api.ok(&["add", &policy]);
     assert_eq!(
-        exit_code(&cg, &one),
+        cg.exit_code(&one),
         Some(137),
         "killed from the first exec after add returns"
     );
@@ -98,13 +80,13 @@ fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     );
 
     api.ok(&["disable", "kill-api"]);
-    assert_eq!(exit_code(&cg, &one), Some(0), "disabled");
+    assert_eq!(cg.exit_code(&one), Some(0), "disabled");
     assert_eq!(api.list()["policies"][0]["state"], "TP_STATE_DISABLED");
     api.ok(&["enable", "kill-api"]);
-    assert_eq!(exit_code(&cg, &one), Some(137), "enabled again");
+    assert_eq!(cg.exit_code(&one), Some(137), "enabled again");
 
     api.ok(&["mode", "kill-api", "monitor"]);
-    assert_eq!(exit_code(&cg, &one), Some(0), "monitor mode kills nothing");
+    assert_eq!(cg.exit_code(&one), Some(0), "monitor mode kills nothing");
     daemon.wait_for("the monitored hit", |e| {
         e["process_tracepoint"]["policy_name"] == "kill-api"
             && e["process_tracepoint"]["action"] == "KPROBE_ACTION_SIGKILL"
@@ -113,7 +95,7 @@ fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     let counters = &api.list()["policies"][0]["stats"]["action_counters"];
     assert_eq!(counters["monitor_signal"], "1", "{counters}");
     api.ok(&["mode", "kill-api", "enforce"]);
-    assert_eq!(exit_code(&cg, &one), Some(137), "enforcing again");
+    assert_eq!(cg.exit_code(&one), Some(137), "enforcing again");
 
     // A bad policy: refused like `policy check` would, and nothing changes.
     let bad = policy_file(
@@ -126,7 +108,7 @@ fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad: spec.kprobes[0].call"), "{err}");
     assert_eq!(
-        exit_code(&cg, &one),
+        cg.exit_code(&one),
         Some(137),
         "the running set still enforces"
     );
@@ -135,11 +117,11 @@ fn policy_calls_take_effect_before_they_return_and_a_bad_one_changes_nothing() {
     // Replacing is all or nothing: the new version, and only it.
     let replaced = policy_file(&dir, "kill2.yaml", &kill_policy("kill-api", &two));
     api.ok(&["add", &replaced]);
-    assert_eq!(exit_code(&cg, &two), Some(137));
-    assert_eq!(exit_code(&cg, &one), Some(0));
+    assert_eq!(cg.exit_code(&two), Some(137));
+    assert_eq!(cg.exit_code(&one), Some(0));
 
     api.ok(&["delete", "kill-api"]);
-    assert_eq!(exit_code(&cg, &two), Some(0), "deleted");
+    assert_eq!(cg.exit_code(&two), Some(0), "deleted");
     let out = api.policy(&["delete", "kill-api"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no policy named kill-api"));
@@ -293,14 +275,16 @@ fn a_client_generated_from_the_protos_streams_filtered_events() {
     assert_eq!(kprobe["args"][0]["sock_arg"]["daddr"], backend.v4);
 }
 
-/// A policy whose one hook has these selectors (binary, action).
-fn selectors_policy(name: &str, selectors: &[(&str, &str)]) -> String {
+/// A policy whose one hook has these selectors (binaries, action).
+fn selectors_policy(name: &str, selectors: &[(&[String], &str)]) -> String {
     let mut y = format!(
         "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n"
     );
-    for (bin, action) in selectors {
+    for (bins, action) in selectors {
+        let values: Vec<String> = bins.iter().map(|b| format!("\"{b}\"")).collect();
         y.push_str(&format!(
-            "    - matchBinaries: [{{operator: In, values: [\"{bin}\"]}}]\n      matchActions: [{{action: {action}}}]\n"
+            "    - matchBinaries: [{{operator: In, values: [{}]}}]\n      matchActions: [{{action: {action}}}]\n",
+            values.join(", ")
         ));
     }
     y
@@ -319,17 +303,21 @@ fn a_policy_switch_is_whole_in_the_kernel_with_no_moment_of_a_mix() {
     let _daemon = Daemon::start(&["--enforce-cgroup", &scope, "--server-address", &address]);
     let api = Api { address };
     // Both versions kill `a`, through a different selector. A mix of the two
-    // (the second's first selector with the first's values, say) would let
-    // `a` through with a Post: the first match in a hook decides.
+    // (the second's first selector, a Post, with the first's values) would
+    // let `a` through: the first match in a hook decides. The first
+    // version's selector holds 200 more values, so that tables written in
+    // place would hold such a mix for a while.
+    let mut first: Vec<String> = vec![a.clone()];
+    first.extend((0..199).map(|i| format!("/nonexistent/{i}")));
     let one = policy_file(
         &dir,
         "one.yaml",
-        &selectors_policy("swap", &[(&a, "Sigkill")]),
+        &selectors_policy("swap", &[(&first, "Sigkill")]),
     );
     let two = policy_file(
         &dir,
         "two.yaml",
-        &selectors_policy("swap", &[(&b, "Post"), (&a, "Sigkill")]),
+        &selectors_policy("swap", &[(&[b.clone()], "Post"), (&[a.clone()], "Sigkill")]),
     );
     api.ok(&["add", &one]);
     let (stop, out) = (dir.path().join("stop"), dir.path().join("codes"));

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver_double::FakeApi;
-use common::pod::{NetPod, Node};
+use common::pod::Node;
 use common::*;
 
 /// A copy of `true` that the policy kills, and the policy, in `dir`.
@@ -26,26 +26,6 @@ fn blocked_binary(dir: &TempDir) -> (String, String) {
         ),
     );
     (bin, policy)
-}
-
-fn exit_code(cg: &TestCgroup, bin: &str) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let st = cg.command(bin).status().expect("running the binary");
-    st.code().or(st.signal().map(|s| 128 + s))
-}
-
-fn curl(pod: &NetPod, url: &str) -> Option<i32> {
-    pod.sh(&format!(
-        "curl -s -o /dev/null --max-time 3 '{url}'; exit $?"
-    ))
-}
-
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// (program, links in the kernel) of each pinned program, from `sensor status`.
@@ -95,7 +75,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         "--keep-on-exit",
     ];
     let mut first = Daemon::with_api(&kubeconfig, &node, &args);
-    assert_eq!(exit_code(&cg, &bin), Some(137), "the reflex kills");
+    assert_eq!(cg.exit_code(&bin), Some(137), "the reflex kills");
     let out = Command::new(SENSOR)
         .args(["quarantine", "apply", "shop/frontend", "--kubeconfig", kc])
         .output()
@@ -109,7 +89,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         e["sensor_quarantine"]["pod_uid"] == frontend.uid.as_str()
             && e["sensor_quarantine"]["outcome"] == "isolated"
     });
-    assert_ne!(curl(&frontend, &backend.url()), Some(0), "quarantined");
+    assert_ne!(frontend.curl(&backend.url()), Some(0), "quarantined");
     let sorted = |mut v: Vec<u32>| {
         v.sort_unstable();
         v
@@ -118,21 +98,17 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
 
     first.kill9();
     assert_eq!(
-        exit_code(&cg, &bin),
+        cg.exit_code(&bin),
         Some(137),
         "with no daemon, the pinned reflex still kills"
     );
     assert_ne!(
-        curl(&frontend, &backend.url()),
+        frontend.curl(&backend.url()),
         Some(0),
         "with no daemon, the quarantined pod still cannot connect"
     );
-    assert_eq!(
-        curl(&other, &backend.url()),
-        Some(0),
-        "another pod still can"
-    );
-    assert_eq!(exit_code(&cg, "/bin/true"), Some(0), "other binaries run");
+    assert_eq!(other.curl(&backend.url()), Some(0), "another pod still can");
+    assert_eq!(cg.exit_code("/bin/true"), Some(0), "other binaries run");
 
     let second = Daemon::with_api(&kubeconfig, &node, &args);
     assert!(second.ready.contains("origin=Adopted"), "{}", second.ready);
@@ -148,15 +124,11 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         assert_eq!(*n, 1, "{program} is attached once: {}", bpf.status());
     }
     // Events flow again, through the adopted ring buffer.
-    assert_eq!(exit_code(&cg, &bin), Some(137));
+    assert_eq!(cg.exit_code(&bin), Some(137));
     second.wait_for("the blocked exec, killed", |e| {
         is(e, "process_exec", &bin) && e["process_exec"]["process"]["pid"].as_u64().is_some()
     });
-    assert_ne!(
-        curl(&frontend, &backend.url()),
-        Some(0),
-        "still quarantined"
-    );
+    assert_ne!(frontend.curl(&backend.url()), Some(0), "still quarantined");
     // The adopted quarantine is the new daemon's: the label's removal lifts it.
     let out = Command::new(SENSOR)
         .args(["quarantine", "release", "shop/frontend", "--kubeconfig", kc])
@@ -164,7 +136,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         .unwrap();
     assert!(out.status.success());
     eventually("the frontend reaches the backend again", || {
-        curl(&frontend, &backend.url()) == Some(0)
+        frontend.curl(&backend.url()) == Some(0)
     });
 }
 
@@ -261,7 +233,7 @@ fn an_upgrade_swaps_the_pinned_set_with_no_gap_and_a_plain_stop_removes_it() {
     // Detached programs can run on for a moment (an RCU grace period; long
     // under emulation on 5.10).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while exit_code(&cg, &bin) != Some(0) {
+    while cg.exit_code(&bin) != Some(0) {
         assert!(
             Instant::now() < deadline,
             "nothing enforces 5 s after the stop; {}; kernel links: {:?}; programs: {:?}",
@@ -303,18 +275,14 @@ fn a_pending_decision_in_the_state_file_is_isolated_again_at_start() {
         "time": "2026-11-26T00:00:00Z"
     }]);
     std::fs::write(state.join("pending-quarantines.json"), decision.to_string()).unwrap();
-    assert_eq!(
-        curl(&frontend, &backend.url()),
-        Some(0),
-        "before: connected"
-    );
+    assert_eq!(frontend.curl(&backend.url()), Some(0), "before: connected");
     let daemon = Daemon::with_api(
         &kubeconfig,
         &node,
         &["--state-dir", state.to_str().unwrap()],
     );
     assert_ne!(
-        curl(&frontend, &backend.url()),
+        frontend.curl(&backend.url()),
         Some(0),
         "isolated from the state file at start"
     );

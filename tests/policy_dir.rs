@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn kill_policy(name: &str, bin: &str) -> String {
-    format!(
-        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{bin}\"]\n      matchActions:\n      - action: Sigkill\n"
-    )
-}
-
 /// Writes `text` as `dir/name` the way a ConfigMap update does: a file
 /// written elsewhere, renamed into place.
 fn put(dir: &Path, name: &str, text: &str) {
@@ -22,17 +16,11 @@ fn put(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-fn exit_code(cg: &TestCgroup, bin: &str) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let st = cg.command(bin).status().expect("running the binary");
-    st.code().or(st.signal().map(|s| 128 + s))
-}
-
 /// Polls until `bin` exits with `want`; returns how long that took.
 fn until(cg: &TestCgroup, bin: &str, want: i32, what: &str) -> Duration {
     let start = Instant::now();
     loop {
-        if exit_code(cg, bin) == Some(want) {
+        if cg.exit_code(bin) == Some(want) {
             return start.elapsed();
         }
         assert!(
@@ -73,23 +61,19 @@ fn files_added_changed_and_removed_take_effect_and_bad_ones_are_refused_alone() 
         log.contains("policy file refused") && log.contains("bad.yaml"),
         "the bad file is named at start: {log}"
     );
-    assert_eq!(exit_code(&cg, &bins[0]), Some(137), "the good file works");
+    assert_eq!(cg.exit_code(&bins[0]), Some(137), "the good file works");
 
     put(&policies, "c.yaml", &kill_policy("kill-c", &bins[1]));
     let added = until(&cg, &bins[1], 137, "an added file kills");
     put(&policies, "a.yaml", &kill_policy("kill-a", &bins[2]));
     let changed = until(&cg, &bins[2], 137, "a changed file kills its new binary");
-    assert_eq!(
-        exit_code(&cg, &bins[0]),
-        Some(0),
-        "and no longer the old one"
-    );
+    assert_eq!(cg.exit_code(&bins[0]), Some(0), "and no longer the old one");
     eprintln!("added: {added:?}, changed: {changed:?}");
 
     // A file that turns bad keeps its last good version in force.
     put(&policies, "a.yaml", "kind: TracingPolicy\nspec: [");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(exit_code(&cg, &bins[2]), Some(137));
+    assert_eq!(cg.exit_code(&bins[2]), Some(137));
     assert!(daemon
         .log_lines()
         .iter()
@@ -97,7 +81,7 @@ fn files_added_changed_and_removed_take_effect_and_bad_ones_are_refused_alone() 
 
     std::fs::remove_file(policies.join("c.yaml")).unwrap();
     until(&cg, &bins[1], 0, "a removed file stops");
-    assert_eq!(exit_code(&cg, &bins[2]), Some(137), "the others stay");
+    assert_eq!(cg.exit_code(&bins[2]), Some(137), "the others stay");
 
     // Brain rules come and go the same way.
     let watched = tmp.path().join("watched");
@@ -123,13 +107,13 @@ fn files_added_changed_and_removed_take_effect_and_bad_ones_are_refused_alone() 
             Instant::now() < deadline,
             "an added brain rule alerts within 5 s"
         );
-        assert_eq!(exit_code(&cg, &watched), Some(0));
+        assert_eq!(cg.exit_code(&watched), Some(0));
         std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::remove_file(policies.join("rule.yaml")).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = alerts();
-    assert_eq!(exit_code(&cg, &watched), Some(0));
+    assert_eq!(cg.exit_code(&watched), Some(0));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(alerts(), before, "a removed brain rule no longer alerts");
 }

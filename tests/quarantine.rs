@@ -7,26 +7,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use apiserver_double::FakeApi;
-use common::pod::{NetPod, Node, PORT};
+use common::pod::{Node, PORT};
 use common::*;
-
-fn curl(pod: &NetPod, url: &str) -> Option<i32> {
-    pod.sh(&format!(
-        "curl -s -o /dev/null --max-time 3 '{url}'; exit $?"
-    ))
-}
-
-/// Polls `f` for up to 5 s until it returns true.
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within 5 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn by_hand(kubeconfig: &str, verb: &str, pod: &str) {
     let out = Command::new(SENSOR)
@@ -63,7 +47,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         &["--state-dir", state.to_str().unwrap()],
     );
     assert_eq!(
-        curl(&frontend, &backend.url()),
+        frontend.curl(&backend.url()),
         Some(0),
         "before: the frontend reaches the backend"
     );
@@ -97,7 +81,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
             && e["sensor_quarantine"]["outcome"] == "isolated"
     });
     assert_eq!(
-        curl(&frontend, &backend.url()),
+        frontend.curl(&backend.url()),
         Some(7),
         "new connects are denied"
     );
@@ -110,7 +94,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     );
     let _ = held.wait();
     assert_eq!(
-        curl(&other, &backend.url()),
+        other.curl(&backend.url()),
         Some(0),
         "another pod is untouched"
     );
@@ -129,6 +113,6 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
             && e["sensor_quarantine"]["outcome"] == "released"
     });
     eventually("the frontend reaches the backend again", || {
-        curl(&frontend, &backend.url()) == Some(0)
+        frontend.curl(&backend.url()) == Some(0)
     });
 }

@@ -4,8 +4,6 @@
 //! status (under this node's name) while the others keep working.
 mod common;
 
-use std::time::{Duration, Instant};
-
 use apiserver_double::{FakeApi, TRACING_POLICIES, TRACING_POLICIES_NAMESPACED};
 use common::*;
 use serde_json::{json, Value};
@@ -26,20 +24,6 @@ fn resource(kind: &str, ns: Option<&str>, name: &str, spec: Value) -> Value {
         metadata["namespace"] = json!(ns);
     }
     json!({"apiVersion": "cilium.io/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
-}
-
-fn exit_code(cg: &TestCgroup, bin: &str) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let st = cg.command(bin).status().expect("running the binary");
-    st.code().or(st.signal().map(|s| 128 + s))
-}
-
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -65,7 +49,7 @@ fn policy_resources_are_taken_changed_deleted_and_refused_with_a_status() {
     let scope = cg.0.to_string_lossy().into_owned();
     let daemon = Daemon::with_api(&kubeconfig, &node, &["--enforce-cgroup", &scope]);
     assert_eq!(
-        exit_code(&cg, &one),
+        cg.exit_code(&one),
         Some(137),
         "a resource listed at start enforces from the first moment"
     );
@@ -83,9 +67,9 @@ fn policy_resources_are_taken_changed_deleted_and_refused_with_a_status() {
         resource("TracingPolicy", None, "kill-r", kill_spec(&two)),
     );
     eventually("the change kills the new binary", || {
-        exit_code(&cg, &two) == Some(137)
+        cg.exit_code(&two) == Some(137)
     });
-    assert_eq!(exit_code(&cg, &one), Some(0), "and no longer the old one");
+    assert_eq!(cg.exit_code(&one), Some(0), "and no longer the old one");
     eventually("the status follows the generation", || {
         state(TRACING_POLICIES, "", "kill-r")["observedGeneration"] == 2
     });
@@ -109,10 +93,8 @@ fn policy_resources_are_taken_changed_deleted_and_refused_with_a_status() {
         .log_lines()
         .iter()
         .any(|l| l.contains("policy resource refused") && l.contains("bad-r")));
-    assert_eq!(exit_code(&cg, &two), Some(137), "the others keep working");
+    assert_eq!(cg.exit_code(&two), Some(137), "the others keep working");
 
     api.delete(TRACING_POLICIES, "", "kill-r");
-    eventually("a deleted resource stops", || {
-        exit_code(&cg, &two) == Some(0)
-    });
+    eventually("a deleted resource stops", || cg.exit_code(&two) == Some(0));
 }

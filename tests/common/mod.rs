@@ -198,6 +198,14 @@ impl TestCgroup {
         }
         c
     }
+
+    /// Runs `bin` in this cgroup: its exit status, or 128 + the signal that
+    /// ended it (137 for SIGKILL), as a shell reports it.
+    pub fn exit_code(&self, bin: &str) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self.command(bin).status().expect("running the binary");
+        st.code().or(st.signal().map(|s| 128 + s))
+    }
 }
 
 impl Drop for TestCgroup {
@@ -462,6 +470,30 @@ pub fn kprobe_policy(kind: &str, metadata: &str, call: &str, arg: &str, selector
     format!(
         "apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata: {metadata}\nspec:\n  kprobes:\n  - call: {call}\n    syscall: false\n    args: [{{index: 0, type: {arg}}}]\n    selectors:\n{selectors}"
     )
+}
+
+/// A `TracingPolicy` named `name` that kills `bin` at exec.
+pub fn kill_policy(name: &str, bin: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{bin}\"]\n      matchActions:\n      - action: Sigkill\n"
+    )
+}
+
+/// A copy of `/bin/true` named `name` in `dir`: a binary for policies to
+/// act on that nothing else runs.
+pub fn copy_true(dir: &TempDir, name: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::copy("/bin/true", &p).expect("copying /bin/true");
+    p.to_string_lossy().into_owned()
+}
+
+/// Polls `f` every 20 ms until it returns true, for up to 10 s.
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The repository's `policies/` directory.

@@ -125,6 +125,14 @@ pub struct NetPod {
 }
 
 impl NetPod {
+    /// curl's exit status for `url` from this pod (0 reached, 7 refused,
+    /// 28 timed out).
+    pub fn curl(&self, url: &str) -> Option<i32> {
+        self.sh(&format!(
+            "curl -s -o /dev/null --max-time 3 '{url}'; exit $?"
+        ))
+    }
+
     /// A command that joins this pod's network namespace and cgroup before
     /// it execs.
     pub fn command(&self, program: &str) -> Command {
