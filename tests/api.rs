@@ -317,7 +317,13 @@ fn a_policy_switch_is_whole_in_the_kernel_with_no_moment_of_a_mix() {
     let two = policy_file(
         &dir,
         "two.yaml",
-        &selectors_policy("swap", &[(&[b.clone()], "Post"), (&[a.clone()], "Sigkill")]),
+        &selectors_policy(
+            "swap",
+            &[
+                (std::slice::from_ref(&b), "Post"),
+                (std::slice::from_ref(&a), "Sigkill"),
+            ],
+        ),
     );
     api.ok(&["add", &one]);
     let (stop, out) = (dir.path().join("stop"), dir.path().join("codes"));
