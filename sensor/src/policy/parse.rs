@@ -329,3 +329,30 @@ fn hook(
         tags,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{from_document, Mode};
+
+    fn with_options(options: &str) -> Result<super::Policy, (String, String)> {
+        let yaml = format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: p}}\nspec:\n  options: {options}\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n"
+        );
+        from_document(serde_yaml::from_str(&yaml).expect("YAML"))
+    }
+
+    #[test]
+    fn policy_mode_is_the_one_option_and_others_are_refused() {
+        let p = with_options("[{name: policy-mode, value: monitor}]").unwrap();
+        assert_eq!(p.mode, Mode::Monitor);
+        let p = with_options("[{name: policy-mode, value: enforce}]").unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        let (field, reason) = with_options("[{name: policy-mode, value: audit}]").unwrap_err();
+        assert_eq!(field, "spec.options[0].value");
+        assert!(reason.contains("enforce or monitor"), "{reason}");
+        let (field, reason) =
+            with_options("[{name: disable-kprobe-multi, value: \"1\"}]").unwrap_err();
+        assert_eq!(field, "spec.options[0].name");
+        assert!(reason.contains("policy-mode"), "{reason}");
+    }
+}

@@ -97,12 +97,18 @@ impl PolicySet {
             Some(d) => self.docs.insert(source.clone(), d),
             None => self.docs.remove(&source),
         };
-        self.compile().inspect_err(|_| {
+        let compiled = self.compile().inspect_err(|_| {
             match old {
                 Some(o) => self.docs.insert(source, o),
                 None => self.docs.remove(&source),
             };
-        })
+        })?;
+        // A deleted policy's mode and enablement go with it; a replaced one
+        // keeps them.
+        let names: BTreeSet<String> = self.policies().map(|(_, p)| p.name.clone()).collect();
+        self.modes.retain(|n, _| names.contains(n));
+        self.disabled.retain(|n| names.contains(n));
+        Ok(compiled)
     }
 
     /// Policy names are unique across sources (Tetragon's rule): the API and
@@ -167,7 +173,7 @@ impl PolicySet {
         !self.disabled.contains(name)
     }
 
-    /// Every policy with its source.
+    /// Every policy with its source, in source order.
     pub fn policies(&self) -> impl Iterator<Item = (&Source, &Policy)> {
         self.docs
             .iter()
@@ -183,5 +189,92 @@ impl PolicySet {
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::probe::Form;
+
+    fn plan() -> Plan {
+        Plan {
+            exec: Form::Modern,
+            connect: Form::Modern,
+            lsm: false,
+            connect_errno_missing: None,
+            lsm_missing: Some("no BPF-LSM here"),
+        }
+    }
+
+    fn doc(name: &str, action: &str) -> Loaded {
+        let yaml = format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: {name}}}\nspec:\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: Equal, values: [/usr/bin/{name}]}}]\n      matchActions: [{action}]\n"
+        );
+        let mut l = Loaded::default();
+        crate::documents::load_text(&PathBuf::from(name), &yaml, &Default::default(), &mut l)
+            .expect("a valid policy");
+        l
+    }
+
+    #[test]
+    fn a_change_that_does_not_fit_leaves_the_set_as_it_was() {
+        let mut set = PolicySet::new(plan());
+        set.set(Source::Api("a".into()), Some(doc("a", "{action: Sigkill}")))
+            .unwrap();
+        // Override on exec needs BPF-LSM, which this plan lacks.
+        let refused = set.set(
+            Source::Api("a".into()),
+            Some(doc("a", "{action: Override, argError: -1}")),
+        );
+        assert!(refused.err().expect("refused").reason.contains("BPF-LSM"));
+        let active = set.compile().unwrap();
+        assert_eq!(active.compiled.selectors.len(), 1);
+        assert_eq!(
+            active.compiled.selectors[0].signal, 9,
+            "the old version stays"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_across_sources() {
+        let mut set = PolicySet::new(plan());
+        set.set(
+            Source::Dir("/p/a.yaml".into()),
+            Some(doc("a", "{action: Post}")),
+        )
+        .unwrap();
+        let e = set
+            .set(Source::Api("a".into()), Some(doc("a", "{action: Post}")))
+            .err()
+            .expect("refused");
+        assert_eq!(e.field, "metadata.name");
+        assert!(e.reason.contains("/p/a.yaml"), "{}", e.reason);
+    }
+
+    #[test]
+    fn monitor_mode_keeps_the_hit_and_drops_the_kill_and_goes_with_a_deleted_policy() {
+        let mut set = PolicySet::new(plan());
+        set.set(Source::Api("a".into()), Some(doc("a", "{action: Sigkill}")))
+            .unwrap();
+        let a = set.set_mode("a", Mode::Monitor).unwrap();
+        assert_eq!(
+            a.compiled.selectors[0].signal, 0,
+            "the kernel does not kill"
+        );
+        assert_eq!(
+            a.compiled.meta[0].actions.signal,
+            Some(9),
+            "the event says it would"
+        );
+        assert!(a.compiled.meta[0].monitor);
+        set.set(Source::Api("a".into()), None).unwrap();
+        set.set(Source::Api("a".into()), Some(doc("a", "{action: Sigkill}")))
+            .unwrap();
+        assert_eq!(
+            set.compile().unwrap().compiled.selectors[0].signal,
+            9,
+            "a policy added again starts in its own mode"
+        );
     }
 }
