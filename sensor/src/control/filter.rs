@@ -252,6 +252,75 @@ impl Term {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sensor_api::tetragon::{Pod, ProcessExec, ProcessExit};
+
+    fn exec(binary: &str, namespace: &str) -> GetEventsResponse {
+        GetEventsResponse {
+            event: Some(Event::ProcessExec(ProcessExec {
+                process: Some(Process {
+                    binary: binary.into(),
+                    pod: (!namespace.is_empty()).then(|| Pod {
+                        namespace: namespace.into(),
+                        name: "web-1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn allow_then_deny_with_every_set_field_matching() {
+        let req = GetEventsRequest {
+            allow_list: vec![Filter {
+                binary_regex: vec!["curl$".into()],
+                namespace: vec!["shop".into()],
+                ..Default::default()
+            }],
+            deny_list: vec![Filter {
+                pod_regex: vec!["^web-".into()],
+                event_set: vec![5],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let f = Filters::new(&req).unwrap();
+        assert!(f.pass(&exec("/usr/bin/curl", "shop")));
+        assert!(!f.pass(&exec("/usr/bin/wget", "shop")), "binary");
+        assert!(!f.pass(&exec("/usr/bin/curl", "")), "namespace");
+        let mut exit = exec("/usr/bin/curl", "shop");
+        if let Some(Event::ProcessExec(e)) = exit.event.take() {
+            exit.event = Some(Event::ProcessExit(ProcessExit {
+                process: e.process,
+                ..Default::default()
+            }));
+        }
+        assert!(!f.pass(&exit), "denied: an exit of a web pod");
+    }
+
+    #[test]
+    fn fields_it_cannot_evaluate_are_refused() {
+        let req = GetEventsRequest {
+            allow_list: vec![Filter {
+                cel_expression: vec!["true".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = Filters::new(&req).err().expect("refused");
+        assert!(e.starts_with("allow_list[0].cel_expression"), "{e}");
+        let bad_regex = GetEventsRequest {
+            deny_list: vec![Filter {
+                binary_regex: vec!["(".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(Filters::new(&bad_regex).is_err());
+    }
 
     #[test]
     fn label_selectors_in_their_string_form() {

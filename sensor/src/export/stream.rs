@@ -38,3 +38,40 @@ impl Sink for StreamSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::event::{Event, QuarantineEvent};
+    use sensor_api::tetragon::get_events_response::Event as Proto;
+
+    #[test]
+    fn the_protobuf_event_is_read_from_the_json_one() {
+        let e = Envelope {
+            event: Event::SensorQuarantine(QuarantineEvent {
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                pod_uid: "uid".into(),
+                rule: "exfiltration".into(),
+                exec_ids: vec!["id".into()],
+                stage: "node".into(),
+                outcome: "isolated".into(),
+                error: None,
+            }),
+            node_name: "node-a".into(),
+            time: "2026-11-26T12:00:00.5Z".into(),
+        };
+        let p = to_proto(&e).unwrap();
+        assert_eq!(p.node_name, "node-a");
+        assert_eq!(
+            p.time.map(|t| (t.seconds, t.nanos)),
+            Some((1_795_694_400, 500_000_000))
+        );
+        match p.event {
+            Some(Proto::SensorQuarantine(q)) => {
+                assert_eq!((q.pod.as_str(), q.outcome.as_str()), ("web-1", "isolated"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
