@@ -176,6 +176,9 @@ pub async fn run(
             }
             _ = drain_tick.tick() => {
                 drain(fd.get_mut(), s, kernel);
+                if let Err(e) = kernel.settle(false) {
+                    tracing::error!(error = %e, "emptying the policy bank switched away from");
+                }
                 s.pipeline.tick();
                 if let Some(scopes) = s.scopes.as_mut() {
                     if let Err(e) = scopes.reconcile(kernel) {

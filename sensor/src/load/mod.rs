@@ -95,6 +95,9 @@ pub struct Kernel {
     /// (program, its link), in attach order.
     links: Vec<(String, FdLink)>,
     plan: probe::Plan,
+    /// The policy bank switched away from, to be emptied once no program
+    /// run can still read it (see `tables`).
+    retired: Option<tables::Retired>,
 }
 
 /// Record kinds the `LOST` counters are indexed by, with their names.
@@ -154,6 +157,7 @@ impl Kernel {
             maps,
             links: Vec::new(),
             plan: plan.clone(),
+            retired: None,
         })
     }
 
@@ -181,6 +185,7 @@ impl Kernel {
             maps,
             links,
             plan: plan.clone(),
+            retired: None,
         };
         let missing: Vec<&str> = k
             .expected_programs()

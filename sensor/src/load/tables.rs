@@ -2,7 +2,7 @@
 //! set is written whole into the bank the programs do not read, then one
 //! store to `BANK` switches them over. A program run sees the old set or
 //! the new one, never a mix, and never neither; the old bank is emptied
-//! afterwards. The enforcement scope (`SCOPE_CGROUPS`) is not banked: it is
+//! once no program run can still be reading it. The enforcement scope (`SCOPE_CGROUPS`) is not banked: it is
 //! added to before the switch and pruned after it.
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -29,6 +29,27 @@ fn net_bank(selector: u8) -> u32 {
     (selector as usize / MAX_SELECTORS) as u32
 }
 
+/// Returns once every BPF program run that started before the call has
+/// ended. Programs run inside RCU read-side sections (tracepoints, cgroup
+/// hooks, LSM trampolines), and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits
+/// for an RCU grace period (`synchronize_rcu`). Where it is refused
+/// (`nohz_full`), a wait far longer than any program run stands in.
+/// A bank switched away from, and word that its grace period is over.
+pub struct Retired {
+    bank: u32,
+    grace: std::sync::mpsc::Receiver<()>,
+}
+
+fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "membarrier; waiting 50 ms instead");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl Kernel {
     /// The bank the programs read.
     pub fn bank(&self) -> Result<u32, LoadError> {
@@ -40,9 +61,11 @@ impl Kernel {
     /// into the idle bank, switched to in one store, the old bank emptied.
     /// Runtime switches (quarantine, pod scopes, wakeups) carry over.
     pub fn apply(&mut self, c: &Compiled, scope: &[u64]) -> Result<(), LoadError> {
+        // The idle bank may still await its grace period from the last
+        // switch; then whatever an interrupted write left in it goes.
+        self.settle(true)?;
         let active = self.bank()?;
         let next = 1 - active;
-        // Whatever an interrupted write left in the idle bank goes first.
         self.clear_bank(next)?;
         let str_key = |k: &[u8; STR_KEY_LEN]| {
             let mut k = *k;
@@ -115,8 +138,45 @@ impl Kernel {
             Array::try_from(self.map_mut("BANK")?).map_err(map_err("BANK"))?;
         bank.set(0, next, 0).map_err(map_err("BANK"))?;
 
-        self.clear_bank(active)?;
+        // A program run that read the old bank just before the switch may
+        // still be reading it: it is emptied once every such run is over,
+        // which a thread waits for so that the daemon's loop does not.
+        let (done, grace) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            wait_for_program_runs();
+            let _ = done.send(());
+        });
+        self.retired = Some(Retired {
+            bank: active,
+            grace,
+        });
         self.prune_hash("SCOPE_CGROUPS", |id| scope.contains(id))
+    }
+
+    /// Empties the bank switched away from once its grace period is over
+    /// (`wait`: blocks for it). Called on the daemon's tick, and before a
+    /// bank is written again.
+    pub fn settle(&mut self, wait: bool) -> Result<(), LoadError> {
+        let Some(r) = self.retired.take() else {
+            return Ok(());
+        };
+        let over = if wait {
+            r.grace.recv().is_ok()
+        } else {
+            match r.grace.try_recv() {
+                Ok(()) => true,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    self.retired = Some(r);
+                    return Ok(());
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => false,
+            }
+        };
+        if !over {
+            // The waiting thread died: wait here instead.
+            wait_for_program_runs();
+        }
+        self.clear_bank(r.bank)
     }
 
     /// Removes every table entry of `bank`.
