@@ -74,7 +74,13 @@ fn enforce(
     s: &mut Stages,
     active: &crate::reconcile::Active,
 ) {
-    drain(fd.get_mut(), s, kernel);
+    // Bounded, like every drain: under a flood a few records written just
+    // before the switch are read under the new policies.
+    for _ in 0..16 {
+        if !drain(fd.get_mut(), s, kernel) {
+            break;
+        }
+    }
     let r = kernel
         .apply(&active.compiled, &s.enforcer.scope)
         .map_err(anyhow::Error::from)
@@ -125,8 +131,13 @@ pub async fn run(
     // records are drained on this tick.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut reread_at = None;
+    // More records were waiting when the last batch ended.
+    let mut backlog = false;
     loop {
         tokio::select! {
+            _ = std::future::ready(()), if backlog => {
+                backlog = drain(fd.get_mut(), s, kernel);
+            }
             _ = dir_changed(&mut s.policies) => {
                 reread_at = Some(tokio::time::Instant::now() + DIR_SETTLE);
             }
@@ -171,11 +182,11 @@ pub async fn run(
             }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), s, kernel);
+                backlog = drain(guard.get_inner_mut(), s, kernel);
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
-                drain(fd.get_mut(), s, kernel);
+                backlog = drain(fd.get_mut(), s, kernel);
                 if let Err(e) = kernel.settle(false) {
                     tracing::error!(error = %e, "emptying the policy bank switched away from");
                 }
@@ -198,20 +209,29 @@ pub async fn run(
             _ = stop.int.recv() => break,
         }
     }
-    // Drain what the kernel wrote before the signal, and what waits for pods.
-    drain(fd.get_mut(), s, kernel);
+    // Drain what the kernel wrote before the signal (a bounded amount, so
+    // that a flood cannot hold the daemon up), and what waits for pods.
+    for _ in 0..64 {
+        if !drain(fd.get_mut(), s, kernel) {
+            break;
+        }
+    }
     s.pipeline.tick();
     s.pipeline.flush();
     report_lost(kernel, &mut s.pipeline);
     Ok(())
 }
 
-/// Moves every record the ring buffer holds through the pipeline. A
-/// quarantine is carried out as soon as its record is read, before the rest
-/// of the batch and before anything is written out.
-fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) {
+/// Moves the records the ring buffer holds through the pipeline, up to
+/// [`BATCH`]; returns whether more may be waiting. A quarantine is carried
+/// out as soon as its record is read, before the rest of the batch and
+/// before anything is written out.
+fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) -> bool {
     let mut n = 0;
-    while let Some(item) = rb.next() {
+    while n < BATCH {
+        let Some(item) = rb.next() else {
+            break;
+        };
         let decisions = s.pipeline.handle(&item);
         drop(item);
         for d in decisions {
@@ -224,7 +244,12 @@ fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) {
     if n > 0 {
         s.pipeline.flush();
     }
+    n == BATCH
 }
+
+/// Records read before the loop looks at its other work (API calls,
+/// policy changes, signals): a flood of records must not starve them.
+const BATCH: usize = 1024;
 
 /// Reads the kernel's lost-record counters and warns when they grew.
 pub fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
