@@ -66,8 +66,8 @@ async fn at(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Puts a changed policy set in force, after reading every record written
-/// under the old one.
+/// Puts a changed policy set in force, after reading (a bounded number of)
+/// the records written under the old one.
 fn enforce(
     kernel: &mut Kernel,
     fd: &mut AsyncFd<RingBuf<MapData>>,
