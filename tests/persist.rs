@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use apiserver_double::FakeApi;
@@ -76,15 +76,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
     ];
     let mut first = Daemon::with_api(&kubeconfig, &node, &args);
     assert_eq!(cg.exit_code(&bin), Some(137), "the reflex kills");
-    let out = Command::new(SENSOR)
-        .args(["quarantine", "apply", "shop/frontend", "--kubeconfig", kc])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    quarantine_by_hand(kc, "apply", "shop/frontend");
     first.wait_for("isolation", |e| {
         e["sensor_quarantine"]["pod_uid"] == frontend.uid.as_str()
             && e["sensor_quarantine"]["outcome"] == "isolated"
@@ -130,11 +122,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
     });
     assert_ne!(frontend.curl(&backend.url()), Some(0), "still quarantined");
     // The adopted quarantine is the new daemon's: the label's removal lifts it.
-    let out = Command::new(SENSOR)
-        .args(["quarantine", "release", "shop/frontend", "--kubeconfig", kc])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    quarantine_by_hand(kc, "release", "shop/frontend");
     eventually("the frontend reaches the backend again", || {
         frontend.curl(&backend.url()) == Some(0)
     });

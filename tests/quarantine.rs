@@ -6,23 +6,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use apiserver_double::FakeApi;
 use common::pod::{Node, PORT};
 use common::*;
-
-fn by_hand(kubeconfig: &str, verb: &str, pod: &str) {
-    let out = Command::new(SENSOR)
-        .args(["quarantine", verb, pod, "--kubeconfig", kubeconfig])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn a_labelled_pod_loses_the_network_until_the_label_goes() {
@@ -71,7 +59,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "open");
 
-    by_hand(kc, "apply", "shop/frontend");
+    quarantine_by_hand(kc, "apply", "shop/frontend");
     assert_eq!(
         api.pod("shop", "frontend").unwrap()["metadata"]["labels"]["quarantine"],
         "true"
@@ -104,7 +92,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         "only the two successful curls reached the backend"
     );
 
-    by_hand(kc, "release", "shop/frontend");
+    quarantine_by_hand(kc, "release", "shop/frontend");
     assert!(api.pod("shop", "frontend").unwrap()["metadata"]["labels"]
         .get("quarantine")
         .is_none());

@@ -472,6 +472,20 @@ pub fn kprobe_policy(kind: &str, metadata: &str, call: &str, arg: &str, selector
     )
 }
 
+/// `sensor quarantine VERB POD` (`apply` or `release`) against the API
+/// server of `kubeconfig`; it must succeed.
+pub fn quarantine_by_hand(kubeconfig: &str, verb: &str, pod: &str) {
+    let out = Command::new(SENSOR)
+        .args(["quarantine", verb, pod, "--kubeconfig", kubeconfig])
+        .output()
+        .expect("running sensor quarantine");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `TracingPolicy` named `name` that kills `bin` at exec.
 pub fn kill_policy(name: &str, bin: &str) -> String {
     format!(
