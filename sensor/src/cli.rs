@@ -253,6 +253,18 @@ pub struct RunArgs {
     /// The gRPC API's unix socket (Tetragon's flag); empty turns it off.
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server_address: String,
+    /// Serve Prometheus metrics at ADDR/metrics (Tetragon's flag, e.g.
+    /// `:2112` or `0.0.0.0:2112`; `:PORT` is localhost); empty turns it off.
+    #[arg(long, default_value = "")]
+    pub metrics_server: String,
+    /// The pod and binary labels event metrics carry (Tetragon's flag):
+    /// a comma-separated subset of namespace,workload,pod,binary.
+    #[arg(long, default_value = "namespace,workload,pod,binary")]
+    pub metrics_label_filter: sensor::metrics::labels::LabelFilter,
+    /// Serve /healthz and /readyz here (Tetragon's flag; `:PORT` is
+    /// localhost); empty turns it off.
+    #[arg(long, default_value = ":6789")]
+    pub health_server_address: String,
 }
 
 #[derive(clap::Args)]

@@ -7,7 +7,8 @@
 //! (quarantine), `pipeline`, `export` and `metrics`. `daemon` runs them
 //! (with `cluster`, its Kubernetes thread, `scopes`, pod-scoped policies,
 //! and `sched`, its place in the CPU scheduler); `control` is the gRPC API
-//! and its clients. The `sensor` binary is the command line over this.
+//! and its clients; `health` and `http` serve the probes and the
+//! Prometheus scrape. The `sensor` binary is the command line over this.
 pub mod antibody;
 pub mod brain;
 pub mod cluster;
@@ -17,6 +18,8 @@ pub mod decode;
 pub mod documents;
 pub mod enrich;
 pub mod export;
+pub mod health;
+pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod pipeline;

@@ -30,6 +30,7 @@ pub struct Pipeline {
     decisions: Vec<Decision>,
     exporter: Exporter,
     metrics: Metrics,
+    telemetry: crate::metrics::Telemetry,
 }
 
 impl Pipeline {
@@ -46,7 +47,23 @@ impl Pipeline {
             decisions: Vec::new(),
             exporter,
             metrics: Metrics::default(),
+            telemetry: Default::default(),
         }
+    }
+
+    /// Where the pipeline's Prometheus counters go (a registry nobody
+    /// scrapes until this is called).
+    pub fn set_telemetry(&mut self, t: crate::metrics::Telemetry) {
+        self.telemetry = t;
+    }
+
+    /// The process cache's size, capacity and evictions so far.
+    pub fn cache_stats(&self) -> (usize, usize, u64) {
+        (
+            self.cache.len(),
+            self.cache.capacity(),
+            self.cache.evictions,
+        )
     }
 
     /// What the kernel's selector bits mean from now on, and the brain's
@@ -135,6 +152,7 @@ impl Pipeline {
 
     fn handle_record(&mut self, bytes: &[u8]) {
         self.metrics.records += 1;
+        self.telemetry.ringbuf_received.inc();
         match decode(bytes) {
             Ok(Record::Exec(r)) => self.exec(&r),
             Ok(Record::ExecDenied(r)) => self.exec_denied(&r),
@@ -145,6 +163,7 @@ impl Pipeline {
             Ok(Record::Connect(c)) => self.connect(&c),
             Err(e) => {
                 self.metrics.decode_errors += 1;
+                self.telemetry.error("event_decode_failed");
                 tracing::warn!(error = %e, "undecodable ring buffer record");
             }
         }
@@ -176,7 +195,7 @@ impl Pipeline {
     /// which lives on, and the binary it was refused.
     fn exec_denied(&mut self, r: &ExecRecord) {
         let Some(process) = self.cache.by_pid(r.header.pid) else {
-            self.cache.misses += 1;
+            self.miss();
             tracing::warn!(pid = r.header.pid, binary = %r.path, "exec refused for an unknown process");
             return;
         };
@@ -190,6 +209,17 @@ impl Pipeline {
             &time,
             build::binary_arg(&r.path),
         );
+    }
+
+    /// A record whose process the cache does not know.
+    fn miss(&mut self) {
+        self.cache.misses += 1;
+        self.telemetry
+            .cache_misses
+            .get_or_create(&crate::metrics::registry::Operation {
+                operation: "get".into(),
+            })
+            .inc();
     }
 
     /// Shows an event to the brain, and acts on what it says.
@@ -218,6 +248,10 @@ impl Pipeline {
             policy,
         };
         for v in self.brain.observe(&o, time) {
+            self.telemetry
+                .rule_matches
+                .get_or_create(&crate::metrics::registry::RuleName { rule: v.rule })
+                .inc();
             if let Some(alert) = v.alert {
                 self.emit(alert, time.to_string());
             }
@@ -230,7 +264,7 @@ impl Pipeline {
     fn connect(&mut self, c: &ConnectEvent) {
         let Some(process) = self.cache.by_pid(c.pid) else {
             if c.hits != 0 {
-                self.cache.misses += 1;
+                self.miss();
                 tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
             }
             return;

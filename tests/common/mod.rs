@@ -280,6 +280,9 @@ pub struct Daemon {
     pub ready: String,
     /// The log lines before it.
     pub startup: Vec<String>,
+    /// Where its health and metrics servers listen.
+    pub health: Option<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
     _dir: TempDir,
     /// Pins of this daemon alone (when the test gave no --bpf-dir).
     _bpf: Option<BpfDir>,
@@ -315,6 +318,13 @@ impl Daemon {
             let sock = dir.path().join("api.sock");
             cmd.arg("--server-address")
                 .arg(format!("unix://{}", sock.display()));
+        }
+        // Ports of its own: never the defaults a sensor on the machine (or
+        // another test's) holds.
+        for flag in ["--health-server-address", "--metrics-server"] {
+            if !args.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
         }
         let bpf = (!args.contains(&"--bpf-dir")).then(BpfDir::new);
         if let Some(b) = &bpf {
@@ -352,7 +362,19 @@ impl Daemon {
                 }
             }
         };
+        let listening = |what: &str| {
+            startup
+                .iter()
+                .find(|l| l.contains(what))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                })
+                .and_then(|a| a.parse().ok())
+        };
         Daemon {
+            health: listening("health server listening"),
+            metrics: listening("metrics server listening"),
             child,
             events,
             program_ids: parse_ids(&ready, "programs"),
@@ -408,6 +430,14 @@ impl Daemon {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Scrapes the daemon's `/metrics`.
+    pub fn scrape(&self) -> Metrics {
+        let addr = self.metrics.expect("the daemon serves metrics");
+        let (status, body) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        Metrics(body)
     }
 
     /// Log lines received so far.
@@ -517,4 +547,57 @@ pub fn shipped(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
+}
+
+/// GET `path` from `addr` over HTTP/1.0: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"));
+    (status, body.to_string())
+}
+
+/// A scrape in the Prometheus text format.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The sum of the samples of `name` whose labels include every
+    /// `key="value"` of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest),
+                    None => (series, ""),
+                };
+                (n == name).then_some((rest, value))
+            })
+            .filter(|(rest, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether a series of `name` is exposed at all.
+    pub fn has(&self, name: &str) -> bool {
+        self.0
+            .lines()
+            .any(|l| l.starts_with(name) && !l.starts_with('#'))
+    }
 }

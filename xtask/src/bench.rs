@@ -107,7 +107,8 @@ fn start(sensor: &Path, policy: &Path, events: &Path) -> Result<Daemon> {
     let _ = std::fs::remove_file(events);
     let mut child = Command::new(sensor)
         .current_dir(root())
-        .args(["run", "--output", "none", "--program-stats", "--policy"])
+        .args(["run", "--output", "none", "--health-server-address", ""])
+        .args(["--program-stats", "--policy"])
         .arg(policy)
         // Pins of the bench's own, removed when it stops (no --keep-on-exit).
         .args([

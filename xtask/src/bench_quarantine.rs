@@ -175,7 +175,14 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let events = dir.join("events.json");
     let _ = std::fs::remove_file(&events);
     let mut daemon = Command::new(sensor)
-        .args(["run", "--output", "none", "--policy"])
+        .args([
+            "run",
+            "--output",
+            "none",
+            "--health-server-address",
+            "",
+            "--policy",
+        ])
         .arg(&rules)
         .args([
             "--bpf-dir",

@@ -75,6 +75,8 @@ impl Daemon {
         let started = Instant::now();
         let mut child = Command::new(sensor)
             .args(["run", "--output", "none", "--bpf-dir", BPF_DIR])
+            // Two daemons overlap during an upgrade: no fixed port.
+            .args(["--health-server-address", ""])
             .args(args)
             .env("SENSOR_BUILD_ID", build_id)
             .env("NO_COLOR", "1")

@@ -178,6 +178,11 @@ impl Antibodies {
         events
     }
 
+    /// Labels decided here that have not landed, and cgroups isolated.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.pending.len(), self.isolated.len())
+    }
+
     /// Records a label outcome; the pod stays isolated either way.
     pub fn labelled(&mut self, o: LabelOutcome) -> Event {
         if !o.retrying {

@@ -50,6 +50,8 @@ pub struct Observation<'a> {
 
 /// What a rule decided.
 pub struct Verdict {
+    /// The rule that fired.
+    pub rule: String,
     pub alert: Option<Event>,
     pub decision: Option<Decision>,
 }
@@ -200,7 +202,11 @@ impl Brain {
                 }
                 _ => None,
             };
-            out.push(Verdict { alert, decision });
+            out.push(Verdict {
+                rule: r.name.clone(),
+                alert,
+                decision,
+            });
         }
         out
     }

@@ -27,14 +27,17 @@ pub struct ClusterLink {
 pub async fn start(
     opts: &RunOptions,
     outcome_tx: UnboundedSender<crate::antibody::LabelOutcome>,
+    health: &crate::health::Health,
 ) -> anyhow::Result<ClusterLink> {
+    use crate::health::Watcher;
     let Some(config) = crate::enrich::kube::config(opts.kubeconfig.as_deref()).await else {
         return Ok(ClusterLink::default());
     };
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("state directory {}", opts.state_dir.display()))?;
     let store = Arc::new(RwLock::new(PodStore::default()));
-    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    let (synced_tx, mut synced) = tokio::sync::oneshot::channel();
+    health.set_watcher(Watcher::Syncing);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (res_tx, res_rx) = tokio::sync::mpsc::unbounded_channel();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -57,12 +60,26 @@ pub async fn start(
         resource_outcomes: Some(out_tx),
     };
     Ok(
-        match tokio::time::timeout(Duration::from_secs(10), synced).await {
-            Ok(Ok(())) => linked,
-            // The thread could not make a client, and said why.
-            Ok(Err(_)) => ClusterLink::default(),
+        match tokio::time::timeout(Duration::from_secs(10), &mut synced).await {
+            Ok(Ok(())) => {
+                health.set_watcher(Watcher::Synced);
+                linked
+            }
+            // The thread could not make a client, and said why: the
+            // sensor runs standalone.
+            Ok(Err(_)) => {
+                health.set_watcher(Watcher::None);
+                ClusterLink::default()
+            }
             Err(_) => {
                 tracing::warn!("pod watcher not synced after 10 s; starting without it");
+                // Not ready until it is.
+                let health = health.clone();
+                tokio::spawn(async move {
+                    if synced.await.is_ok() {
+                        health.set_watcher(Watcher::Synced);
+                    }
+                });
                 linked
             }
         },

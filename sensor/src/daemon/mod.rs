@@ -5,6 +5,7 @@
 pub mod adopt;
 mod cluster;
 mod enforce;
+mod observe;
 mod serve;
 
 use std::io::Write;
@@ -18,6 +19,8 @@ use crate::enrich::Enricher;
 use crate::export::json::{JsonSink, RotatingFile};
 use crate::export::stream::Events;
 use crate::export::{CompactSink, Exporter};
+use crate::health::Health;
+use crate::metrics::Telemetry;
 use crate::pipeline::Pipeline;
 use crate::process::{procfs, Clock, ProcessCache};
 
@@ -53,6 +56,11 @@ pub struct RunOptions {
     pub keep_on_exit: bool,
     /// The control API's unix socket; `None` serves no API.
     pub server: Option<PathBuf>,
+    /// Where Prometheus scrapes `/metrics`; `None` serves none.
+    pub metrics_server: Option<String>,
+    pub metrics_labels: crate::metrics::labels::LabelFilter,
+    /// Where the kubelet asks `/healthz` and `/readyz`; `None` serves none.
+    pub health_server: Option<String>,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -78,8 +86,9 @@ pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
         .ino())
 }
 
-fn exporter(opts: &RunOptions, stream: &Events) -> anyhow::Result<Exporter> {
+fn exporter(opts: &RunOptions, stream: &Events, t: &Telemetry) -> anyhow::Result<Exporter> {
     let mut ex = Exporter::default();
+    ex.add(Box::new(crate::metrics::sink::MetricsSink(t.clone())));
     ex.add(Box::new(crate::export::stream::StreamSink(stream.clone())));
     match opts.output {
         Output::Json => ex.add(Box::new(JsonSink(std::io::stdout()))),
@@ -103,7 +112,42 @@ pub struct Policies {
     pub vars: crate::documents::Vars,
 }
 
+/// Starts the health and metrics servers, before anything else, so that
+/// the probes see the sensor come up.
+async fn serve_telemetry(opts: &RunOptions, health: &Health, t: &Telemetry) -> anyhow::Result<()> {
+    if let Some(addr) = &opts.health_server {
+        let bound = crate::http::spawn(addr, health.route())
+            .await
+            .with_context(|| format!("--health-server-address {addr}"))?;
+        tracing::info!(address = %bound, "health server listening");
+    }
+    if let Some(addr) = &opts.metrics_server {
+        let t = t.clone();
+        let route: crate::http::Route = std::sync::Arc::new(move |path| match path {
+            "/metrics" => (
+                hyper::StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                t.encode(),
+            ),
+            _ => (
+                hyper::StatusCode::NOT_FOUND,
+                crate::http::TEXT,
+                "try /metrics\n".into(),
+            ),
+        });
+        let bound = crate::http::spawn(addr, route)
+            .await
+            .with_context(|| format!("--metrics-server {addr}"))?;
+        tracing::info!(address = %bound, "metrics server listening");
+    }
+    Ok(())
+}
+
 pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()> {
+    let health = Health::default();
+    health.beat();
+    let telemetry = Telemetry::new(opts.metrics_labels);
+    serve_telemetry(&opts, &health, &telemetry).await?;
     let scope: Vec<u64> = opts
         .scope
         .iter()
@@ -122,8 +166,10 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Read before the Kubernetes thread starts: it labels these and then
     // rewrites the file.
     let pending = crate::antibody::label::pending(&pending_file(&opts));
-    let mut cluster = cluster::start(&opts, outcome_tx).await?;
+    let mut cluster = cluster::start(&opts, outcome_tx, &health).await?;
+    health.beat();
     cluster::first_resources(&mut cluster, &mut policies).await;
+    health.beat();
     let active = policies.set.compile()?;
     let started = adopt::start(
         &adopt::KernelOptions {
@@ -153,8 +199,9 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         cache,
         opts.node_name.clone(),
         Enricher::new(paths.clone(), pods.clone()),
-        exporter(&opts, &stream)?,
+        exporter(&opts, &stream, &telemetry)?,
     );
+    pipeline.set_telemetry(telemetry.clone());
     for e in restored {
         pipeline.announce(e);
     }
@@ -171,7 +218,10 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         adopt::Origin::Adopted => enforce::Tables::Stale,
         _ => enforce::Tables::Fresh,
     };
+    health.set_attached(!kernel.link_ids().is_empty());
     enforcer.enforce(&mut kernel, &mut pipeline, &mut scopes, &active, tables)?;
+    health.set_policies(true);
+    health.beat();
 
     let events = kernel.take_events()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
@@ -215,6 +265,8 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         calls,
         resources: cluster.resources,
         resource_outcomes: cluster.resource_outcomes,
+        telemetry,
+        health,
     };
     serve::run(&mut kernel, &mut fd, &mut stages, &mut stop).await?;
 

@@ -30,6 +30,8 @@ pub struct Stages {
     /// TracingPolicy resources, and where their outcomes go.
     pub resources: Option<UnboundedReceiver<ResourceEvent>>,
     pub resource_outcomes: Option<tokio::sync::mpsc::UnboundedSender<ResourceOutcome>>,
+    pub telemetry: crate::metrics::Telemetry,
+    pub health: crate::health::Health,
 }
 
 /// The next resource event, or never when there is no Kubernetes API.
@@ -100,7 +102,10 @@ fn enforce(
             rules = active.rules.len(),
             "policies changed: in force"
         ),
-        Err(e) => tracing::error!(error = %e, "putting changed policies in force"),
+        Err(e) => {
+            s.telemetry.error("policy_apply_failed");
+            tracing::error!(error = %e, "putting changed policies in force")
+        }
     }
 }
 
@@ -131,6 +136,9 @@ pub async fn run(
     // records are drained on this tick.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut reread_at = None;
+    let mut observer = super::observe::Observer::new(s.telemetry.clone());
+    // The first scrape sees the gauges, not zeros.
+    observer.refresh(kernel, s);
     // More records were waiting when the last batch ended.
     let mut backlog = false;
     loop {
@@ -186,6 +194,7 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
+                s.health.beat();
                 backlog = drain(fd.get_mut(), s, kernel);
                 if let Err(e) = kernel.settle(false) {
                     tracing::error!(error = %e, "emptying the policy bank switched away from");
@@ -201,10 +210,22 @@ pub async fn run(
                 }
             }
             Some(o) = s.outcomes.recv() => {
+                let result = match (&o.error, o.retrying) {
+                    (None, _) => "ok",
+                    (Some(_), true) => "retrying",
+                    (Some(_), false) => "failed",
+                };
+                s.telemetry
+                    .label_patches
+                    .get_or_create(&crate::metrics::registry::Outcome { result: result.into() })
+                    .inc();
                 let e = s.antibodies.labelled(o);
                 s.pipeline.announce(e);
             }
-            _ = lost_tick.tick() => report_lost(kernel, &mut s.pipeline),
+            _ = lost_tick.tick() => {
+                report_lost(kernel, s);
+                observer.refresh(kernel, s);
+            }
             _ = stop.term.recv() => break,
             _ = stop.int.recv() => break,
         }
@@ -218,7 +239,7 @@ pub async fn run(
     }
     s.pipeline.tick();
     s.pipeline.flush();
-    report_lost(kernel, &mut s.pipeline);
+    report_lost(kernel, s);
     Ok(())
 }
 
@@ -235,7 +256,12 @@ fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) -> bool
         let decisions = s.pipeline.handle(&item);
         drop(item);
         for d in decisions {
-            for e in s.antibodies.decide(kernel, d) {
+            let at = std::time::Instant::now();
+            let events = s.antibodies.decide(kernel, d);
+            s.telemetry
+                .decision_seconds
+                .observe(at.elapsed().as_secs_f64());
+            for e in events {
                 s.pipeline.announce(e);
             }
         }
@@ -251,13 +277,26 @@ fn drain(rb: &mut RingBuf<MapData>, s: &mut Stages, kernel: &mut Kernel) -> bool
 /// policy changes, signals): a flood of records must not starve them.
 const BATCH: usize = 1024;
 
-/// Reads the kernel's lost-record counters and warns when they grew.
-pub fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
+/// Reads the kernel's lost-record counters, counts what grew, and warns.
+fn report_lost(kernel: &Kernel, s: &mut Stages) {
+    use crate::metrics::registry::{msg_op, MsgOp, MsgOpError};
     match kernel.lost() {
         Ok(counts) => {
             for (kind, n) in counts {
-                let grew = pipeline.lost(kind, n);
+                let grew = s.pipeline.lost(kind, n);
                 if grew > 0 {
+                    let t = &s.telemetry;
+                    let op = msg_op(kind).to_string();
+                    t.missed
+                        .get_or_create(&MsgOp { msg_op: op.clone() })
+                        .inc_by(grew);
+                    // The ring buffer had no room: Tetragon's ENOSPC.
+                    let full = MsgOpError {
+                        msg_op: op,
+                        error: "ENOSPC".into(),
+                    };
+                    t.bpf_missed.get_or_create(&full).inc_by(grew);
+                    t.ringbuf_lost.inc_by(grew);
                     tracing::warn!(
                         kind,
                         lost = grew,
@@ -267,6 +306,9 @@ pub fn report_lost(kernel: &Kernel, pipeline: &mut Pipeline) {
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "reading lost counters"),
+        Err(e) => {
+            s.telemetry.error("map_read_failed");
+            tracing::warn!(error = %e, "reading lost counters")
+        }
     }
 }

@@ -13,6 +13,7 @@ mod mounts;
 pub mod pin;
 pub mod probe;
 mod tables;
+mod usage;
 mod write;
 
 pub use write::quarantined_in;

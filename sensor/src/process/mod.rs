@@ -42,6 +42,8 @@ pub struct ProcessCache {
     retired: VecDeque<String>,
     capacity: usize,
     pub misses: u64,
+    /// Exited or replaced processes dropped to stay within the capacity.
+    pub evictions: u64,
 }
 
 /// Tetragon joins arguments with spaces; an argument that holds whitespace or
@@ -92,11 +94,16 @@ impl ProcessCache {
             retired: VecDeque::new(),
             capacity,
             misses: 0,
+            evictions: 0,
         }
     }
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,7 +137,7 @@ impl ProcessCache {
         while self.entries.len() > self.capacity {
             match self.retired.pop_front() {
                 Some(id) => {
-                    self.entries.remove(&id);
+                    self.evictions += self.entries.remove(&id).is_some() as u64;
                 }
                 None => break,
             }

@@ -1,6 +1,13 @@
 //! Counters of what went through the pipeline, and of what did not: records
 //! lost to a full ring buffer, records that failed to decode, events whose
-//! process or parent was unknown.
+//! process or parent was unknown. `Metrics` is the loop's own tally (the
+//! stop line, the gRPC action counters); `registry` is what Prometheus
+//! scrapes, fed by `sink` (every emitted event) and the stages.
+pub mod labels;
+pub mod registry;
+pub mod sink;
+
+pub use registry::Telemetry;
 use std::collections::BTreeMap;
 use std::fmt;
 
