@@ -29,7 +29,7 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the sensor on this node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Work with reflex policies.
     Policy {
         #[command(subcommand)]
@@ -220,6 +220,25 @@ pub struct RunArgs {
     pub export_file_max_size_mb: u64,
     #[arg(long, default_value_t = 5)]
     pub export_file_max_backups: u32,
+    /// Also rotate the export file this often (Go-style duration: 30m,
+    /// 1h, 1h30m; 0 turns it off), as Tetragon's flag does.
+    #[arg(long, default_value = "0", value_parser = duration)]
+    pub export_file_rotation_interval: std::time::Duration,
+    /// Only events that match one of these filters go to the JSON outputs
+    /// (Tetragon's JSON filter objects, separated by newlines).
+    #[arg(long, default_value = "")]
+    pub export_allowlist: String,
+    /// No event that matches one of these filters goes to the JSON outputs.
+    #[arg(long, default_value = "")]
+    pub export_denylist: String,
+    /// At most this many events a minute to the JSON outputs; what is
+    /// dropped is reported in a rate_limit_info event. -1: no limit.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub export_rate_limit: i64,
+    /// Fields to keep or drop per event type (Tetragon's field filter
+    /// objects: event_set, fields, action INCLUDE or EXCLUDE).
+    #[arg(long, default_value = "")]
+    pub field_filters: String,
     /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
     /// relative paths are under the cgroup2 mount.
     #[arg(long = "enforce-cgroup")]
@@ -272,6 +291,37 @@ pub struct BpfDir {
     /// The bpffs directory where links and maps are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/sensor")]
     pub bpf_dir: PathBuf,
+}
+
+/// A Go-style duration (`90s`, `30m`, `1h30m`, `500ms`; `0` is zero).
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s}: expected a number before each unit"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(1),
+            "s" => std::time::Duration::from_secs(1),
+            "m" => std::time::Duration::from_secs(60),
+            "h" => std::time::Duration::from_secs(3600),
+            u => return Err(format!("{s}: unknown unit {u:?} (ms, s, m, h)")),
+        };
+        total += unit * n as u32;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 pub fn ring_size(s: &str) -> Result<u32, String> {

@@ -107,6 +107,18 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return policy_failure(&e),
     };
+    let export_flags = match sensor::export::shape::ExportFlags::parse(
+        &args.export_allowlist,
+        &args.export_denylist,
+        &args.field_filters,
+        args.export_rate_limit,
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = RunOptions {
         node_name: node_name(args.node_name),
         plan,
@@ -114,6 +126,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         export_file: args.export_file,
         export_max_bytes: args.export_file_max_size_mb.max(1) * 1024 * 1024,
         export_backups: args.export_file_max_backups,
+        export_rotation: Some(args.export_file_rotation_interval).filter(|d| !d.is_zero()),
+        export_flags,
         scope: args.enforce_cgroups,
         ring_bytes: args.ring_buffer_size,
         cache_size: args.process_cache_size,

@@ -4,7 +4,6 @@
 //! is carried out by the daemon's loop (it owns the policy set and the
 //! kernel), through [`Request`]s; it is in the kernel when the reply comes.
 pub mod client;
-mod filter;
 pub mod server;
 
 use std::path::PathBuf;

@@ -15,8 +15,8 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use super::filter::Filters;
 use super::{Call, Reply, Request};
+use crate::export::filter::Filters;
 use crate::export::stream::Events;
 use crate::policy::Mode;
 

@@ -16,7 +16,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::antibody::Antibodies;
 use crate::enrich::Enricher;
-use crate::export::json::{JsonSink, RotatingFile};
+use crate::export::json::{JsonSink, Lines, RotatingFile};
+use crate::export::shape::Shaped;
 use crate::export::stream::Events;
 use crate::export::{CompactSink, Exporter};
 use crate::health::Health;
@@ -40,6 +41,10 @@ pub struct RunOptions {
     pub export_file: Option<PathBuf>,
     pub export_max_bytes: u64,
     pub export_backups: u32,
+    /// Also rotate the export file this often.
+    pub export_rotation: Option<std::time::Duration>,
+    /// Which events and fields the JSON outputs carry, and how many.
+    pub export_flags: crate::export::shape::ExportFlags,
     pub scope: Vec<PathBuf>,
     pub ring_bytes: u32,
     pub cache_size: usize,
@@ -90,18 +95,50 @@ fn exporter(opts: &RunOptions, stream: &Events, t: &Telemetry) -> anyhow::Result
     let mut ex = Exporter::default();
     ex.add(Box::new(crate::metrics::sink::MetricsSink(t.clone())));
     ex.add(Box::new(crate::export::stream::StreamSink(stream.clone())));
+    let shaped = |out| {
+        Shaped::new(&opts.export_flags, opts.node_name.clone(), out, t.clone())
+            .map_err(anyhow::Error::msg)
+    };
     match opts.output {
-        Output::Json => ex.add(Box::new(JsonSink(std::io::stdout()))),
+        Output::Json => ex.add(Box::new(shaped(LineOut::Stdout(JsonSink(
+            std::io::stdout(),
+        )))?)),
         Output::Compact => ex.add(Box::new(CompactSink(std::io::stdout()))),
         Output::None => {}
     }
     if let Some(path) = &opts.export_file {
-        let f = RotatingFile::new(path.clone(), opts.export_max_bytes, opts.export_backups)
-            .with_context(|| format!("export file {}", path.display()))?;
-        ex.add(Box::new(f));
+        let f = RotatingFile::with_interval(
+            path.clone(),
+            opts.export_max_bytes,
+            opts.export_backups,
+            opts.export_rotation,
+        )
+        .with_context(|| format!("export file {}", path.display()))?;
+        ex.add(Box::new(shaped(LineOut::File(f))?));
         tracing::info!(path = %path.display(), "exporting JSON lines");
     }
     Ok(ex)
+}
+
+/// The JSON outputs, one type for the shaped sink.
+enum LineOut {
+    Stdout(JsonSink<std::io::Stdout>),
+    File(RotatingFile),
+}
+
+impl Lines for LineOut {
+    fn line(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            LineOut::Stdout(s) => s.line(bytes),
+            LineOut::File(f) => f.line(bytes),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LineOut::Stdout(s) => Lines::flush(s),
+            LineOut::File(f) => Lines::flush(f),
+        }
+    }
 }
 
 /// The policies the daemon starts with and where changes come from.

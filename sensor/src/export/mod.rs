@@ -5,7 +5,9 @@
 pub mod build;
 pub mod compact;
 pub mod event;
+pub mod filter;
 pub mod json;
+pub mod shape;
 pub mod stream;
 
 use std::io::Write;

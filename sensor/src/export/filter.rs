@@ -1,4 +1,5 @@
-//! `GetEventsRequest` filters: an event is sent when it matches one filter
+//! Tetragon's event filters, for `GetEventsRequest` and for the export's
+//! `--export-allowlist` / `--export-denylist`: an event is sent when it matches one filter
 //! of the allow list (or the list is empty) and no filter of the deny list;
 //! within one filter every field that is set must match (Tetragon's
 //! semantics). Fields this sensor cannot evaluate are refused, never
@@ -27,6 +28,7 @@ struct One {
     container_id: Vec<String>,
     container_name: Vec<Regex>,
     namespace_regex: Vec<Regex>,
+    health_check: Option<bool>,
 }
 
 impl Filters {
@@ -38,6 +40,15 @@ impl Filters {
         if req.aggregation_options.is_some() {
             return Err("aggregation_options are not supported by this sensor".into());
         }
+        Filters::lists(&req.allow_list, &req.deny_list, ("allow_list", "deny_list"))
+    }
+
+    /// Compiles an allow and a deny list; `names` are what errors call them.
+    pub fn lists(
+        allow: &[Filter],
+        deny: &[Filter],
+        names: (&str, &str),
+    ) -> Result<Filters, String> {
         let compile = |list: &[Filter], name: &str| -> Result<Vec<One>, String> {
             list.iter()
                 .enumerate()
@@ -45,9 +56,14 @@ impl Filters {
                 .collect()
         };
         Ok(Filters {
-            allow: compile(&req.allow_list, "allow_list")?,
-            deny: compile(&req.deny_list, "deny_list")?,
+            allow: compile(allow, names.0)?,
+            deny: compile(deny, names.1)?,
         })
+    }
+
+    /// Whether no filter is set: everything passes.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
     }
 
     pub fn pass(&self, e: &GetEventsResponse) -> bool {
@@ -76,8 +92,8 @@ impl One {
         refuse(!f.cel_expression.is_empty(), "cel_expression")?;
         refuse(f.in_init_tree.is_some(), "in_init_tree")?;
         refuse(!f.ancestor_binary_regex.is_empty(), "ancestor_binary_regex")?;
-        refuse(f.health_check.is_some(), "health_check")?;
         Ok(One {
+            health_check: f.health_check.as_ref().map(|b| b.value),
             binary: regexes(&f.binary_regex, "binary_regex")?,
             namespace: f.namespace.clone(),
             pid: f.pid.clone(),
@@ -130,6 +146,9 @@ impl One {
                 }))
             && any_re(&self.container_name, container.map(|c| c.name.as_str()))
             && any_re(&self.namespace_regex, namespace)
+            && self
+                .health_check
+                .is_none_or(|want| is_health_check(process) == want)
     }
 }
 
@@ -147,6 +166,82 @@ fn event_type(e: &GetEventsResponse) -> Option<i32> {
         Event::SensorQuarantine(_) | Event::SensorAlert(_) => return None,
     })
 }
+
+/// Whether the process is the sensor checking its own health (`sensor
+/// status`, what an exec probe runs), as Tetragon's `health_check` filter
+/// matches its own `tetra status`.
+fn is_health_check(p: Option<&Process>) -> bool {
+    p.is_some_and(|p| {
+        p.binary.rsplit('/').next() == Some("sensor") && p.arguments.starts_with("status")
+    })
+}
+
+/// The filters of an `--export-allowlist` or `--export-denylist` value:
+/// JSON objects separated by whitespace or newlines, as Tetragon reads
+/// them. A field this sensor does not know is refused, not ignored: a
+/// typo in a deny list would otherwise let everything out.
+pub fn parse_list(flag: &str, text: &str) -> Result<Vec<Filter>, String> {
+    let mut out = Vec::new();
+    for (i, v) in serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .enumerate()
+    {
+        let v = v.map_err(|e| format!("{flag}: filter {i}: {e}"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{flag}: filter {i}: not a JSON object"))?;
+        for key in obj.keys() {
+            if !FILTER_FIELDS.contains(&key.as_str()) {
+                return Err(format!("{flag}: filter {i}: unknown field {key:?}"));
+            }
+        }
+        let f: Filter =
+            serde_json::from_value(v).map_err(|e| format!("{flag}: filter {i}: {e}"))?;
+        // Compiled here so that a bad regex or a field this sensor cannot
+        // evaluate fails at start.
+        One::new(&f).map_err(|e| format!("{flag}: filter {i}: {e}"))?;
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// The fields of Tetragon's `Filter`, in protojson's two spellings.
+const FILTER_FIELDS: &[&str] = &[
+    "binary_regex",
+    "binaryRegex",
+    "namespace",
+    "health_check",
+    "healthCheck",
+    "pid",
+    "pid_set",
+    "pidSet",
+    "event_set",
+    "eventSet",
+    "pod_regex",
+    "podRegex",
+    "arguments_regex",
+    "argumentsRegex",
+    "labels",
+    "policy_names",
+    "policyNames",
+    "capabilities",
+    "parent_binary_regex",
+    "parentBinaryRegex",
+    "cel_expression",
+    "celExpression",
+    "parent_arguments_regex",
+    "parentArgumentsRegex",
+    "container_id",
+    "containerId",
+    "in_init_tree",
+    "inInitTree",
+    "ancestor_binary_regex",
+    "ancestorBinaryRegex",
+    "container_name_regex",
+    "containerNameRegex",
+    "namespace_regex",
+    "namespaceRegex",
+];
 
 /// The event's process, parent and policy name.
 fn parts(e: &GetEventsResponse) -> (Option<&Process>, Option<&Process>, Option<&str>) {
