@@ -7,10 +7,12 @@
 //! - `vmtest`: the kernel matrix (Debian's 5.10 to 6.18 under qemu, and the host)
 //! - `bench quarantine`: time from an offending exec to kernel isolation and label
 //! - `bench reload`: time for a policy change to be in force, and the upgrade gap
+//! - `image`: the daemon's OCI image archive under `target/`, checked
 mod bench;
 mod bench_quarantine;
 mod bench_reload;
 mod ebpf;
+mod image;
 mod vmtest;
 
 use std::path::PathBuf;
@@ -124,6 +126,22 @@ fn test() -> Result<()> {
         eprintln!("xtask: not root: tests that load eBPF programs will report SKIP");
     }
     let mut counts = cargo_test()?;
+    // The image: built, unpacked as a runtime would, run chrooted.
+    if is_root() {
+        match build_sensor()
+            .and_then(|s| image::build(&s))
+            .and_then(|a| image::check(&a))
+        {
+            Ok(()) => counts.passed += 1,
+            Err(e) => {
+                eprintln!("xtask: FAIL image: {e:#}");
+                counts.failed += 1;
+            }
+        }
+    } else {
+        eprintln!("SKIP image: chroot and unshare need root");
+        counts.skipped += 1;
+    }
     // The kernel matrix runs the end-to-end checks on every kernel users
     // have; its cells count in the closing line like tests.
     let matrix = if is_root() {
@@ -240,6 +258,7 @@ fn main() -> ExitCode {
         }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
         Some("vmtest") => vmtest::main(&args[1..]),
+        Some("image") => image::main(),
         Some("bench-probe") => {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
