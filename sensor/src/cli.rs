@@ -192,7 +192,9 @@ impl PolicyVars {
             ("PODCIDR", &self.pod_cidr),
             ("SERVICECIDR", &self.service_cidr),
         ] {
-            if let Some(value) = value {
+            // Empty is unset: a DaemonSet passes `--pod-cidr=$(POD_CIDR)`
+            // whether or not its ConfigMap has a value.
+            if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
                 v.insert(name.to_string(), value.clone());
             }
         }

@@ -298,13 +298,26 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_under(&[], args, env)
+    }
+
+    /// As [`Daemon::start_with_env`], run by `wrapper` (a command that
+    /// execs its last argument, the sensor, with the rest: `setpriv ...`).
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new();
         let events = dir.path().join("events.json");
         // An explicit, empty policy directory: the daemon must never pick up
         // policies the test did not give it (and scope).
         let no_policies = dir.path().join("no-policies");
         std::fs::create_dir(&no_policies).expect("policy dir");
-        let mut cmd = Command::new(SENSOR);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(SENSOR);
+                c
+            }
+            None => Command::new(SENSOR),
+        };
         cmd.arg("run")
             .args(["--output", "none", "--export-file"])
             .arg(&events);

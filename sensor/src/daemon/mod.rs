@@ -255,7 +255,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         adopt::Origin::Adopted => enforce::Tables::Stale,
         _ => enforce::Tables::Fresh,
     };
-    health.set_attached(!kernel.link_ids().is_empty());
+    health.set_attached(kernel.link_count() > 0);
     enforcer.enforce(&mut kernel, &mut pipeline, &mut scopes, &active, tables)?;
     health.set_policies(true);
     health.beat();

@@ -261,6 +261,12 @@ impl Kernel {
             .collect()
     }
 
+    /// Links this process holds: the programs attached. Counted without
+    /// asking the kernel by id, which takes CAP_SYS_ADMIN.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
     /// Names of the programs attached.
     pub fn loaded_programs(&self) -> Vec<String> {
         self.attached().into_iter().map(|(n, _, _)| n).collect()
