@@ -606,11 +606,4 @@ impl Metrics {
             .filter_map(|(_, v)| v.parse::<f64>().ok())
             .sum()
     }
-
-    /// Whether a series of `name` is exposed at all.
-    pub fn has(&self, name: &str) -> bool {
-        self.0
-            .lines()
-            .any(|l| l.starts_with(name) && !l.starts_with('#'))
-    }
 }

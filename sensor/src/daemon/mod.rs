@@ -93,7 +93,7 @@ pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
 
 fn exporter(opts: &RunOptions, stream: &Events, t: &Telemetry) -> anyhow::Result<Exporter> {
     let mut ex = Exporter::default();
-    ex.add(Box::new(crate::metrics::sink::MetricsSink(t.clone())));
+    ex.add(Box::new(crate::metrics::sink::MetricsSink::new(t.clone())));
     ex.add(Box::new(crate::export::stream::StreamSink(stream.clone())));
     let shaped = |out| {
         Shaped::new(&opts.export_flags, opts.node_name.clone(), out, t.clone())

@@ -143,7 +143,10 @@ pub async fn run(
     let mut backlog = false;
     loop {
         tokio::select! {
-            _ = std::future::ready(()), if backlog => {
+            // Yields first: the API server, the health and metrics servers
+            // are tasks on this thread, and a flood that always leaves a
+            // backlog would otherwise never let them run.
+            _ = tokio::task::yield_now(), if backlog => {
                 backlog = drain(fd.get_mut(), s, kernel);
             }
             _ = dir_changed(&mut s.policies) => {

@@ -55,18 +55,6 @@ impl FromStr for LabelFilter {
     }
 }
 
-impl LabelFilter {
-    /// `value` when `on`, otherwise the empty string Tetragon writes for a
-    /// dropped label.
-    pub fn keep(on: bool, value: &str) -> String {
-        if on {
-            value.to_string()
-        } else {
-            String::new()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
