@@ -131,7 +131,7 @@ impl Sink for MetricsSink {
         let e = &env.event;
         let w = who(&t.labels, e);
         if let Some((policy, hook)) = policy_of(e) {
-            let values = [policy, &hook, &w.namespace, &w.workload, &w.pod, &w.binary];
+            let values = [policy, &hook, w.namespace, w.workload, w.pod, w.binary];
             self.policy_events
                 .inc(values, |[policy, hook, namespace, workload, pod, binary]| {
                     t.policy_events.get_or_create_owned(&PolicyEventLabels {
@@ -163,7 +163,7 @@ impl Sink for MetricsSink {
             }
             _ => {}
         }
-        let values = [type_label(e), &w.namespace, &w.workload, &w.pod, &w.binary];
+        let values = [type_label(e), w.namespace, w.workload, w.pod, w.binary];
         self.events
             .inc(values, |[r#type, namespace, workload, pod, binary]| {
                 t.events.get_or_create_owned(&EventLabels {
