@@ -19,4 +19,28 @@ fn main() {
         );
     }
     std::fs::write(&out, bytes).expect("writing OUT_DIR/sensor-ebpf.o");
+    build_info(&manifest);
+}
+
+/// The commit and compiler `tetragon_build_info` reports; empty outside a
+/// git checkout.
+fn build_info(manifest: &std::path::Path) {
+    let git = manifest.join("../.git");
+    println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+    println!("cargo:rerun-if-changed={}", git.join("refs/heads").display());
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .current_dir(manifest)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = run("git", &["rev-parse", "HEAD"]);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = run(&rustc, &["--version"]);
+    println!("cargo:rustc-env=SENSOR_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=SENSOR_RUSTC={version}");
 }

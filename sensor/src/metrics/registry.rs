@@ -188,7 +188,9 @@ impl Telemetry {
                 // Tetragon's label, kept for its dashboards: the Rust
                 // compiler this was built with.
                 go_version: option_env!("SENSOR_RUSTC").unwrap_or("").to_string(),
-                modified: option_env!("SENSOR_GIT_MODIFIED").unwrap_or("").to_string(),
+                // Not tracked: the build would rerun at every change of
+                // the index.
+                modified: String::new(),
                 time: String::new(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
