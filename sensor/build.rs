@@ -27,7 +27,10 @@ fn main() {
 fn build_info(manifest: &std::path::Path) {
     let git = manifest.join("../.git");
     println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
-    println!("cargo:rerun-if-changed={}", git.join("refs/heads").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        git.join("refs/heads").display()
+    );
     let run = |cmd: &str, args: &[&str]| {
         std::process::Command::new(cmd)
             .args(args)
