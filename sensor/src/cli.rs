@@ -224,7 +224,7 @@ pub struct RunArgs {
     pub export_file_max_backups: u32,
     /// Also rotate the export file this often (Go-style duration: 30m,
     /// 1h, 1h30m; 0 turns it off), as Tetragon's flag does.
-    #[arg(long, default_value = "0", value_parser = duration)]
+    #[arg(long, default_value = "0", value_parser = sensor::duration::parse)]
     pub export_file_rotation_interval: std::time::Duration,
     /// Only events that match one of these filters go to the JSON outputs
     /// (Tetragon's JSON filter objects, separated by newlines).
@@ -293,37 +293,6 @@ pub struct BpfDir {
     /// The bpffs directory where links and maps are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/sensor")]
     pub bpf_dir: PathBuf,
-}
-
-/// A Go-style duration (`90s`, `30m`, `1h30m`, `500ms`; `0` is zero).
-pub fn duration(s: &str) -> Result<std::time::Duration, String> {
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s}: expected a number before each unit"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => std::time::Duration::from_millis(1),
-            "s" => std::time::Duration::from_secs(1),
-            "m" => std::time::Duration::from_secs(60),
-            "h" => std::time::Duration::from_secs(3600),
-            u => return Err(format!("{s}: unknown unit {u:?} (ms, s, m, h)")),
-        };
-        total += unit * n as u32;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 pub fn ring_size(s: &str) -> Result<u32, String> {

@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod decode;
 pub mod documents;
+pub mod duration;
 pub mod enrich;
 pub mod export;
 pub mod health;

@@ -206,6 +206,17 @@ impl TestCgroup {
         let st = self.command(bin).status().expect("running the binary");
         st.code().or(st.signal().map(|s| 128 + s))
     }
+
+    /// Runs `/bin/true` `n` times in a row in this cgroup, from one shell:
+    /// a burst of execs.
+    pub fn exec_burst(&self, n: usize) {
+        let status = self
+            .command("/bin/sh")
+            .args(["-c", &format!("for i in $(seq {n}); do /bin/true; done")])
+            .status()
+            .expect("running the burst");
+        assert!(status.success(), "the burst: {status:?}");
+    }
 }
 
 impl Drop for TestCgroup {

@@ -231,19 +231,9 @@ fn proc_match(r: RawProc, at: &str) -> FieldResult<ProcMatch> {
     })
 }
 
-/// `30s`, `5m`, `1h` or plain seconds.
+/// A count window: a duration (30s, 5m, 1h) longer than zero.
 fn duration(s: &str) -> Option<Duration> {
-    let (n, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = n.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
+    crate::duration::parse(s).ok().filter(|d| !d.is_zero())
 }
 
 pub fn parse(raw: RawRule) -> FieldResult<Rule> {

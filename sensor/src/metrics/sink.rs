@@ -1,6 +1,7 @@
 //! The metrics' view of the export stage: every event the pipeline emits
 //! is counted here by type, pod and binary (and policy events by policy and
 //! hook), before any export filter drops it, as Tetragon counts them.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
@@ -88,11 +89,14 @@ pub fn process_of(e: &Event) -> Option<&Process> {
 }
 
 /// The policy and hook of a policy event.
-fn policy_of(e: &Event) -> Option<(&str, String)> {
+fn policy_of(e: &Event) -> Option<(&str, Cow<'_, str>)> {
     match e {
-        Event::ProcessKprobe(x) => Some((&x.policy_name, x.function_name.clone())),
-        Event::ProcessLsm(x) => Some((&x.policy_name, x.function_name.clone())),
-        Event::ProcessTracepoint(x) => Some((&x.policy_name, format!("{}/{}", x.subsys, x.event))),
+        Event::ProcessKprobe(x) => Some((&x.policy_name, Cow::Borrowed(&x.function_name))),
+        Event::ProcessLsm(x) => Some((&x.policy_name, Cow::Borrowed(&x.function_name))),
+        Event::ProcessTracepoint(x) => Some((
+            &x.policy_name,
+            Cow::Owned(format!("{}/{}", x.subsys, x.event)),
+        )),
         _ => None,
     }
 }
