@@ -96,10 +96,13 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     assert!(api.pod("shop", "frontend").unwrap()["metadata"]["labels"]
         .get("quarantine")
         .is_none());
-    daemon.wait_for("release", |e| {
+    let released = daemon.wait_for("release", |e| {
         e["sensor_quarantine"]["pod_uid"] == fuid.as_str()
             && e["sensor_quarantine"]["outcome"] == "released"
     });
+    // The release names the pod, not only its uid.
+    assert_eq!(released["sensor_quarantine"]["namespace"], "shop");
+    assert_eq!(released["sensor_quarantine"]["pod"], frontend.name.as_str());
     eventually("the frontend reaches the backend again", || {
         frontend.curl(&backend.url()) == Some(0)
     });

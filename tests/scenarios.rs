@@ -7,78 +7,9 @@
 //! test host is killed).
 mod common;
 
-use apiserver_double::FakeApi;
-use common::pod::{HttpServer, NetPod, Node, PORT};
+use common::cluster::*;
 use common::*;
 use serde_json::Value;
-
-struct Cluster {
-    api: FakeApi,
-    node_name: String,
-    net: Node,
-    dir: TempDir,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        Cluster {
-            api: FakeApi::start(),
-            node_name: format!("node-s-{}", std::process::id()),
-            net: Node::new(),
-            dir: TempDir::new(),
-        }
-    }
-
-    fn pod(&self, name: &str) -> NetPod {
-        self.net.pod(&self.api, &self.node_name, name)
-    }
-
-    /// The backend pod, serving HTTP.
-    fn backend(&self) -> (NetPod, HttpServer) {
-        let backend = self.pod("backend");
-        let server = backend.serve_http();
-        (backend, server)
-    }
-
-    /// The daemon with the shipped policies, reflexes scoped to `enforced`.
-    fn daemon(&self, enforced: &[&NetPod], state: &str) -> Daemon {
-        let kubeconfig = self.api.kubeconfig(self.dir.path());
-        let policies = shipped("");
-        let scopes: Vec<String> = enforced
-            .iter()
-            .map(|p| p.cg.0.parent().unwrap().to_string_lossy().into_owned())
-            .collect();
-        let mut args = vec!["--policy-dir", &policies, "--state-dir", state];
-        for s in &scopes {
-            args.extend(["--enforce-cgroup", s.as_str()]);
-        }
-        Daemon::with_api(&kubeconfig, &self.node_name, &args)
-    }
-
-    fn state(&self) -> String {
-        self.dir.path().join("state").to_string_lossy().into_owned()
-    }
-}
-
-/// errno of a TCP connect from `pod` to `backend`'s HTTP port (0 = connected).
-fn connect_errno(pod: &NetPod, backend: &NetPod) -> String {
-    common::connect_errno(
-        pod.command("/usr/bin/python3"),
-        "AF_INET",
-        &backend.ip,
-        PORT,
-    )
-}
-
-fn quarantine_of(e: &Value, uid: &str, stage: &str, outcome: &str) -> bool {
-    let q = &e["sensor_quarantine"];
-    q["pod_uid"] == uid && q["stage"] == stage && q["outcome"] == outcome
-}
-
-fn labelled(api: &FakeApi, name: &str) -> bool {
-    api.pod("shop", name)
-        .is_some_and(|p| p["metadata"]["labels"]["quarantine"] == "true")
-}
 
 #[test]
 fn baseline_exfiltration_reflex_and_evasion() {
@@ -128,7 +59,11 @@ fn baseline_exfiltration_reflex_and_evasion() {
         Some(7),
         "the frontend's next curl cannot connect"
     );
-    assert_eq!(connect_errno(&frontend, &backend), "1", "denied with EPERM");
+    assert_eq!(
+        connect_errno_to(&frontend, &backend),
+        "1",
+        "denied with EPERM"
+    );
     assert!(labelled(&c.api, "frontend"));
     assert!(
         ["frontend-fresh", "frontend-evader", "backend"]
@@ -147,7 +82,7 @@ fn baseline_exfiltration_reflex_and_evasion() {
         "{annotation}"
     );
     // The backend still serves other clients.
-    assert_eq!(connect_errno(&fresh, &backend), "0");
+    assert_eq!(connect_errno_to(&fresh, &backend), "0");
     let script = format!("import urllib.request; urllib.request.urlopen('{url}')");
     let status = evader
         .command("/usr/bin/python3")
@@ -173,7 +108,7 @@ fn baseline_exfiltration_reflex_and_evasion() {
         "reflex-exfiltration-tools"
     );
     assert!(!labelled(&c.api, "frontend-fresh"));
-    assert_eq!(connect_errno(&fresh, &backend), "0");
+    assert_eq!(connect_errno_to(&fresh, &backend), "0");
 
     // 4. Evasion: curl renamed sleep slips past the name-based reflex; the brain
     //    sees a "sleep" that connects and quarantines the pod.
@@ -193,7 +128,7 @@ fn baseline_exfiltration_reflex_and_evasion() {
     daemon.wait_for("evader isolated", |e| {
         quarantine_of(e, &evader.uid, "node", "isolated")
     });
-    assert_eq!(connect_errno(&evader, &backend), "1");
+    assert_eq!(connect_errno_to(&evader, &backend), "1");
 
     // A real sleep under a process named kubelet, outside the pods: nothing.
     let kubelet = tools.path().join("kubelet");
@@ -281,5 +216,5 @@ fn label_retries_through_errors_and_survives_a_restart_exactly_once() {
         "exactly once"
     );
     // Isolation survives the restart, from the label.
-    assert_eq!(connect_errno(&b, &backend), "1");
+    assert_eq!(connect_errno_to(&b, &backend), "1");
 }

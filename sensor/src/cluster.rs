@@ -5,12 +5,12 @@
 //! the kernel half of quarantines; the two share the pod store and talk
 //! through channels. It also watches TracingPolicy resources for the
 //! reconciler.
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use crate::antibody::state::StateFile;
 use crate::antibody::{Decision, LabelOutcome};
 use crate::enrich::pods::PodStore;
 use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
@@ -22,8 +22,10 @@ pub struct Cluster {
     pub store: Arc<RwLock<PodStore>>,
     /// Fires once the first list of pods is in; dropped if there is no client.
     pub synced: oneshot::Sender<()>,
-    /// Where pending quarantine labels are kept across restarts.
-    pub state: PathBuf,
+    /// Where pending quarantine labels are kept across restarts, and what
+    /// it held at start.
+    pub state: StateFile,
+    pub pending: Vec<Decision>,
     pub decisions: UnboundedReceiver<Decision>,
     pub outcomes: UnboundedSender<LabelOutcome>,
     /// TracingPolicy resources, to the daemon; their outcomes, back.
@@ -67,7 +69,8 @@ pub fn spawn(c: Cluster) -> std::io::Result<std::thread::JoinHandle<()>> {
                     c.resources,
                     c.resource_outcomes,
                 ));
-                crate::antibody::label::run(client, c.state, c.decisions, c.outcomes).await;
+                crate::antibody::label::run(client, c.state, c.pending, c.decisions, c.outcomes)
+                    .await;
             });
         })
 }

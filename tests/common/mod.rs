@@ -4,6 +4,7 @@
 //! their own.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod netns;
 pub mod pod;
 

@@ -5,6 +5,7 @@
 //! afterwards: any local pod that carries it is isolated here, and removing
 //! it lifts the isolation.
 pub mod label;
+pub mod state;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -16,6 +17,7 @@ use crate::enrich::cgroup::SharedPaths;
 use crate::enrich::pods::PodStore;
 use crate::export::event::{Event, QuarantineEvent};
 use crate::load::Kernel;
+use state::Loaded;
 
 /// The label Cilium's quarantine policy selects.
 pub const LABEL: &str = "quarantine";
@@ -62,11 +64,19 @@ pub struct LabelOutcome {
     pub retrying: bool,
 }
 
+/// A pod isolated on this node: its cgroup, and its name for the events
+/// (the release of a deleted pod still says which pod it was).
+struct Isolated {
+    cgroup: u64,
+    namespace: String,
+    name: String,
+}
+
 pub struct Antibodies {
     paths: SharedPaths,
     pods: Option<Arc<RwLock<PodStore>>>,
-    /// Pod uid → the cgroup id isolated in the kernel.
-    isolated: HashMap<String, u64>,
+    /// Pod uid → what is isolated in the kernel for it.
+    isolated: HashMap<String, Isolated>,
     /// Pods decided here whose label has not landed yet.
     pending: HashSet<String>,
     /// Pods whose label landed but that the watcher has not shown labelled
@@ -91,18 +101,37 @@ impl Antibodies {
         }
     }
 
-    fn isolate(&mut self, kernel: &mut Kernel, uid: &str) -> Result<(), String> {
-        if self.isolated.contains_key(uid) {
+    fn isolate(&mut self, kernel: &mut Kernel, d: &Decision) -> Result<(), String> {
+        if let Some(i) = self.isolated.get_mut(&d.uid) {
+            if i.name.is_empty() {
+                (i.namespace, i.name) = (d.namespace.clone(), d.name.clone());
+            }
             return Ok(());
         }
         let id = self
             .paths
             .borrow_mut()
-            .pod_cgroup(uid)
-            .ok_or_else(|| format!("no cgroup for pod {uid} on this node"))?;
+            .pod_cgroup(&d.uid)
+            .ok_or_else(|| format!("no cgroup for pod {} on this node", d.uid))?;
         kernel.quarantine(id).map_err(|e| e.to_string())?;
-        self.isolated.insert(uid.to_string(), id);
+        self.isolated.insert(
+            d.uid.clone(),
+            Isolated {
+                cgroup: id,
+                namespace: d.namespace.clone(),
+                name: d.name.clone(),
+            },
+        );
         Ok(())
+    }
+
+    /// The pod's namespace and name, from the watcher when it knows it.
+    fn name_of(&self, uid: &str) -> Option<(String, String)> {
+        let store = self.pods.as_ref()?;
+        let store = store.read().unwrap_or_else(|e| e.into_inner());
+        store
+            .get(uid)
+            .map(|p| (p.namespace.clone(), p.name.clone()))
     }
 
     /// Takes over the quarantines of the daemon before this one: decisions
@@ -111,10 +140,23 @@ impl Antibodies {
     /// still isolates (an adopted or carried-over set) are tracked, held
     /// until the watcher has had time to show their label, as after a label
     /// lands. Cgroups that are gone are released.
-    pub fn restore(&mut self, kernel: &mut Kernel, pending: Vec<Decision>) -> Vec<Event> {
+    pub fn restore(&mut self, kernel: &mut Kernel, state: Loaded) -> Vec<Event> {
         let mut events = Vec::new();
-        for d in pending {
-            match self.isolate(kernel, &d.uid) {
+        if let Some(c) = state.corrupt {
+            tracing::error!(error = %c, "pending quarantines unreadable; starting without them");
+            events.push(Event::SensorQuarantine(QuarantineEvent {
+                namespace: String::new(),
+                pod: String::new(),
+                pod_uid: String::new(),
+                rule: String::new(),
+                exec_ids: Vec::new(),
+                stage: "state".into(),
+                outcome: "corrupt".into(),
+                error: Some(c.to_string()),
+            }));
+        }
+        for d in state.decisions {
+            match self.isolate(kernel, &d) {
                 Ok(()) => events.push(d.event("node", "isolated", None)),
                 Err(e) => events.push(d.event("node", "failed", Some(e))),
             }
@@ -130,7 +172,7 @@ impl Antibodies {
             }
         };
         for id in ids {
-            if self.isolated.values().any(|v| *v == id) {
+            if self.isolated.values().any(|v| v.cgroup == id) {
                 continue;
             }
             let uid = self
@@ -142,7 +184,15 @@ impl Antibodies {
                 Some(uid) => {
                     self.awaiting_watch
                         .insert(uid.clone(), std::time::Instant::now());
-                    self.isolated.insert(uid, id);
+                    let (namespace, name) = self.name_of(&uid).unwrap_or_default();
+                    self.isolated.insert(
+                        uid,
+                        Isolated {
+                            cgroup: id,
+                            namespace,
+                            name,
+                        },
+                    );
                 }
                 None => {
                     if let Err(e) = kernel.release(id) {
@@ -157,7 +207,7 @@ impl Antibodies {
     /// Quarantines a pod: the kernel first, then the label (queued).
     pub fn decide(&mut self, kernel: &mut Kernel, d: Decision) -> Vec<Event> {
         let mut events = Vec::new();
-        let node = self.isolate(kernel, &d.uid);
+        let node = self.isolate(kernel, &d);
         events.push(match node {
             Ok(()) => d.event("node", "isolated", None),
             Err(e) => d.event("node", "failed", Some(e)),
@@ -225,7 +275,7 @@ impl Antibodies {
                     exec_ids: Vec::new(),
                     time: String::new(),
                 };
-                if let Err(e) = self.isolate(kernel, uid) {
+                if let Err(e) = self.isolate(kernel, &d) {
                     tracing::warn!(pod = %name, error = %e, "labelled quarantine=true but not isolated");
                 } else {
                     events.push(d.event("node", "isolated", None));
@@ -246,15 +296,17 @@ impl Antibodies {
             .isolated
             .iter()
             .filter(|(u, _)| !keep.contains(u.as_str()))
-            .map(|(u, id)| (u.clone(), *id))
+            .map(|(u, i)| (u.clone(), i.cgroup))
             .collect();
         for (uid, id) in lift {
             match kernel.release(id) {
                 Ok(()) => {
-                    self.isolated.remove(&uid);
+                    let Some(i) = self.isolated.remove(&uid) else {
+                        continue;
+                    };
                     let d = Decision {
-                        namespace: String::new(),
-                        name: String::new(),
+                        namespace: i.namespace,
+                        name: i.name,
                         uid,
                         rule: "label removed".into(),
                         exec_ids: Vec::new(),

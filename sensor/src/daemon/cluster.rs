@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::{pending_file, Policies, RunOptions};
+use super::{Policies, RunOptions};
 use crate::enrich::pods::PodStore;
 use crate::reconcile::resources::{ResourceEvent, ResourceOutcome};
 
@@ -26,6 +26,8 @@ pub struct ClusterLink {
 /// 10 s) for its first list of pods: rules about pods need the pods.
 pub async fn start(
     opts: &RunOptions,
+    state: crate::antibody::state::StateFile,
+    pending: Vec<crate::antibody::Decision>,
     outcome_tx: UnboundedSender<crate::antibody::LabelOutcome>,
     health: &crate::health::Health,
 ) -> anyhow::Result<ClusterLink> {
@@ -46,7 +48,8 @@ pub async fn start(
         node: opts.node_name.clone(),
         store: store.clone(),
         synced: synced_tx,
-        state: pending_file(opts),
+        state,
+        pending,
         decisions: rx,
         outcomes: outcome_tx,
         resources: res_tx,

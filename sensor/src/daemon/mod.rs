@@ -200,10 +200,12 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Kubernetes API; its policies are in the set before the kernel is
     // first written.
     let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
-    // Read before the Kubernetes thread starts: it labels these and then
-    // rewrites the file.
-    let pending = crate::antibody::label::pending(&pending_file(&opts));
-    let mut cluster = cluster::start(&opts, outcome_tx, &health).await?;
+    // Read once, before the Kubernetes thread starts: it labels these and
+    // then rewrites the file.
+    let state = crate::antibody::state::StateFile::new(pending_file(&opts));
+    let loaded = state.load();
+    let mut cluster =
+        cluster::start(&opts, state, loaded.decisions.clone(), outcome_tx, &health).await?;
     health.beat();
     cluster::first_resources(&mut cluster, &mut policies).await;
     health.beat();
@@ -223,7 +225,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     let (pods, labeler) = (cluster.pods.take(), cluster.labeler.take());
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
     let mut antibodies = Antibodies::new(paths.clone(), pods.clone(), labeler);
-    let restored = antibodies.restore(&mut kernel, pending);
+    let restored = antibodies.restore(&mut kernel, loaded);
 
     // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);

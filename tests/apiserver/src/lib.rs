@@ -41,6 +41,8 @@ struct State {
     log: Vec<(u64, &'static str, String, Value)>,
     watchers: Vec<Watcher>,
     failures: VecDeque<u16>,
+    /// Pod name → the status codes its next patches fail with.
+    pod_failures: BTreeMap<String, VecDeque<u16>>,
     patches: Vec<(String, String, Value)>,
 }
 
@@ -165,10 +167,14 @@ fn full(status: StatusCode, body: Value) -> Response<Body> {
 }
 
 fn status(code: u16, reason: &str) -> Response<Body> {
+    status_with(code, reason, reason)
+}
+
+fn status_with(code: u16, reason: &str, message: &str) -> Response<Body> {
     let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     full(
         sc,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}),
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}),
     )
 }
 
@@ -291,9 +297,22 @@ async fn handle(
             }
             let mut st = state.lock().unwrap();
             let k = (resource.clone(), ns.clone(), name.clone());
+            if let Some(code) = st.pod_failures.get_mut(&name).and_then(|q| q.pop_front()) {
+                // Real refusals name the object, as this one does.
+                let msg = format!("pods \"{name}\" is refused (injected {code})");
+                return Ok(status_with(code, "Injected", &msg));
+            }
             let Some(mut obj) = st.objects.get(&k).cloned() else {
                 return Ok(status(404, "NotFound"));
             };
+            // A uid in the patch is a precondition, as the API server
+            // treats it: the object must be the one the client saw.
+            let want = patch["metadata"]["uid"].as_str().map(String::from);
+            let have = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            if let Some(want) = want.filter(|w| *w != have) {
+                let msg = format!("Operation cannot be fulfilled on {resource} \"{name}\": Precondition failed: UID in precondition: {want}, UID in object meta: {have}");
+                return Ok(status_with(409, "Conflict", &msg));
+            }
             st.patches.push((ns, name, patch.clone()));
             merge(&mut obj, &patch);
             let obj = st.record("MODIFIED", &resource, obj);
@@ -376,9 +395,22 @@ impl FakeApi {
         self.state.lock().unwrap().failures.extend(codes);
     }
 
+    /// The next patches of the pod named `name` fail with these codes.
+    pub fn fail_pod(&self, name: &str, codes: &[u16]) {
+        self.state
+            .lock()
+            .unwrap()
+            .pod_failures
+            .entry(name.into())
+            .or_default()
+            .extend(codes);
+    }
+
     /// Drops the failures not used yet.
     pub fn clear_failures(&self) {
-        self.state.lock().unwrap().failures.clear();
+        let mut st = self.state.lock().unwrap();
+        st.failures.clear();
+        st.pod_failures.clear();
     }
 
     /// Every patch that landed: (namespace, name, body).

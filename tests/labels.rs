@@ -1,0 +1,175 @@
+//! The label path under the errors a real API server gives: outcomes follow
+//! the typed status, one pod's refusals never hold back another's label, a
+//! pod recreated under the same name is not labelled for the old one, and a
+//! corrupt state file is kept aside and reported.
+mod common;
+
+use common::cluster::*;
+use common::*;
+
+/// Label outcomes of one pod, in order.
+fn outcomes(d: &Daemon, uid: &str) -> Vec<String> {
+    d.events()
+        .iter()
+        .filter(|e| e["sensor_quarantine"]["pod_uid"] == uid)
+        .filter(|e| e["sensor_quarantine"]["stage"] == "label")
+        .map(|e| {
+            e["sensor_quarantine"]["outcome"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn refusals_for_one_pod_hold_back_no_other_and_a_404_in_a_name_is_not_gone() {
+    if !can_run("refusals_for_one_pod_hold_back_no_other_and_a_404_in_a_name_is_not_gone") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    // Named so that its refusals contain "404": only a 404 status means gone.
+    let refused = c.pod("x-404");
+    let other = c.pod("other");
+    let url = backend.url();
+    // 0.1 + 0.2 + ... + 3.2 s of backoff: about 6 s of refusals.
+    c.api.fail_pod("x-404", &[403; 6]);
+    let daemon = c.daemon(&[&refused, &other], &c.state());
+
+    assert_eq!(
+        refused.sh(&format!("curl -s -d x {url}; exit $?")),
+        Some(137)
+    );
+    daemon.wait_for("refused", |e| {
+        quarantine_of(e, &refused.uid, "label", "retrying")
+    });
+    assert_eq!(other.sh(&format!("curl -s -d x {url}; exit $?")), Some(137));
+    daemon.wait_for("the other pod labelled", |e| {
+        quarantine_of(e, &other.uid, "label", "labelled")
+    });
+    assert!(labelled(&c.api, "other"));
+    assert!(
+        !labelled(&c.api, "x-404"),
+        "the other pod's label did not wait for this one's backoff"
+    );
+    let refusal = daemon.wait_for("the refusal's reason", |e| {
+        quarantine_of(e, &refused.uid, "label", "retrying")
+    });
+    let reason = refusal["sensor_quarantine"]["error"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("403") || reason.contains("refused"),
+        "{reason}"
+    );
+
+    daemon.wait_for("labelled once the refusals stop", |e| {
+        quarantine_of(e, &refused.uid, "label", "labelled")
+    });
+    let seen = outcomes(&daemon, &refused.uid);
+    assert_eq!(
+        seen.iter().filter(|o| *o == "retrying").count(),
+        6,
+        "{seen:?}"
+    );
+    assert!(!seen.contains(&"failed".to_string()), "{seen:?}");
+    assert!(labelled(&c.api, "x-404"));
+    // Isolated on the node the whole time.
+    assert_eq!(connect_errno_to(&refused, &backend), "1");
+}
+
+#[test]
+fn a_pod_recreated_under_the_same_name_is_not_labelled() {
+    if !can_run("a_pod_recreated_under_the_same_name_is_not_labelled") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let web = c.pod("web");
+    let url = backend.url();
+    // 500, not 503: the client retries 503 itself before the labeler sees it.
+    c.api.fail_pod("web", &[500; 1000]);
+    let daemon = c.daemon(&[&web], &c.state());
+    assert_eq!(web.sh(&format!("curl -s -d x {url}; exit $?")), Some(137));
+    daemon.wait_for("label retrying", |e| {
+        quarantine_of(e, &web.uid, "label", "retrying")
+    });
+
+    // The pod is deleted and its controller makes a new one of that name.
+    c.api.delete(apiserver_double::PODS, "shop", "web");
+    c.api.add_pod(apiserver_double::pod(
+        "shop",
+        "web",
+        "recreated-uid",
+        &c.node_name,
+        "0123456789abcdef",
+        serde_json::json!({"app": "web"}),
+    ));
+    c.api.clear_failures();
+    let gone = daemon.wait_for("given up: a different pod", |e| {
+        quarantine_of(e, &web.uid, "label", "failed")
+    });
+    let reason = gone["sensor_quarantine"]["error"].as_str().unwrap_or("");
+    assert!(reason.contains("different pod"), "{reason}");
+    assert!(!labelled(&c.api, "web"), "the new pod carries no label");
+    assert!(
+        c.api.patches().iter().all(|(_, n, _)| n != "web"),
+        "no patch landed on the new pod"
+    );
+}
+
+#[test]
+fn a_corrupt_state_file_is_kept_aside_and_reported() {
+    if !can_run("a_corrupt_state_file_is_kept_aside_and_reported") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let web = c.pod("web");
+    let state = c.state();
+    std::fs::create_dir_all(&state).unwrap();
+    let file = std::path::Path::new(&state).join("pending-quarantines.json");
+    std::fs::write(&file, b"[{\"namespace\": \"shop\", \"na").unwrap();
+
+    let daemon = c.daemon(&[&web], &state);
+    let e = daemon.wait_for("the corrupt state reported", |e| {
+        e["sensor_quarantine"]["stage"] == "state" && e["sensor_quarantine"]["outcome"] == "corrupt"
+    });
+    let why = e["sensor_quarantine"]["error"].as_str().unwrap_or("");
+    assert!(why.contains("pending-quarantines.json"), "{why}");
+    let kept: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "kept aside once");
+    assert_eq!(
+        std::fs::read(kept[0].path()).unwrap(),
+        b"[{\"namespace\": \"shop\", \"na",
+        "kept as it was"
+    );
+
+    // The daemon goes on: a new decision is written to a fresh, private file.
+    c.api.fail_pod("web", &[500; 1000]);
+    assert_eq!(
+        web.sh(&format!("curl -s -d x {}; exit $?", backend.url())),
+        Some(137)
+    );
+    daemon.wait_for("retrying", |e| {
+        quarantine_of(e, &web.uid, "label", "retrying")
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains(&web.uid) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "decision saved: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
