@@ -107,3 +107,44 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         frontend.curl(&backend.url()) == Some(0)
     });
 }
+
+/// A pod that can make cgroups plants decoys named like pod cgroups inside
+/// its own; the quarantine still lands on its real pod cgroup.
+#[test]
+fn a_decoy_pod_cgroup_does_not_take_the_quarantine() {
+    if !can_run("a_decoy_pod_cgroup_does_not_take_the_quarantine") {
+        return;
+    }
+    use common::cluster::*;
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let pod = c.pod("decoyer");
+    let container = pod
+        .cg
+        .0
+        .strip_prefix(cgroup2())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let u = pod.uid.replace('-', "_");
+    let _decoys = [
+        TestCgroup::at(&format!("{container}/pod{}", pod.uid)),
+        TestCgroup::at(&format!("{container}/kubepods-besteffort-pod{u}.slice")),
+        TestCgroup::at(&format!(
+            "{container}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"
+        )),
+    ];
+    let daemon = c.daemon(&[&pod], &c.state());
+    assert_eq!(
+        pod.sh(&format!("curl -s -d x {}; exit $?", backend.url())),
+        Some(137)
+    );
+    daemon.wait_for("isolated", |e| {
+        quarantine_of(e, &pod.uid, "node", "isolated")
+    });
+    assert_eq!(
+        connect_errno_to(&pod, &backend),
+        "1",
+        "the pod itself is cut off, not a decoy"
+    );
+}

@@ -21,33 +21,65 @@ fn is_container_id(s: &str) -> bool {
     s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The pod uid in a path component: `pod<uid>` (cgroupfs) or
-/// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd).
-fn pod_uid(component: &str) -> Option<String> {
-    let c = component.strip_suffix(".slice").unwrap_or(component);
-    let at = c.rfind("pod")?;
-    let before = &c[..at];
-    if !(before.is_empty() || before.ends_with('-')) {
-        return None;
+/// A pod uid as kubelet writes it: 32 hex digits with or without dashes.
+fn valid_uid(uid: &str) -> bool {
+    uid.len() >= 32 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// Where the pod's own cgroup is among `parts` (a path's components), by
+/// kubelet's layouts only: under the kubepods root (`kubepods`, or a systemd
+/// slice ending in `kubepods.slice`), directly or under a QoS class, a
+/// directory named `pod<uid>` (cgroupfs) or `<parent>-pod<uid_>.slice`
+/// (systemd, where every slice's name spells its ancestry). The first
+/// kubepods root counts: a container that makes cgroups of its own (with a
+/// cgroup namespace, or delegation) cannot plant a `pod<uid>` decoy that
+/// the index would take for a real pod, however it names it.
+fn pod_at(parts: &[&str]) -> Option<(usize, String)> {
+    let root = parts
+        .iter()
+        .position(|p| *p == "kubepods" || p.ends_with("kubepods.slice"))?;
+    let systemd = parts[root].ends_with(".slice");
+    let stem = |p: &str| p.strip_suffix(".slice").unwrap_or(p).to_string();
+    let mut at = root + 1;
+    let mut parent = stem(parts[root]);
+    let qos = |c: &str| {
+        ["burstable", "besteffort"].iter().any(|q| {
+            if systemd {
+                c == format!("{}-{q}.slice", stem(parts[root]))
+            } else {
+                c == *q
+            }
+        })
+    };
+    if parts.get(at).is_some_and(|c| qos(c)) {
+        parent = stem(parts[at]);
+        at += 1;
     }
-    let uid = c[at + 3..].replace('_', "-");
-    (uid.len() >= 32 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
+    let c = parts.get(at)?;
+    let uid = if systemd {
+        c.strip_prefix(&format!("{parent}-pod"))?
+            .strip_suffix(".slice")?
+            .replace('_', "-")
+    } else {
+        c.strip_prefix("pod")?.to_string()
+    };
+    valid_uid(&uid).then_some((at, uid))
+}
+
+fn components(path: &str) -> Vec<&str> {
+    path.split('/').filter(|p| !p.is_empty()).collect()
 }
 
 /// The uid of the pod whose cgroup (or a cgroup inside it) `path` is.
 pub fn pod_of(path: &str) -> Option<String> {
-    let mut parts = path.split('/').skip_while(|p| !p.starts_with("kubepods"));
-    parts.find_map(pod_uid)
+    pod_at(&components(path)).map(|(_, uid)| uid)
 }
 
 /// Parses a cgroup path under `kubepods`: the pod uid and the container id.
+/// A cgroup that a container made inside its own belongs to that container.
 pub fn parse(path: &str) -> Option<ContainerRef> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let kube = parts.iter().position(|p| p.starts_with("kubepods"))?;
-    let (pod_at, pod_uid) = parts[kube..]
-        .iter()
-        .enumerate()
-        .find_map(|(i, p)| pod_uid(p).map(|u| (kube + i, u)))?;
+    let parts = components(path);
+    let (pod_at, pod_uid) = pod_at(&parts)?;
     let last = parts.get(pod_at + 1)?;
     let name = last.strip_suffix(".scope").unwrap_or(last);
     let id = RUNTIME_PREFIXES
@@ -58,6 +90,14 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
         pod_uid,
         container_id: id.to_string(),
     })
+}
+
+/// The pod's own cgroup directory when `path` is in one, relative to the
+/// cgroup root.
+fn pod_dir(path: &str) -> Option<(String, String)> {
+    let parts = components(path);
+    let (at, uid) = pod_at(&parts)?;
+    Some((parts[..=at].join("/"), uid))
 }
 
 /// Cgroup id → path. A cgroup id is also a file handle on the cgroup v2
@@ -176,12 +216,10 @@ impl CgroupPaths {
         if self.paths.len() >= MAX_PATHS {
             self.paths.clear();
         }
-        if let Some(c) = parse(&path) {
-            if !self.pods.contains_key(&c.pod_uid) {
-                let pod_dir = Path::new(&path).parent().unwrap_or(Path::new("/"));
-                let full = self.root.join(pod_dir.strip_prefix("/").unwrap_or(pod_dir));
-                if let Ok(meta) = std::fs::metadata(full) {
-                    self.pods.insert(c.pod_uid, meta.ino());
+        if let Some((dir, uid)) = pod_dir(&path) {
+            if !self.pods.contains_key(&uid) {
+                if let Ok(meta) = std::fs::metadata(self.root.join(dir)) {
+                    self.pods.insert(uid, meta.ino());
                 }
             }
         }
@@ -206,11 +244,15 @@ impl CgroupPaths {
         while let Some((dir, depth)) = stack.pop() {
             if let Ok(meta) = std::fs::metadata(&dir) {
                 let rel = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
-                self.paths.insert(meta.ino(), format!("/{}", rel.display()));
-                self.max_id = self.max_id.max(meta.ino());
-                if let Some(uid) = dir.file_name().and_then(|n| n.to_str()).and_then(pod_uid) {
-                    self.pods.insert(uid, meta.ino());
+                let rel = format!("/{}", rel.display());
+                let parts = components(&rel);
+                if let Some((at, uid)) = pod_at(&parts) {
+                    if at + 1 == parts.len() {
+                        self.pods.insert(uid, meta.ino());
+                    }
                 }
+                self.paths.insert(meta.ino(), rel);
+                self.max_id = self.max_id.max(meta.ino());
             }
             if depth >= MAX_DEPTH {
                 continue;
@@ -265,6 +307,38 @@ mod tests {
     }
 
     #[test]
+    fn only_kubelets_layout_names_a_pod() {
+        let a = "0b5d3b5c-8a4e-4f3a-9d2e-1c2b3a4d5e6f";
+        let b = "11111111-2222-4333-8444-555566667777";
+        let (ua, ub) = (a.replace('-', "_"), b.replace('-', "_"));
+        // Cgroups a container made inside its own are that container's.
+        let nested = format!("/kubepods/besteffort/pod{a}/{ID}/pod{b}");
+        assert_eq!(pod_of(&nested).as_deref(), Some(a));
+        assert_eq!(parse(&nested).map(|c| c.pod_uid).as_deref(), Some(a));
+        let namespaced =
+            format!("/kubepods/besteffort/pod{a}/{ID}/kubepods/besteffort/pod{b}/{ID}");
+        assert_eq!(parse(&namespaced).map(|c| c.pod_uid).as_deref(), Some(a));
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice/cri-containerd-{ID}.scope/kubepods-burstable-pod{ub}.slice"
+        );
+        assert_eq!(pod_of(&systemd).as_deref(), Some(a));
+        // A slice whose name does not spell its parent is not kubelet's.
+        assert_eq!(
+            pod_of(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-burstable-pod{ua}.slice"
+            )),
+            None
+        );
+        assert_eq!(pod_of(&format!("/kubepods/other/pod{a}")), None);
+        assert_eq!(pod_of(&format!("/system.slice/x/pod{a}")), None);
+        // kind's nodes: kubelet's cgroup root under its own slice.
+        let kind = format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{ua}.slice/cri-containerd-{ID}.scope"
+        );
+        assert_eq!(parse(&kind).map(|c| c.pod_uid).as_deref(), Some(a));
+    }
+
+    #[test]
     fn not_a_container() {
         assert_eq!(parse("/user.slice/user-0.slice/session-1.scope"), None);
         assert_eq!(parse("/kubepods.slice/kubepods-besteffort.slice"), None);
@@ -300,9 +374,20 @@ mod pod_index_tests {
             uid.replace('-', "_")
         ));
         std::fs::create_dir_all(pod.join("cri-containerd-abcdefabcdef0123.scope")).unwrap();
+        // Decoys a container planted in its own cgroup: one named after its
+        // own pod, one after another pod.
+        let other = "11111111-2222-4333-8444-555566667777";
+        let container = pod.join("cri-containerd-abcdefabcdef0123.scope");
+        std::fs::create_dir_all(container.join(format!("pod{uid}"))).unwrap();
+        std::fs::create_dir_all(container.join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            other.replace('-', "_")
+        )))
+        .unwrap();
         let mut p = CgroupPaths::new(root.clone());
         let want = std::fs::metadata(&pod).unwrap().ino();
         assert_eq!(p.pod_cgroup(uid), Some(want));
+        assert_eq!(p.pod_cgroup(other), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
@@ -321,7 +406,7 @@ mod handle_tests {
         };
         let uid = format!("{:08x}-1111-4222-8333-444455556666", std::process::id());
         let pod = root.join(format!(
-            "kubepods-handle-test-pod{}.slice",
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
             uid.replace('-', "_")
         ));
         let container = pod.join("cri-containerd-0123456789abcdef.scope");
@@ -345,7 +430,7 @@ mod handle_tests {
         assert_eq!(
             got.as_deref(),
             Some(&*format!(
-                "/kubepods-handle-test-pod{}.slice/cri-containerd-0123456789abcdef.scope",
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-0123456789abcdef.scope",
                 uid.replace('-', "_")
             ))
         );
