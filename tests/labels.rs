@@ -173,3 +173,50 @@ fn a_corrupt_state_file_is_kept_aside_and_reported() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// A pod the watcher does not know (created while the watch lags, or the
+/// API was down) is still judged: the brain takes its uid from the cgroup
+/// path, the node isolates it at once, and the label waits for the watcher.
+#[test]
+fn a_pod_the_watcher_does_not_know_is_isolated_at_once_and_labelled_once_known() {
+    if !can_run("a_pod_the_watcher_does_not_know_is_isolated_at_once_and_labelled_once_known") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let ghost = c.pod("ghost");
+    let object = c.api.pod("shop", "ghost").unwrap();
+    c.api.delete(apiserver_double::PODS, "shop", "ghost");
+    let daemon = c.daemon(&[&ghost], &c.state());
+
+    assert_eq!(
+        ghost.sh(&format!("curl -s -d x {}; exit $?", backend.url())),
+        Some(137)
+    );
+    let isolated = daemon.wait_for("isolated by cgroup path", |e| {
+        quarantine_of(e, &ghost.uid, "node", "isolated")
+    });
+    assert_eq!(
+        isolated["sensor_quarantine"]["rule"],
+        "exfiltration-curl-upload"
+    );
+    daemon.wait_for("the label waits", |e| {
+        quarantine_of(e, &ghost.uid, "label", "waiting")
+    });
+    assert_eq!(connect_errno_to(&ghost, &backend), "1", "cut off meanwhile");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        connect_errno_to(&ghost, &backend),
+        "1",
+        "still cut off: an unlabelled pending decision is not released"
+    );
+
+    // The watcher catches up: the label lands, with the pod's name.
+    c.api.add_pod(object);
+    let labelled_event = daemon.wait_for("labelled once known", |e| {
+        quarantine_of(e, &ghost.uid, "label", "labelled")
+    });
+    assert_eq!(labelled_event["sensor_quarantine"]["pod"], "ghost");
+    assert!(labelled(&c.api, "ghost"));
+    assert_eq!(connect_errno_to(&ghost, &backend), "1");
+}

@@ -82,6 +82,9 @@ pub struct Antibodies {
     /// Pods whose label landed but that the watcher has not shown labelled
     /// yet: still isolated, or the gap would release them for a moment.
     awaiting_watch: HashMap<String, std::time::Instant>,
+    /// Decisions about pods the watcher did not know (by uid): isolated
+    /// already, their label waits for the pod's name.
+    unnamed: HashMap<String, Decision>,
     labeler: Option<UnboundedSender<Decision>>,
 }
 
@@ -97,6 +100,7 @@ impl Antibodies {
             isolated: HashMap::new(),
             pending: HashSet::new(),
             awaiting_watch: HashMap::new(),
+            unnamed: HashMap::new(),
             labeler,
         }
     }
@@ -212,18 +216,51 @@ impl Antibodies {
             Ok(()) => d.event("node", "isolated", None),
             Err(e) => d.event("node", "failed", Some(e)),
         });
-        match &self.labeler {
-            Some(tx) => {
-                self.pending.insert(d.uid.clone());
+        let Some(tx) = &self.labeler else {
+            events.push(d.event(
+                "label",
+                "skipped",
+                Some("no Kubernetes API (standalone)".into()),
+            ));
+            return events;
+        };
+        self.pending.insert(d.uid.clone());
+        if d.name.is_empty() {
+            // Labels go by name: this one waits for the watcher to know the
+            // pod. The node's isolation above did not wait.
+            events.push(d.event(
+                "label",
+                "waiting",
+                Some("the pod is not known to the watcher yet".into()),
+            ));
+            self.unnamed.insert(d.uid.clone(), d);
+        } else if tx.send(d.clone()).is_err() {
+            events.push(d.event("label", "failed", Some("label task stopped".into())));
+        }
+        events
+    }
+
+    /// Sends the decisions that waited for their pod's name to the labeler,
+    /// once the watcher knows the pod.
+    fn name_waiting(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let uids: Vec<String> = self.unnamed.keys().cloned().collect();
+        for uid in uids {
+            let Some((namespace, name)) = self.name_of(&uid) else {
+                continue;
+            };
+            let Some(mut d) = self.unnamed.remove(&uid) else {
+                continue;
+            };
+            (d.namespace, d.name) = (namespace, name);
+            if let Some(i) = self.isolated.get_mut(&uid) {
+                (i.namespace, i.name) = (d.namespace.clone(), d.name.clone());
+            }
+            if let Some(tx) = &self.labeler {
                 if tx.send(d.clone()).is_err() {
                     events.push(d.event("label", "failed", Some("label task stopped".into())));
                 }
             }
-            None => events.push(d.event(
-                "label",
-                "skipped",
-                Some("no Kubernetes API (standalone)".into()),
-            )),
         }
         events
     }
@@ -253,8 +290,9 @@ impl Antibodies {
     /// Makes the kernel's quarantine set match the labels of this node's pods
     /// (plus decisions whose label is on its way). Returns release events.
     pub fn reconcile(&mut self, kernel: &mut Kernel) -> Vec<Event> {
+        let mut events = self.name_waiting();
         let Some(store) = &self.pods else {
-            return Vec::new();
+            return events;
         };
         let labelled: Vec<(String, String, String)> = {
             let store = store.read().unwrap_or_else(|e| e.into_inner());
@@ -264,7 +302,6 @@ impl Antibodies {
                 .map(|p| (p.uid.clone(), p.namespace.clone(), p.name.clone()))
                 .collect()
         };
-        let mut events = Vec::new();
         for (uid, ns, name) in &labelled {
             if !self.isolated.contains_key(uid) {
                 let d = Decision {

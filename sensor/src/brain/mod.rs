@@ -119,6 +119,8 @@ impl Brain {
         {
             return false;
         }
+        // A pod the watcher does not know yet has no namespace or labels to
+        // match: rules scoped by them wait for it, unscoped rules do not.
         if !r.namespaces.is_empty() && !o.pod.is_some_and(|p| r.namespaces.contains(&p.namespace)) {
             return false;
         }

@@ -237,7 +237,15 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     let mut pipeline = Pipeline::new(
         cache,
         opts.node_name.clone(),
-        Enricher::new(paths.clone(), pods.clone()),
+        Enricher::new(paths.clone(), pods.clone()).with_unknown_scope(
+            opts.scope
+                .iter()
+                .map(|p| {
+                    let rel = p.strip_prefix(&root).unwrap_or(p);
+                    format!("/{}", rel.display().to_string().trim_matches('/'))
+                })
+                .collect(),
+        ),
         exporter(&opts, &stream, &telemetry)?,
     );
     pipeline.set_telemetry(telemetry.clone());

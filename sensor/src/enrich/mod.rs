@@ -34,6 +34,10 @@ pub struct Enricher {
     /// `None` when running without Kubernetes.
     pods: Option<Arc<RwLock<PodStore>>>,
     held: VecDeque<(Instant, Envelope)>,
+    /// Where a pod the watcher does not know still counts as a pod for the
+    /// brain: cgroup paths (relative to the cgroup root) of the enforcement
+    /// scope, or every kubelet cgroup when empty.
+    unknown_scope: Vec<String>,
     /// Events that went out without the pod they waited for.
     pub unresolved: u64,
 }
@@ -45,8 +49,31 @@ impl Enricher {
             refs: HashMap::new(),
             pods,
             held: VecDeque::new(),
+            unknown_scope: Vec::new(),
             unresolved: 0,
         }
+    }
+
+    /// Limits the pods the watcher does not know to these cgroup subtrees
+    /// (`--enforce-cgroup`): daemons that share a host, as tests do, must
+    /// not judge each other's pods.
+    pub fn with_unknown_scope(mut self, scope: Vec<String>) -> Self {
+        self.unknown_scope = scope;
+        self
+    }
+
+    fn in_unknown_scope(&mut self, cgroup_id: u64) -> bool {
+        if self.unknown_scope.is_empty() {
+            return true;
+        }
+        let mut paths = self.paths.borrow_mut();
+        let Some(path) = paths.path(cgroup_id) else {
+            return false;
+        };
+        self.unknown_scope.iter().any(|s| {
+            path.strip_prefix(s.trim_end_matches('/'))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     fn container(&mut self, cgroup_id: u64) -> Option<ContainerRef> {
@@ -76,12 +103,28 @@ impl Enricher {
         }
     }
 
-    /// The pod of a cgroup, when it is known now (for the brain, which does
-    /// not wait).
+    /// The pod of a cgroup, for the brain, which does not wait. A pod the
+    /// watcher does not know yet (the API down at start, a watch outage, a
+    /// lagging watch) is still a pod: its uid and container id come from
+    /// the cgroup path, its namespace and name stay empty
+    /// (`Pod::is_known`), and the brain decides on it all the same.
     pub fn pod_of(&mut self, cgroup_id: u64) -> Option<Pod> {
         match self.lookup(cgroup_id) {
             Lookup::Done(pod, _) => pod.map(|b| *b),
-            Lookup::Pending(_) => None,
+            Lookup::Pending(_) => {
+                if !self.in_unknown_scope(cgroup_id) {
+                    return None;
+                }
+                let c = self.container(cgroup_id)?;
+                Some(Pod {
+                    uid: c.pod_uid,
+                    container: Some(crate::export::event::Container {
+                        id: c.container_id,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
         }
     }
 

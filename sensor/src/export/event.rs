@@ -106,6 +106,14 @@ pub struct Pod {
     pub workload_kind: String,
 }
 
+impl Pod {
+    /// Whether the Kubernetes watcher knew the pod (its name and namespace
+    /// are filled), rather than only its cgroup path telling its uid.
+    pub fn is_known(&self) -> bool {
+        !self.name.is_empty()
+    }
+}
+
 /// Tetragon's `Container`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Container {

@@ -27,7 +27,7 @@ const GUEST_MODULES: &[&str] = &["veth"];
 /// The guest's /init: mounts, modules, then every check between markers.
 /// The root is already in memory and writable: no tmpfs goes over /tmp or
 /// /run, which would hide a checkout that lives there.
-fn init_script(modules: &[String], a: &Artifacts) -> String {
+fn init_script(modules: &[String], a: &Artifacts, which: &[usize]) -> String {
     let mut s = String::from(
         "#!/vmtest/bin/sh\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/vmtest/bin\n\
@@ -47,8 +47,8 @@ fn init_script(modules: &[String], a: &Artifacts) -> String {
     for m in modules {
         s.push_str(&format!("insmod {m}\n"));
     }
-    s.push_str("echo \"@@vmtest ready $(cat /proc/sys/kernel/osrelease) lsm=$(cat /sys/kernel/security/lsm)\"\n");
-    for (i, c) in CHECKS.iter().enumerate() {
+    s.push_str("echo \"@@vmtest ready $(cat /proc/sys/kernel/osrelease) lsm=$(cat /sys/kernel/security/lsm) $(grep MemAvailable /proc/meminfo)\"\n");
+    for (i, c) in CHECKS.iter().enumerate().filter(|(i, _)| which.contains(i)) {
         let argv: Vec<String> = a.argv(c).iter().map(|w| format!("'{w}'")).collect();
         s.push_str(&format!(
             "echo \"@@vmtest begin {i} $(cat /proc/uptime)\"\ntimeout 300 {} 2>&1\necho \"@@vmtest end {i} $? $(cat /proc/uptime)\"\n",
@@ -120,7 +120,12 @@ fn with_dependencies(
 }
 
 /// The kernel's part of the initramfs: its modules and the init script.
-fn write_kernel_part(out: &mut Vec<u8>, k: &kernels::Kernel, a: &Artifacts) -> Result<()> {
+fn write_kernel_part(
+    out: &mut Vec<u8>,
+    k: &kernels::Kernel,
+    a: &Artifacts,
+    which: &[usize],
+) -> Result<()> {
     let mut files = BTreeMap::new();
     module_files(&k.modules, &mut files);
     let mut order = Vec::new();
@@ -139,19 +144,73 @@ fn write_kernel_part(out: &mut Vec<u8>, k: &kernels::Kernel, a: &Artifacts) -> R
         c.file(&at, 0o644, &data)?;
         loaded.push(at);
     }
-    c.file("/init", 0o755, init_script(&loaded, a).as_bytes())?;
+    c.file("/init", 0o755, init_script(&loaded, a, which).as_bytes())?;
     c.finish()?;
     Ok(())
 }
 
-/// Boots `k` and returns each check's outcome.
+/// Boots `k` and returns each check's outcome. A guest that crashes (a
+/// kernel panic mid-run, which emulation has caused once in a while with
+/// no check at fault) is booted once more for the checks it did not reach;
+/// the crash is printed either way, and a second one fails those checks.
 pub(crate) fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Result<Vec<Outcome>> {
+    let all: Vec<usize> = (0..CHECKS.len()).collect();
+    let (mut outcomes, stopped) = boot_once(k, userland, a, &all)?;
+    let missing: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    let mut why = stopped;
+    if !missing.is_empty() && !why.hung {
+        eprintln!(
+            "vmtest: {}: the guest crashed ({}); booting once more for the {} checks it did not reach",
+            k.label,
+            why.reason,
+            missing.len()
+        );
+        let (again, stopped) = boot_once(k, userland, a, &missing)?;
+        for i in missing {
+            outcomes[i] = again[i].clone();
+        }
+        why = stopped;
+    }
+    let missing = if why.hung {
+        format!("guest hung ({} s)", GUEST_TIMEOUT.as_secs())
+    } else {
+        format!("the guest stopped before this check: {}", why.reason)
+    };
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Fail(missing.clone())))
+        .collect())
+}
+
+/// Why a guest stopped before its last check.
+struct Stopped {
+    hung: bool,
+    reason: String,
+}
+
+/// One boot running the checks `which`; `None` for a check it did not reach.
+fn boot_once(
+    k: &kernels::Kernel,
+    userland: &Path,
+    a: &Artifacts,
+    which: &[usize],
+) -> Result<(Vec<Option<Outcome>>, Stopped)> {
     let dir = root().join("target/vmtest");
     let initrd = dir.join(format!("initrd-{}.cpio", k.label));
     let mut bytes = std::fs::read(userland)?;
-    write_kernel_part(&mut bytes, k, a)?;
+    write_kernel_part(&mut bytes, k, a, which)?;
     std::fs::write(&initrd, bytes)?;
-    let log_path = dir.join("logs").join(format!("{}.log", k.label));
+    // A second boot keeps the first one's log, which holds the crash.
+    let rerun = if which.len() < CHECKS.len() {
+        "-rerun"
+    } else {
+        ""
+    };
+    let log_path = dir.join("logs").join(format!("{}{rerun}.log", k.label));
     let mut log = std::fs::File::create(&log_path)?;
     let mut child = Command::new("qemu-system-x86_64")
         // 5-level paging (la57, which `max` offers) made a 6.12 guest
@@ -203,7 +262,9 @@ pub(crate) fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Resul
     let mut current: Option<(usize, String)> = None;
     let mut booted = false;
     let mut began = 0.0;
-    let mut last = String::new();
+    // The console's last lines: when the guest stops early, the panic (and
+    // what led to it) is in them, and CI shows only what is printed here.
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     for line in BufReader::new(out).lines() {
         let line = line.unwrap_or_default();
         let line = line.trim_end_matches('\r').to_string();
@@ -240,7 +301,10 @@ pub(crate) fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Resul
             output.push('\n');
         }
         if !line.trim().is_empty() {
-            last = line;
+            if tail.len() == 80 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
         }
     }
     let _ = child.wait();
@@ -251,16 +315,33 @@ pub(crate) fn boot(k: &kernels::Kernel, userland: &Path, a: &Artifacts) -> Resul
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
+    let last = crash_line(&tail);
     if !booted {
         bail!("the kernel did not reach /init: {} {}", last, err.trim());
     }
-    let missing = if hung {
-        format!("guest hung ({} s)", GUEST_TIMEOUT.as_secs())
-    } else {
-        format!("the guest stopped before this check: {last}")
-    };
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Fail(missing.clone())))
-        .collect())
+    let reached = which.iter().all(|&i| outcomes[i].is_some());
+    if hung || !reached {
+        eprintln!("vmtest: {}: the guest's last console lines:", k.label);
+        for l in &tail {
+            eprintln!("vmtest: {} | {l}", k.label);
+        }
+    }
+    Ok((outcomes, Stopped { hung, reason: last }))
+}
+
+/// The line that says why a guest stopped: a panic, an oops, the OOM
+/// killer, or else the last line it printed.
+fn crash_line(tail: &std::collections::VecDeque<String>) -> String {
+    const SIGNS: &[&str] = &[
+        "Kernel panic",
+        "Out of memory",
+        "BUG:",
+        "Oops",
+        "general protection fault",
+    ];
+    tail.iter()
+        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .or(tail.back())
+        .cloned()
+        .unwrap_or_default()
 }

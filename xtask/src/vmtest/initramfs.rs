@@ -169,7 +169,12 @@ impl<W: Write> Cpio<W> {
     /// Adds a host program and every shared library `ldd` says it needs.
     pub fn add_program(&mut self, path: &Path) -> Result<()> {
         self.add_host(path)?;
-        for lib in shared_libraries(path)? {
+        self.add_libraries(path)
+    }
+
+    /// The shared libraries `program` loads, at their host paths.
+    pub fn add_libraries(&mut self, program: &Path) -> Result<()> {
+        for lib in shared_libraries(program)? {
             self.add_host(&lib)?;
         }
         Ok(())

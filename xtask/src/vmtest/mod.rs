@@ -103,6 +103,7 @@ pub fn run(args: &[String]) -> Result<Counts> {
         ("iproute2", "/usr/sbin/ip"),
         ("util-linux", "/usr/bin/setpriv"),
         ("xz-utils", "/usr/bin/xz"),
+        ("binutils", "/usr/bin/objcopy"),
     ])?;
     crate::ebpf::build()?;
     let artifacts = build_tests()?;
@@ -209,7 +210,8 @@ fn write_userland(path: &Path, a: &Artifacts) -> Result<()> {
     c.symlink("/var/run", "/run")?;
     c.add_program(Path::new("/bin/busybox"))?;
     for applet in [
-        "sh", "mount", "mkdir", "chmod", "insmod", "hostname", "poweroff", "timeout", "cat", "echo",
+        "sh", "mount", "mkdir", "chmod", "insmod", "hostname", "poweroff", "timeout", "cat",
+        "echo", "grep",
     ] {
         c.symlink(&format!("/vmtest/bin/{applet}"), "/bin/busybox")?;
     }
@@ -230,9 +232,28 @@ fn write_userland(path: &Path, a: &Artifacts) -> Result<()> {
     c.file_from(&a.sensor, &a.release_sensor)?;
     // CA certificates: the Kubernetes client loads them at start.
     c.add_host(Path::new("/etc/ssl"))?;
-    for t in a.tests.values() {
-        c.add_program(t)?;
+    // Only the test binaries a check runs, without their debug info: the
+    // initramfs is unpacked into the guest's memory, and the whole debug
+    // build of every target (680 MB) left a 2 GiB guest so little that a
+    // 6.12 guest ran out of memory with nothing left to kill, and panicked.
+    let stripped = path.with_extension("strip");
+    for (name, t) in &a.tests {
+        if !CHECKS
+            .iter()
+            .any(|c| matches!(c.run, checks::Run::Tests { target, .. } if target == name))
+        {
+            continue;
+        }
+        crate::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(t)
+                .arg(&stripped),
+        )?;
+        c.file_from(t, &stripped)?;
+        c.add_libraries(t)?;
     }
+    let _ = std::fs::remove_file(&stripped);
     // Tests name shipped policies as `<crate>/../policies/...`.
     c.add_host(&root().join("policies"))?;
     c.dir(&root().join("sensor").display().to_string())?;
