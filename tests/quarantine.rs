@@ -81,6 +81,19 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         "the open connection is cut too: {line}"
     );
     let _ = held.wait();
+    // Packet sockets live below the IP stack, where the packet filters do
+    // not run: asking for one in the quarantined pod is fatal; elsewhere it
+    // is not.
+    assert_eq!(
+        packet_socket(&frontend, "AF_PACKET, socket.SOCK_RAW"),
+        Some(137)
+    );
+    assert_eq!(
+        packet_socket(&frontend, "AF_INET, 10"),
+        Some(137),
+        "SOCK_PACKET"
+    );
+    assert_eq!(packet_socket(&other, "AF_PACKET, socket.SOCK_RAW"), Some(0));
     assert_eq!(
         other.curl(&backend.url()),
         Some(0),
@@ -106,6 +119,25 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     eventually("the frontend reaches the backend again", || {
         frontend.curl(&backend.url()) == Some(0)
     });
+    assert_eq!(
+        packet_socket(&frontend, "AF_PACKET, socket.SOCK_RAW"),
+        Some(0)
+    );
+}
+
+/// Exit status of a python3 in `pod` that opens a socket of `family, type`
+/// (128 + signal when killed).
+fn packet_socket(pod: &common::pod::NetPod, args: &str) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let st = pod
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!("import socket; socket.socket(socket.{args}).close()"),
+        ])
+        .status()
+        .unwrap();
+    st.code().or(st.signal().map(|s| 128 + s))
 }
 
 /// A pod that can make cgroups plants decoys named like pod cgroups inside

@@ -203,3 +203,60 @@ spec:
         "NoPost suppresses the tracepoint selector's event"
     );
 }
+
+/// A binary 130 directories deep: the kernel's walk gives up before the
+/// root, so the path's head is unknown. A `Prefix` kill on the directory it
+/// is in, and a `NotPrefix` kill that an allow-list would write, both fire
+/// (fail closed); an `In` list of short paths cannot match; the event says
+/// the path was truncated.
+#[test]
+fn a_path_too_deep_to_resolve_fails_closed() {
+    if !can_run("a_path_too_deep_to_resolve_fails_closed") {
+        return;
+    }
+    let dir = TempDir::new();
+    let top = dir.path().join("deep");
+    let mut deep = top.clone();
+    for _ in 0..130 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let bin = deep.join("tool");
+    std::fs::copy("/bin/true", &bin).unwrap();
+    let bin = bin.to_string_lossy().into_owned();
+    let top = top.to_string_lossy().into_owned();
+    let policy = |op: &str, value: &str| {
+        format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: deep-{}}}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries: [{{operator: {op}, values: [\"{value}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n",
+            op.to_lowercase()
+        )
+    };
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    for (op, value, want) in [
+        ("Prefix", top.as_str(), Some(137)),
+        ("NotPrefix", "/usr/", Some(137)),
+        ("In", "/bin/true", Some(0)),
+    ] {
+        let file = policy_file(&dir, &format!("{op}.yaml"), &policy(op, value));
+        let daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
+        assert_eq!(cg.exit_code(&bin), want, "{op} {value}");
+        let e = daemon.wait_for("the exec", |e| {
+            e["process_exec"]["process"]["binary"]
+                .as_str()
+                .is_some_and(|b| b.ends_with("/d/d/tool"))
+        });
+        let flags = e["process_exec"]["process"]["flags"].as_str().unwrap_or("");
+        assert!(flags.contains("truncFilename"), "{flags}");
+    }
+    // A shallow binary under NotPrefix /usr/ still runs: only the unknown
+    // head fails closed.
+    let shallow = copy_true(&dir, "shallow");
+    let file = policy_file(
+        &dir,
+        "shallow.yaml",
+        &policy("NotPrefix", &dir.path().to_string_lossy()),
+    );
+    let _daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
+    assert_eq!(cg.exit_code(&shallow), Some(0));
+}

@@ -66,7 +66,7 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
                 ev.flags |= exec_flags::PATH_TRUNCATED;
             }
             unsafe { copy_from(data, 0, &pbuf.buf, r.start, plen) };
-            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, r.start, scopes);
+            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, r.start, r.truncated, scopes);
             ev.hits = v.hits;
             ev.signal = v.signal;
         }

@@ -77,7 +77,7 @@ fn try_bprm<const MODERN: bool>(bprm: *const u8) -> Option<u32> {
     } else {
         0
     };
-    let v = reflex::on_bprm_check::<MODERN>(&cfg, tgid, pbuf, r.start, scopes);
+    let v = reflex::on_bprm_check::<MODERN>(&cfg, tgid, pbuf, r.start, r.truncated, scopes);
     if v.errno == 0 {
         return None;
     }

@@ -189,9 +189,10 @@ pub static PENDING_SIGNALS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(
 #[map]
 pub static QUARANTINE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Packets dropped for quarantine: index 0 egress, 1 ingress.
+/// Quarantine's refusals: packets dropped (index 0 egress, 1 ingress) and
+/// packet sockets refused (2).
 #[map]
-pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 /// Pod cgroups → the pod-scoped policies (bit i = scope i+1) that apply to
 /// tasks under them.

@@ -2,9 +2,15 @@
 //! covers all its containers) lose the network. Packets of their sockets are
 //! dropped in and out by `cgroup_skb` programs at the root of the cgroup v2
 //! tree, connections opened before the decision included, and the connect
-//! hooks deny new connects and sends outright.
+//! hooks deny new connects and sends outright. Packet sockets (`AF_PACKET`,
+//! and the legacy `SOCK_PACKET`) send and receive below the IP stack, where
+//! no `cgroup_skb` program runs: a quarantined task that asks for one is
+//! killed on the `socket()` syscall's tracepoint (raw IP sockets need no
+//! such guard, their packets pass the `cgroup_skb` filters).
 use aya_ebpf::{
-    helpers::generated::bpf_skb_ancestor_cgroup_id, macros::cgroup_skb, programs::SkBuffContext,
+    helpers::{bpf_send_signal, generated::bpf_skb_ancestor_cgroup_id},
+    macros::{cgroup_skb, tracepoint},
+    programs::{SkBuffContext, TracePointContext},
 };
 use sensor_common::MAX_CGROUP_LEVEL;
 
@@ -53,6 +59,49 @@ fn filter(ctx: &SkBuffContext, direction: u32) -> i32 {
         return 1;
     }
     if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(direction) {
+        // SAFETY: per-CPU counter.
+        unsafe { *n += 1 };
+    }
+    0
+}
+
+const AF_INET: u64 = 2;
+const AF_PACKET: u64 = 17;
+/// `socket(AF_INET, SOCK_PACKET, ...)`, which the kernel turns into a packet
+/// socket.
+const SOCK_PACKET: u64 = 10;
+/// `type` carries SOCK_NONBLOCK and SOCK_CLOEXEC above these bits.
+const SOCK_TYPE_MASK: u64 = 0xf;
+/// Offsets in `syscalls:sys_enter_socket`'s record: after the common header
+/// and `__syscall_nr`, the arguments as longs.
+const ARG_FAMILY: usize = 16;
+const ARG_TYPE: usize = 24;
+/// `QUARANTINE_DROPS` index of the packet sockets refused.
+const PACKET_SOCKETS: u32 = 2;
+
+/// `syscalls:sys_enter_socket`: a quarantined task asking for a packet
+/// socket is killed before it can use it (the signal lands as the syscall
+/// returns, and the socket dies with the task).
+#[tracepoint(category = "syscalls", name = "sys_enter_socket")]
+pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0;
+    }
+    // SAFETY: offsets inside the tracepoint's record.
+    let (family, ty) = unsafe {
+        (
+            ctx.read_at::<u64>(ARG_FAMILY).unwrap_or(0),
+            ctx.read_at::<u64>(ARG_TYPE).unwrap_or(0),
+        )
+    };
+    let packet = family == AF_PACKET || (family == AF_INET && ty & SOCK_TYPE_MASK == SOCK_PACKET);
+    // The walk, not the ancestor helper: tracing programs lack it on 5.10.
+    if !packet || !crate::cgroups::any::<false>(quarantined) {
+        return 0;
+    }
+    // SAFETY: signals the current task.
+    unsafe { bpf_send_signal(9) };
+    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(PACKET_SOCKETS) {
         // SAFETY: per-CPU counter.
         unsafe { *n += 1 };
     }

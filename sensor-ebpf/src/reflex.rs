@@ -25,11 +25,19 @@ pub struct Verdict {
 #[repr(C)]
 pub struct Keys {
     len: u64,
+    /// Non-zero when the walk gave up before the root: the path's head is
+    /// unknown, so a prefix test cannot say no (see `prefix_unknown`).
+    truncated: u64,
 }
 
 impl Keys {
     /// Builds the keys from the path in `buf[start..PATH_MAX]`.
-    fn build(path: &PathScratch, start: usize, need_reversed: bool) -> Option<Keys> {
+    fn build(
+        path: &PathScratch,
+        start: usize,
+        need_reversed: bool,
+        truncated: bool,
+    ) -> Option<Keys> {
         let scratch = KEY_SCRATCH.get_ptr_mut(0)?;
         let len = PATH_MAX - start;
         // SAFETY: per-CPU scratch owned by this program run.
@@ -56,7 +64,10 @@ impl Keys {
                 k.reversed.data[STR_KEY_HEADER + i] = path.buf[PATH_MAX - 1 - i];
             }
         }
-        Some(Keys { len: len as u64 })
+        Some(Keys {
+            len: len as u64,
+            truncated: truncated as u64,
+        })
     }
 
     /// Whether the path is in the value set of (selector, slot) under `kind`.
@@ -99,8 +110,26 @@ impl Keys {
         }
     }
 
+    /// Whether a prefix test of a truncated path: it fails closed. An
+    /// exec 130 directories deep under `/tmp` must not slip past a
+    /// `Prefix /tmp` kill, nor past a `NotPrefix /usr` one; the selector
+    /// fires either way and the event says `truncFilename`.
+    fn prefix_unknown(&self, kind: u8) -> bool {
+        self.truncated != 0 && kind == match_kind::PREFIX
+    }
+
     fn matches(&self, f: StrFilter, selector: u8, slot: u8) -> bool {
-        self.contains(f.kind, selector, slot) != (f.negate != 0)
+        self.prefix_unknown(f.kind) || self.contains(f.kind, selector, slot) != (f.negate != 0)
+    }
+
+    /// Membership of the path in a binaries set, as the selector will read
+    /// it (`member != negate` fires): for a truncated path under a prefix
+    /// test, whatever makes the selector fire.
+    fn in_binaries(&self, f: StrFilter, selector: u8) -> bool {
+        if self.prefix_unknown(f.kind) {
+            return f.negate == 0;
+        }
+        self.contains(f.kind, selector, SLOT_BINARIES)
     }
 }
 
@@ -186,9 +215,7 @@ fn eval_selector(index: u64) -> i64 {
     };
     let sel_id = str_selector(s as u8, bank);
     let bit = 1u64 << s;
-    if sel.binaries.kind != match_kind::NONE
-        && e.keys.contains(sel.binaries.kind, sel_id, SLOT_BINARIES)
-    {
+    if sel.binaries.kind != match_kind::NONE && e.keys.in_binaries(sel.binaries, sel_id) {
         e.state.bin_in |= bit;
     }
     let hook_bit = 1u64 << (sel.hook & 63);
@@ -257,10 +284,9 @@ fn net_binaries(index: u64) -> i64 {
         return 1;
     };
     if sel.binaries.kind != match_kind::NONE
-        && e.keys.contains(
-            sel.binaries.kind,
+        && e.keys.in_binaries(
+            sel.binaries,
             str_selector(NET_SELECTOR_BASE + s as u8, bank),
-            SLOT_BINARIES,
         )
     {
         e.state.net_bin_in |= 1u64 << s;
@@ -279,11 +305,12 @@ fn evaluate<const MODERN: bool>(
     start: usize,
     scopes: u64,
     lsm: bool,
+    truncated: bool,
 ) -> Option<&'static mut Eval> {
     let n = cfg.n_selectors as u64;
     // SAFETY: ProcState is plain data.
     let caller: ProcState = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
-    let keys = Keys::build(path, start, cfg.need_reversed != 0)?;
+    let keys = Keys::build(path, start, cfg.need_reversed != 0, truncated)?;
     let ep = EVAL.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
     let e = unsafe { &mut *ep };
@@ -323,12 +350,13 @@ pub fn on_bprm_check<const MODERN: bool>(
     tgid: u32,
     path: &PathScratch,
     start: usize,
+    truncated: bool,
     scopes: u64,
 ) -> Verdict {
     if cfg.n_override == 0 {
         return NONE;
     }
-    match evaluate::<MODERN>(cfg, tgid, path, start, scopes, true) {
+    match evaluate::<MODERN>(cfg, tgid, path, start, scopes, true, truncated) {
         Some(e) => Verdict {
             hits: e.hits,
             signal: 0,
@@ -347,12 +375,13 @@ pub fn on_exec<const MODERN: bool>(
     tgid: u32,
     path: &PathScratch,
     start: usize,
+    truncated: bool,
     scopes: u64,
 ) -> Verdict {
     if cfg.n_selectors == 0 && cfg.n_net_selectors == 0 {
         return NONE;
     }
-    let Some(e) = evaluate::<MODERN>(cfg, tgid, path, start, scopes, false) else {
+    let Some(e) = evaluate::<MODERN>(cfg, tgid, path, start, scopes, false, truncated) else {
         return NONE;
     };
     let caller = e.caller;

@@ -5,6 +5,7 @@ use std::path::Path;
 use aya::programs::links::FdLink;
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, RawTracePoint,
+    TracePoint,
 };
 
 use super::{probe, Kernel, LoadError};
@@ -68,6 +69,34 @@ impl Kernel {
             };
             self.links.push((name.to_string(), link));
         }
+        if let Err(e) = self.socket_guard() {
+            tracing::error!(error = %e, "packet-socket guard not attached: a quarantined pod can still open AF_PACKET sockets");
+        }
+        Ok(())
+    }
+
+    /// The quarantine's packet-socket guard on `syscalls:sys_enter_socket`.
+    /// A syscall tracepoint attaches through a perf event, which becomes a
+    /// bpf link (and joins the pinned set) from Linux 5.15; before, the
+    /// attachment lasts as long as this daemon. It is not one of the
+    /// `expected_programs`, so that a set pinned on either kind of kernel
+    /// adopts.
+    fn socket_guard(&mut self) -> Result<(), LoadError> {
+        const NAME: &str = "snsr_q_socket";
+        let err = |source| LoadError::Program { name: NAME, source };
+        let p: &mut TracePoint = self.program(NAME)?;
+        p.load().map_err(err)?;
+        let id = p.attach("syscalls", "sys_enter_socket").map_err(err)?;
+        if !perf_links() {
+            tracing::info!(
+                "kernel before 5.15: the packet-socket guard lasts while this daemon runs"
+            );
+            return Ok(());
+        }
+        let link = p.take_link(id).map_err(err)?;
+        let link =
+            FdLink::try_from(link).map_err(|source| LoadError::Link { name: NAME, source })?;
+        self.links.push((NAME.to_string(), link));
         Ok(())
     }
 
@@ -137,3 +166,12 @@ const SOCK_PROGRAMS: [[&str; 3]; 4] = [
         "snsr_sendmsg6_compat",
     ],
 ];
+
+/// Whether perf events attach as bpf links (Linux 5.15), which can be pinned.
+fn perf_links() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (5, 15)
+}

@@ -38,7 +38,10 @@ pub const CHECKS: &[Check] = &[
         name: "exec reflex kills (137)",
         run: Run::Tests {
             target: "reflex",
-            names: &["shipped_reflex_kills_curl_in_scope_only"],
+            names: &[
+                "shipped_reflex_kills_curl_in_scope_only",
+                "a_path_too_deep_to_resolve_fails_closed",
+            ],
         },
     },
     Check {
