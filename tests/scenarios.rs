@@ -111,20 +111,49 @@ fn baseline_exfiltration_reflex_and_evasion() {
     assert_eq!(connect_errno_to(&fresh, &backend), "0");
 
     // 4. Evasion: curl renamed sleep slips past the name-based reflex; the brain
-    //    sees a "sleep" that connects and quarantines the pod.
+    //    sees a "sleep" that connects, kills it and quarantines the pod. The
+    //    renamed curl holds its connection open (telnet:// with a stdin that
+    //    never ends) so that only the kill can end it early.
     let tools = TempDir::new();
     let sleep = tools.path().join("sleep");
     std::fs::copy("/usr/bin/curl", &sleep).unwrap();
-    // The quarantine may cut the request off mid-way: curl then times out.
-    let code = evader.sh(&format!(
-        "{} -s -o /dev/null --max-time 3 {url}; exit $?",
-        sleep.display()
-    ));
-    assert_ne!(code, Some(137), "the name-based reflex missed it");
-    daemon.wait_for("evasion alert", |e| {
+    let started = std::time::Instant::now();
+    let mut held = evader
+        .command(&sleep.to_string_lossy())
+        .args(["-s", "--max-time", "20"])
+        .arg(format!("telnet://{}:{}", backend.ip, common::pod::PORT))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = held.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed by the brain");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "killed, not timed out: {:?}",
+        started.elapsed()
+    );
+    let alert = daemon.wait_for("evasion alert", |e| {
         e["sensor_alert"]["rule"] == "evasion-renamed-binary"
             && e["sensor_alert"]["process"]["pod"]["name"] == "frontend-evader"
     });
+    let killed = alert["sensor_alert"]["killed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        killed.first(),
+        Some(&alert["sensor_alert"]["process"]["exec_id"]),
+        "the alert names what it killed: {alert}"
+    );
+    assert!(
+        !daemon
+            .events()
+            .iter()
+            .any(|e| { e["process_kprobe"]["process"]["pod"]["name"] == "frontend-evader" }),
+        "the name-based reflex missed it: the brain acted"
+    );
     daemon.wait_for("evader isolated", |e| {
         quarantine_of(e, &evader.uid, "node", "isolated")
     });

@@ -252,11 +252,36 @@ impl Pipeline {
                 .rule_matches
                 .get_or_create(&crate::metrics::registry::RuleName { rule: v.rule })
                 .inc();
-            if let Some(alert) = v.alert {
+            let killed = v.kill.map(|p| self.kill_tree(&p)).unwrap_or_default();
+            if let Some(mut alert) = v.alert {
+                if let Event::SensorAlert(a) = &mut alert {
+                    a.killed = killed;
+                }
                 self.emit(alert, time.to_string());
             }
             self.decisions.extend(v.decision);
         }
+    }
+
+    /// Kills `p` and everything it started (a brain rule's `kill`), the
+    /// offender first so that it cannot start more; returns the exec ids
+    /// killed. Only pids the cache still holds for these very processes are
+    /// signalled.
+    fn kill_tree(&mut self, p: &Process) -> Vec<String> {
+        let mut tree = self.cache.tree_of(p);
+        tree.sort_by_key(|q| q.exec_id != p.exec_id);
+        let mut killed = Vec::new();
+        for q in tree {
+            let current = self
+                .cache
+                .by_pid(q.pid)
+                .is_some_and(|c| c.exec_id == q.exec_id);
+            // SAFETY: kill(2) with a pid the cache holds for this process.
+            if current && q.pid > 1 && unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0 {
+                killed.push(q.exec_id.to_string());
+            }
+        }
+        killed
     }
 
     /// A connect record: shown to the brain, and policy events for the

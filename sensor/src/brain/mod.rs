@@ -54,6 +54,8 @@ pub struct Verdict {
     pub rule: String,
     pub alert: Option<Event>,
     pub decision: Option<Decision>,
+    /// The process to kill with its descendants (action `kill`).
+    pub kill: Option<Process>,
 }
 
 /// A pod decided for quarantine is not decided again for this long.
@@ -182,6 +184,7 @@ impl Brain {
                     process: o.process.clone(),
                     parent: o.ancestors.first().cloned(),
                     exec_ids: exec_ids.clone(),
+                    killed: Vec::new(),
                 })
             });
             let decision = match (r.quarantine, o.pod) {
@@ -208,6 +211,7 @@ impl Brain {
                 rule: r.name.clone(),
                 alert,
                 decision,
+                kill: r.kill.then(|| o.process.clone()),
             });
         }
         out

@@ -171,6 +171,9 @@ pub struct Rule {
     pub count: Option<(usize, Duration)>,
     pub alert: bool,
     pub quarantine: bool,
+    /// Kill the matching process and every process it started (SIGKILL):
+    /// the offender stops at once, not only its pod's network.
+    pub kill: bool,
 }
 
 type FieldResult<T> = Result<T, (String, String)>;
@@ -276,23 +279,24 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
     if s.policy.is_some() && on != On::Policy {
         return Err(("spec.policy".into(), "only with on: policy".into()));
     }
-    let (mut alert, mut quarantine) = (false, false);
+    let (mut alert, mut quarantine, mut kill) = (false, false, false);
     for (i, a) in s.actions.iter().enumerate() {
         match a.as_str() {
             "alert" => alert = true,
             "quarantine" => quarantine = true,
+            "kill" => kill = true,
             o => {
                 return Err((
                     format!("spec.actions[{i}]"),
-                    format!("unknown action `{o}`; expected alert or quarantine"),
+                    format!("unknown action `{o}`; expected alert, quarantine or kill"),
                 ))
             }
         }
     }
-    if !alert && !quarantine {
+    if !alert && !quarantine && !kill {
         return Err((
             "spec.actions".into(),
-            "give alert, quarantine or both".into(),
+            "give alert, quarantine, kill, or several".into(),
         ));
     }
     let (ancestors_any, ancestors_none, within) = match s.ancestors {
@@ -348,6 +352,7 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         count,
         alert,
         quarantine,
+        kill,
     })
 }
 

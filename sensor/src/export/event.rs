@@ -41,6 +41,10 @@ pub struct AlertEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
     pub exec_ids: Vec<String>,
+    /// Action `kill`: the exec ids of the processes killed (the offender
+    /// and what it started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub killed: Vec<String>,
 }
 
 /// A step of a quarantine: `stage` "node" (kernel isolation) or "label"

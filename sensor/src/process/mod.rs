@@ -122,6 +122,29 @@ impl ProcessCache {
         self.entries.get(&p.parent_exec_id).cloned()
     }
 
+    /// `p` and every live process it started, at any depth (for a kill of
+    /// the whole tree).
+    pub fn tree_of(&self, p: &Process) -> Vec<Arc<Process>> {
+        let mut out = Vec::new();
+        for id in self.by_pid.values() {
+            let Some(mut q) = self.entries.get(id).cloned() else {
+                continue;
+            };
+            let start = q.clone();
+            for _ in 0..64 {
+                if q.exec_id == p.exec_id {
+                    out.push(start);
+                    break;
+                }
+                match self.parent_of(&q) {
+                    Some(parent) => q = parent,
+                    None => break,
+                }
+            }
+        }
+        out
+    }
+
     /// Makes `p` the current process of its pid.
     pub fn insert(&mut self, p: Process) -> Arc<Process> {
         let p = Arc::new(p);
@@ -275,6 +298,19 @@ mod tests {
         assert_eq!(gone.exec_id, echo.exec_id);
         assert_eq!(parent.unwrap().exec_id, sh.exec_id);
         assert!(c.by_pid(11).is_none());
+    }
+
+    #[test]
+    fn a_tree_is_the_process_and_everything_below_it() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
+        c.exec(&exec(1, 0, 1, "/sbin/init"));
+        let (sh, _) = c.exec(&exec(10, 1, 100, "/bin/sh"));
+        c.exec(&exec(11, 10, 200, "/usr/bin/curl"));
+        c.exec(&exec(12, 11, 300, "/bin/sleep"));
+        c.exec(&exec(20, 1, 400, "/bin/other"));
+        let mut pids: Vec<u32> = c.tree_of(&sh).iter().map(|p| p.pid).collect();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12]);
     }
 
     #[test]
