@@ -65,7 +65,11 @@ fn try_step(w: &mut Walk) -> Result<bool, i32> {
     );
     let mnt_root = read_ptr(vfsmnt, off!(vfsmount_mnt_root))?;
     let parent = read_ptr(dentry, off!(dentry_d_parent))?;
-    if dentry == mnt_root || dentry == parent {
+    // A dentry that is its own parent without being its mount's root is a
+    // pseudo file's (memfd_create's `memfd:NAME`): its name is the whole
+    // path, as `d_path` reports it.
+    let pseudo = dentry == parent && dentry != mnt_root;
+    if !pseudo && (dentry == mnt_root || dentry == parent) {
         let mnt_parent = read_ptr(mnt, off!(mount_mnt_parent))?;
         if dentry == mnt_root && mnt_parent != mnt {
             // Cross from this mount's root to where it is mounted.
@@ -100,6 +104,10 @@ fn try_step(w: &mut Walk) -> Result<bool, i32> {
     }
     w.pos = (pos - 1) as u64;
     w.dentry = parent as u64;
+    if pseudo {
+        w.end = 1;
+        return Ok(false);
+    }
     Ok(true)
 }
 

@@ -2,6 +2,7 @@
 //! userspace on every exec, connect and reflex hit. `sleep` under kubelet is
 //! harmless; `sleep` that connects, or `curl` reached through a `sleep` under
 //! a shell in a pod, is not. A rule alerts, quarantines the pod, or both.
+pub mod effective;
 pub mod rule;
 
 use std::collections::{HashMap, VecDeque};
@@ -67,16 +68,24 @@ pub struct Brain {
     decided: HashMap<String, Instant>,
 }
 
+/// Whether `m` matches the process: its binary and arguments, or, when the
+/// binary is a dynamic loader, the program the loader runs and its
+/// arguments (`effective`).
 fn proc_matches(m: &rule::ProcMatch, p: &Process) -> bool {
+    let words = split_args(&p.arguments);
+    if view_matches(m, &p.binary, &words) {
+        return true;
+    }
+    effective::is_loader(&p.binary)
+        && effective::loaded_program(&words).is_some_and(|(bin, args)| view_matches(m, bin, args))
+}
+
+fn view_matches(m: &rule::ProcMatch, binary: &str, args: &[String]) -> bool {
     let bin = m
         .binary
         .as_ref()
-        .is_none_or(|b| b.contains(&p.binary) != b.op.filter().negate.eq(&1));
-    let args = m
-        .arguments
-        .as_ref()
-        .is_none_or(|a| a.matches(&split_args(&p.arguments)));
-    bin && args
+        .is_none_or(|b| b.contains(binary) != b.op.filter().negate.eq(&1));
+    bin && m.arguments.as_ref().is_none_or(|a| a.matches(args))
 }
 
 impl Brain {

@@ -45,6 +45,13 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "evasions seen (loader, script, memfd)",
+        run: Run::Tests {
+            target: "evasions",
+            names: &["loader_script_and_memfd_runs_of_curl_are_caught"],
+        },
+    },
+    Check {
         name: "kprobe events (connect Post)",
         run: Run::Tests {
             target: "connect",
