@@ -135,9 +135,18 @@ fn a_full_ring_buffer_is_counted() {
         return;
     }
     let cg = TestCgroup::new();
-    // One page: a burst of execs overflows it between two drains.
+    // One page, and execs whose 3,000-byte arguments fill it one record at
+    // a time: a burst overflows it between two drains.
     let daemon = Daemon::start(&["--ring-buffer-size", "4096"]);
-    cg.exec_burst(3000);
+    let status = cg
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "a=$(head -c 3000 /dev/zero | tr '\\0' x); for i in $(seq 3000); do /bin/true $a; done",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
     eventually("records lost counted", || {
         let m = daemon.scrape();
         let missed = m.sum("tetragon_missed_events_total", &[]);
@@ -145,6 +154,11 @@ fn a_full_ring_buffer_is_counted() {
             && m.sum("tetragon_observer_ringbuf_events_lost_total", &[]) == missed
             && m.sum("tetragon_bpf_missed_events_total", &[("error", "ENOSPC")]) == missed
     });
+    // And an event in the stream, not only a log line.
+    let e = daemon.wait_for("the loss as an event", |e| {
+        e["sensor_alert"]["rule"] == "ring-buffer-full"
+    });
+    assert!(e["sensor_alert"]["count"].as_u64().unwrap_or(0) > 0, "{e}");
 }
 
 #[test]

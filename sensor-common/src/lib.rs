@@ -117,6 +117,22 @@ pub struct ProcState {
     pub net_follow: u64,
 }
 
+/// A cgroup's budget of routine records (connects and sends that hit no
+/// policy), as a generic cell rate: `tat` is the theoretical arrival time
+/// of its next record, in ktime nanoseconds; `suppressed` counts records
+/// not sent because the cgroup was over its budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tat: u64,
+    pub suppressed: u64,
+}
+
+/// Routine records a cgroup may send per second, on average.
+pub const BUDGET_RATE: u64 = 2_000;
+/// Records a cgroup may send in a burst above that rate.
+pub const BUDGET_BURST: u64 = 1_000;
+
 /// Connect selectors' binary values live in the string maps under selector
 /// index `NET_SELECTOR_BASE + i`, apart from exec selectors.
 pub const NET_SELECTOR_BASE: u8 = 64;
@@ -310,7 +326,9 @@ pub struct Config {
     pub pod_wakeups: u32,
     /// The bank this entry describes (its own index).
     pub bank: u32,
-    pub _pad: u32,
+    /// Non-zero when a brain rule reads connects: only then does a connect
+    /// or send that hits no policy become a record.
+    pub connect_records: u32,
 }
 
 /// Bits of [`Config::pod_wakeups`].
@@ -366,6 +384,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for ProcState {}
+    unsafe impl aya::Pod for Budget {}
     unsafe impl aya::Pod for ExecSelector {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}

@@ -205,11 +205,23 @@ fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u
         );
     }
     let e = &ev.event;
+    // A record only when someone needs it: a policy hit always; a routine
+    // connect only when a brain rule reads connects, and within its
+    // cgroup's budget; a quarantined pod's denied connects are counted.
+    let send = if e.hits != 0 {
+        true
+    } else if e.quarantined != 0 {
+        crate::quarantine::count_denied();
+        false
+    } else {
+        cfg.connect_records != 0 && crate::budget::allow(e.cgroup_id, e.ktime)
+    };
     let urgent =
         e.hits != 0 || (ev.scopes & POD_BIT != 0 && cfg.pod_wakeups & pod_wakeups::CONNECT != 0);
-    if EVENTS
-        .output::<ConnectEvent>(e, wakeup_flags(urgent))
-        .is_err()
+    if send
+        && EVENTS
+            .output::<ConnectEvent>(e, wakeup_flags(urgent))
+            .is_err()
     {
         count_lost(kind::CONNECT);
     }

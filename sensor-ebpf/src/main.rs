@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod budget;
 mod cgroups;
 mod connect;
 mod exec;

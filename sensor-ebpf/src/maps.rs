@@ -189,10 +189,10 @@ pub static PENDING_SIGNALS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(
 #[map]
 pub static QUARANTINE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Quarantine's refusals: packets dropped (index 0 egress, 1 ingress) and
-/// packet sockets refused (2).
+/// Quarantine's refusals: packets dropped (index 0 egress, 1 ingress),
+/// packet sockets refused (2), connects and sends denied (3).
 #[map]
-pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 /// Pod cgroups → the pod-scoped policies (bit i = scope i+1) that apply to
 /// tasks under them.

@@ -78,6 +78,18 @@ const ARG_FAMILY: usize = 16;
 const ARG_TYPE: usize = 24;
 /// `QUARANTINE_DROPS` index of the packet sockets refused.
 const PACKET_SOCKETS: u32 = 2;
+/// `QUARANTINE_DROPS` index of the connects and sends denied.
+const CONNECTS_DENIED: u32 = 3;
+
+/// Counts a quarantined task's denied connect or send, which makes no
+/// record: a quarantined pod that keeps trying must not flood the ring.
+#[inline(always)]
+pub fn count_denied() {
+    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(CONNECTS_DENIED) {
+        // SAFETY: per-CPU counter.
+        unsafe { *n += 1 };
+    }
+}
 
 /// `syscalls:sys_enter_socket`: a quarantined task asking for a packet
 /// socket is killed before it can use it (the signal lands as the syscall

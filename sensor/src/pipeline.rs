@@ -12,7 +12,8 @@ use crate::decode::{decode, ExecRecord, Record};
 use crate::enrich::Enricher;
 use crate::export::build;
 use crate::export::event::{
-    action_name, signal_name, Argument, Envelope, Event, Process, ProcessExec, ProcessExit,
+    action_name, signal_name, AlertEvent, Argument, Envelope, Event, Process, ProcessExec,
+    ProcessExit,
 };
 use crate::export::Exporter;
 use crate::metrics::Metrics;
@@ -124,6 +125,42 @@ impl Pipeline {
     pub fn lost(&mut self, kind: &'static str, total: u64) -> u64 {
         let before = self.metrics.lost.insert(kind, total).unwrap_or(0);
         total.saturating_sub(before)
+    }
+
+    /// Takes the kernel's suppressed totals by cgroup; returns, for each
+    /// cgroup, how much its total grew since the last reading.
+    pub fn suppressed(&mut self, totals: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let seen = &mut self.metrics.suppressed;
+        let grew = totals
+            .iter()
+            .filter_map(|&(id, n)| {
+                // An entry the LRU dropped and made again starts from zero.
+                let before = seen.get(&id).copied().filter(|b| *b <= n).unwrap_or(0);
+                (n > before).then_some((id, n - before))
+            })
+            .collect();
+        *seen = totals.iter().copied().collect();
+        grew
+    }
+
+    /// Records of one cgroup not sent: a `sensor_alert` with the count and,
+    /// through the cgroup, the pod (`rule` says why: `record-budget` for a
+    /// pod over its budget, `ring-buffer-full`).
+    pub fn announce_loss(&mut self, rule: &str, cgroup_id: u64, count: u64, why: &str) {
+        let process = Process {
+            cgroup_id,
+            ..Default::default()
+        };
+        let alert = Event::SensorAlert(AlertEvent {
+            rule: rule.to_string(),
+            description: why.to_string(),
+            process,
+            parent: None,
+            exec_ids: Vec::new(),
+            killed: Vec::new(),
+            count,
+        });
+        self.announce(alert);
     }
 
     /// What each policy's selectors did so far.

@@ -194,6 +194,7 @@ impl Brain {
                     parent: o.ancestors.first().cloned(),
                     exec_ids: exec_ids.clone(),
                     killed: Vec::new(),
+                    count: 0,
                 })
             });
             let decision = match (r.quarantine, o.pod) {

@@ -73,6 +73,7 @@ impl Enforcer {
         .filter(|(on, _)| pipeline.wants(*on))
         .fold(0, |bits, (_, bit)| bits | bit);
         kernel.set_pod_wakeups(wakeups)?;
+        kernel.set_connect_records(pipeline.wants(On::Connect))?;
         Ok(())
     }
 

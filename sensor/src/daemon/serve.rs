@@ -306,12 +306,35 @@ fn report_lost(kernel: &Kernel, s: &mut Stages) {
                         total = n,
                         "ring buffer full: records lost"
                     );
+                    s.pipeline.announce_loss(
+                        "ring-buffer-full",
+                        0,
+                        grew,
+                        &format!("{kind} records lost: the ring buffer was full"),
+                    );
                 }
             }
         }
         Err(e) => {
             s.telemetry.error("map_read_failed");
             tracing::warn!(error = %e, "reading lost counters")
+        }
+    }
+    match kernel.suppressed() {
+        Ok(totals) => {
+            for (cgroup, grew) in s.pipeline.suppressed(&totals) {
+                s.telemetry.records_suppressed.inc_by(grew);
+                s.pipeline.announce_loss(
+                    "record-budget",
+                    cgroup,
+                    grew,
+                    "connect and send records over this pod's budget, not sent",
+                );
+            }
+        }
+        Err(e) => {
+            s.telemetry.error("map_read_failed");
+            tracing::warn!(error = %e, "reading record budgets")
         }
     }
 }

@@ -45,6 +45,13 @@ pub struct AlertEvent {
     /// and what it started).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub killed: Vec<String>,
+    /// For a loss: how many records were not sent.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub count: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A step of a quarantine: `stage` "node" (kernel isolation) or "label"

@@ -130,6 +130,7 @@ impl Kernel {
             quarantine_active: now.quarantine_active,
             n_scopes: now.n_scopes,
             pod_wakeups: now.pod_wakeups,
+            connect_records: now.connect_records,
             bank: next,
             ..c.config
         };

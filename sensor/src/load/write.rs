@@ -35,6 +35,12 @@ impl Kernel {
         self.update_config(|c| c.pod_wakeups = bits)
     }
 
+    /// Whether connects and sends that hit no policy become records (only
+    /// when a brain rule reads them).
+    pub fn set_connect_records(&mut self, on: bool) -> Result<(), LoadError> {
+        self.update_config(|c| c.connect_records = on as u32)
+    }
+
     /// Changes the programs' runtime switches, in both banks' entries,
     /// writing only on a change.
     pub(super) fn update_config(&mut self, f: impl Fn(&mut Config)) -> Result<(), LoadError> {
@@ -128,6 +134,22 @@ impl Kernel {
                 Ok((name, v.iter().sum()))
             })
             .collect()
+    }
+}
+
+impl Kernel {
+    /// Cgroups whose routine records went over budget, with the count of
+    /// records not sent so far (`BUDGETS`, an LRU: a cgroup quiet long
+    /// enough may leave and start again from zero).
+    pub fn suppressed(&self) -> Result<Vec<(u64, u64)>, LoadError> {
+        let m = self.map("BUDGETS")?;
+        let b: HashMap<_, u64, sensor_common::Budget> =
+            HashMap::try_from(m).map_err(map_err("BUDGETS"))?;
+        Ok(b.iter()
+            .flatten()
+            .filter(|(_, v)| v.suppressed != 0)
+            .map(|(k, v)| (k, v.suppressed))
+            .collect())
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub lost: BTreeMap<&'static str, u64>,
     /// Per policy: what its selectors did (Tetragon's action counters).
     pub policies: BTreeMap<String, ActionCounters>,
+    /// Last value read from the kernel's `BUDGETS`, per cgroup.
+    pub suppressed: std::collections::HashMap<u64, u64>,
 }
 
 /// Tetragon's `TracingPolicyActionCounters`, for the actions this sensor

@@ -110,6 +110,8 @@ pub struct Families {
     pub missed: Family<MsgOp, Counter>,
     pub bpf_missed: Family<MsgOpError, Counter>,
     pub ringbuf_lost: Counter,
+    /// Routine records not sent because their cgroup was over budget.
+    pub records_suppressed: Counter,
     pub ringbuf_received: Counter,
     pub cache_size: Gauge,
     pub cache_capacity: Gauge,
@@ -157,6 +159,7 @@ impl Telemetry {
             missed: Family::default(),
             bpf_missed: Family::default(),
             ringbuf_lost: Counter::default(),
+            records_suppressed: Counter::default(),
             ringbuf_received: Counter::default(),
             cache_size: Gauge::default(),
             cache_capacity: Gauge::default(),
@@ -217,6 +220,11 @@ impl Telemetry {
             "tetragon_observer_ringbuf_events_lost",
             "Number of perf events Tetragon ring buffer lost",
             f.ringbuf_lost.clone(),
+        );
+        r.register(
+            "sensor_records_suppressed",
+            "Routine records (connects and sends that hit no policy) not sent because their pod was over its record budget; each pod's count is a sensor_alert",
+            f.records_suppressed.clone(),
         );
         r.register(
             "tetragon_observer_ringbuf_events_received",
