@@ -59,6 +59,23 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "open");
 
+    // A packet socket opened before the quarantine, by a process that
+    // keeps it.
+    let mut sniffer = frontend
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,time\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\nprint('open', flush=True)\ntime.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut opened = String::new();
+    BufReader::new(sniffer.stdout.take().unwrap())
+        .read_line(&mut opened)
+        .unwrap();
+    assert_eq!(opened.trim(), "open");
+
     quarantine_by_hand(kc, "apply", "shop/frontend");
     assert_eq!(
         api.pod("shop", "frontend").unwrap()["metadata"]["labels"]["quarantine"],
@@ -81,6 +98,15 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         "the open connection is cut too: {line}"
     );
     let _ = held.wait();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let st = sniffer.wait().unwrap();
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "the packet socket's holder is killed"
+        );
+    }
     // Packet sockets live below the IP stack, where the packet filters do
     // not run: asking for one in the quarantined pod is fatal; elsewhere it
     // is not.

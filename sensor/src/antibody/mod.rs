@@ -5,6 +5,7 @@
 //! afterwards: any local pod that carries it is isolated here, and removing
 //! it lifts the isolation.
 pub mod label;
+mod packet;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -118,6 +119,12 @@ impl Antibodies {
             .pod_cgroup(&d.uid)
             .ok_or_else(|| format!("no cgroup for pod {} on this node", d.uid))?;
         kernel.quarantine(id).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.paths.borrow_mut().dir(id) {
+            let killed = packet::cut(&dir);
+            if !killed.is_empty() {
+                tracing::warn!(pod = %d.name, uid = %d.uid, pids = ?killed, "killed the quarantined pod's holders of packet sockets");
+            }
+        }
         self.isolated.insert(
             d.uid.clone(),
             Isolated {

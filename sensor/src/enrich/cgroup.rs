@@ -157,6 +157,13 @@ impl CgroupPaths {
         std::rc::Rc::new(std::cell::RefCell::new(Self::new(root)))
     }
 
+    /// The cgroup's directory on the cgroup v2 mount.
+    pub fn dir(&mut self, id: u64) -> Option<PathBuf> {
+        let root = self.root.clone();
+        let rel = self.path(id)?;
+        Some(root.join(rel.trim_start_matches('/')))
+    }
+
     pub fn path(&mut self, id: u64) -> Option<&str> {
         if !self.paths.contains_key(&id) {
             match self.by_handle(id) {
