@@ -75,3 +75,45 @@ fn a_flooding_pod_neither_blinds_the_sensor_nor_loses_other_pods_records() {
         "no ring loss reported"
     );
 }
+
+/// With no brain rule on connects, a connect that hits no policy is no
+/// record at all: 500 connects move the ring buffer's count by the few
+/// records of the process that makes them (its exec and exit).
+#[test]
+fn a_connect_nothing_needs_makes_no_record() {
+    if !can_run("a_connect_nothing_needs_makes_no_record") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let dir = TempDir::new();
+    // A connect policy that matches nothing here: every connect is
+    // evaluated, none hits.
+    let policy = policy_file(
+        &dir,
+        "p.yaml",
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: nothing-here}\nspec:\n  kprobes:\n  - call: tcp_connect\n    syscall: false\n    args: [{index: 0, type: sock}]\n    selectors:\n    - matchArgs: [{index: 0, operator: DAddr, values: [192.0.2.0/24]}]\n      matchActions: [{action: Post}]\n",
+    );
+    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    let received = |d: &Daemon| {
+        d.scrape()
+            .sum("tetragon_observer_ringbuf_events_received_total", &[])
+    };
+    let before = received(&daemon);
+    let script = "import socket\nl = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(600)\nfor _ in range(500):\n    socket.create_connection(l.getsockname()).close()\n";
+    let st = cg
+        .command("/usr/bin/python3")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The python's exec and exit are seen; its connects are not records.
+    daemon.wait_for("the exit of the connecting process", |e| {
+        e["process_exit"]["process"]["binary"]
+            .as_str()
+            .is_some_and(|b| b.contains("python3"))
+    });
+    let grew = received(&daemon) - before;
+    assert!(grew >= 2.0, "the exec and exit were counted: {grew}");
+    assert!(grew < 50.0, "{grew} records for 500 connects");
+}

@@ -326,9 +326,18 @@ pub struct Config {
     pub pod_wakeups: u32,
     /// The bank this entry describes (its own index).
     pub bank: u32,
-    /// Non-zero when a brain rule reads connects: only then does a connect
-    /// or send that hits no policy become a record.
+    /// Which connects and sends that hit no policy become records
+    /// ([`connect_records`]): only those a brain rule reads.
     pub connect_records: u32,
+}
+
+/// Values of [`Config::connect_records`].
+pub mod connect_records {
+    pub const NONE: u32 = 0;
+    pub const ALL: u32 = 1;
+    /// Only from tasks in known pods (`POD_BIT`): every connect rule is
+    /// `inPod`.
+    pub const PODS: u32 = 2;
 }
 
 /// Bits of [`Config::pod_wakeups`].

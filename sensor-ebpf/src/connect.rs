@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    kind, match_kind, net_kind, net_selector, pod_wakeups, sock_op, ConnectEvent, NetFilter,
-    NetValueKey, ProcState, MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
+    connect_records, kind, match_kind, net_kind, net_selector, pod_wakeups, sock_op, ConnectEvent,
+    NetFilter, NetValueKey, ProcState, MAX_ARG_FILTERS, MAX_SELECTORS, NET_ADDR_KEY_LEN, POD_BIT,
 };
 
 use crate::maps::{
@@ -214,7 +214,12 @@ fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u
         crate::quarantine::count_denied();
         false
     } else {
-        cfg.connect_records != 0 && crate::budget::allow(e.cgroup_id, e.ktime)
+        let wanted = match cfg.connect_records {
+            connect_records::NONE => false,
+            connect_records::PODS => ev.scopes & POD_BIT != 0,
+            _ => true,
+        };
+        wanted && crate::budget::allow(e.cgroup_id, e.ktime)
     };
     let urgent =
         e.hits != 0 || (ev.scopes & POD_BIT != 0 && cfg.pod_wakeups & pod_wakeups::CONNECT != 0);

@@ -120,6 +120,11 @@ impl Pipeline {
         self.brain.wants(on)
     }
 
+    /// Whether every brain rule on `on` is about pods.
+    pub fn pods_only(&self, on: crate::brain::On) -> bool {
+        self.brain.pods_only(on)
+    }
+
     /// Takes the kernel's lost-record total for `kind`; returns how much it
     /// grew since the last reading.
     pub fn lost(&mut self, kind: &'static str, total: u64) -> u64 {

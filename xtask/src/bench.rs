@@ -4,8 +4,11 @@
 //! invocation.
 //!
 //! - exec: fork+exec of /bin/true, with the shipped reflex policy
-//! - connect: TCP connects to a loopback listener, with connect policies
-//!   loaded that match none of them
+//! - connect: TCP connects to a loopback listener, with every shipped policy
+//!   loaded (brain rules included; test CIDRs for the egress policy, which
+//!   lets loopback through) and connect policies that match none of them;
+//!   the connects need no record, and the connect program's nanoseconds per
+//!   run are what such a connect costs
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -103,13 +106,13 @@ spec:
       matchActions: [{action: Override, argError: -1}]
 ";
 
-fn start(sensor: &Path, policy: &Path, events: &Path) -> Result<Daemon> {
+fn start(sensor: &Path, policies: &[String], events: &Path) -> Result<Daemon> {
     let _ = std::fs::remove_file(events);
     let mut child = Command::new(sensor)
         .current_dir(root())
         .args(["run", "--output", "none", "--health-server-address", ""])
-        .args(["--program-stats", "--policy"])
-        .arg(policy)
+        .arg("--program-stats")
+        .args(policies)
         // Pins of the bench's own, removed when it stops (no --keep-on-exit).
         .args([
             "--bpf-dir",
@@ -190,27 +193,49 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("exec") => compare(
             sensor,
-            &root().join("policies/reflex.yaml"),
+            &[
+                "--policy".into(),
+                root().join("policies/reflex.yaml").display().to_string(),
+            ],
             &o,
             &Workload {
                 name: "fork+exec of /bin/true",
                 ops: o.ops.unwrap_or(2000),
                 run: workload,
-                events: "process_exec",
+                seen: ("process_exec", |stats, _| field(stats, "process_exec")),
             },
         ),
         Some("connect") => {
             let policy = root().join("target/bench-connect-policy.yaml");
             std::fs::write(&policy, CONNECT_POLICY)?;
+            let policies = [
+                "--policy".to_string(),
+                policy.display().to_string(),
+                "--policy-dir".into(),
+                root().join("policies").display().to_string(),
+                "--pod-cidr".into(),
+                "10.244.0.0/16".into(),
+                "--service-cidr".into(),
+                "10.96.0.0/12".into(),
+            ];
             compare(
                 sensor,
-                &policy,
+                &policies,
                 &o,
                 &Workload {
                     name: "TCP connects to a loopback listener",
                     ops: o.ops.unwrap_or(20_000),
                     run: connects,
-                    events: "records",
+                    seen: ("connect program runs", |_, programs| {
+                        programs
+                            .iter()
+                            .filter(|p| {
+                                p.contains("program=snsr_connect4")
+                                    || p.contains("program=\"snsr_connect4")
+                            })
+                            .map(|p| field(p, "runs"))
+                            .sum()
+                    }),
                 },
             )
         }
@@ -222,11 +247,12 @@ struct Workload {
     name: &'static str,
     ops: usize,
     run: fn(usize) -> Result<Duration>,
-    /// The stop-line counter that must reach `ops` (every op seen).
-    events: &'static str,
+    /// What must reach `ops` (every op seen), read from the stop line and
+    /// the program lines.
+    seen: (&'static str, fn(&str, &[String]) -> u64),
 }
 
-fn compare(sensor: &Path, policy: &Path, o: &Options, w: &Workload) -> Result<()> {
+fn compare(sensor: &Path, policies: &[String], o: &Options, w: &Workload) -> Result<()> {
     let events = root().join("target/bench-events.json");
     let (mut ratios, mut rates) = (Vec::new(), Vec::new());
     let mut lost_total = 0;
@@ -239,23 +265,24 @@ fn compare(sensor: &Path, policy: &Path, o: &Options, w: &Workload) -> Result<()
         // Alternate which run goes first so that drift does not favour one.
         for with_sensor in [pair % 2 == 0, pair % 2 == 1] {
             if with_sensor {
-                let d = start(sensor, policy, &events)?;
+                let d = start(sensor, policies, &events)?;
                 with = (w.run)(w.ops)?;
                 (stats, programs) = stop(d)?;
             } else {
                 without = (w.run)(w.ops)?;
             }
         }
-        let (seen, lost) = (field(&stats, w.events), field(&stats, "lost"));
+        let (seen, lost) = ((w.seen.1)(&stats, &programs), field(&stats, "lost"));
         lost_total += lost;
         let ratio = with.as_secs_f64() / without.as_secs_f64();
         let rate = seen as f64 / with.as_secs_f64();
         println!(
-            "pair {}: without {:.3}s  with {:.3}s  ratio {ratio:.3}  {} {seen}  lost {lost}",
+            "pair {}: without {:.3}s  with {:.3}s  ratio {ratio:.3}  {} {seen}  records {}  lost {lost}",
             pair + 1,
             without.as_secs_f64(),
             with.as_secs_f64(),
-            w.events
+            w.seen.0,
+            field(&stats, "records")
         );
         for p in programs.iter().filter(|p| field(p, "runs") > 0) {
             let name = p
@@ -271,7 +298,7 @@ fn compare(sensor: &Path, policy: &Path, o: &Options, w: &Workload) -> Result<()
             );
         }
         if seen < w.ops as u64 {
-            bail!("the sensor saw {seen} {} of {} operations", w.events, w.ops);
+            bail!("the sensor saw {seen} {} of {} operations", w.seen.0, w.ops);
         }
         ratios.push(ratio);
         rates.push(rate);
@@ -283,7 +310,7 @@ fn compare(sensor: &Path, policy: &Path, o: &Options, w: &Workload) -> Result<()
         o.pairs,
         median(ratios),
         median(rates),
-        w.events
+        w.seen.0
     );
     Ok(())
 }

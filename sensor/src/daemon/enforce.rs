@@ -73,7 +73,16 @@ impl Enforcer {
         .filter(|(on, _)| pipeline.wants(*on))
         .fold(0, |bits, (_, bit)| bits | bit);
         kernel.set_pod_wakeups(wakeups)?;
-        kernel.set_connect_records(pipeline.wants(On::Connect))?;
+        // Routine connects become records only for the brain's connect
+        // rules, and only from pods when every such rule is about pods.
+        use sensor_common::connect_records as records;
+        kernel.set_connect_records(
+            match (pipeline.wants(On::Connect), pipeline.pods_only(On::Connect)) {
+                (false, _) => records::NONE,
+                (true, true) => records::PODS,
+                (true, false) => records::ALL,
+            },
+        )?;
         Ok(())
     }
 

@@ -35,10 +35,10 @@ impl Kernel {
         self.update_config(|c| c.pod_wakeups = bits)
     }
 
-    /// Whether connects and sends that hit no policy become records (only
-    /// when a brain rule reads them).
-    pub fn set_connect_records(&mut self, on: bool) -> Result<(), LoadError> {
-        self.update_config(|c| c.connect_records = on as u32)
+    /// Which connects and sends that hit no policy become records
+    /// (`sensor_common::connect_records`).
+    pub fn set_connect_records(&mut self, mode: u32) -> Result<(), LoadError> {
+        self.update_config(|c| c.connect_records = mode)
     }
 
     /// Changes the programs' runtime switches, in both banks' entries,
