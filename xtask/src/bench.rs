@@ -249,8 +249,11 @@ struct Workload {
     run: fn(usize) -> Result<Duration>,
     /// What must reach `ops` (every op seen), read from the stop line and
     /// the program lines.
-    seen: (&'static str, fn(&str, &[String]) -> u64),
+    seen: (&'static str, Seen),
 }
+
+/// Reads a count from the daemon's stop line and its program lines.
+type Seen = fn(&str, &[String]) -> u64;
 
 fn compare(sensor: &Path, policies: &[String], o: &Options, w: &Workload) -> Result<()> {
     let events = root().join("target/bench-events.json");
