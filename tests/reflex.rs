@@ -260,3 +260,42 @@ fn a_path_too_deep_to_resolve_fails_closed() {
     let _daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
     assert_eq!(cg.exit_code(&shallow), Some(0));
 }
+
+/// Churn: a followed process forks 70,000 children, more than the kernel's
+/// process map holds, and each exits at once. The map holds only the
+/// living, so the followed root keeps its state and its next child's exec
+/// is still killed.
+#[test]
+fn follow_children_survives_process_churn_past_the_map_size() {
+    if !can_run("follow_children_survives_process_churn_past_the_map_size") {
+        return;
+    }
+    let dir = TempDir::new();
+    let root = dir.path().join("churner");
+    std::fs::copy(resolved("/usr/bin/python3"), &root).unwrap();
+    let root = root.to_string_lossy().into_owned();
+    let policy = policy_file(
+        &dir,
+        "p.yaml",
+        &bprm_policy(
+            "churn-children",
+            &format!(
+                "    - matchBinaries: [{{operator: In, values: [\"{root}\"], followChildren: true}}]
+      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
+      matchActions: [{{action: Sigkill}}]
+"
+            ),
+        ),
+    );
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let _daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    let script = "import os, subprocess\n\
+         before = subprocess.call(['/bin/true'])\n\
+         for _ in range(70000):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n    os.waitpid(pid, 0)\n\
+         after = subprocess.call(['/bin/true'])\n\
+         print(before, after)\n";
+    let out = cg.command(&root).args(["-c", script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "-9 -9", "killed before and after the churn");
+}
