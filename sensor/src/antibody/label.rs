@@ -336,14 +336,7 @@ mod tests {
 
     #[test]
     fn the_patch_carries_the_uid_as_a_precondition() {
-        let mut d = Decision {
-            namespace: "shop".into(),
-            name: "web".into(),
-            uid: "u-1".into(),
-            rule: "r".into(),
-            exec_ids: vec![],
-            time: "t".into(),
-        };
+        let mut d = Decision::for_test("u-1");
         assert_eq!(patch_for(&d)["metadata"]["uid"], "u-1");
         assert_eq!(patch_for(&d)["metadata"]["labels"][LABEL], "true");
         d.uid.clear();
@@ -352,14 +345,7 @@ mod tests {
 
     #[test]
     fn one_entry_per_pod() {
-        let d = Decision {
-            namespace: "shop".into(),
-            name: "web".into(),
-            uid: "u-1".into(),
-            rule: "r".into(),
-            exec_ids: vec![],
-            time: "t".into(),
-        };
+        let d = Decision::for_test("u-1");
         let mut q = Queue::default();
         q.push(d.clone());
         q.push(Decision {

@@ -55,6 +55,21 @@ impl Decision {
     }
 }
 
+#[cfg(test)]
+impl Decision {
+    /// A decision about pod `shop/web` with uid `uid`, for unit tests.
+    pub(crate) fn for_test(uid: &str) -> Self {
+        Decision {
+            namespace: "shop".into(),
+            name: "web".into(),
+            uid: uid.into(),
+            rule: "r".into(),
+            exec_ids: vec!["e".into()],
+            time: "t".into(),
+        }
+    }
+}
+
 /// What the label task reports back.
 #[derive(Debug)]
 pub struct LabelOutcome {

@@ -123,14 +123,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn decision(uid: &str) -> Decision {
-        Decision {
-            namespace: "shop".into(),
-            name: "web".into(),
-            uid: uid.into(),
-            rule: "r".into(),
-            exec_ids: vec!["e".into()],
-            time: "t".into(),
-        }
+        Decision::for_test(uid)
     }
 
     #[test]
