@@ -84,13 +84,13 @@ pub static STR_PREFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entrie
 #[map]
 pub static STR_POSTFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entries(8192, 0);
 
-/// Policy state of the processes that have one, by tgid. A plain hash, not
-/// an LRU: an LRU may evict a live entry (a `followChildren` root) under
-/// churn, even before it is full, and the tree under it would fail open.
-/// Entries go when their process exits (`lifecycle`). With 65,536
-/// processes holding a state alive at once, new ones get none (README).
+/// Policy state of the processes that have one, by tgid. Entries go when
+/// their process exits (`lifecycle`), so churn does not fill it. An LRU:
+/// a plain hash, which never evicts a live entry, locked up Linux 5.10
+/// (both CPUs in soft lockup while a second daemon wrote its tables) in the
+/// kernel matrix.
 #[map]
-pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(65536, 0);
+pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Cgroup ids under which policies act when `Config::scoped` is set.
 #[map]
