@@ -120,6 +120,15 @@ fn counters_move_with_execs_kills_alerts_and_quarantines() {
             && m.sum("tetragon_map_capacity", &[("map", "PROCS")]) == 65536.0
             && m.sum("tetragon_map_entries", &[("map", "QUARANTINE")]) == 1.0
     });
+    // The quarantined pod's next connect is refused in the kernel, counted
+    // there rather than sent as a record.
+    web.sh("curl -s -o /dev/null --max-time 2 http://127.0.0.1:1/; true");
+    eventually("the refused connect counted", || {
+        daemon
+            .scrape()
+            .sum("sensor_quarantine_refusals_total", &[("kind", "connects")])
+            >= 1.0
+    });
     let m = daemon.scrape();
     assert_eq!(
         m.sum("tetragon_missed_events_total", &[]),

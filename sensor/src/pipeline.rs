@@ -307,23 +307,16 @@ impl Pipeline {
 
     /// Kills `p` and everything it started (a brain rule's `kill`), the
     /// offender first so that it cannot start more; returns the exec ids
-    /// killed. Only pids the cache still holds for these very processes are
-    /// signalled.
-    fn kill_tree(&mut self, p: &Process) -> Vec<String> {
+    /// killed. The tree holds only the processes the cache has as their
+    /// pid's current one, so no pid reused by another process is signalled.
+    fn kill_tree(&self, p: &Process) -> Vec<String> {
         let mut tree = self.cache.tree_of(p);
         tree.sort_by_key(|q| q.exec_id != p.exec_id);
-        let mut killed = Vec::new();
-        for q in tree {
-            let current = self
-                .cache
-                .by_pid(q.pid)
-                .is_some_and(|c| c.exec_id == q.exec_id);
+        tree.into_iter()
             // SAFETY: kill(2) with a pid the cache holds for this process.
-            if current && q.pid > 1 && unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0 {
-                killed.push(q.exec_id.to_string());
-            }
-        }
-        killed
+            .filter(|q| q.pid > 1 && unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0)
+            .map(|q| q.exec_id.to_string())
+            .collect()
     }
 
     /// A connect record: shown to the brain, and policy events for the

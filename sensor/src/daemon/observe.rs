@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::load::Kernel;
-use crate::metrics::registry::{MapName, ProgramLabels, State};
+use crate::metrics::registry::{MapName, ProgramLabels, Refusal, State};
 use crate::metrics::Telemetry;
 
 /// Counting map entries walks every key; this often is plenty for a
@@ -18,6 +18,8 @@ pub struct Observer {
     /// Per program: runs and run time at the last reading.
     programs: HashMap<String, (u64, Duration)>,
     evictions: u64,
+    /// The kernel's quarantine refusals at the last reading, per kind.
+    refusals: HashMap<&'static str, u64>,
     maps_at: Option<Instant>,
 }
 
@@ -27,6 +29,7 @@ impl Observer {
             t,
             programs: HashMap::new(),
             evictions: 0,
+            refusals: HashMap::new(),
             maps_at: None,
         }
     }
@@ -43,6 +46,21 @@ impl Observer {
         let (pending, isolated) = s.antibodies.counts();
         t.pending_labels.set(pending as i64);
         t.quarantined_cgroups.set(isolated as i64);
+
+        match kernel.refusals() {
+            Ok(now) => {
+                for (kind, n) in now {
+                    let before = self.refusals.insert(kind, n).unwrap_or(0);
+                    // Lower than before: a new set (an upgrade) counts
+                    // from zero again.
+                    let grew = if n < before { n } else { n - before };
+                    t.quarantine_refusals
+                        .get_or_create(&Refusal { kind: kind.into() })
+                        .inc_by(grew);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading quarantine refusals"),
+        }
 
         let set = &s.policies.set;
         let (mut enabled, mut disabled) = (0, 0);

@@ -137,7 +137,30 @@ impl Kernel {
     }
 }
 
+/// `QUARANTINE_DROPS` indices, with their names: what the quarantine
+/// refused in the kernel.
+pub const REFUSAL_KINDS: [(u32, &str); 4] = [
+    (0, "packets_egress"),
+    (1, "packets_ingress"),
+    (2, "packet_sockets"),
+    (3, "connects"),
+];
+
 impl Kernel {
+    /// What the quarantine refused so far, per kind (`REFUSAL_KINDS`).
+    pub fn refusals(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
+        let m = self.map("QUARANTINE_DROPS")?;
+        let drops: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(m).map_err(map_err("QUARANTINE_DROPS"))?;
+        REFUSAL_KINDS
+            .iter()
+            .map(|&(i, name)| {
+                let v = drops.get(&i, 0).map_err(map_err("QUARANTINE_DROPS"))?;
+                Ok((name, v.iter().sum()))
+            })
+            .collect()
+    }
+
     /// Cgroups whose routine records went over budget, with the count of
     /// records not sent so far (`BUDGETS`, an LRU: a cgroup quiet long
     /// enough may leave and start again from zero).

@@ -50,6 +50,11 @@ pub struct State {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapName {
     pub map: String,
 }
@@ -132,6 +137,7 @@ pub struct Families {
     pub label_patches: Family<Outcome, Counter>,
     pub pending_labels: Gauge,
     pub quarantined_cgroups: Gauge,
+    pub quarantine_refusals: Family<Refusal, Counter>,
     pub decision_seconds: Histogram,
     registry: Registry,
 }
@@ -180,6 +186,7 @@ impl Telemetry {
             label_patches: Family::default(),
             pending_labels: Gauge::default(),
             quarantined_cgroups: Gauge::default(),
+            quarantine_refusals: Family::default(),
             // 1 µs to about 4 s: a map write is microseconds, a stalled
             // one is what this is for.
             decision_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
@@ -317,6 +324,11 @@ impl Telemetry {
             "sensor_quarantined_cgroups",
             "Pod cgroups isolated in the kernel on this node",
             f.quarantined_cgroups.clone(),
+        );
+        r.register(
+            "sensor_quarantine_refusals",
+            "What the kernel refused quarantined pods, by kind: packets dropped (egress, ingress), packet sockets, connects and sends",
+            f.quarantine_refusals.clone(),
         );
         r.register(
             "sensor_decision_to_kernel_seconds",

@@ -122,8 +122,8 @@ impl ProcessCache {
         self.entries.get(&p.parent_exec_id).cloned()
     }
 
-    /// `p` and every live process it started, at any depth (for a kill of
-    /// the whole tree).
+    /// `p` and every live process it started, at any depth, each the
+    /// current process of its pid (for a kill of the whole tree).
     pub fn tree_of(&self, p: &Process) -> Vec<Arc<Process>> {
         let mut out = Vec::new();
         for id in self.by_pid.values() {
