@@ -53,15 +53,22 @@ fn skb_quarantined(ctx: &SkBuffContext) -> bool {
     false
 }
 
+/// Counts one refusal at `QUARANTINE_DROPS` index `kind` (the daemon's
+/// `sensor_quarantine_refusals_total`).
+#[inline(always)]
+fn count(kind: u32) {
+    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(kind) {
+        // SAFETY: per-CPU counter.
+        unsafe { *n += 1 };
+    }
+}
+
 /// 1 passes the packet, 0 drops it.
 fn filter(ctx: &SkBuffContext, direction: u32) -> i32 {
     if !skb_quarantined(ctx) {
         return 1;
     }
-    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(direction) {
-        // SAFETY: per-CPU counter.
-        unsafe { *n += 1 };
-    }
+    count(direction);
     0
 }
 
@@ -85,10 +92,7 @@ const CONNECTS_DENIED: u32 = 3;
 /// record: a quarantined pod that keeps trying must not flood the ring.
 #[inline(always)]
 pub fn count_denied() {
-    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(CONNECTS_DENIED) {
-        // SAFETY: per-CPU counter.
-        unsafe { *n += 1 };
-    }
+    count(CONNECTS_DENIED);
 }
 
 /// `syscalls:sys_enter_socket`: a quarantined task asking for a packet
@@ -113,10 +117,7 @@ pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: signals the current task.
     unsafe { bpf_send_signal(9) };
-    if let Some(n) = QUARANTINE_DROPS.get_ptr_mut(PACKET_SOCKETS) {
-        // SAFETY: per-CPU counter.
-        unsafe { *n += 1 };
-    }
+    count(PACKET_SOCKETS);
     0
 }
 
