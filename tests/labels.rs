@@ -220,3 +220,54 @@ fn a_pod_the_watcher_does_not_know_is_isolated_at_once_and_labelled_once_known()
     assert!(labelled(&c.api, "ghost"));
     assert_eq!(connect_errno_to(&ghost, &backend), "1");
 }
+
+/// A pod the watcher never knew, judged by a connect rule (its connects are
+/// recorded although every connect rule is about pods), then deleted: no
+/// decision waits forever; the label gives up and the isolation goes with
+/// the pod.
+#[test]
+fn a_pod_deleted_before_the_watcher_knew_it_is_let_go() {
+    if !can_run("a_pod_deleted_before_the_watcher_knew_it_is_let_go") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let ghost = c.pod("ghost");
+    let uid = ghost.uid.clone();
+    c.api.delete(apiserver_double::PODS, "shop", "ghost");
+    let daemon = c.daemon(&[&ghost], &c.state());
+    // curl renamed `sleep`: only the brain's connect rule catches it.
+    let tools = TempDir::new();
+    let sleep = tools.path().join("sleep");
+    std::fs::copy("/usr/bin/curl", &sleep).unwrap();
+    let script = format!(
+        "{} -s --max-time 10 {} >/dev/null; exit $?",
+        sleep.display(),
+        backend.url()
+    );
+    assert_eq!(ghost.sh(&script), Some(137), "killed by the brain");
+    let isolated = daemon.wait_for("isolated by cgroup path", |e| {
+        quarantine_of(e, &uid, "node", "isolated")
+    });
+    assert_eq!(
+        isolated["sensor_quarantine"]["rule"],
+        "evasion-renamed-binary"
+    );
+    daemon.wait_for("the label waits", |e| {
+        quarantine_of(e, &uid, "label", "waiting")
+    });
+    drop(ghost);
+    let failed = daemon.wait_for("the label gives up", |e| {
+        quarantine_of(e, &uid, "label", "failed")
+    });
+    assert!(
+        failed["sensor_quarantine"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deleted")),
+        "{failed}"
+    );
+    let released = daemon.wait_for("the isolation goes", |e| {
+        quarantine_of(e, &uid, "node", "released")
+    });
+    assert_eq!(released["sensor_quarantine"]["rule"], "pod deleted");
+}

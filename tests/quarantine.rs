@@ -1,6 +1,6 @@
 //! The antibodies: a pod labelled `quarantine=true` (here by the operator's
 //! `sensor quarantine apply`, against a fake API server speaking real HTTP)
-//! is cut off the network on this node, open connections included; other
+//! is cut off the network on this node, open connections torn down; other
 //! pods are untouched; removing the label gives the network back. The pods
 //! have network namespaces of their own (`common::pod`).
 mod common;
@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use apiserver_double::FakeApi;
-use common::pod::{Node, PORT};
+use common::pod::Node;
 use common::*;
 
 #[test]
@@ -40,11 +40,26 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         "before: the frontend reaches the backend"
     );
 
-    // A connection opened before the quarantine, held by a client that sends
-    // a request when told to.
+    // A connection opened before the quarantine, to a peer that waits on
+    // it, held by a client that writes when told to.
+    let mut peer = backend
+        .command("/usr/bin/python3")
+        .args([
+            "-u",
+            "-c",
+            "import socket\nl=socket.create_server(('0.0.0.0',9001))\nprint('listening')\nc,_=l.accept()\nc.settimeout(30)\n\
+             try:\n    print('eof' if not c.recv(100) else 'data')\nexcept OSError as e:\n    print(type(e).__name__)\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peer_out = BufReader::new(peer.stdout.take().unwrap());
+    let mut peer_line = String::new();
+    peer_out.read_line(&mut peer_line).unwrap();
+    assert_eq!(peer_line.trim(), "listening");
     let script = format!(
-        "import socket,sys\ns=socket.create_connection(('{}',{PORT}))\ns.settimeout(2)\nprint('open',flush=True)\nsys.stdin.readline()\n\
-         try:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('reply' if s.recv(100) else 'eof')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
+        "import socket,sys\ns=socket.create_connection(('{}',9001))\nprint('open',flush=True)\nsys.stdin.readline()\n\
+         try:\n    s.sendall(b'x'); s.settimeout(2); print('reply' if s.recv(100) else 'eof')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
         backend.ip
     );
     let mut held = frontend
@@ -90,12 +105,23 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         Some(7),
         "new connects are denied"
     );
+    // The open connection is torn down: the peer is reset at once, not left
+    // to time out, and the holder's next write fails.
+    peer_line.clear();
+    peer_out.read_line(&mut peer_line).unwrap();
+    assert_eq!(
+        peer_line.trim(),
+        "ConnectionResetError",
+        "the peer is reset"
+    );
+    let _ = peer.wait();
     writeln!(held.stdin.take().unwrap()).unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("cut"),
-        "the open connection is cut too: {line}"
+    assert_eq!(
+        line.trim(),
+        "cut ConnectionAbortedError",
+        "the holder's connection is destroyed"
     );
     let _ = held.wait();
     {

@@ -6,9 +6,13 @@
 //! and the legacy `SOCK_PACKET`) send and receive below the IP stack, where
 //! no `cgroup_skb` program runs: a quarantined task that asks for one is
 //! killed on the `socket()` syscall's tracepoint (raw IP sockets need no
-//! such guard, their packets pass the `cgroup_skb` filters).
+//! such guard, their packets pass the `cgroup_skb` filters). One packet
+//! leaves: the reset of a connection the daemon tears down.
 use aya_ebpf::{
-    helpers::{bpf_send_signal, generated::bpf_skb_ancestor_cgroup_id},
+    helpers::{
+        bpf_send_signal,
+        generated::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id},
+    },
     macros::{cgroup_skb, tracepoint},
     programs::{SkBuffContext, TracePointContext},
 };
@@ -65,11 +69,76 @@ fn count(kind: u32) {
 
 /// 1 passes the packet, 0 drops it.
 fn filter(ctx: &SkBuffContext, direction: u32) -> i32 {
-    if !skb_quarantined(ctx) {
+    if !skb_quarantined(ctx) || (direction == EGRESS && bare_reset(ctx)) {
         return 1;
     }
     count(direction);
     0
+}
+
+const EGRESS: u32 = 0;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const SOCK_STREAM: u32 = 1;
+const TCP_RST: u8 = 0x04;
+
+/// Whether the packet is a reset without payload from a kernel TCP socket:
+/// what a connection the daemon tears down at isolation sends its peer
+/// (`antibody/teardown.rs`), so that the peer stops waiting. A raw socket
+/// cannot pass for one (its type is not `SOCK_STREAM`), and a reset carries
+/// nothing the pod chooses but the connection it ends.
+fn bare_reset(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context's socket field, which the verifier types as a
+    // nullable socket pointer.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket pointer from the context, checked above.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return false;
+    }
+    // SAFETY: fields of a full socket, read as the u32s the verifier allows.
+    let (ty, proto) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*full).type_)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*full).protocol)),
+        )
+    };
+    if ty != SOCK_STREAM || proto != u32::from(IPPROTO_TCP) {
+        return false;
+    }
+    // The IP header, then where TCP starts and how long the segment is.
+    let (tcp, segment) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let (Ok(vihl), Ok(p), Ok(total)) =
+                (ctx.load::<u8>(0), ctx.load::<u8>(9), ctx.load::<u16>(2))
+            else {
+                return false;
+            };
+            let ihl = usize::from(vihl & 0xf) * 4;
+            if p != IPPROTO_TCP {
+                return false;
+            }
+            (ihl, usize::from(u16::from_be(total)).saturating_sub(ihl))
+        }
+        ETH_P_IPV6 => {
+            let (Ok(next), Ok(plen)) = (ctx.load::<u8>(6), ctx.load::<u16>(4)) else {
+                return false;
+            };
+            if next != IPPROTO_TCP {
+                return false;
+            }
+            (40, usize::from(u16::from_be(plen)))
+        }
+        _ => return false,
+    };
+    let (Ok(doff), Ok(flags)) = (ctx.load::<u8>(tcp + 12), ctx.load::<u8>(tcp + 13)) else {
+        return false;
+    };
+    flags & TCP_RST != 0 && segment == usize::from(doff >> 4) * 4
 }
 
 const AF_INET: u64 = 2;
@@ -123,7 +192,7 @@ pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
 
 #[cgroup_skb(egress)]
 pub fn snsr_q_egress(ctx: SkBuffContext) -> i32 {
-    filter(&ctx, 0)
+    filter(&ctx, EGRESS)
 }
 
 #[cgroup_skb(ingress)]

@@ -1,8 +1,11 @@
 //! Keeps the kernel's pod scope sets current as pods come and go:
 //! `TracingPolicyNamespaced` and `podSelector` policies act only on the pods
-//! they select, and the kernel knows them by their cgroups. Every known pod
-//! also carries `POD_BIT`, so that its records wake the reader (and the
-//! brain) at once.
+//! they select, and the kernel knows them by their cgroups. Every pod also
+//! carries `POD_BIT`, so that its records wake the reader (and the brain) at
+//! once and its connects are recorded for the brain's pod rules: the pods
+//! the watcher knows by their own cgroups, and the ones it does not know yet
+//! (a lagging watch, an API down at start) through kubelet's kubepods roots,
+//! so that the brain judges them from their cgroup path meanwhile.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -21,6 +24,9 @@ pub struct PodScopes {
     seen_generation: Option<u64>,
     /// Some selected pod had no cgroup yet: look again next time.
     incomplete: bool,
+    /// Where pods the watcher does not know are looked for: the
+    /// `--enforce-cgroup` subtrees when given, else the kubepods roots.
+    unknown_roots: Vec<u64>,
 }
 
 impl PodScopes {
@@ -29,6 +35,7 @@ impl PodScopes {
         scopes: Vec<Scope>,
         pods: Option<Arc<RwLock<PodStore>>>,
         paths: SharedPaths,
+        unknown_roots: Vec<u64>,
     ) -> Option<Self> {
         let Some(pods) = pods else {
             if !scopes.is_empty() {
@@ -43,6 +50,7 @@ impl PodScopes {
             written: HashMap::new(),
             seen_generation: None,
             incomplete: false,
+            unknown_roots,
         })
     }
 
@@ -91,6 +99,14 @@ impl PodScopes {
                 }
                 None => self.incomplete = true,
             }
+        }
+        let roots = if self.unknown_roots.is_empty() {
+            self.paths.borrow().kubepods_roots().to_vec()
+        } else {
+            self.unknown_roots.clone()
+        };
+        for id in roots {
+            *want.entry(id).or_insert(0) |= POD_BIT;
         }
         for (id, bits) in &want {
             if self.written.get(id) != Some(bits) {

@@ -6,7 +6,9 @@
 //! it lifts the isolation.
 pub mod label;
 mod packet;
+mod procs;
 pub mod state;
+mod teardown;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -139,6 +141,13 @@ impl Antibodies {
             if !killed.is_empty() {
                 tracing::warn!(pod = %d.name, uid = %d.uid, pids = ?killed, "killed the quarantined pod's holders of packet sockets");
             }
+            let t = teardown::cut(&dir);
+            if t.destroyed > 0 {
+                tracing::info!(pod = %d.name, uid = %d.uid, sockets = t.destroyed, "tore down the quarantined pod's connections");
+            }
+            for e in t.errors {
+                tracing::warn!(pod = %d.name, uid = %d.uid, error = %e, "some connections of the quarantined pod stay open (their packets are dropped)");
+            }
         }
         self.isolated.insert(
             d.uid.clone(),
@@ -269,6 +278,19 @@ impl Antibodies {
         let uids: Vec<String> = self.unnamed.keys().cloned().collect();
         for uid in uids {
             let Some((namespace, name)) = self.name_of(&uid) else {
+                if self.pod_gone(&uid) {
+                    // Deleted before the watcher ever showed it: there is
+                    // nothing to label, and the isolation goes with the pod
+                    // (the reconcile below releases its cgroup).
+                    self.pending.remove(&uid);
+                    if let Some(d) = self.unnamed.remove(&uid) {
+                        events.push(d.event(
+                            "label",
+                            "failed",
+                            Some("the pod was deleted before the watcher showed it".into()),
+                        ));
+                    }
+                }
                 continue;
             };
             let Some(mut d) = self.unnamed.remove(&uid) else {
@@ -285,6 +307,16 @@ impl Antibodies {
             }
         }
         events
+    }
+
+    /// Whether pod `uid`'s cgroup is gone from this node (cgroup ids are
+    /// never reused, so a cached path that no longer exists is final).
+    fn pod_gone(&self, uid: &str) -> bool {
+        let mut paths = self.paths.borrow_mut();
+        match self.isolated.get(uid) {
+            Some(i) => !paths.dir(i.cgroup).is_some_and(|d| d.exists()),
+            None => paths.pod_cgroup(uid).is_none(),
+        }
     }
 
     /// Labels decided here that have not landed, and cgroups isolated.
@@ -358,6 +390,11 @@ impl Antibodies {
             .map(|(u, i)| (u.clone(), i.cgroup))
             .collect();
         for (uid, id) in lift {
+            let why = if self.pod_gone(&uid) {
+                "pod deleted"
+            } else {
+                "label removed"
+            };
             match kernel.release(id) {
                 Ok(()) => {
                     let Some(i) = self.isolated.remove(&uid) else {
@@ -367,7 +404,7 @@ impl Antibodies {
                         namespace: i.namespace,
                         name: i.name,
                         uid,
-                        rule: "label removed".into(),
+                        rule: why.into(),
                         exec_ids: Vec::new(),
                         time: String::new(),
                     };

@@ -49,7 +49,12 @@ impl Enforcer {
         match scopes.as_mut() {
             Some(s) => s.set_scopes(c.scopes.clone()),
             None => {
-                *scopes = PodScopes::new(c.scopes.clone(), self.pods.clone(), self.paths.clone())
+                *scopes = PodScopes::new(
+                    c.scopes.clone(),
+                    self.pods.clone(),
+                    self.paths.clone(),
+                    self.scope.clone(),
+                )
             }
         }
         if let Some(s) = scopes.as_mut() {

@@ -35,9 +35,7 @@ fn valid_uid(uid: &str) -> bool {
 /// cgroup namespace, or delegation) cannot plant a `pod<uid>` decoy that
 /// the index would take for a real pod, however it names it.
 fn pod_at(parts: &[&str]) -> Option<(usize, String)> {
-    let root = parts
-        .iter()
-        .position(|p| *p == "kubepods" || p.ends_with("kubepods.slice"))?;
+    let root = kubepods_at(parts)?;
     let systemd = parts[root].ends_with(".slice");
     let stem = |p: &str| p.strip_suffix(".slice").unwrap_or(p).to_string();
     let mut at = root + 1;
@@ -64,6 +62,13 @@ fn pod_at(parts: &[&str]) -> Option<(usize, String)> {
         c.strip_prefix("pod")?.to_string()
     };
     valid_uid(&uid).then_some((at, uid))
+}
+
+/// Where the first kubepods root is among `parts`.
+fn kubepods_at(parts: &[&str]) -> Option<usize> {
+    parts
+        .iter()
+        .position(|p| *p == "kubepods" || p.ends_with("kubepods.slice"))
 }
 
 fn components(path: &str) -> Vec<&str> {
@@ -114,6 +119,8 @@ pub struct CgroupPaths {
     paths: HashMap<u64, String>,
     /// Pod uid → the pod's own cgroup.
     pods: HashMap<String, u64>,
+    /// The kubepods roots found by the last walk: every pod is under one.
+    roots: Vec<u64>,
     max_id: u64,
     scanned: Option<Instant>,
 }
@@ -146,6 +153,7 @@ impl CgroupPaths {
             mount,
             paths: HashMap::new(),
             pods: HashMap::new(),
+            roots: Vec::new(),
             max_id: 0,
             scanned: None,
         };
@@ -244,9 +252,16 @@ impl CgroupPaths {
         self.pods.get(uid).copied()
     }
 
+    /// The cgroups of kubelet's kubepods roots: every pod on the node,
+    /// known to the watcher or not, is under one of them.
+    pub fn kubepods_roots(&self) -> &[u64] {
+        &self.roots
+    }
+
     fn rescan(&mut self) {
         self.paths.clear();
         self.pods.clear();
+        self.roots.clear();
         let mut stack = vec![(self.root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             if let Ok(meta) = std::fs::metadata(&dir) {
@@ -257,6 +272,8 @@ impl CgroupPaths {
                     if at + 1 == parts.len() {
                         self.pods.insert(uid, meta.ino());
                     }
+                } else if kubepods_at(&parts).is_some_and(|at| at + 1 == parts.len()) {
+                    self.roots.push(meta.ino());
                 }
                 self.paths.insert(meta.ino(), rel);
                 self.max_id = self.max_id.max(meta.ino());

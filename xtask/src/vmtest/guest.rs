@@ -17,12 +17,15 @@ use crate::root;
 /// Longest a guest may run before it counts as hung.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The command line the guests boot with: BPF-LSM on, quiet console.
-const APPEND: &str = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3 \
+/// The command line the guests boot with: BPF-LSM on, a quiet console that
+/// still prints warnings (a soft lockup's stack is printed at that level).
+const APPEND: &str = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5 \
                       lsm=lockdown,capability,landlock,yama,bpf";
 
-/// Kernel modules the checks need (the test pods' veth pairs).
-const GUEST_MODULES: &[&str] = &["veth"];
+/// Kernel modules the checks need: the test pods' veth pairs, and the
+/// socket diagnostics that tear down a quarantined pod's connections (a
+/// node loads them on demand; the guest has no modprobe).
+const GUEST_MODULES: &[&str] = &["veth", "inet_diag", "tcp_diag"];
 
 /// The guest's /init: mounts, modules, then every check between markers.
 /// The root is already in memory and writable: no tmpfs goes over /tmp or
