@@ -3,7 +3,8 @@
 //! so that another pod's exfiltration is still seen and quarantined at once,
 //! nothing is lost to a full ring buffer, and what the flooder did not get
 //! to send is reported: a `sensor_alert` (rule `record-budget`) naming its
-//! pod with the count, and a metric.
+//! pod with the count, a metric, and the shipped brain rule `flood-records`
+//! (`on: flood`).
 mod common;
 
 use std::time::{Duration, Instant};
@@ -59,6 +60,16 @@ fn a_flooding_pod_neither_blinds_the_sensor_nor_loses_other_pods_records() {
     assert!(
         alert["sensor_alert"]["count"].as_u64().unwrap_or(0) > 0,
         "{alert}"
+    );
+    // The flood itself is something a brain rule reads: the shipped
+    // `flood-records` rule alerts on a pod over its budget for seconds.
+    let flood = daemon.wait_for("the flood rule", |e| {
+        e["sensor_alert"]["rule"] == "flood-records"
+            && e["sensor_alert"]["process"]["pod"]["name"] == "flooder"
+    });
+    assert!(
+        flood["sensor_alert"]["count"].as_u64().unwrap_or(0) > 0,
+        "{flood}"
     );
     let m = daemon.scrape();
     assert!(m.sum("sensor_records_suppressed_total", &[]) > 0.0);

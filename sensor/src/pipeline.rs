@@ -168,6 +168,19 @@ impl Pipeline {
         self.announce(alert);
     }
 
+    /// A pod over its record budget (`count` records not sent since the
+    /// last report), shown to the brain's `on: flood` rules: their alerts
+    /// carry the count.
+    pub fn flooding(&mut self, cgroup_id: u64, count: u64) {
+        let process = Process {
+            cgroup_id,
+            ..Default::default()
+        };
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        self.think_counted(On::Flood, &process, None, &time, count);
+        self.exporter.flush();
+    }
+
     /// What each policy's selectors did so far.
     pub fn action_counters(&self, policy: &str) -> crate::metrics::ActionCounters {
         self.metrics
@@ -266,6 +279,18 @@ impl Pipeline {
 
     /// Shows an event to the brain, and acts on what it says.
     fn think(&mut self, on: On, process: &Process, policy: Option<(&str, &str)>, time: &str) {
+        self.think_counted(on, process, policy, time, 0);
+    }
+
+    /// [`Self::think`], with the count the alerts carry.
+    fn think_counted(
+        &mut self,
+        on: On,
+        process: &Process,
+        policy: Option<(&str, &str)>,
+        time: &str,
+        count: u64,
+    ) {
         if !self.brain.wants(on) {
             return;
         }
@@ -298,6 +323,7 @@ impl Pipeline {
             if let Some(mut alert) = v.alert {
                 if let Event::SensorAlert(a) = &mut alert {
                     a.killed = killed;
+                    a.count = count;
                 }
                 self.emit(alert, time.to_string());
             }

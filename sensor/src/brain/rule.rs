@@ -113,6 +113,9 @@ pub enum On {
     Policy,
     /// A process ended by a signal.
     Exit,
+    /// A pod over its record budget in the kernel (one observation per
+    /// `record-budget` report, every 2 s while it floods); no process.
+    Flood,
 }
 
 /// Argument patterns: `*` at either end is a wildcard (`--data*`).
@@ -255,13 +258,35 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         "connect" => On::Connect,
         "policy" => On::Policy,
         "exit" => On::Exit,
+        "flood" => On::Flood,
         o => {
             return Err((
                 "spec.on".into(),
-                format!("unknown event `{o}`; expected exec, connect, policy or exit"),
+                format!("unknown event `{o}`; expected exec, connect, policy, exit or flood"),
             ))
         }
     };
+    if on == On::Flood {
+        // A flood is a pod's, not a process's: nothing below can match it.
+        let process_fields = [
+            ("spec.binary", s.binary.is_some()),
+            ("spec.arguments", s.arguments.is_some()),
+            ("spec.parent", s.parent.is_some()),
+            ("spec.ancestors", s.ancestors.is_some()),
+        ];
+        if let Some((field, _)) = process_fields.iter().find(|(_, given)| *given) {
+            return Err((
+                (*field).into(),
+                "on: flood has no process to match; match the pod".into(),
+            ));
+        }
+        if s.actions.iter().any(|a| a == "kill") {
+            return Err((
+                "spec.actions".into(),
+                "on: flood has no process to kill; use alert or quarantine".into(),
+            ));
+        }
+    }
     if !s.signals.is_empty() && on != On::Exit {
         return Err(("spec.signals".into(), "only with on: exit".into()));
     }
@@ -379,5 +404,26 @@ mod tests {
         assert_eq!(duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(duration("0s"), None);
         assert_eq!(duration("5d"), None);
+    }
+
+    #[test]
+    fn a_flood_rule_matches_pods_not_processes() {
+        let parse_yaml = |spec: &str| {
+            parse(
+                serde_yaml::from_str(&format!(
+                    "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: f}}\nspec:\n  on: flood\n{spec}"
+                ))
+                .unwrap(),
+            )
+        };
+        let r = parse_yaml("  count: {atLeast: 3, within: 10s}\n  actions: [alert, quarantine]\n")
+            .unwrap();
+        assert_eq!(r.on, On::Flood);
+        assert!(r.in_pod, "a quarantine needs a pod");
+        let e =
+            parse_yaml("  binary: {operator: In, values: [/x]}\n  actions: [alert]\n").unwrap_err();
+        assert_eq!(e.0, "spec.binary");
+        let e = parse_yaml("  actions: [kill]\n").unwrap_err();
+        assert_eq!(e.0, "spec.actions");
     }
 }

@@ -330,6 +330,7 @@ fn report_lost(kernel: &Kernel, s: &mut Stages) {
                     grew,
                     "connect and send records over this pod's budget, not sent",
                 );
+                s.pipeline.flooding(cgroup, grew);
             }
         }
         Err(e) => {
