@@ -271,3 +271,38 @@ fn a_pod_deleted_before_the_watcher_knew_it_is_let_go() {
     });
     assert_eq!(released["sensor_quarantine"]["rule"], "pod deleted");
 }
+
+/// The API server is down when the daemon starts: the daemon comes up all
+/// the same, judges the pod from its cgroup path, isolates it at once, and
+/// labels it once the API answers.
+#[test]
+fn the_api_down_at_start_holds_back_only_the_label() {
+    if !can_run("the_api_down_at_start_holds_back_only_the_label") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let pod = c.pod("early");
+    c.api.set_down(true);
+    let daemon = c.daemon(&[&pod], &c.state());
+    assert_eq!(
+        pod.sh(&format!("curl -s -d x {}; exit $?", backend.url())),
+        Some(137)
+    );
+    daemon.wait_for("isolated by cgroup path", |e| {
+        quarantine_of(e, &pod.uid, "node", "isolated")
+    });
+    daemon.wait_for("the label waits", |e| {
+        quarantine_of(e, &pod.uid, "label", "waiting")
+    });
+    assert_eq!(connect_errno_to(&pod, &backend), "1", "cut off meanwhile");
+    assert!(!labelled(&c.api, "early"));
+
+    c.api.set_down(false);
+    let landed = daemon.wait_for("labelled once the API answers", |e| {
+        quarantine_of(e, &pod.uid, "label", "labelled")
+    });
+    assert_eq!(landed["sensor_quarantine"]["pod"], "early");
+    assert!(labelled(&c.api, "early"));
+    assert_eq!(connect_errno_to(&pod, &backend), "1", "still cut off");
+}

@@ -44,6 +44,9 @@ struct State {
     /// Pod name → the status codes its next patches fail with.
     pod_failures: BTreeMap<String, VecDeque<u16>>,
     patches: Vec<(String, String, Value)>,
+    /// While set, connections are closed as soon as they are accepted: an
+    /// API server that is down (or a load balancer with no backend).
+    down: bool,
 }
 
 pub struct FakeApi {
@@ -342,6 +345,10 @@ impl FakeApi {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
+                    if st.lock().unwrap().down {
+                        drop(stream);
+                        continue;
+                    }
                     let st = st.clone();
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
@@ -404,6 +411,12 @@ impl FakeApi {
             .entry(name.into())
             .or_default()
             .extend(codes);
+    }
+
+    /// Takes the server down (new connections are closed at once) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
     }
 
     /// Drops the failures not used yet.
