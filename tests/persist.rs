@@ -121,6 +121,14 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         is(e, "process_exec", &bin) && e["process_exec"]["process"]["pid"].as_u64().is_some()
     });
     assert_ne!(frontend.curl(&backend.url()), Some(0), "still quarantined");
+    // The packet-socket guard holds too: pinned as a link from Linux 5.15,
+    // attached again by the adopting daemon before.
+    assert_eq!(
+        frontend.open_socket("AF_PACKET, socket.SOCK_RAW"),
+        Some(137),
+        "no packet socket for the quarantined pod after the adoption"
+    );
+    assert_eq!(other.open_socket("AF_PACKET, socket.SOCK_RAW"), Some(0));
     // The adopted quarantine is the new daemon's: the label's removal lifts it.
     quarantine_by_hand(kc, "release", "shop/frontend");
     eventually("the frontend reaches the backend again", || {

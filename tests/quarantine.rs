@@ -137,15 +137,15 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     // not run: asking for one in the quarantined pod is fatal; elsewhere it
     // is not.
     assert_eq!(
-        packet_socket(&frontend, "AF_PACKET, socket.SOCK_RAW"),
+        frontend.open_socket("AF_PACKET, socket.SOCK_RAW"),
         Some(137)
     );
     assert_eq!(
-        packet_socket(&frontend, "AF_INET, 10"),
+        frontend.open_socket("AF_INET, 10"),
         Some(137),
         "SOCK_PACKET"
     );
-    assert_eq!(packet_socket(&other, "AF_PACKET, socket.SOCK_RAW"), Some(0));
+    assert_eq!(other.open_socket("AF_PACKET, socket.SOCK_RAW"), Some(0));
     assert_eq!(
         other.curl(&backend.url()),
         Some(0),
@@ -171,25 +171,7 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     eventually("the frontend reaches the backend again", || {
         frontend.curl(&backend.url()) == Some(0)
     });
-    assert_eq!(
-        packet_socket(&frontend, "AF_PACKET, socket.SOCK_RAW"),
-        Some(0)
-    );
-}
-
-/// Exit status of a python3 in `pod` that opens a socket of `family, type`
-/// (128 + signal when killed).
-fn packet_socket(pod: &common::pod::NetPod, args: &str) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let st = pod
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!("import socket; socket.socket(socket.{args}).close()"),
-        ])
-        .status()
-        .unwrap();
-    st.code().or(st.signal().map(|s| 128 + s))
+    assert_eq!(frontend.open_socket("AF_PACKET, socket.SOCK_RAW"), Some(0));
 }
 
 /// A pod that can make cgroups plants decoys named like pod cgroups inside

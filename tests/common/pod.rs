@@ -168,6 +168,22 @@ impl NetPod {
     }
 
     /// A real HTTP server in this pod, on `PORT`, once it listens.
+    /// Exit status of a python3 in this pod that opens a socket of
+    /// `family, type` (`"AF_PACKET, socket.SOCK_RAW"`; 128 + signal when
+    /// killed).
+    pub fn open_socket(&self, args: &str) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self
+            .command("/usr/bin/python3")
+            .args([
+                "-c",
+                &format!("import socket; socket.socket(socket.{args}).close()"),
+            ])
+            .status()
+            .unwrap();
+        st.code().or(st.signal().map(|s| 128 + s))
+    }
+
     pub fn serve_http(&self) -> HttpServer {
         let log = std::env::temp_dir().join(format!("{}.log", self.ns));
         HttpServer::start(self.command("/usr/bin/python3"), log, &[])

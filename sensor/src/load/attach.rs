@@ -82,7 +82,7 @@ impl Kernel {
     /// `expected_programs`, so that a set pinned on either kind of kernel
     /// adopts.
     fn socket_guard(&mut self) -> Result<(), LoadError> {
-        const NAME: &str = "snsr_q_socket";
+        const NAME: &str = SOCKET_GUARD;
         let err = |source| LoadError::Program { name: NAME, source };
         let p: &mut TracePoint = self.program(NAME)?;
         p.load().map_err(err)?;
@@ -98,6 +98,54 @@ impl Kernel {
             FdLink::try_from(link).map_err(|source| LoadError::Link { name: NAME, source })?;
         self.links.push((NAME.to_string(), link));
         Ok(())
+    }
+
+    /// Before 5.15 the guard has no link to pin: its program is pinned
+    /// instead, so that a daemon adopting the set can attach it again.
+    pub(super) fn pin_socket_guard(&mut self, set: &super::pin::SetDir) -> Result<(), LoadError> {
+        if perf_links() {
+            return Ok(());
+        }
+        let Ok(p) = self.program::<TracePoint>(SOCKET_GUARD) else {
+            return Ok(());
+        };
+        let path = set.programs().join(SOCKET_GUARD);
+        p.pin(&path).map_err(|e| LoadError::Pinning {
+            what: format!("program {SOCKET_GUARD}"),
+            path: path.display().to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// An adopting daemon on a kernel before 5.15: the guard the set's
+    /// first daemon attached lasts only while that daemon runs, so this
+    /// one attaches the pinned program too (two attachments while both
+    /// run are harmless: the task is killed either way).
+    pub(super) fn adopt_socket_guard(&mut self, set: &super::pin::SetDir) {
+        if perf_links() {
+            return;
+        }
+        let Some((_, path)) = set
+            .program_pins()
+            .into_iter()
+            .find(|(n, _)| n == SOCKET_GUARD)
+        else {
+            tracing::warn!("the adopted set has no packet-socket guard to attach (pinned by an older build): a quarantined pod can open AF_PACKET sockets until the next upgrade");
+            return;
+        };
+        let attached = TracePoint::from_pin(&path).and_then(|mut p| {
+            p.attach("syscalls", "sys_enter_socket")?;
+            Ok(p)
+        });
+        match attached {
+            Ok(p) => {
+                tracing::info!("kernel before 5.15: the adopted packet-socket guard is attached again, while this daemon runs");
+                self.guard = Some(p);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "packet-socket guard not attached: a quarantined pod can still open AF_PACKET sockets")
+            }
+        }
     }
 
     fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
@@ -166,6 +214,9 @@ const SOCK_PROGRAMS: [[&str; 3]; 4] = [
         "snsr_sendmsg6_compat",
     ],
 ];
+
+/// The quarantine's packet-socket guard (`syscalls:sys_enter_socket`).
+const SOCKET_GUARD: &str = "snsr_q_socket";
 
 /// Whether perf events attach as bpf links (Linux 5.15), which can be pinned.
 fn perf_links() -> bool {

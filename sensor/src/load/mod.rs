@@ -99,6 +99,10 @@ pub struct Kernel {
     /// The policy bank switched away from, to be emptied once no program
     /// run can still read it (see `tables`).
     retired: Option<tables::Retired>,
+    /// The packet-socket guard attached again from its pinned program by a
+    /// daemon that adopted a set on a kernel without perf links (before
+    /// 5.15): the attachment lasts while this holds it.
+    guard: Option<aya::programs::TracePoint>,
 }
 
 /// Record kinds the `LOST` counters are indexed by, with their names.
@@ -159,6 +163,7 @@ impl Kernel {
             links: Vec::new(),
             plan: plan.clone(),
             retired: None,
+            guard: None,
         })
     }
 
@@ -181,12 +186,13 @@ impl Kernel {
             let link = PinnedLink::from_pin(&path).map_err(|e| bad(format!("link {name}: {e}")))?;
             links.push((name, FdLink::from(link)));
         }
-        let k = Kernel {
+        let mut k = Kernel {
             ebpf: None,
             maps,
             links,
             plan: plan.clone(),
             retired: None,
+            guard: None,
         };
         let missing: Vec<&str> = k
             .expected_programs()
@@ -196,6 +202,7 @@ impl Kernel {
         if !missing.is_empty() {
             return Err(bad(format!("no link for {}", missing.join(", "))));
         }
+        k.adopt_socket_guard(set);
         Ok(k)
     }
 
@@ -223,6 +230,7 @@ impl Kernel {
                 .map_err(|e| failed(format!("link {name}"), &path)(e.into()))?;
             self.links.push((name, FdLink::from(pinned)));
         }
+        self.pin_socket_guard(set)?;
         set.mark_complete()?;
         Ok(())
     }

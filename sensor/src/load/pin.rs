@@ -1,7 +1,8 @@
 //! The pinned set: the kernel state that outlives the daemon. Under
 //! `--bpf-dir`, one directory per build (`<bpf-dir>/<build id>/`) holds a
 //! pin of every map (`maps/<NAME>`) and of every program's link
-//! (`links/<program>`). The kernel keeps a pinned link attached and a pinned
+//! (`links/<program>`); a program that cannot have a link on this kernel is
+//! pinned itself (`programs/<program>`). The kernel keeps a pinned link attached and a pinned
 //! map alive until its pin is removed, whatever happens to the process that
 //! made it. `complete/` is made last, so a set whose daemon died while
 //! pinning is never adopted, only removed.
@@ -78,6 +79,11 @@ impl SetDir {
     pub fn links(&self) -> PathBuf {
         self.path.join("links")
     }
+    /// Programs pinned without a link (the packet-socket guard before
+    /// Linux 5.15), for an adopting daemon to attach again.
+    pub fn programs(&self) -> PathBuf {
+        self.path.join("programs")
+    }
     pub fn is_complete(&self) -> bool {
         self.path.join("complete").is_dir()
     }
@@ -91,7 +97,7 @@ impl SetDir {
         if set.path.exists() {
             set.remove()?;
         }
-        for d in [set.maps(), set.links()] {
+        for d in [set.maps(), set.links(), set.programs()] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         Ok(set)
@@ -111,7 +117,7 @@ impl SetDir {
         if complete.is_dir() {
             std::fs::remove_dir(&complete).map_err(io(&complete))?;
         }
-        for d in [self.links(), self.maps()] {
+        for d in [self.links(), self.programs(), self.maps()] {
             if let Ok(entries) = std::fs::read_dir(&d) {
                 for e in entries.flatten() {
                     let p = e.path();
@@ -130,6 +136,11 @@ impl SetDir {
     /// The pinned programs' links, by program name.
     pub fn link_pins(&self) -> Vec<(String, PathBuf)> {
         pins(&self.links())
+    }
+
+    /// The programs pinned without a link, by name.
+    pub fn program_pins(&self) -> Vec<(String, PathBuf)> {
+        pins(&self.programs())
     }
 
     /// The pinned maps, by map name.
