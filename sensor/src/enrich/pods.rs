@@ -1,10 +1,10 @@
 //! The pods on this node, as the Kubernetes API describes them, indexed by
 //! pod uid, and turned into Tetragon's `pod` object for one container.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
-use crate::export::event::{Container, Image, Pod};
+use crate::export::event::{Container, Image, Labels, Pod};
 
 /// What events need of one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,7 +12,7 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub workload: String,
     pub workload_kind: String,
     /// By container id without the runtime scheme.
@@ -99,7 +99,7 @@ impl PodInfo {
             namespace,
             name,
             uid,
-            labels: m.labels.clone().unwrap_or_default(),
+            labels: m.labels.clone().unwrap_or_default().into(),
             workload,
             workload_kind,
             containers,

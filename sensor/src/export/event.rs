@@ -109,12 +109,21 @@ pub struct Pod {
     pub uid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub pod_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "no_labels")]
+    pub pod_labels: Labels,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workload: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workload_kind: String,
+}
+
+/// A pod's labels, shared by the pod store and every event and cached
+/// process of the pod: a pod with many labels costs one copy, not one per
+/// event.
+pub type Labels = std::sync::Arc<std::collections::BTreeMap<String, String>>;
+
+fn no_labels(l: &Labels) -> bool {
+    l.is_empty()
 }
 
 impl Pod {
