@@ -306,3 +306,37 @@ fn the_api_down_at_start_holds_back_only_the_label() {
     assert!(labelled(&c.api, "early"));
     assert_eq!(connect_errno_to(&pod, &backend), "1", "still cut off");
 }
+
+/// The sensor runs in a pod of its own (a DaemonSet): a `quarantine=true`
+/// label on that pod is refused with a warning, and the pod keeps its
+/// network, so that the sensor can still report and reconcile.
+#[test]
+fn the_sensors_own_pod_is_never_quarantined() {
+    if !can_run("the_sensors_own_pod_is_never_quarantined") {
+        return;
+    }
+    let c = Cluster::new();
+    let (backend, _server) = c.backend();
+    let own = c.pod("sensor-self");
+    // The daemon starts inside the pod's container cgroup.
+    let enter = format!(
+        "echo $$ > {} && exec \"$@\"",
+        own.cg.0.join("cgroup.procs").display()
+    );
+    let daemon = c.daemon_under(&["sh", "-c", &enter, "sh"], &[&own], &c.state());
+    let kubeconfig = c.api.kubeconfig(c.dir.path());
+    quarantine_by_hand(kubeconfig.to_str().unwrap(), "apply", "shop/sensor-self");
+    let refused = daemon.wait_for("the refusal", |e| {
+        quarantine_of(e, &own.uid, "node", "refused")
+    });
+    assert_eq!(refused["sensor_quarantine"]["pod"], "sensor-self");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !daemon
+            .events()
+            .iter()
+            .any(|e| quarantine_of(e, &own.uid, "node", "isolated")),
+        "never isolated"
+    );
+    assert_eq!(connect_errno_to(&own, &backend), "0", "the network stays");
+}

@@ -341,3 +341,41 @@ fn namespaced_policy_needs_its_namespace() {
         "needs the namespace",
     );
 }
+
+/// Self-protection: a kill that would reach the node's agents, PID 1 or the
+/// sensor itself is refused with the reason, unless the policy says so.
+#[test]
+fn a_kill_that_would_reach_protected_binaries_is_refused_unless_annotated() {
+    let kubelet = kprobe(
+        "    - matchBinaries: [{operator: In, values: [/usr/bin/kubelet]}]\n      matchActions: [{action: Sigkill}]\n",
+    );
+    refused(
+        &kubelet,
+        "spec.kprobes[0].selectors[0]",
+        "the node agent kubelet",
+    );
+    refused(
+        &kprobe("    - matchActions: [{action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0]",
+        "sensor.io/allow-protected",
+    );
+    // What the policy's author says goes, and Post alone harms nothing.
+    let annotated = kubelet.replace(
+        "  name: bad\n",
+        "  name: bad\n  annotations: {sensor.io/allow-protected: \"true\"}\n",
+    );
+    let post = kprobe("    - matchActions: [{action: Post}]\n");
+    for ok in [annotated, post] {
+        let dir = TempDir::new();
+        let file = policy_file(&dir, "ok.yaml", &ok);
+        let out = Command::new(SENSOR)
+            .args(["policy", "check", &file])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

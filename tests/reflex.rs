@@ -225,9 +225,12 @@ fn a_path_too_deep_to_resolve_fails_closed() {
     std::fs::copy("/bin/true", &bin).unwrap();
     let bin = bin.to_string_lossy().into_owned();
     let top = top.to_string_lossy().into_owned();
+    // A NotPrefix kill admits the sensor's own binary, which self-protection
+    // refuses unless the policy says so (the kill is scoped to the test's
+    // cgroup anyway).
     let policy = |op: &str, value: &str| {
         format!(
-            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: deep-{}}}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries: [{{operator: {op}, values: [\"{value}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n",
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: deep-{}, annotations: {{sensor.io/allow-protected: \"true\"}}}}\nspec:\n  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    selectors:\n    - matchBinaries: [{{operator: {op}, values: [\"{value}\"]}}]\n      matchActions: [{{action: Sigkill}}]\n",
             op.to_lowercase()
         )
     };

@@ -338,9 +338,18 @@ impl Pipeline {
     fn kill_tree(&self, p: &Process) -> Vec<String> {
         let mut tree = self.cache.tree_of(p);
         tree.sort_by_key(|q| q.exec_id != p.exec_id);
+        let protected = crate::policy::protect::Protected::of_this_node();
+        let me = std::process::id();
         tree.into_iter()
+            .filter(|q| {
+                let spare = q.pid <= 1 || q.pid == me || protected.covers(&q.binary);
+                if spare {
+                    tracing::warn!(pid = q.pid, binary = %q.binary, "a kill spares a protected process");
+                }
+                !spare
+            })
             // SAFETY: kill(2) with a pid the cache holds for this process.
-            .filter(|q| q.pid > 1 && unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0)
+            .filter(|q| unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0)
             .map(|q| q.exec_id.to_string())
             .collect()
     }

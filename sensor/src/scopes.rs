@@ -27,6 +27,8 @@ pub struct PodScopes {
     /// Where pods the watcher does not know are looked for: the
     /// `--enforce-cgroup` subtrees when given, else the kubepods roots.
     unknown_roots: Vec<u64>,
+    /// The sensor's own pod (`protect`).
+    own_uid: Option<String>,
 }
 
 impl PodScopes {
@@ -51,6 +53,7 @@ impl PodScopes {
             seen_generation: None,
             incomplete: false,
             unknown_roots,
+            own_uid: crate::enrich::cgroup::own_pod(),
         })
     }
 
@@ -86,6 +89,12 @@ impl PodScopes {
                         .enumerate()
                         .filter(|(_, s)| s.selects(&p.namespace, &p.labels))
                         .fold(POD_BIT, |b, (i, _)| b | 1 << i);
+                    // The sensor's own pod is never in a policy's scope: a
+                    // namespaced policy for its namespace must not kill it.
+                    if bits != POD_BIT && self.own_uid.as_deref() == Some(p.uid.as_str()) {
+                        tracing::warn!(pod = %p.name, "pod-scoped policies select the sensor's own pod; it is kept out of them");
+                        return (p.uid.clone(), POD_BIT);
+                    }
                     (p.uid.clone(), bits)
                 })
                 .collect()

@@ -37,6 +37,11 @@ impl Cluster {
 
     /// The daemon with the shipped policies, reflexes scoped to `enforced`.
     pub fn daemon(&self, enforced: &[&NetPod], state: &str) -> Daemon {
+        self.daemon_under(&[], enforced, state)
+    }
+
+    /// As [`Cluster::daemon`], run by `wrapper` (see `Daemon::start_under`).
+    pub fn daemon_under(&self, wrapper: &[&str], enforced: &[&NetPod], state: &str) -> Daemon {
         let kubeconfig = self.api.kubeconfig(self.dir.path());
         let policies = shipped("");
         let scopes: Vec<String> = enforced
@@ -47,7 +52,10 @@ impl Cluster {
         for s in &scopes {
             args.extend(["--enforce-cgroup", s.as_str()]);
         }
-        Daemon::with_api(&kubeconfig, &self.node_name, &args)
+        let kc = kubeconfig.to_str().expect("utf-8 path");
+        let mut all = vec!["--kubeconfig", kc, "--node-name", &self.node_name];
+        all.extend_from_slice(&args);
+        Daemon::start_under(wrapper, &all, &[])
     }
 
     pub fn state(&self) -> String {

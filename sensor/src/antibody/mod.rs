@@ -104,6 +104,11 @@ pub struct Antibodies {
     /// already, their label waits for the pod's name.
     unnamed: HashMap<String, Decision>,
     labeler: Option<UnboundedSender<Decision>>,
+    /// The sensor's own pod: never quarantined, whatever decides it or
+    /// labels it (a sensor cut off its network cannot report or reconcile).
+    own_uid: Option<String>,
+    /// Whether the label on the sensor's own pod was reported once.
+    own_label_reported: bool,
 }
 
 impl Antibodies {
@@ -120,7 +125,23 @@ impl Antibodies {
             awaiting_watch: HashMap::new(),
             unnamed: HashMap::new(),
             labeler,
+            own_uid: crate::enrich::cgroup::own_pod(),
+            own_label_reported: false,
         }
+    }
+
+    /// Whether `uid` is the sensor's own pod.
+    fn is_own(&self, uid: &str) -> bool {
+        self.own_uid.as_deref() == Some(uid)
+    }
+
+    fn refuse_own(d: &Decision) -> Event {
+        tracing::warn!(pod = %d.name, rule = %d.rule, "not quarantining the sensor's own pod");
+        d.event(
+            "node",
+            "refused",
+            Some("the sensor's own pod is never quarantined".into()),
+        )
     }
 
     fn isolate(&mut self, kernel: &mut Kernel, d: &Decision) -> Result<(), String> {
@@ -191,6 +212,10 @@ impl Antibodies {
             }));
         }
         for d in state.decisions {
+            if self.is_own(&d.uid) {
+                events.push(Self::refuse_own(&d));
+                continue;
+            }
             match self.isolate(kernel, &d) {
                 Ok(()) => events.push(d.event("node", "isolated", None)),
                 Err(e) => events.push(d.event("node", "failed", Some(e))),
@@ -241,6 +266,9 @@ impl Antibodies {
 
     /// Quarantines a pod: the kernel first, then the label (queued).
     pub fn decide(&mut self, kernel: &mut Kernel, d: Decision) -> Vec<Event> {
+        if self.is_own(&d.uid) {
+            return vec![Self::refuse_own(&d)];
+        }
         let mut events = Vec::new();
         let node = self.isolate(kernel, &d);
         events.push(match node {
@@ -357,6 +385,21 @@ impl Antibodies {
                 .collect()
         };
         for (uid, ns, name) in &labelled {
+            if self.is_own(uid) {
+                if !self.own_label_reported {
+                    self.own_label_reported = true;
+                    let d = Decision {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                        rule: "label".into(),
+                        exec_ids: Vec::new(),
+                        time: String::new(),
+                    };
+                    events.push(Self::refuse_own(&d));
+                }
+                continue;
+            }
             if !self.isolated.contains_key(uid) {
                 let d = Decision {
                     namespace: ns.clone(),

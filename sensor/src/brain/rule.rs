@@ -46,6 +46,10 @@ pub struct RawSpec {
     pub signals: Vec<String>,
     pub count: Option<RawCount>,
     pub actions: Vec<String>,
+    /// Lets a `kill` rule outside pods reach protected binaries (the
+    /// sensor, PID 1, the kubelet, the container runtime).
+    #[serde(default)]
+    pub allow_protected: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,6 +358,20 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         }
         None => None,
     };
+    let binary = s.binary.map(|b| str_match(b, "spec.binary")).transpose()?;
+    // A kill outside pods decided by the binary alone (no arguments, parent
+    // or ancestors to narrow it) must not reach the node's own agents.
+    let narrowed = s.arguments.is_some() || s.parent.is_some() || ancestors_any.is_some();
+    if kill && !(s.in_pod || quarantine) && !narrowed && !s.allow_protected {
+        if let Some((path, what)) =
+            crate::policy::protect::Protected::of_this_node().admitted_by(binary.as_ref())
+        {
+            return Err((
+                "spec.actions".into(),
+                format!("kill would reach {what} ({path}): narrow spec.binary, add inPod, or set spec.allowProtected: true"),
+            ));
+        }
+    }
     let (namespaces, labels) = s.pod.map(|p| (p.namespaces, p.labels)).unwrap_or_default();
     let (policy_actions, policy_names) = s.policy.map(|p| (p.actions, p.names)).unwrap_or_default();
     Ok(Rule {
@@ -362,7 +380,7 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
         on,
         in_pod: s.in_pod || quarantine,
         process: ProcMatch {
-            binary: s.binary.map(|b| str_match(b, "spec.binary")).transpose()?,
+            binary,
             arguments: s.arguments.map(|a| args(a, "spec.arguments")).transpose()?,
         },
         parent: s.parent.map(|p| proc_match(p, "spec.parent")).transpose()?,
@@ -425,5 +443,29 @@ mod tests {
         assert_eq!(e.0, "spec.binary");
         let e = parse_yaml("  actions: [kill]\n").unwrap_err();
         assert_eq!(e.0, "spec.actions");
+    }
+
+    #[test]
+    fn a_kill_that_reaches_the_kubelet_is_refused_unless_allowed() {
+        let parse_yaml = |spec: &str| {
+            parse(
+                serde_yaml::from_str(&format!(
+                    "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: k}}\nspec:\n  on: exec\n  actions: [kill]\n{spec}"
+                ))
+                .unwrap(),
+            )
+        };
+        let e = parse_yaml("  binary: {operator: Postfix, values: [/kubelet]}\n").unwrap_err();
+        assert_eq!(e.0, "spec.actions");
+        assert!(e.1.contains("kubelet"), "{}", e.1);
+        assert!(parse_yaml(
+            "  binary: {operator: Postfix, values: [/kubelet]}\n  allowProtected: true\n"
+        )
+        .is_ok());
+        assert!(
+            parse_yaml("  binary: {operator: Postfix, values: [/kubelet]}\n  inPod: true\n")
+                .is_ok()
+        );
+        assert!(parse_yaml("  binary: {operator: Postfix, values: [/curl]}\n").is_ok());
     }
 }

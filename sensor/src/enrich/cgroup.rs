@@ -80,6 +80,14 @@ pub fn pod_of(path: &str) -> Option<String> {
     pod_at(&components(path)).map(|(_, uid)| uid)
 }
 
+/// The uid of the pod this process runs in (the sensor's own, as a
+/// DaemonSet), from `/proc/self/cgroup`; `None` outside a pod.
+pub fn own_pod() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    pod_of(path)
+}
+
 /// Parses a cgroup path under `kubepods`: the pod uid and the container id.
 /// A cgroup that a container made inside its own belongs to that container.
 pub fn parse(path: &str) -> Option<ContainerRef> {

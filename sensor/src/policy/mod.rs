@@ -9,6 +9,7 @@ mod hooks;
 mod kernel;
 mod net;
 mod parse;
+pub mod protect;
 mod raw;
 mod selector;
 mod selector_labels;

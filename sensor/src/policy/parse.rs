@@ -3,6 +3,7 @@
 //! what the argument and the kernel support, and anything else is refused with
 //! the field path and the reason.
 use super::hooks::{self, HookDef};
+use super::protect;
 use super::raw::*;
 use super::selector::selector;
 use super::{limits, Actions, EventArg, Hook, HookPoint, Mode, Policy, Selector};
@@ -135,6 +136,19 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     }
     if hooks.is_empty() {
         return err("spec", "no kprobes, tracepoints or lsmhooks");
+    }
+    // Pod-scoped policies cannot reach the host's processes; monitor mode
+    // acts on none.
+    let unscoped = namespace.is_none() && raw.spec.pod_selector.is_none();
+    if unscoped && mode == Mode::Enforce && !protect::allowed(raw.metadata.annotations.as_ref()) {
+        let protected = protect::Protected::of_this_node();
+        for h in &hooks {
+            for (j, sel) in h.selectors.iter().enumerate() {
+                if let Some(why) = protected.harmed_by(sel) {
+                    return err(format!("{}.selectors[{j}]", h.field), why);
+                }
+            }
+        }
     }
     let pod_selector = match raw.spec.pod_selector {
         Some(sel) => Some(
