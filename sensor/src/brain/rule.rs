@@ -362,7 +362,8 @@ pub fn parse(raw: RawRule) -> FieldResult<Rule> {
     // A kill outside pods decided by the binary alone (no arguments, parent
     // or ancestors to narrow it) must not reach the node's own agents.
     let narrowed = s.arguments.is_some() || s.parent.is_some() || ancestors_any.is_some();
-    if kill && !(s.in_pod || quarantine) && !narrowed && !s.allow_protected {
+    let outside_pods = !(s.in_pod || quarantine);
+    if kill && outside_pods && !narrowed && !s.allow_protected {
         if let Some((path, what)) =
             crate::policy::protect::Protected::of_this_node().admitted_by(binary.as_ref())
         {
