@@ -12,6 +12,7 @@ mod bench;
 mod bench_quarantine;
 mod bench_reload;
 mod ebpf;
+mod fuzz;
 mod image;
 mod vmtest;
 
@@ -126,6 +127,8 @@ fn test() -> Result<()> {
         eprintln!("xtask: not root: tests that load eBPF programs will report SKIP");
     }
     let mut counts = cargo_test()?;
+    // The parsers of what comes from outside, fuzzed for a bounded time.
+    counts.add(fuzz::fuzz(fuzz::TEST_SECONDS)?);
     // The image: built, unpacked as a runtime would, run chrooted.
     if is_root() {
         match build_sensor()
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
         }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
         Some("vmtest") => vmtest::main(&args[1..]),
+        Some("fuzz") => fuzz::main(&args[1..]),
         Some("image") => image::main(),
         Some("bench-probe") => {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
