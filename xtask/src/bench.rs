@@ -58,9 +58,15 @@ fn workload(n: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-struct Daemon {
+pub struct Daemon {
     child: Child,
     log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// TCP connects to a loopback listener, `n` times; the server closes first so
@@ -106,7 +112,7 @@ spec:
       matchActions: [{action: Override, argError: -1}]
 ";
 
-fn start(sensor: &Path, policies: &[String], events: &Path) -> Result<Daemon> {
+pub fn start(sensor: &Path, policies: &[String], events: &Path) -> Result<Daemon> {
     let _ = std::fs::remove_file(events);
     let mut child = Command::new(sensor)
         .current_dir(root())
@@ -145,7 +151,7 @@ fn start(sensor: &Path, policies: &[String], events: &Path) -> Result<Daemon> {
 
 /// Stops the daemon; returns its `stats=` summary (`records=.. lost=..`) and
 /// its per-program lines (`program=.. runs=.. ns_per_run=..`).
-fn stop(mut d: Daemon) -> Result<(String, Vec<String>)> {
+pub fn stop(mut d: Daemon) -> Result<(String, Vec<String>)> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     d.child.wait()?;

@@ -9,6 +9,7 @@
 //! - `bench reload`: time for a policy change to be in force, and the upgrade gap
 //! - `image`: the daemon's OCI image archive under `target/`, checked
 mod bench;
+mod bench_memory;
 mod bench_quarantine;
 mod bench_reload;
 mod ebpf;
@@ -259,6 +260,10 @@ fn main() -> ExitCode {
             let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
             build_sensor().and_then(|s| bench_quarantine::run(&s, n))
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("memory") => {
+            let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50_000);
+            build_sensor().and_then(|s| bench_memory::run(&s, n))
+        }
         Some("bench") => build_sensor().and_then(|s| bench::main(&s, &args[1..])),
         Some("vmtest") => vmtest::main(&args[1..]),
         Some("fuzz") => fuzz::main(&args[1..]),
@@ -267,7 +272,7 @@ fn main() -> ExitCode {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | bench memory [N] | fuzz [SECONDS] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
             return ExitCode::from(2);
         }
     };

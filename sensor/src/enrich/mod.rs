@@ -136,7 +136,7 @@ impl Enricher {
         }
         match self.lookup(p.cgroup_id) {
             Lookup::Done(pod, docker) => {
-                p.pod = pod.map(|b| *b);
+                p.pod = pod;
                 p.docker = docker;
                 true
             }

@@ -90,8 +90,10 @@ pub struct Process {
     pub parent_exec_id: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tid: u32,
+    /// Boxed: most of a node's processes are outside pods, and a process
+    /// cache entry should not carry a pod's worth of empty fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
+    pub pod: Option<Box<Pod>>,
     /// The container id's first 31 characters, as Tetragon fills it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub docker: String,
