@@ -4,6 +4,11 @@
 //! `policies/brain.yaml` quarantines) is timed to (a) the kernel denying the
 //! pod's next connect, seen by a prober in the pod that connects every 100 µs
 //! from just before the exec, and (b) the label stored on the API server.
+//!
+//! `cargo xtask bench flood`: the same decisions while another pod sends UDP
+//! datagrams as fast as one process can (each one a send the connect hooks
+//! see), with the flooder's rate, the records its budget let through and
+//! held back, and what the ring buffer lost.
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +64,30 @@ pub fn probe(port: &str) -> Result<()> {
         std::thread::sleep(Duration::from_micros(100));
     }
     bail!("never denied")
+}
+
+/// `xtask bench-flood`, run inside a pod: sends UDP datagrams to the
+/// discard port as fast as it can until its standard input closes, then
+/// prints how many it sent and in how many seconds.
+pub fn flood() -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for _ in 0..256 {
+            let _ = s.send_to(b"x", "127.0.0.1:9");
+        }
+        n += 256;
+    }
+    println!("{n} {:.3}", start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 struct Pod {
@@ -156,7 +185,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
+pub fn run(sensor: &Path, decisions: usize, flood: bool) -> Result<()> {
     let api = FakeApi::start();
     let node = format!("bench-node-{}", std::process::id());
     let dir = root().join("target/bench-quarantine");
@@ -168,6 +197,11 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
     let pods: Vec<Pod> = (0..decisions)
         .map(|i| make_pod(&api, &node, i))
         .collect::<Result<_>>()?;
+    let flooder_pod = if flood {
+        Some(make_pod(&api, &node, decisions)?)
+    } else {
+        None
+    };
 
     let port = "9999".to_string();
 
@@ -208,25 +242,81 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
             break;
         }
     }
-    // The daemon's warnings (lost records, failed labels) belong with the figures.
+    // The daemon's warnings (lost records, failed labels) belong with the
+    // figures, and its closing line carries the counts.
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in log.map_while(Result::ok) {
-            if l.contains(" WARN ") || l.contains(" ERROR ") {
+            if l.contains("sensor stopped") {
+                let _ = stopped_tx.send(l);
+            } else if l.contains(" WARN ") || l.contains(" ERROR ") {
                 eprintln!("sensor: {l}");
             }
         }
     });
+    let flooder = match &flooder_pod {
+        Some(p) => Some(
+            p.command(std::env::current_exe()?.to_str().context("exe path")?)
+                .arg("bench-flood")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?,
+        ),
+        None => None,
+    };
+    // The flood runs for a while before the decisions (its budget spent,
+    // the ring as full as it gets) and for at least FLOOD_FOR in all.
+    let flood_started = Instant::now();
+    if flooder.is_some() {
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let result = measure(&api, &pods, &port, &events);
+    if flooder.is_some() {
+        std::thread::sleep(FLOOD_FOR.saturating_sub(flood_started.elapsed()));
+    }
+    let sent = flooder.map(|mut f| -> Result<String> {
+        drop(f.stdin.take());
+        let mut line = String::new();
+        BufReader::new(f.stdout.take().context("flooder stdout")?).read_line(&mut line)?;
+        f.wait()?;
+        Ok(line)
+    });
     // SAFETY: signalling our own child, on success and on failure alike.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     daemon.wait()?;
     // The first pod created the shared parent cgroups: remove it last.
+    drop(flooder_pod);
     pods.into_iter().rev().for_each(drop);
+    if let Some(sent) = sent {
+        let sent = sent?;
+        let mut it = sent.split_whitespace();
+        let n: f64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("flooder count")?;
+        let secs: f64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("flooder time")?;
+        let stop = stopped
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        let held_back = held_back(&events);
+        println!(
+            "bench flood: one pod sent {:.0} datagrams a second for {secs:.1} s ({n:.0} sends, each one a record candidate); {held_back} records held back by its budget; the daemon's counts: {}",
+            n / secs,
+            stop.split("stats=").nth(1).unwrap_or("?")
+        );
+    }
     let (mut kernel, mut label) = result?;
     kernel.sort_by(f64::total_cmp);
     label.sort_by(f64::total_cmp);
     println!(
-        "bench quarantine: {decisions} decisions: (a) kernel denies the next connect p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; (b) label stored p50 {:.2} ms, p99 {:.2} ms",
+        "bench {}: {decisions} decisions:",
+        if flood { "flood" } else { "quarantine" }
+    );
+    println!(
+        "  (a) kernel denies the next connect p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; (b) label stored p50 {:.2} ms, p99 {:.2} ms",
         percentile(&kernel, 0.5),
         percentile(&kernel, 0.9),
         percentile(&kernel, 0.99),
@@ -234,6 +324,21 @@ pub fn run(sensor: &Path, decisions: usize) -> Result<()> {
         percentile(&label, 0.99)
     );
     Ok(())
+}
+
+/// How long the flood lasts at least.
+const FLOOD_FOR: Duration = Duration::from_secs(10);
+
+/// Records the kernel held back for pods over their budget: the counts of
+/// the daemon's `record-budget` alerts.
+fn held_back(events: &Path) -> u64 {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["sensor_alert"]["rule"] == "record-budget")
+        .filter_map(|v| v["sensor_alert"]["count"].as_u64())
+        .sum()
 }
 
 /// One decision per pod: milliseconds from each offending exec to the

@@ -258,8 +258,13 @@ fn main() -> ExitCode {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("quarantine") => {
             let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
-            build_sensor().and_then(|s| bench_quarantine::run(&s, n))
+            build_sensor().and_then(|s| bench_quarantine::run(&s, n, false))
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("flood") => {
+            let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50);
+            build_sensor().and_then(|s| bench_quarantine::run(&s, n, true))
+        }
+        Some("bench-flood") => bench_quarantine::flood(),
         Some("bench") if args.get(1).map(String::as_str) == Some("memory") => {
             let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50_000);
             build_sensor().and_then(|s| bench_memory::run(&s, n))
@@ -272,7 +277,7 @@ fn main() -> ExitCode {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | bench memory [N] | fuzz [SECONDS] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | bench memory [N] | bench flood [N] | fuzz [SECONDS] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
             return ExitCode::from(2);
         }
     };
