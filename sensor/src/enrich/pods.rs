@@ -1,6 +1,6 @@
 //! The pods on this node, as the Kubernetes API describes them, indexed by
 //! pod uid, and turned into Tetragon's `pod` object for one container.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
@@ -12,7 +12,12 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// Every label, for policy scopes and brain rules.
     pub labels: Labels,
+    /// The labels events carry: at most `EVENT_LABELS` of them and
+    /// `EVENT_LABEL_BYTES` in all, so that a pod with huge labels cannot
+    /// bloat every event of its processes.
+    pub event_labels: Labels,
     pub workload: String,
     pub workload_kind: String,
     /// By container id without the runtime scheme.
@@ -27,7 +32,7 @@ impl PodInfo {
             name: self.name.clone(),
             uid: self.uid.clone(),
             container: self.containers.get(container_id).cloned(),
-            pod_labels: self.labels.clone(),
+            pod_labels: self.event_labels.clone(),
             workload: self.workload.clone(),
             workload_kind: self.workload_kind.clone(),
         }
@@ -95,16 +100,36 @@ impl PodInfo {
             );
         }
         let (workload, workload_kind) = workload(pod, &name);
+        let labels = m.labels.clone().unwrap_or_default();
         Some(PodInfo {
             namespace,
             name,
             uid,
-            labels: m.labels.clone().unwrap_or_default().into(),
+            event_labels: bounded(&labels).into(),
+            labels: labels.into(),
             workload,
             workload_kind,
             containers,
         })
     }
+}
+
+/// Labels events carry at most, by count and by bytes (keys and values).
+const EVENT_LABELS: usize = 64;
+const EVENT_LABEL_BYTES: usize = 4096;
+
+/// The first labels, in key order, that fit both bounds.
+fn bounded(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut bytes = 0;
+    labels
+        .iter()
+        .take(EVENT_LABELS)
+        .take_while(|(k, v)| {
+            bytes += k.len() + v.len();
+            bytes <= EVENT_LABEL_BYTES
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The pods on this node, by uid.
@@ -166,5 +191,23 @@ mod tests {
         assert_eq!(c.image.unwrap().name, "nginx:1.27");
         assert_eq!(p.pod_labels["app"], "web");
         assert!(info.event_pod("other").container.is_none());
+    }
+
+    #[test]
+    fn events_carry_bounded_labels_and_scopes_see_them_all() {
+        let many: BTreeMap<String, String> = (0..200)
+            .map(|i| (format!("k{i:03}"), "v".repeat(40)))
+            .collect();
+        let b = bounded(&many);
+        assert!(b.len() <= EVENT_LABELS);
+        assert!(b.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= EVENT_LABEL_BYTES);
+        assert_eq!(b.keys().next().map(String::as_str), Some("k000"));
+        let huge: BTreeMap<String, String> = [("a".to_string(), "x".repeat(5000))].into();
+        assert!(
+            bounded(&huge).is_empty(),
+            "one label past the bound is left out"
+        );
+        let few: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        assert_eq!(bounded(&few), few);
     }
 }
