@@ -28,6 +28,22 @@ fn check(yaml: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), msg)
 }
 
+/// `sensor policy check` accepts `yaml`; returns its standard output.
+fn passes(yaml: &str) -> String {
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "good.yaml", yaml);
+    let out = Command::new(SENSOR)
+        .args(["policy", "check", &file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn refused(yaml: &str, field: &str, reason: &str) {
     let (code, msg) = check(yaml);
     assert_eq!(code, 2, "{msg}");
@@ -207,18 +223,8 @@ fn run_refuses_a_bad_policy_with_status_2() {
 
 #[test]
 fn good_policies_pass_check() {
-    let dir = TempDir::new();
-    let file = policy_file(&dir, "good.yaml", &kprobe("    - matchBinaries: [{operator: NotIn, values: [/bin/sh]}]\n      matchActions: [{action: Post}]\n"));
-    let out = Command::new(SENSOR)
-        .args(["policy", "check", &file])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
+    let out = passes(&kprobe("    - matchBinaries: [{operator: NotIn, values: [/bin/sh]}]\n      matchActions: [{action: Post}]\n"));
+    assert!(out.contains("ok:"));
 }
 
 fn tcp(selectors: &str) -> String {
@@ -366,16 +372,6 @@ fn a_kill_that_would_reach_protected_binaries_is_refused_unless_annotated() {
     );
     let post = kprobe("    - matchActions: [{action: Post}]\n");
     for ok in [annotated, post] {
-        let dir = TempDir::new();
-        let file = policy_file(&dir, "ok.yaml", &ok);
-        let out = Command::new(SENSOR)
-            .args(["policy", "check", &file])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        passes(&ok);
     }
 }

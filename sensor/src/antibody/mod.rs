@@ -385,30 +385,23 @@ impl Antibodies {
                 .collect()
         };
         for (uid, ns, name) in &labelled {
+            let d = || Decision {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+                rule: "label".into(),
+                exec_ids: Vec::new(),
+                time: String::new(),
+            };
             if self.is_own(uid) {
                 if !self.own_label_reported {
                     self.own_label_reported = true;
-                    let d = Decision {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        uid: uid.clone(),
-                        rule: "label".into(),
-                        exec_ids: Vec::new(),
-                        time: String::new(),
-                    };
-                    events.push(Self::refuse_own(&d));
+                    events.push(Self::refuse_own(&d()));
                 }
                 continue;
             }
             if !self.isolated.contains_key(uid) {
-                let d = Decision {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                    rule: "label".into(),
-                    exec_ids: Vec::new(),
-                    time: String::new(),
-                };
+                let d = d();
                 if let Err(e) = self.isolate(kernel, &d) {
                     tracing::warn!(pod = %name, error = %e, "labelled quarantine=true but not isolated");
                 } else {
