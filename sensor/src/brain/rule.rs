@@ -425,16 +425,19 @@ mod tests {
         assert_eq!(duration("5d"), None);
     }
 
+    /// A rule whose spec is `spec` (YAML lines indented by two).
+    fn rule_with(spec: &str) -> FieldResult<Rule> {
+        parse(
+            serde_yaml::from_str(&format!(
+                "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: r}}\nspec:\n{spec}"
+            ))
+            .unwrap(),
+        )
+    }
+
     #[test]
     fn a_flood_rule_matches_pods_not_processes() {
-        let parse_yaml = |spec: &str| {
-            parse(
-                serde_yaml::from_str(&format!(
-                    "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: f}}\nspec:\n  on: flood\n{spec}"
-                ))
-                .unwrap(),
-            )
-        };
+        let parse_yaml = |spec: &str| rule_with(&format!("  on: flood\n{spec}"));
         let r = parse_yaml("  count: {atLeast: 3, within: 10s}\n  actions: [alert, quarantine]\n")
             .unwrap();
         assert_eq!(r.on, On::Flood);
@@ -448,14 +451,7 @@ mod tests {
 
     #[test]
     fn a_kill_that_reaches_the_kubelet_is_refused_unless_allowed() {
-        let parse_yaml = |spec: &str| {
-            parse(
-                serde_yaml::from_str(&format!(
-                    "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata: {{name: k}}\nspec:\n  on: exec\n  actions: [kill]\n{spec}"
-                ))
-                .unwrap(),
-            )
-        };
+        let parse_yaml = |spec: &str| rule_with(&format!("  on: exec\n  actions: [kill]\n{spec}"));
         let e = parse_yaml("  binary: {operator: Postfix, values: [/kubelet]}\n").unwrap_err();
         assert_eq!(e.0, "spec.actions");
         assert!(e.1.contains("kubelet"), "{}", e.1);

@@ -125,12 +125,21 @@ impl Kernel {
 
     /// Records lost to a full ring buffer so far, per kind.
     pub fn lost(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
-        let m = self.map("LOST")?;
-        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(m).map_err(map_err("LOST"))?;
-        LOST_KINDS
+        self.per_cpu_sums("LOST", &LOST_KINDS)
+    }
+
+    /// The per-CPU counters of array `map` at each of `kinds`, summed.
+    fn per_cpu_sums(
+        &self,
+        map: &'static str,
+        kinds: &[(u32, &'static str)],
+    ) -> Result<Vec<(&'static str, u64)>, LoadError> {
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(map)?).map_err(map_err(map))?;
+        kinds
             .iter()
             .map(|&(k, name)| {
-                let v = lost.get(&k, 0).map_err(map_err("LOST"))?;
+                let v = counters.get(&k, 0).map_err(map_err(map))?;
                 Ok((name, v.iter().sum()))
             })
             .collect()
@@ -149,16 +158,7 @@ pub const REFUSAL_KINDS: [(u32, &str); 4] = [
 impl Kernel {
     /// What the quarantine refused so far, per kind (`REFUSAL_KINDS`).
     pub fn refusals(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
-        let m = self.map("QUARANTINE_DROPS")?;
-        let drops: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(m).map_err(map_err("QUARANTINE_DROPS"))?;
-        REFUSAL_KINDS
-            .iter()
-            .map(|&(i, name)| {
-                let v = drops.get(&i, 0).map_err(map_err("QUARANTINE_DROPS"))?;
-                Ok((name, v.iter().sum()))
-            })
-            .collect()
+        self.per_cpu_sums("QUARANTINE_DROPS", &REFUSAL_KINDS)
     }
 
     /// Cgroups whose routine records went over budget, with the count of
