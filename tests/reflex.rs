@@ -264,6 +264,76 @@ fn a_path_too_deep_to_resolve_fails_closed() {
     assert_eq!(cg.exit_code(&shallow), Some(0));
 }
 
+/// More followed processes alive at once than the kernel's process map
+/// holds (`--process-states 8`): the states already there are never
+/// evicted (the root and its first children stay followed), the ones that
+/// do not fit are refused and reported as a `process-state-full` alert
+/// with their count, and once children exit the root's next child is
+/// followed again.
+#[test]
+fn a_full_process_map_keeps_live_states_and_reports_the_refused() {
+    if !can_run("a_full_process_map_keeps_live_states_and_reports_the_refused") {
+        return;
+    }
+    let dir = TempDir::new();
+    let root = dir.path().join("forker");
+    std::fs::copy(resolved("/usr/bin/python3"), &root).unwrap();
+    let root = root.to_string_lossy().into_owned();
+    let policy = policy_file(
+        &dir,
+        "p.yaml",
+        &bprm_policy(
+            "full-map",
+            &format!(
+                "    - matchBinaries: [{{operator: In, values: [\"{root}\"], followChildren: true}}]
+      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
+      matchActions: [{{action: Sigkill}}]
+"
+            ),
+        ),
+    );
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&[
+        "--policy",
+        &policy,
+        "--enforce-cgroup",
+        &scope,
+        "--process-states",
+        "8",
+    ]);
+    // Twelve children live at once, then each execs /bin/true.
+    let script = "import os, subprocess\n\
+         r, w = os.pipe()\n\
+         pids = []\n\
+         for _ in range(12):\n    pid = os.fork()\n    if pid == 0:\n        os.close(w)\n        os.read(r, 1)\n        os.execv('/bin/true', ['/bin/true'])\n    pids.append(pid)\n\
+         os.close(w)\n\
+         codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]\n\
+         after = subprocess.call(['/bin/true'])\n\
+         print(' '.join(map(str, codes)), after)\n";
+    let out = cg.command(&root).args(["-c", script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<i32> = text
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    // The root holds one entry; its first seven children the rest.
+    assert_eq!(
+        codes,
+        [vec![-9; 7], vec![0; 5], vec![-9]].concat(),
+        "the first seven children killed, the five refused not, the root still followed"
+    );
+    let alert = daemon.wait_for("the refused states reported", |e| {
+        e["sensor_alert"]["rule"] == "process-state-full"
+    });
+    assert_eq!(alert["sensor_alert"]["count"], 5, "{alert}");
+    let errors = daemon.scrape().sum(
+        "tetragon_errors_total",
+        &[("type", "process_state_map_full")],
+    );
+    assert_eq!(errors, 5.0);
+}
+
 /// Churn: a followed process forks 70,000 children, more than the kernel's
 /// process map holds, and each exits at once. The map holds only the
 /// living, so the followed root keeps its state and its next child's exec

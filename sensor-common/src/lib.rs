@@ -45,6 +45,10 @@ pub mod kind {
     pub const EXEC_DENIED: u32 = 5;
 }
 
+/// Slot of the kernel's `LOST` counters (beside the record kinds) that
+/// counts process states the full `PROCS` map refused.
+pub const LOST_PROC_STATE: u32 = 7;
+
 /// Bits of [`ExecEvent::flags`].
 pub mod exec_flags {
     pub const PATH_TRUNCATED: u32 = 1 << 0;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use sensor_common::{kind, ExitEvent, ForkEvent};
 
 use crate::kernel::{off, read, read_ptr};
-use crate::maps::{count_lost, wakeup_flags, EVENTS, PROCS};
+use crate::maps::{count_lost, set_proc_state, wakeup_flags, EVENTS, PROCS};
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -29,7 +29,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     let ptgid = read::<u32>(parent, off!(task_tgid))?;
     // SAFETY: ProcState is plain data.
     if let Some(state) = unsafe { PROCS.get(&ptgid) }.copied() {
-        let _ = PROCS.insert(&child_tgid, &state, 0);
+        set_proc_state(child_tgid, &state);
     }
     match EVENTS.reserve::<ForkEvent>(0) {
         Some(mut e) => {

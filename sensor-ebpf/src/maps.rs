@@ -84,13 +84,15 @@ pub static STR_PREFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entrie
 #[map]
 pub static STR_POSTFIX: LpmTrie<[u8; STR_KEY_LEN], u8> = LpmTrie::with_max_entries(8192, 0);
 
-/// Policy state of the processes that have one, by tgid. Entries go when
-/// their process exits (`lifecycle`), so churn does not fill it. An LRU:
-/// a plain hash, which never evicts a live entry, locked up Linux 5.10
-/// (both CPUs in soft lockup while a second daemon wrote its tables) in the
-/// kernel matrix.
+/// Policy state of the processes that have one, by tgid. A plain hash, so
+/// a live process's state is never evicted (an LRU drops live entries under
+/// churn, and then `followChildren` fails open): entries go when their
+/// process exits (`lifecycle`), and a write refused because the map is full
+/// is counted (`LOST[LOST_PROC_STATE]`). Preallocated: a run-time allocated
+/// hash in a tracing program is a kernel warning (a panic under
+/// `panic_on_warn`) before Linux 6.1.
 #[map]
-pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(65536, 0);
+pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(65536, 0);
 
 /// Cgroup ids under which policies act when `Config::scoped` is set.
 #[map]
@@ -153,6 +155,13 @@ pub fn wakeup_flags(urgent: bool) -> u64 {
 
 /// Counts a record that the ring buffer had no room for.
 #[inline(always)]
+/// Writes a process's policy state, counting a write the full map refuses.
+pub fn set_proc_state(tgid: u32, state: &ProcState) {
+    if PROCS.insert(&tgid, state, 0).is_err() {
+        count_lost(sensor_common::LOST_PROC_STATE);
+    }
+}
+
 pub fn count_lost(kind: u32) {
     if let Some(p) = LOST.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.

@@ -396,7 +396,7 @@ pub fn on_exec<const MODERN: bool>(
     }
     let state = e.state;
     if state != ProcState::default() {
-        let _ = PROCS.insert(&tgid, &state, 0);
+        crate::maps::set_proc_state(tgid, &state);
     } else if caller != ProcState::default() {
         let _ = PROCS.remove(&tgid);
     }

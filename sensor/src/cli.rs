@@ -251,6 +251,12 @@ pub struct RunArgs {
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = ring_size)]
     pub ring_buffer_size: u32,
+    /// Processes the kernel keeps a policy state for at once (those a
+    /// matchBinaries selector admitted, and their followed children). A
+    /// live process's state is never evicted; one more is refused and
+    /// reported (`sensor_alert` process-state-full). About 100 bytes each.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub process_states: u32,
     /// Processes kept in the cache, exited ones evicted first.
     #[arg(long, default_value_t = 65536)]
     pub process_cache_size: usize,

@@ -129,7 +129,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         export_rotation: Some(args.export_file_rotation_interval).filter(|d| !d.is_zero()),
         export_flags,
         scope: args.enforce_cgroups,
-        ring_bytes: args.ring_buffer_size,
+        sizes: load::Sizes {
+            ring_bytes: args.ring_buffer_size,
+            process_states: args.process_states,
+        },
         cache_size: args.process_cache_size,
         program_stats: args.program_stats,
         kubeconfig: args.kubeconfig,
@@ -237,7 +240,14 @@ pub fn probe(load: bool) -> ExitCode {
     if !load {
         return ExitCode::SUCCESS;
     }
-    let attached = load::Kernel::load(64 * 1024, &features.plan()).and_then(|mut k| {
+    let attached = load::Kernel::load(
+        load::Sizes {
+            ring_bytes: 64 * 1024,
+            process_states: 1024,
+        },
+        &features.plan(),
+    )
+    .and_then(|mut k| {
         let root = daemon::cgroup2_root().ok_or(load::LoadError::Missing("a cgroup2 mount"))?;
         k.attach(&root)?;
         Ok(k.loaded_programs())

@@ -34,14 +34,14 @@ pub struct Started {
 pub struct KernelOptions<'a> {
     pub bpf_dir: Option<&'a Path>,
     pub plan: &'a Plan,
-    pub ring_bytes: u32,
+    pub sizes: crate::load::Sizes,
     pub cgroup_root: &'a Path,
 }
 
 /// Brings up the kernel side with `compiled` policies written and enforcing.
 pub fn start(o: &KernelOptions, compiled: &Compiled, scope: &[u64]) -> anyhow::Result<Started> {
     let Some(bpf_dir) = o.bpf_dir else {
-        let mut kernel = Kernel::load(o.ring_bytes, o.plan)?;
+        let mut kernel = Kernel::load(o.sizes, o.plan)?;
         kernel.apply(compiled, scope)?;
         kernel.attach(o.cgroup_root)?;
         return Ok(Started {
@@ -75,7 +75,7 @@ pub fn start(o: &KernelOptions, compiled: &Compiled, scope: &[u64]) -> anyhow::R
             }
         }
     }
-    let mut kernel = Kernel::load(o.ring_bytes, o.plan)?;
+    let mut kernel = Kernel::load(o.sizes, o.plan)?;
     kernel.apply(compiled, scope)?;
     let carried = carry_quarantines(&others, &mut kernel);
     kernel.attach(o.cgroup_root)?;

@@ -46,7 +46,7 @@ pub struct RunOptions {
     /// Which events and fields the JSON outputs carry, and how many.
     pub export_flags: crate::export::shape::ExportFlags,
     pub scope: Vec<PathBuf>,
-    pub ring_bytes: u32,
+    pub sizes: crate::load::Sizes,
     pub cache_size: usize,
     /// Count each program's runs and run time, and log them at stop.
     pub program_stats: bool,
@@ -214,7 +214,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         &adopt::KernelOptions {
             bpf_dir: opts.bpf_dir.as_deref(),
             plan: &opts.plan,
-            ring_bytes: opts.ring_bytes,
+            sizes: opts.sizes,
             cgroup_root: &root,
         },
         &active.compiled,

@@ -320,6 +320,24 @@ fn report_lost(kernel: &Kernel, s: &mut Stages) {
             tracing::warn!(error = %e, "reading lost counters")
         }
     }
+    match kernel.refused_states() {
+        Ok(n) => {
+            let grew = s.pipeline.lost("process_state", n);
+            if grew > 0 {
+                // A refused state is a process whose matchBinaries or
+                // followChildren selectors will not hold: said out loud.
+                s.telemetry.errors_by("process_state_map_full", grew);
+                tracing::warn!(refused = grew, total = n, "kernel process map full");
+                s.pipeline.announce_loss(
+                    "process-state-full",
+                    0,
+                    grew,
+                    "process states refused: the kernel's process map was full",
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading refused process states"),
+    }
     match kernel.suppressed() {
         Ok(totals) => {
             for (cgroup, grew) in s.pipeline.suppressed(&totals) {

@@ -105,6 +105,16 @@ pub struct Kernel {
     guard: Option<aya::programs::TracePoint>,
 }
 
+/// The sizes of the maps an operator may set.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// The ring buffer, in bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
+    /// Processes with a policy state at once (`PROCS`); preallocated, at
+    /// about 100 bytes each.
+    pub process_states: u32,
+}
+
 /// Record kinds the `LOST` counters are indexed by, with their names.
 pub const LOST_KINDS: [(u32, &str); 4] = [
     (sensor_common::kind::EXEC, "exec"),
@@ -137,14 +147,15 @@ pub fn preflight() -> Result<(), LoadError> {
 
 impl Kernel {
     /// Checks the environment, loads the object with this kernel's offsets
-    /// and a ring buffer of `ring_bytes`. Nothing is attached yet; `plan`
-    /// says which form of each program [`Kernel::attach`] takes.
-    pub fn load(ring_bytes: u32, plan: &probe::Plan) -> Result<Kernel, LoadError> {
+    /// and maps of `sizes`. Nothing is attached yet; `plan` says which form
+    /// of each program [`Kernel::attach`] takes.
+    pub fn load(sizes: Sizes, plan: &probe::Plan) -> Result<Kernel, LoadError> {
         preflight()?;
         let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
-            .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("EVENTS", sizes.ring_bytes)
+            .map_max_entries("PROCS", sizes.process_states)
             .load(OBJECT)?;
         // Our maps move out of the object (their fds are already in the
         // programs' instructions); the data sections stay with it.

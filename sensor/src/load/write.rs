@@ -128,6 +128,14 @@ impl Kernel {
         self.per_cpu_sums("LOST", &LOST_KINDS)
     }
 
+    /// Process states the full `PROCS` map refused so far: each is a
+    /// process whose `matchBinaries`/`followChildren` state the kernel
+    /// could not keep.
+    pub fn refused_states(&self) -> Result<u64, LoadError> {
+        let kinds = [(sensor_common::LOST_PROC_STATE, "process_state")];
+        Ok(self.per_cpu_sums("LOST", &kinds)?[0].1)
+    }
+
     /// The per-CPU counters of array `map` at each of `kinds`, summed.
     fn per_cpu_sums(
         &self,

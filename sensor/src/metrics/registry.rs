@@ -349,11 +349,16 @@ impl Telemetry {
 
     /// Counts one error of `kind` (Tetragon's `tetragon_errors_total`).
     pub fn error(&self, kind: &str) {
+        self.errors_by(kind, 1);
+    }
+
+    /// Counts `n` errors of `kind` at once.
+    pub fn errors_by(&self, kind: &str, n: u64) {
         self.errors
             .get_or_create(&Kind {
                 r#type: kind.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 }
 

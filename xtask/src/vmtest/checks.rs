@@ -45,6 +45,13 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "process states kept, full map reported",
+        run: Run::Tests {
+            target: "reflex",
+            names: &["a_full_process_map_keeps_live_states_and_reports_the_refused"],
+        },
+    },
+    Check {
         name: "evasions seen (loader, script, memfd)",
         run: Run::Tests {
             target: "evasions",
