@@ -74,6 +74,26 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "open");
 
+    // A connected UDP socket a process waits on.
+    let mut udp = frontend
+        .command("/usr/bin/python3")
+        .args([
+            "-u",
+            "-c",
+            &format!(
+                "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('{}',9002))\nprint('open')\ns.settimeout(30)\n\
+                 try:\n    s.recv(100); print('data')\nexcept OSError as e:\n    print('cut', type(e).__name__)\n",
+                backend.ip
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut udp_out = BufReader::new(udp.stdout.take().unwrap());
+    let mut udp_line = String::new();
+    udp_out.read_line(&mut udp_line).unwrap();
+    assert_eq!(udp_line.trim(), "open");
+
     // A packet socket opened before the quarantine, by a process that
     // keeps it.
     let mut sniffer = frontend
@@ -124,6 +144,14 @@ fn a_labelled_pod_loses_the_network_until_the_label_goes() {
         "the holder's connection is destroyed"
     );
     let _ = held.wait();
+    udp_line.clear();
+    udp_out.read_line(&mut udp_line).unwrap();
+    assert_eq!(
+        udp_line.trim(),
+        "cut ConnectionAbortedError",
+        "the UDP socket's waiter learns at once"
+    );
+    let _ = udp.wait();
     {
         use std::os::unix::process::ExitStatusExt;
         let st = sniffer.wait().unwrap();

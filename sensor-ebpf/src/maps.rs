@@ -153,15 +153,16 @@ pub fn wakeup_flags(urgent: bool) -> u64 {
     }
 }
 
-/// Counts a record that the ring buffer had no room for.
-#[inline(always)]
 /// Writes a process's policy state, counting a write the full map refuses.
+#[inline(always)]
 pub fn set_proc_state(tgid: u32, state: &ProcState) {
     if PROCS.insert(&tgid, state, 0).is_err() {
         count_lost(sensor_common::LOST_PROC_STATE);
     }
 }
 
+/// Counts a record that the ring buffer had no room for.
+#[inline(always)]
 pub fn count_lost(kind: u32) {
     if let Some(p) = LOST.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.

@@ -257,7 +257,8 @@ pub struct RunArgs {
     /// reported (`sensor_alert` process-state-full). About 100 bytes each.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub process_states: u32,
-    /// Processes kept in the cache, exited ones evicted first.
+    /// Processes kept in the cache: exited ones are evicted first, then
+    /// live ones, least recently used first.
     #[arg(long, default_value_t = 65536)]
     pub process_cache_size: usize,
     /// Count each kernel program's runs and run time; logged at stop.

@@ -59,11 +59,14 @@ impl Pipeline {
     }
 
     /// The process cache's size, capacity and evictions so far.
-    pub fn cache_stats(&self) -> (usize, usize, u64) {
+    /// The process cache's size, capacity, evictions and, of those, live
+    /// processes evicted.
+    pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
         (
             self.cache.len(),
             self.cache.capacity(),
             self.cache.evictions,
+            self.cache.live_evictions,
         )
     }
 

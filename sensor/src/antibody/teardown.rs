@@ -1,7 +1,8 @@
-//! Tears down the TCP connections a pod holds when it is isolated. Dropping
-//! their packets alone leaves both ends waiting for a timeout; destroying
-//! the socket gives the process an error at once (`ECONNABORTED`) and sends
-//! the peer a reset, which the quarantine's egress filter lets out.
+//! Tears down the TCP and UDP sockets a pod holds when it is isolated.
+//! Dropping their packets alone leaves both ends waiting for a timeout;
+//! destroying the socket gives the process an error at once
+//! (`ECONNABORTED`, also to a blocked `recv`) and sends a TCP peer a reset,
+//! which the quarantine's egress filter lets out.
 //!
 //! The kernel destroys a socket on a `SOCK_DESTROY` request over
 //! `NETLINK_SOCK_DIAG` (what `ss -K` sends; `CONFIG_INET_DIAG_DESTROY`,
@@ -36,7 +37,15 @@ const MSG_LEN: usize = MSG_INODE_AT + 4;
 /// TCP states worth tearing down: everything with a peer. Listening sockets
 /// stay (their pod gets no packets anyway), and time-wait and request
 /// sockets have no process.
-const STATES: u32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+const TCP_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+/// UDP sockets are connected (`TCP_ESTABLISHED`) or not (`TCP_CLOSE`): both
+/// go, so that a process waiting on one learns it is cut off.
+const UDP_STATES: u32 = (1 << 1) | (1 << 7);
+/// The protocols torn down, with the states of each.
+const PROTOCOLS: [(u8, u32); 2] = [
+    (libc::IPPROTO_TCP as u8, TCP_STATES),
+    (libc::IPPROTO_UDP as u8, UDP_STATES),
+];
 
 /// What a teardown did.
 #[derive(Debug, Default)]
@@ -46,7 +55,7 @@ pub struct Teardown {
     pub errors: Vec<String>,
 }
 
-/// Destroys the TCP connections held by processes under cgroup `dir`.
+/// Destroys the TCP and UDP sockets held by processes under cgroup `dir`.
 pub fn cut(dir: &Path) -> Teardown {
     // Sockets by network namespace: (ns device, ns inode) → a pid inside it
     // and the socket inodes the pod holds there.
@@ -68,7 +77,12 @@ pub fn cut(dir: &Path) -> Teardown {
     let mut done = Teardown::default();
     for (pid, inodes) in by_ns.into_values() {
         match in_namespace_of(pid, move || destroy(&inodes)) {
-            Ok(n) => done.destroyed += n,
+            Ok(t) => {
+                done.destroyed += t.destroyed;
+                let errors = t.errors.into_iter();
+                done.errors
+                    .extend(errors.map(|e| format!("pid {pid}'s namespace: {e}")));
+            }
             Err(e) => done.errors.push(format!("pid {pid}'s namespace: {e}")),
         }
     }
@@ -78,9 +92,10 @@ pub fn cut(dir: &Path) -> Teardown {
 /// Runs `f` on a thread that has joined `pid`'s network namespace (a thread
 /// of its own: `setns` moves only the caller, and the daemon's threads stay
 /// where they are).
-fn in_namespace_of<F>(pid: u32, f: F) -> io::Result<usize>
+fn in_namespace_of<F, T>(pid: u32, f: F) -> io::Result<T>
 where
-    F: FnOnce() -> io::Result<usize> + Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
 {
     let ns = File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::Builder::new()
@@ -96,31 +111,80 @@ where
         .map_err(|_| io::Error::other("teardown thread panicked"))?
 }
 
-/// In the current namespace: destroys the TCP sockets whose inode is in
-/// `inodes`; returns how many went.
-fn destroy(inodes: &HashSet<u64>) -> io::Result<usize> {
+/// In the current namespace: destroys the TCP and UDP sockets whose inode
+/// is in `inodes`. A protocol that fails (no diag module, say) does not
+/// keep the others from going; its first error is in the answer.
+fn destroy(inodes: &HashSet<u64>) -> io::Result<Teardown> {
     let nl = Netlink::open()?;
-    let mut destroyed = 0;
-    let mut first_error = None;
+    let mut done = Teardown::default();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        for sockid in nl.dump_tcp(family, inodes)? {
-            match nl.destroy(family, &sockid) {
-                Ok(()) => destroyed += 1,
-                // Closed between the dump and now.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        for (protocol, states) in PROTOCOLS {
+            let which = Which {
+                family,
+                protocol,
+                states,
+            };
+            let mut first_error = None;
+            match nl.dump(which, inodes) {
+                Ok(found) => {
+                    for sockid in found {
+                        match nl.destroy(which, &sockid) {
+                            Ok(()) => done.destroyed += 1,
+                            // Closed between the dump and now.
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
                 }
+                Err(e) => first_error = Some(e),
+            }
+            if let Some(e) = first_error {
+                done.errors.push(explain(which, e));
             }
         }
     }
-    match first_error {
-        Some(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Err(io::Error::other(
-            "this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)",
-        )),
-        Some(e) => Err(e),
-        None => Ok(destroyed),
+    Ok(done)
+}
+
+/// An error of a dump or destroy, with what it was about and what it means.
+fn explain(which: Which, e: io::Error) -> String {
+    let what = match which.protocol as i32 {
+        libc::IPPROTO_TCP => "TCP",
+        _ => "UDP",
+    };
+    let family = if which.family == libc::AF_INET6 as u8 {
+        "6"
+    } else {
+        "4"
+    };
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => format!(
+            "{what}{family}: this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)"
+        ),
+        Some(libc::ENOENT) => {
+            format!(
+                "{what}{family}: no socket diagnostics for it (module {} not loaded)",
+                {
+                    if what == "TCP" {
+                        "tcp_diag"
+                    } else {
+                        "udp_diag"
+                    }
+                }
+            )
+        }
+        _ => format!("{what}{family}: {e}"),
     }
+}
+
+/// The sockets a dump or a destroy is about.
+#[derive(Clone, Copy)]
+struct Which {
+    family: u8,
+    protocol: u8,
+    states: u32,
 }
 
 /// A `NETLINK_SOCK_DIAG` socket.
@@ -147,14 +211,12 @@ impl Netlink {
         })
     }
 
-    /// The sockids of the TCP sockets of `family` in `STATES` whose inode is
-    /// in `inodes`.
-    fn dump_tcp(&self, family: u8, inodes: &HashSet<u64>) -> io::Result<Vec<[u8; SOCKID_LEN]>> {
+    /// The sockids of the sockets `which` names whose inode is in `inodes`.
+    fn dump(&self, which: Which, inodes: &HashSet<u64>) -> io::Result<Vec<[u8; SOCKID_LEN]>> {
         self.send(&request(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
-            family,
-            STATES,
+            which,
             &[0; SOCKID_LEN],
         ))?;
         let mut found = Vec::new();
@@ -186,12 +248,15 @@ impl Netlink {
 
     /// Destroys one socket, named by its sockid (cookie included, so a new
     /// socket on the same ports is never hit).
-    fn destroy(&self, family: u8, sockid: &[u8; SOCKID_LEN]) -> io::Result<()> {
+    fn destroy(&self, which: Which, sockid: &[u8; SOCKID_LEN]) -> io::Result<()> {
+        let any_state = Which {
+            states: u32::MAX,
+            ..which
+        };
         self.send(&request(
             SOCK_DESTROY,
             NLM_F_REQUEST | NLM_F_ACK,
-            family,
-            u32::MAX,
+            any_state,
             sockid,
         ))?;
         let mut buf = [0u8; 1024];
@@ -223,8 +288,8 @@ impl Netlink {
     }
 }
 
-/// A netlink message carrying an `inet_diag_req_v2` for TCP.
-fn request(kind: u16, flags: u16, family: u8, states: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
+/// A netlink message carrying an `inet_diag_req_v2`.
+fn request(kind: u16, flags: u16, which: Which, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + 8 + SOCKID_LEN;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -232,8 +297,8 @@ fn request(kind: u16, flags: u16, family: u8, states: u32, sockid: &[u8; SOCKID_
     m.extend_from_slice(&flags.to_ne_bytes());
     m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    m.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    m.extend_from_slice(&states.to_ne_bytes());
+    m.extend_from_slice(&[which.family, which.protocol, 0, 0]);
+    m.extend_from_slice(&which.states.to_ne_bytes());
     m.extend_from_slice(sockid);
     m
 }
@@ -272,7 +337,12 @@ mod tests {
     #[test]
     fn a_request_has_the_kernel_layout() {
         let id = [7; SOCKID_LEN];
-        let m = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 10, 5, &id);
+        let which = Which {
+            family: 10,
+            protocol: 6,
+            states: 5,
+        };
+        let m = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, which, &id);
         assert_eq!(m.len(), 72);
         assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 21);
@@ -306,6 +376,38 @@ mod tests {
         assert_eq!(messages(&buf).count(), 0);
     }
 
+    /// A UDP socket a thread waits on, destroyed by inode: the wait ends
+    /// with ECONNABORTED, not at its timeout.
+    #[test]
+    fn a_waited_on_udp_socket_is_destroyed_by_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect("127.0.0.1:9").unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", sock.as_raw_fd()))
+            .unwrap()
+            .ino();
+        let waiter = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let got = sock.recv(&mut [0; 8]);
+            (got.map_err(|e| e.raw_os_error()), started.elapsed())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let t = match destroy(&HashSet::from([inode])) {
+            Ok(t) => t,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("SKIP: destroying sockets needs CAP_NET_ADMIN: {e}");
+                return;
+            }
+            Err(e) => panic!("destroy: {e}"),
+        };
+        assert_eq!((t.destroyed, t.errors), (1, Vec::<String>::new()));
+        let (got, waited) = waiter.join().unwrap();
+        assert_eq!(got, Err(Some(libc::ECONNABORTED)));
+        assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    }
+
     /// A connection in this process's namespace, destroyed by inode: the
     /// holder gets ECONNABORTED and the peer a reset.
     #[test]
@@ -319,7 +421,7 @@ mod tests {
             .unwrap()
             .ino();
         let n = match destroy(&HashSet::from([inode])) {
-            Ok(n) => n,
+            Ok(t) => t.destroyed,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 eprintln!("SKIP: destroying sockets needs CAP_NET_ADMIN: {e}");
                 return;

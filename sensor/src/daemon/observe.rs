@@ -18,6 +18,7 @@ pub struct Observer {
     /// Per program: runs and run time at the last reading.
     programs: HashMap<String, (u64, Duration)>,
     evictions: u64,
+    live_evictions: u64,
     /// The kernel's quarantine refusals at the last reading, per kind.
     refusals: HashMap<&'static str, u64>,
     maps_at: Option<Instant>,
@@ -29,6 +30,7 @@ impl Observer {
             t,
             programs: HashMap::new(),
             evictions: 0,
+            live_evictions: 0,
             refusals: HashMap::new(),
             maps_at: None,
         }
@@ -36,12 +38,22 @@ impl Observer {
 
     pub fn refresh(&mut self, kernel: &Kernel, s: &super::serve::Stages) {
         let t = &self.t;
-        let (size, capacity, evictions) = s.pipeline.cache_stats();
+        let (size, capacity, evictions, live) = s.pipeline.cache_stats();
         t.cache_size.set(size as i64);
         t.cache_capacity.set(capacity as i64);
         t.cache_evictions
             .inc_by(evictions.saturating_sub(self.evictions));
         self.evictions = evictions;
+        if live > self.live_evictions {
+            // Their next events come without a lineage: worth a word.
+            tracing::warn!(
+                evicted = live - self.live_evictions,
+                total = live,
+                capacity,
+                "process cache full of live processes: least recently used evicted (--process-cache-size)"
+            );
+        }
+        self.live_evictions = live;
 
         let (pending, isolated) = s.antibodies.counts();
         t.pending_labels.set(pending as i64);

@@ -2,10 +2,13 @@
 //! and parent links, so that each event carries its `process` and `parent`.
 //! Processes older than the daemon come from a /proc scan (`procfs`). Exited
 //! processes stay until the cache is over capacity, oldest exit first, so late
-//! events and children still find them.
+//! events and children still find them. Past that, live processes go too,
+//! least recently used first (Tetragon's cache is an LRU of the same size):
+//! a fork flood cannot grow the daemon without bound.
 pub mod clock;
 pub mod procfs;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -33,17 +36,27 @@ impl ExecId {
 /// A process and its parent, as events show them.
 pub type Lineage = (Arc<Process>, Option<Arc<Process>>);
 
+/// A cached process and when an event last looked it up.
+struct Entry {
+    process: Arc<Process>,
+    used: Cell<u64>,
+}
+
 pub struct ProcessCache {
     node: String,
     clock: Clock,
-    entries: HashMap<String, Arc<Process>>,
+    entries: HashMap<String, Entry>,
+    /// Counts lookups: the clock of `Entry::used`.
+    tick: Cell<u64>,
     by_pid: HashMap<u32, String>,
     /// exec_ids no longer current (exited or replaced by an exec), oldest first.
     retired: VecDeque<String>,
     capacity: usize,
     pub misses: u64,
-    /// Exited or replaced processes dropped to stay within the capacity.
+    /// Processes dropped to stay within the capacity, live ones included.
     pub evictions: u64,
+    /// Of those, live processes (their next events miss their lineage).
+    pub live_evictions: u64,
 }
 
 /// Tetragon joins arguments with spaces; an argument that holds whitespace or
@@ -90,11 +103,13 @@ impl ProcessCache {
             node,
             clock,
             entries: HashMap::new(),
+            tick: Cell::new(0),
             by_pid: HashMap::new(),
             retired: VecDeque::new(),
-            capacity,
+            capacity: capacity.max(1),
             misses: 0,
             evictions: 0,
+            live_evictions: 0,
         }
     }
 
@@ -115,11 +130,20 @@ impl ProcessCache {
     }
 
     pub fn by_pid(&self, pid: u32) -> Option<Arc<Process>> {
-        self.entries.get(self.by_pid.get(&pid)?).cloned()
+        self.get(self.by_pid.get(&pid)?)
     }
 
     pub fn parent_of(&self, p: &Process) -> Option<Arc<Process>> {
-        self.entries.get(&p.parent_exec_id).cloned()
+        self.get(&p.parent_exec_id)
+    }
+
+    /// The process of `exec_id`, marked as used now.
+    fn get(&self, exec_id: &str) -> Option<Arc<Process>> {
+        let e = self.entries.get(exec_id)?;
+        let now = self.tick.get() + 1;
+        self.tick.set(now);
+        e.used.set(now);
+        Some(e.process.clone())
     }
 
     /// `p` and every live process it started, at any depth, each the
@@ -127,7 +151,7 @@ impl ProcessCache {
     pub fn tree_of(&self, p: &Process) -> Vec<Arc<Process>> {
         let mut out = Vec::new();
         for id in self.by_pid.values() {
-            let Some(mut q) = self.entries.get(id).cloned() else {
+            let Some(mut q) = self.entries.get(id).map(|e| e.process.clone()) else {
                 continue;
             };
             let start = q.clone();
@@ -151,7 +175,13 @@ impl ProcessCache {
         if let Some(old) = self.by_pid.insert(p.pid, p.exec_id.clone()) {
             self.retired.push_back(old);
         }
-        self.entries.insert(p.exec_id.clone(), p.clone());
+        let now = self.tick.get() + 1;
+        self.tick.set(now);
+        let entry = Entry {
+            process: p.clone(),
+            used: Cell::new(now),
+        };
+        self.entries.insert(p.exec_id.clone(), entry);
         self.evict();
         p
     }
@@ -162,7 +192,34 @@ impl ProcessCache {
                 Some(id) => {
                     self.evictions += self.entries.remove(&id).is_some() as u64;
                 }
-                None => break,
+                None => return self.evict_live(),
+            }
+        }
+    }
+
+    /// Over capacity with only live processes left: the least recently used
+    /// go, a sixteenth of the capacity beyond what is needed at once, so
+    /// that a flood pays one scan per batch, not one per process.
+    fn evict_live(&mut self) {
+        let over = self.entries.len().saturating_sub(self.capacity);
+        if over == 0 {
+            return;
+        }
+        let mut live: Vec<(u64, u32)> = self
+            .by_pid
+            .iter()
+            .filter_map(|(pid, id)| Some((self.entries.get(id)?.used.get(), *pid)))
+            .collect();
+        let n = (over + self.capacity / 16).min(live.len());
+        if n == 0 {
+            return;
+        }
+        live.select_nth_unstable(n - 1);
+        for &(_, pid) in &live[..n] {
+            if let Some(id) = self.by_pid.remove(&pid) {
+                self.entries.remove(&id);
+                self.evictions += 1;
+                self.live_evictions += 1;
             }
         }
     }
@@ -220,7 +277,7 @@ impl ProcessCache {
             self.misses += 1;
             return None;
         };
-        let p = self.entries.get(&id)?.clone();
+        let p = self.entries.get(&id)?.process.clone();
         self.retired.push_back(id);
         let parent = self.parent_of(&p);
         Some((p, parent))
@@ -336,6 +393,39 @@ mod tests {
             });
         }
         assert!(c.len() <= 10, "cache holds {}", c.len());
-        assert!(c.by_pid(1).is_some(), "a live process is never evicted");
+        assert!(
+            c.by_pid(1).is_some(),
+            "a live process is kept over exited ones"
+        );
+        assert_eq!(c.live_evictions, 0);
+    }
+
+    #[test]
+    fn live_processes_past_the_capacity_go_least_recently_used_first() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 32);
+        c.exec(&exec(1, 0, 1, "/sbin/init"));
+        c.exec(&exec(2, 1, 2, "/usr/bin/kubelet"));
+        for i in 0..1000u32 {
+            let pid = 100 + i;
+            c.fork(&ForkEvent {
+                kind: kind::FORK,
+                pid,
+                ppid: 2,
+                _pad: 0,
+                ktime: 10 + i as u64,
+            });
+            // Events keep looking up init; the forks themselves look up
+            // kubelet as their parent.
+            assert!(c.by_pid(1).is_some());
+        }
+        assert!(c.len() <= 32, "cache holds {}", c.len());
+        assert!(
+            c.by_pid(1).is_some() && c.by_pid(2).is_some(),
+            "used ones stay"
+        );
+        assert!(c.by_pid(100).is_none(), "the least recently used went");
+        assert!(c.by_pid(1099).is_some(), "the newest stayed");
+        assert_eq!(c.live_evictions, c.evictions);
+        assert!(c.live_evictions >= 1000 + 2 - 32);
     }
 }

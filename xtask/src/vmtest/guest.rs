@@ -25,7 +25,7 @@ const APPEND: &str = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5 \
 /// Kernel modules the checks need: the test pods' veth pairs, and the
 /// socket diagnostics that tear down a quarantined pod's connections (a
 /// node loads them on demand; the guest has no modprobe).
-const GUEST_MODULES: &[&str] = &["veth", "inet_diag", "tcp_diag"];
+const GUEST_MODULES: &[&str] = &["veth", "inet_diag", "tcp_diag", "udp_diag"];
 
 /// The guest's /init: mounts, modules, then every check between markers.
 /// The root is already in memory and writable: no tmpfs goes over /tmp or
