@@ -184,8 +184,8 @@ impl Brain {
                 }
                 w.clear();
             }
-            let mut exec_ids = vec![o.process.exec_id.clone()];
-            exec_ids.extend(o.ancestors.first().map(|p| p.exec_id.clone()));
+            let mut exec_ids = vec![o.process.exec_id.to_string()];
+            exec_ids.extend(o.ancestors.first().map(|p| p.exec_id.to_string()));
             let alert = r.alert.then(|| {
                 Event::SensorAlert(AlertEvent {
                     rule: r.name.clone(),

@@ -291,6 +291,10 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         });
         tracing::info!(socket = %path.display(), "control API listening");
     }
+    // Loading parsed the kernel's BTF (megabytes, freed by now); hand the
+    // freed heap back rather than carry it as resident memory for good.
+    // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+    unsafe { libc::malloc_trim(0) };
     tracing::info!(
         node = %opts.node_name,
         exec_selectors = active.compiled.selectors.len(),

@@ -1,6 +1,7 @@
 //! Tetragon's event schema (`api/v1/tetragon`): the protojson form of
 //! `GetEventsResponse`, so existing pipelines read this sensor's output. Field
 //! names, enum strings and omission of empty fields follow protojson.
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 fn is_zero(v: &u32) -> bool {
@@ -75,7 +76,9 @@ pub struct QuarantineEvent {
 /// Tetragon's `Process` message, with the fields this sensor fills.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Process {
-    pub exec_id: String,
+    /// Shared with the process cache's indexes and the children's
+    /// `parent_exec_id`: one allocation per process, not four.
+    pub exec_id: Arc<str>,
     pub pid: u32,
     pub uid: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -86,8 +89,8 @@ pub struct Process {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub flags: String,
     pub start_time: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub parent_exec_id: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub parent_exec_id: Arc<str>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tid: u32,
     /// Boxed: most of a node's processes are outside pods, and a process
@@ -123,6 +126,10 @@ pub struct Pod {
 /// process of the pod: a pod with many labels costs one copy, not one per
 /// event.
 pub type Labels = std::sync::Arc<std::collections::BTreeMap<String, String>>;
+
+fn str_is_empty(s: &Arc<str>) -> bool {
+    s.is_empty()
+}
 
 fn no_labels(l: &Labels) -> bool {
     l.is_empty()

@@ -45,12 +45,12 @@ struct Entry {
 pub struct ProcessCache {
     node: String,
     clock: Clock,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
     /// Counts lookups: the clock of `Entry::used`.
     tick: Cell<u64>,
-    by_pid: HashMap<u32, String>,
+    by_pid: HashMap<u32, Arc<str>>,
     /// exec_ids no longer current (exited or replaced by an exec), oldest first.
-    retired: VecDeque<String>,
+    retired: VecDeque<Arc<str>>,
     capacity: usize,
     pub misses: u64,
     /// Processes dropped to stay within the capacity, live ones included.
@@ -231,7 +231,7 @@ impl ProcessCache {
             p.flags.split(' ').any(|w| w == "clone") && !p.flags.contains("execve")
         });
         let p = Process {
-            exec_id: self.exec_id(h.ktime, h.pid).0,
+            exec_id: self.exec_id(h.ktime, h.pid).0.into(),
             pid: h.pid,
             uid: h.uid,
             cwd: rec.cwd.clone(),
@@ -260,7 +260,7 @@ impl ProcessCache {
             return None;
         };
         let child = Process {
-            exec_id: self.exec_id(ev.ktime, ev.pid).0,
+            exec_id: self.exec_id(ev.ktime, ev.pid).0.into(),
             pid: ev.pid,
             tid: ev.pid,
             flags: "clone".into(),

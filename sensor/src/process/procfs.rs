@@ -4,6 +4,7 @@
 //! for them too.
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::export::event::Process;
 
@@ -94,9 +95,9 @@ pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
 
 /// Cache entries for scanned processes, linked to their parents.
 pub fn processes(entries: &[ProcEntry], cache: &super::ProcessCache) -> Vec<Process> {
-    let ids: HashMap<u32, String> = entries
+    let ids: HashMap<u32, Arc<str>> = entries
         .iter()
-        .map(|e| (e.pid, cache.exec_id(e.ktime, e.pid).as_str().to_string()))
+        .map(|e| (e.pid, Arc::<str>::from(cache.exec_id(e.ktime, e.pid).as_str())))
         .collect();
     entries
         .iter()
