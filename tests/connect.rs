@@ -291,3 +291,60 @@ fn cluster_cidr_egress_policy_kills_what_leaves_the_cluster() {
         "enforce-network-activity-outside-cluster-cidr-range"
     );
 }
+
+/// Tetragon's `examples/tracingpolicy/security-socket-connect.yaml`, as it
+/// ships: the destination and its length (argument 2, an `int`) in the
+/// event. Then the same hook with `returnArg` and an Override: the event's
+/// `return` is the errno the connect failed with.
+#[test]
+fn tetragons_security_socket_connect_example_reports_the_address_and_its_length() {
+    if !can_run("tetragons_security_socket_connect_example_reports_the_address_and_its_length") {
+        return;
+    }
+    let backend = Backend::start();
+    let example = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "security-socket-connect"
+spec:
+  kprobes:
+  - call: "security_socket_connect"
+    syscall: false
+    args:
+    - index: 1
+      type: "sockaddr"
+    - index: 2
+      type: "int"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Family"
+        values:
+        - "AF_INET"
+        - "AF_INET6"
+        - "AF_UNIX"
+"#;
+    let (daemon, cg, _d) = daemon_with(example, &[]);
+    assert_eq!(curl(&cg, &backend.url()), Some(0));
+    let e = daemon.wait_for("connect event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["args"][0]["sockaddr_arg"]["port"] == PORT)
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "security_socket_connect");
+    assert_eq!(k["args"][0]["sockaddr_arg"]["addr"], backend.v4);
+    assert_eq!(k["args"][0]["sockaddr_arg"]["family"], "AF_INET");
+    assert_eq!(k["args"][1]["int_arg"], 16, "sizeof(struct sockaddr_in)");
+    assert!(k.get("return").is_none(), "no returnArg, no return");
+    drop(daemon);
+
+    let with_return = format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: deny-with-return}}\nspec:\n  kprobes:\n  - call: security_socket_connect\n    syscall: false\n    args: [{{index: 1, type: sockaddr}}]\n    returnArg: {{index: 0, type: int}}\n    selectors:\n    - matchArgs: [{{index: 1, operator: SAddr, values: [{}]}}]\n      matchActions: [{{action: Override, argError: -1}}]\n",
+        backend.v4
+    );
+    let (daemon, cg, _d) = daemon_with(&with_return, &[]);
+    assert_eq!(connect_errno(&cg, "AF_INET", &backend.v4), "1");
+    let e = daemon.wait_for("override event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["action"] == "KPROBE_ACTION_OVERRIDE")
+    });
+    assert_eq!(e["process_kprobe"]["return"]["int_arg"], -1, "{e}");
+}

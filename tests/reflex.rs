@@ -372,3 +372,48 @@ fn follow_children_survives_process_churn_past_the_map_size() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim(), "-9 -9", "killed before and after the churn");
 }
+
+/// Tetragon's `examples/tracingpolicy/security_bprm_check.yaml`: an Equal
+/// on the binary and a `returnArg`; the event carries `return` 0 (the
+/// check let the exec go on). Its path is this test's copy of `true`.
+#[test]
+fn tetragons_security_bprm_check_example_reports_the_return_value() {
+    if !can_run("tetragons_security_bprm_check_example_reports_the_return_value") {
+        return;
+    }
+    let dir = TempDir::new();
+    let sample = copy_true(&dir, "sample-exec");
+    let example = format!(
+        r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sample-no-exec-id"
+spec:
+  kprobes:
+  - call: "security_bprm_check"
+    syscall: false
+    args:
+    - index: 0
+      type: "linux_binprm"
+    returnArg:
+      index: 0
+      type: "int"
+    selectors:
+      - matchArgs:
+          - index: 0
+            operator: "Equal"
+            values:
+              - "{sample}"
+"#
+    );
+    let file = policy_file(&dir, "p.yaml", &example);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
+    assert_eq!(cg.exit_code(&sample), Some(0));
+    let e = daemon.wait_for("the policy event", |e| is(e, "process_kprobe", &sample));
+    let k = &e["process_kprobe"];
+    assert_eq!(k["policy_name"], "sample-no-exec-id");
+    assert_eq!(k["args"][0]["linux_binprm_arg"]["path"], sample.as_str());
+    assert_eq!(k["return"]["int_arg"], 0, "{e}");
+}

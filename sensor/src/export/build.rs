@@ -79,6 +79,15 @@ pub fn policy_event(
             parent,
             function_name: function.clone(),
             args,
+            // The hook returned what its Override says, where the kernel
+            // carried one out; otherwise it let the call go on.
+            return_: meta.return_arg.then(|| {
+                let errno = match meta.monitor {
+                    true => 0,
+                    false => meta.actions.errno.unwrap_or(0),
+                };
+                Argument::IntArg(-(errno as i32))
+            }),
             action,
             policy_name,
             message,
@@ -116,7 +125,7 @@ pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
             path: path.to_string(),
         })),
         EventArg::PathString => Some(Argument::StringArg(path.to_string())),
-        EventArg::Sock | EventArg::Sockaddr => None,
+        EventArg::Sock | EventArg::Sockaddr | EventArg::AddrLen => None,
     }
 }
 
@@ -129,6 +138,11 @@ pub fn connect_arg(sock: &SockArg) -> impl Fn(EventArg) -> Option<Argument> + '_
             family: sock.family.clone(),
             addr: sock.daddr.clone(),
             port: sock.dport,
+        })),
+        EventArg::AddrLen => Some(Argument::IntArg(if sock.family == "AF_INET6" {
+            28
+        } else {
+            16
         })),
         EventArg::LinuxBinprm | EventArg::PathString => None,
     }

@@ -26,6 +26,7 @@ fn path_of(args: &[Argument]) -> String {
                 )
             }
             Argument::SockaddrArg(s) => endpoint(&s.addr, s.port),
+            Argument::IntArg(n) => n.to_string(),
         })
         .next()
         .unwrap_or_default()
@@ -129,6 +130,7 @@ mod tests {
                 args: vec![Argument::LinuxBinprmArg(BinprmArg {
                     path: "/usr/bin/curl".into(),
                 })],
+                return_: None,
                 action: "KPROBE_ACTION_SIGKILL".into(),
                 policy_name: "reflex".into(),
                 message: None,

@@ -1,8 +1,8 @@
 //! Tetragon's event schema (`api/v1/tetragon`): the protojson form of
 //! `GetEventsResponse`, so existing pipelines read this sensor's output. Field
 //! names, enum strings and omission of empty fields follow protojson.
-use std::sync::Arc;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
@@ -206,6 +206,7 @@ pub enum Argument {
     LinuxBinprmArg(BinprmArg),
     SockArg(SockArg),
     SockaddrArg(SockaddrArg),
+    IntArg(i32),
 }
 
 /// `KprobeSock`.
@@ -245,6 +246,9 @@ pub struct ProcessKprobe {
     pub function_name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<Argument>,
+    /// Tetragon's `return`, with the policy's `returnArg`.
+    #[serde(default, rename = "return", skip_serializing_if = "Option::is_none")]
+    pub return_: Option<Argument>,
     pub action: String,
     pub policy_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -74,4 +74,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn an_int_argument_and_a_return_value_reach_the_protobuf_event() {
+        use crate::export::event::{Argument, ProcessKprobe};
+        let e = Envelope {
+            event: Event::ProcessKprobe(ProcessKprobe {
+                process: crate::export::event::Process {
+                    start_time: "2026-11-26T12:00:00Z".into(),
+                    ..Default::default()
+                },
+                parent: None,
+                function_name: "security_socket_connect".into(),
+                args: vec![Argument::IntArg(16)],
+                return_: Some(Argument::IntArg(-1)),
+                action: "KPROBE_ACTION_OVERRIDE".into(),
+                policy_name: "p".into(),
+                message: None,
+                tags: Vec::new(),
+            }),
+            node_name: "node-a".into(),
+            time: "2026-11-26T12:00:00Z".into(),
+        };
+        let Some(Proto::ProcessKprobe(k)) = to_proto(&e).unwrap().event else {
+            panic!("not a kprobe event");
+        };
+        let int = |a: Option<&sensor_api::tetragon::KprobeArgument>| {
+            use sensor_api::tetragon::kprobe_argument::Arg;
+            match a.and_then(|a| a.arg.clone()) {
+                Some(Arg::IntArg(n)) => Some(n),
+                _ => None,
+            }
+        };
+        assert_eq!(int(k.args.first()), Some(16));
+        assert_eq!(int(k.r#return.as_ref()), Some(-1));
+    }
 }

@@ -22,6 +22,8 @@ pub struct SelectorMeta {
     pub policy_name: String,
     pub point: HookPoint,
     pub args: Vec<EventArg>,
+    /// Whether events carry the hook's return value (`returnArg`).
+    pub return_arg: bool,
     /// The policy's actions, as written (and as events report them).
     pub actions: Actions,
     /// Monitor mode: the kernel carried out none of them.
@@ -98,6 +100,7 @@ fn meta(policy: &Policy, hook: &Hook, sel: &Selector) -> SelectorMeta {
         policy_name: policy.name.clone(),
         point: hook.point.clone(),
         args: hook.args.clone(),
+        return_arg: hook.return_arg,
         actions: sel.actions,
         monitor: policy.mode == Mode::Monitor,
         message: hook.message.clone(),

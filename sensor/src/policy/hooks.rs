@@ -39,6 +39,12 @@ const SOCKADDR1: ArgDef = ArgDef {
     arg: EventArg::Sockaddr,
 };
 
+const ADDRLEN2: ArgDef = ArgDef {
+    index: 2,
+    types: &["int"],
+    arg: EventArg::AddrLen,
+};
+
 pub const KPROBES: &[(&str, HookDef)] = &[
     (
         "security_bprm_check",
@@ -93,7 +99,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
         HookDef {
             family: HookFamily::Connect,
             function: "security_socket_connect",
-            args: &[SOCK, SOCKADDR1],
+            args: &[SOCK, SOCKADDR1, ADDRLEN2],
             binaries_of_new_image: false,
             overrides: true,
         },

@@ -101,6 +101,10 @@ pub enum EventArg {
     Sock,
     /// `sockaddr_arg`: the destination address.
     Sockaddr,
+    /// `int_arg`: the length of the destination address (that of a
+    /// `sockaddr_in` or `sockaddr_in6`: the cgroup hook sees the address,
+    /// not the length the caller passed).
+    AddrLen,
 }
 
 /// One hook of a policy, mapped onto the exec or the connect reflex.
@@ -115,6 +119,8 @@ pub struct Hook {
     pub binaries_of_new_image: bool,
     /// Declared arguments, in declaration order.
     pub args: Vec<EventArg>,
+    /// `returnArg` (an `int`): events carry the hook's return value.
+    pub return_arg: bool,
     pub selectors: Vec<Selector>,
     pub message: Option<String>,
     pub tags: Vec<String>,

@@ -11,7 +11,8 @@ pub struct IpNet {
 }
 
 impl IpNet {
-    /// `10.0.0.0/8`, `fd00::/8`, `127.0.0.1` or `::1`; host bits must be zero.
+    /// `10.0.0.0/8`, `fd00::/8`, `127.0.0.1` or `::1`. Host bits are masked
+    /// off (`127.0.0.1/8` is `127.0.0.0/8`), as Tetragon does.
     pub fn parse(s: &str) -> Result<IpNet, String> {
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -30,13 +31,10 @@ impl IpNet {
             },
         };
         let net = IpNet { addr, prefix };
-        if net.masked() != addr {
-            return Err(format!(
-                "`{s}` has host bits set; did you mean {}/{prefix}?",
-                net.masked()
-            ));
-        }
-        Ok(net)
+        Ok(IpNet {
+            addr: net.masked(),
+            prefix,
+        })
     }
 
     fn masked(&self) -> IpAddr {
@@ -110,7 +108,12 @@ fn family(v: &str) -> Result<u16, String> {
     match v {
         "AF_INET" => Ok(2),
         "AF_INET6" => Ok(10),
-        _ => Err(format!("`{v}` is not a family (AF_INET or AF_INET6)")),
+        // Tetragon's examples list it; the connect hooks here see IP
+        // sockets only, so it matches nothing (the README says so).
+        "AF_UNIX" => Ok(1),
+        _ => Err(format!(
+            "`{v}` is not a family (AF_INET, AF_INET6 or AF_UNIX)"
+        )),
     }
 }
 
@@ -192,9 +195,11 @@ mod tests {
         assert!(!n.contains("10.48.0.1".parse().unwrap()));
         assert!(!n.contains("::1".parse().unwrap()));
         assert_eq!(IpNet::parse("::1").unwrap().prefix, 128);
-        assert!(IpNet::parse("10.0.0.1/8")
-            .unwrap_err()
-            .contains("host bits"));
+        assert_eq!(
+            IpNet::parse("127.0.0.1/8").unwrap(),
+            IpNet::parse("127.0.0.0/8").unwrap(),
+            "host bits masked, as Tetragon does"
+        );
         assert!(IpNet::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
         assert!(IpNet::parse("example.com").is_err());
     }

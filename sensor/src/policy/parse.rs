@@ -180,7 +180,7 @@ fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
     if k.return_ == Some(true) {
         return err(format!("{at}.return"), "return probes are not supported");
     }
-    unsupported(&k.return_arg, format!("{at}.returnArg"), "returnArg")?;
+    let return_arg = return_arg(k.return_arg.as_ref(), &format!("{at}.returnArg"))?;
     unsupported(
         &k.return_arg_action,
         format!("{at}.returnArgAction"),
@@ -191,7 +191,28 @@ fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
     let point = HookPoint::Kprobe {
         function: def.function.to_string(),
     };
-    hook(point, def, k.args, k.selectors, k.message, k.tags, at)
+    let mut h = hook(point, def, k.args, k.selectors, k.message, k.tags, at)?;
+    h.return_arg = return_arg;
+    Ok(h)
+}
+
+/// `returnArg`: the hook's return value, an `int` (what these hooks
+/// return: zero, or the errno of an Override).
+fn return_arg(v: Option<&serde_yaml::Value>, at: &str) -> Result<bool> {
+    let Some(v) = v else {
+        return Ok(false);
+    };
+    let ty = v.get("type").and_then(|t| t.as_str()).unwrap_or("auto");
+    if !matches!(ty, "int" | "auto") {
+        return err(
+            format!("{at}.type"),
+            format!("type `{ty}` does not fit the return value; expected int"),
+        );
+    }
+    match v.get("index").map(|i| i.as_u64()) {
+        None | Some(Some(0)) => Ok(true),
+        _ => err(format!("{at}.index"), "the return value is index 0"),
+    }
 }
 
 fn tracepoint(t: RawTracepoint, at: &str) -> Result<Hook> {
@@ -338,6 +359,7 @@ fn hook(
         family: def.family,
         binaries_of_new_image: def.binaries_of_new_image,
         args: declared.into_iter().map(|(_, a)| a).collect(),
+        return_arg: false,
         selectors: parsed,
         message,
         tags,

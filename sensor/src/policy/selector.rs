@@ -89,6 +89,12 @@ pub fn selector(s: RawSelector, declared: &[(u32, EventArg)], at: &str) -> Resul
             EventArg::Sock | EventArg::Sockaddr => {
                 net.push(net_filter(m, arg == EventArg::Sockaddr, &f)?)
             }
+            EventArg::AddrLen => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} (the address length) is reported, not filtered on; filter on the address (argument 1)"),
+                )
+            }
         }
     }
     Ok(Selector {

@@ -97,7 +97,12 @@ pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
 pub fn processes(entries: &[ProcEntry], cache: &super::ProcessCache) -> Vec<Process> {
     let ids: HashMap<u32, Arc<str>> = entries
         .iter()
-        .map(|e| (e.pid, Arc::<str>::from(cache.exec_id(e.ktime, e.pid).as_str())))
+        .map(|e| {
+            (
+                e.pid,
+                Arc::<str>::from(cache.exec_id(e.ktime, e.pid).as_str()),
+            )
+        })
         .collect();
     entries
         .iter()
