@@ -45,14 +45,54 @@ fn loader_script_and_memfd_runs_of_curl_are_caught() {
     let daemon = c.daemon(&[&via_loader, &via_script, &via_memfd], &c.state());
     let url = backend.url();
 
-    // 1. ld.so /usr/bin/curl: the kernel execs the loader, which the reflex
-    //    does not name; the brain reads the loader's command line.
+    // 1. ld.so /usr/bin/curl: the kernel execs the loader; the reflex reads
+    //    the loader's command line as the loader does and kills it before
+    //    curl is mapped, options or not. `curl --version` is nothing the
+    //    brain kills: the 137 is the reflex's, and so is the policy event.
+    let options: [&[&str]; 5] = [
+        &[],
+        &["--library-path", "/nonexistent"],
+        &["--inhibit-cache"],
+        &["--argv0", "x", "--"],
+        &["--preload=/nonexistent.so"],
+    ];
+    for options in options {
+        let st = via_loader
+            .command(&loader())
+            .args(options)
+            .args(["/usr/bin/curl", "--version"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            code(st),
+            Some(137),
+            "killed by the reflex ({options:?}): {st:?}"
+        );
+    }
+    let hit = daemon.wait_for("the reflex's event for the loader", |e| {
+        body(e, "process_kprobe").is_some_and(|k| {
+            k["policy_name"] == "reflex-exfiltration-tools"
+                && k["process"]["binary"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("/ld-"))
+        })
+    });
+    assert_eq!(hit["process_kprobe"]["action"], "KPROBE_ACTION_SIGKILL");
+    // The upload, which the brain reads as well.
     let st = via_loader
         .command(&loader())
         .args(["/usr/bin/curl", "-s", "--max-time", "5", "-d", "x", &url])
         .status()
         .unwrap();
-    assert_ne!(code(st), Some(0), "stopped: {st:?}");
+    assert_eq!(code(st), Some(137), "{st:?}");
+    // A program the reflex does not name runs through the loader as ever.
+    let st = via_loader
+        .command(&loader())
+        .args(["/bin/true"])
+        .status()
+        .unwrap();
+    assert_eq!(code(st), Some(0), "{st:?}");
     let a = alert_for(&daemon, "exfiltration-curl-upload", "via-loader");
     assert!(a["sensor_alert"]["process"]["binary"]
         .as_str()

@@ -101,6 +101,13 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
     );
     assert_eq!(other.curl(&backend.url()), Some(0), "another pod still can");
     assert_eq!(cg.exit_code("/bin/true"), Some(0), "other binaries run");
+    // The packet-socket guard is a pinned link on every kernel (a raw
+    // tracepoint before 5.15): it holds with no daemon.
+    assert_eq!(
+        frontend.open_socket("AF_PACKET, socket.SOCK_RAW"),
+        Some(137),
+        "with no daemon, no packet socket for the quarantined pod"
+    );
 
     let second = Daemon::with_api(&kubeconfig, &node, &args);
     assert!(second.ready.contains("origin=Adopted"), "{}", second.ready);
@@ -121,8 +128,7 @@ fn kill_9_leaves_the_reflex_and_the_quarantine_enforcing_and_the_next_daemon_ado
         is(e, "process_exec", &bin) && e["process_exec"]["process"]["pid"].as_u64().is_some()
     });
     assert_ne!(frontend.curl(&backend.url()), Some(0), "still quarantined");
-    // The packet-socket guard holds too: pinned as a link from Linux 5.15,
-    // attached again by the adopting daemon before.
+    // The packet-socket guard holds too, as part of the adopted set.
     assert_eq!(
         frontend.open_socket("AF_PACKET, socket.SOCK_RAW"),
         Some(137),

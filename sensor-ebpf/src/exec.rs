@@ -57,6 +57,8 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
 
     // The binary: mm->exe_file->f_path, resolved in the kernel.
     let mut plen = 0usize;
+    // What the reflex judges: the binary's path in `pbuf`, once known.
+    let mut judged = None;
     match read_ptr(mm, off!(mm_exe_file))
         .and_then(|f| path::resolve::<MODERN>(f.wrapping_add(off!(file_f_path) as usize), pbuf))
     {
@@ -66,9 +68,7 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
                 ev.flags |= exec_flags::PATH_TRUNCATED;
             }
             unsafe { copy_from(data, 0, &pbuf.buf, r.start, plen) };
-            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, r.start, r.truncated, scopes);
-            ev.hits = v.hits;
-            ev.signal = v.signal;
+            judged = Some((r.start, r.truncated));
         }
         Err(_) => ev.flags |= exec_flags::PATH_ERROR,
     }
@@ -97,6 +97,18 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
         } else {
             ev.flags |= exec_flags::ARGS_ERROR;
         }
+    }
+
+    // The reflex, on the binary, or on the program a dynamic loader runs
+    // (read from its arguments as the loader reads them).
+    if let Some((mut start, mut truncated)) = judged {
+        if cfg.n_selectors != 0 && alen != 0 && crate::loader::is_loader(mm) {
+            (start, truncated) =
+                crate::loader::program::<MODERN>(plen & (PATH_MAX - 1), alen, pbuf);
+        }
+        let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, start, truncated, scopes);
+        ev.hits = v.hits;
+        ev.signal = v.signal;
     }
 
     // The working directory: task->fs->pwd.

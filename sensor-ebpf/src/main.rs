@@ -18,6 +18,7 @@ mod connect;
 mod exec;
 mod kernel;
 mod lifecycle;
+mod loader;
 mod looping;
 mod lsm;
 mod maps;

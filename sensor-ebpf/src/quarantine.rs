@@ -13,8 +13,8 @@ use aya_ebpf::{
         bpf_send_signal,
         generated::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id},
     },
-    macros::{cgroup_skb, tracepoint},
-    programs::{SkBuffContext, TracePointContext},
+    macros::{cgroup_skb, raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, SkBuffContext, TracePointContext},
 };
 use sensor_common::MAX_CGROUP_LEVEL;
 
@@ -152,6 +152,11 @@ const SOCK_TYPE_MASK: u64 = 0xf;
 /// and `__syscall_nr`, the arguments as longs.
 const ARG_FAMILY: usize = 16;
 const ARG_TYPE: usize = 24;
+/// x86_64's `socket` syscall number, and where `pt_regs` holds its first
+/// two arguments (`di`, `si`).
+const NR_SOCKET: u64 = 41;
+const REG_DI: u32 = 14 * 8;
+const REG_SI: u32 = 13 * 8;
 /// `QUARANTINE_DROPS` index of the packet sockets refused.
 const PACKET_SOCKETS: u32 = 2;
 /// `QUARANTINE_DROPS` index of the connects and sends denied.
@@ -166,7 +171,8 @@ pub fn count_denied() {
 
 /// `syscalls:sys_enter_socket`: a quarantined task asking for a packet
 /// socket is killed before it can use it (the signal lands as the syscall
-/// returns, and the socket dies with the task).
+/// returns, and the socket dies with the task). From Linux 5.15, where the
+/// perf event attaches as a bpf link and is pinned with the set.
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
     if !active() {
@@ -179,15 +185,41 @@ pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
             ctx.read_at::<u64>(ARG_TYPE).unwrap_or(0),
         )
     };
+    guard(family, ty);
+    0
+}
+
+/// The same guard before Linux 5.15, on the raw `sys_enter` tracepoint: a
+/// bpf link, pinned with the set like the other programs, so it holds while
+/// no daemon runs. (A perf event on `syscalls:sys_enter_socket` attached
+/// by each daemon, as these kernels would need, coincided with soft lockups
+/// of Linux 5.10 at syscall entry in the kernel matrix.) It runs for every
+/// syscall and returns at once for all but `socket`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn snsr_q_socket_raw(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if nr != NR_SOCKET || !active() {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let family = crate::kernel::read::<u64>(regs, REG_DI).unwrap_or(0);
+    let ty = crate::kernel::read::<u64>(regs, REG_SI).unwrap_or(0);
+    guard(family, ty);
+    0
+}
+
+/// Kills the current task if it asks for a packet socket from a
+/// quarantined cgroup.
+#[inline(always)]
+fn guard(family: u64, ty: u64) {
     let packet = family == AF_PACKET || (family == AF_INET && ty & SOCK_TYPE_MASK == SOCK_PACKET);
     // The walk, not the ancestor helper: tracing programs lack it on 5.10.
     if !packet || !crate::cgroups::any::<false>(quarantined) {
-        return 0;
+        return;
     }
     // SAFETY: signals the current task.
     unsafe { bpf_send_signal(9) };
     count(PACKET_SOCKETS);
-    0
 }
 
 #[cgroup_skb(egress)]

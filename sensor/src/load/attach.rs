@@ -75,77 +75,28 @@ impl Kernel {
         Ok(())
     }
 
-    /// The quarantine's packet-socket guard on `syscalls:sys_enter_socket`.
-    /// A syscall tracepoint attaches through a perf event, which becomes a
-    /// bpf link (and joins the pinned set) from Linux 5.15; before, the
-    /// attachment lasts as long as this daemon. It is not one of the
-    /// `expected_programs`, so that a set pinned on either kind of kernel
-    /// adopts.
+    /// The quarantine's packet-socket guard. From Linux 5.15 on
+    /// `syscalls:sys_enter_socket`, whose perf event attaches as a bpf link;
+    /// before, on the raw `sys_enter` tracepoint (see the kernel program
+    /// for why). Either link is pinned with the set. It is not one of the
+    /// `expected_programs`, which every set must hold, because which of the
+    /// two a set holds depends on the kernel.
     fn socket_guard(&mut self) -> Result<(), LoadError> {
+        if !perf_links() {
+            let link = self.raw_tracepoint(SOCKET_GUARD_RAW, "sys_enter")?;
+            self.links.push((SOCKET_GUARD_RAW.to_string(), link));
+            return Ok(());
+        }
         const NAME: &str = SOCKET_GUARD;
         let err = |source| LoadError::Program { name: NAME, source };
         let p: &mut TracePoint = self.program(NAME)?;
         p.load().map_err(err)?;
         let id = p.attach("syscalls", "sys_enter_socket").map_err(err)?;
-        if !perf_links() {
-            tracing::info!(
-                "kernel before 5.15: the packet-socket guard lasts while this daemon runs"
-            );
-            return Ok(());
-        }
         let link = p.take_link(id).map_err(err)?;
         let link =
             FdLink::try_from(link).map_err(|source| LoadError::Link { name: NAME, source })?;
         self.links.push((NAME.to_string(), link));
         Ok(())
-    }
-
-    /// Before 5.15 the guard has no link to pin: its program is pinned
-    /// instead, so that a daemon adopting the set can attach it again.
-    pub(super) fn pin_socket_guard(&mut self, set: &super::pin::SetDir) -> Result<(), LoadError> {
-        if perf_links() {
-            return Ok(());
-        }
-        let Ok(p) = self.program::<TracePoint>(SOCKET_GUARD) else {
-            return Ok(());
-        };
-        let path = set.programs().join(SOCKET_GUARD);
-        p.pin(&path).map_err(|e| LoadError::Pinning {
-            what: format!("program {SOCKET_GUARD}"),
-            path: path.display().to_string(),
-            source: e.into(),
-        })
-    }
-
-    /// An adopting daemon on a kernel before 5.15: the guard the set's
-    /// first daemon attached lasts only while that daemon runs, so this
-    /// one attaches the pinned program too (two attachments while both
-    /// run are harmless: the task is killed either way).
-    pub(super) fn adopt_socket_guard(&mut self, set: &super::pin::SetDir) {
-        if perf_links() {
-            return;
-        }
-        let Some((_, path)) = set
-            .program_pins()
-            .into_iter()
-            .find(|(n, _)| n == SOCKET_GUARD)
-        else {
-            tracing::warn!("the adopted set has no packet-socket guard to attach (pinned by an older build): a quarantined pod can open AF_PACKET sockets until the next upgrade");
-            return;
-        };
-        let attached = TracePoint::from_pin(&path).and_then(|mut p| {
-            p.attach("syscalls", "sys_enter_socket")?;
-            Ok(p)
-        });
-        match attached {
-            Ok(p) => {
-                tracing::info!("kernel before 5.15: the adopted packet-socket guard is attached again, while this daemon runs");
-                self.guard = Some(p);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "packet-socket guard not attached: a quarantined pod can still open AF_PACKET sockets")
-            }
-        }
     }
 
     fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
@@ -215,8 +166,10 @@ const SOCK_PROGRAMS: [[&str; 3]; 4] = [
     ],
 ];
 
-/// The quarantine's packet-socket guard (`syscalls:sys_enter_socket`).
+/// The quarantine's packet-socket guard (`syscalls:sys_enter_socket`), and
+/// its form for kernels before 5.15 (raw `sys_enter`).
 const SOCKET_GUARD: &str = "snsr_q_socket";
+const SOCKET_GUARD_RAW: &str = "snsr_q_socket_raw";
 
 /// Whether perf events attach as bpf links (Linux 5.15), which can be pinned.
 fn perf_links() -> bool {

@@ -99,10 +99,6 @@ pub struct Kernel {
     /// The policy bank switched away from, to be emptied once no program
     /// run can still read it (see `tables`).
     retired: Option<tables::Retired>,
-    /// The packet-socket guard attached again from its pinned program by a
-    /// daemon that adopted a set on a kernel without perf links (before
-    /// 5.15): the attachment lasts while this holds it.
-    guard: Option<aya::programs::TracePoint>,
 }
 
 /// The sizes of the maps an operator may set.
@@ -174,7 +170,6 @@ impl Kernel {
             links: Vec::new(),
             plan: plan.clone(),
             retired: None,
-            guard: None,
         })
     }
 
@@ -197,13 +192,12 @@ impl Kernel {
             let link = PinnedLink::from_pin(&path).map_err(|e| bad(format!("link {name}: {e}")))?;
             links.push((name, FdLink::from(link)));
         }
-        let mut k = Kernel {
+        let k = Kernel {
             ebpf: None,
             maps,
             links,
             plan: plan.clone(),
             retired: None,
-            guard: None,
         };
         let missing: Vec<&str> = k
             .expected_programs()
@@ -213,7 +207,6 @@ impl Kernel {
         if !missing.is_empty() {
             return Err(bad(format!("no link for {}", missing.join(", "))));
         }
-        k.adopt_socket_guard(set);
         Ok(k)
     }
 
@@ -241,7 +234,6 @@ impl Kernel {
                 .map_err(|e| failed(format!("link {name}"), &path)(e.into()))?;
             self.links.push((name, FdLink::from(pinned)));
         }
-        self.pin_socket_guard(set)?;
         set.mark_complete()?;
         Ok(())
     }

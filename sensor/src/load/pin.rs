@@ -79,8 +79,9 @@ impl SetDir {
     pub fn links(&self) -> PathBuf {
         self.path.join("links")
     }
-    /// Programs pinned without a link (the packet-socket guard before
-    /// Linux 5.15), for an adopting daemon to attach again.
+    /// Programs pinned without a link: none now, but older builds pinned
+    /// the packet-socket guard there before Linux 5.15, and a set they left
+    /// is removed whole.
     pub fn programs(&self) -> PathBuf {
         self.path.join("programs")
     }
@@ -97,7 +98,7 @@ impl SetDir {
         if set.path.exists() {
             set.remove()?;
         }
-        for d in [set.maps(), set.links(), set.programs()] {
+        for d in [set.maps(), set.links()] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         Ok(set)
@@ -136,11 +137,6 @@ impl SetDir {
     /// The pinned programs' links, by program name.
     pub fn link_pins(&self) -> Vec<(String, PathBuf)> {
         pins(&self.links())
-    }
-
-    /// The programs pinned without a link, by name.
-    pub fn program_pins(&self) -> Vec<(String, PathBuf)> {
-        pins(&self.programs())
     }
 
     /// The pinned maps, by map name.
