@@ -16,6 +16,11 @@ use crate::maps::{PathScratch, EXEC_DATA_CAP, EXEC_SCRATCH};
 
 /// Words after argv[0] looked at: options and their values, then the program.
 const WORDS: u64 = 8;
+/// Argument bytes looked at without `bpf_loop` (before 5.17): a bounded loop
+/// costs the verifier each iteration (4096 of them took 5.10's verifier
+/// 30 s). A loader whose argv[0] and options fill these leaves the program
+/// unknown there (the brain still reads it).
+const COMPAT_BYTES: u32 = 256;
 
 /// The parse's state between iterations.
 #[repr(C)]
@@ -34,6 +39,8 @@ pub struct Parse {
     /// The program's word, once found (`found_len` 0: not found).
     found_at: u64,
     found_len: u64,
+    /// The parse is over: later iterations return at once.
+    done: u64,
 }
 
 #[map]
@@ -83,8 +90,14 @@ pub fn program<const MODERN: bool>(
         program_next: 0,
         found_at: 0,
         found_len: 0,
+        done: 0,
     };
-    crate::looping::repeat::<MODERN>(ARGS_MAX as u32, byte_callback, snsr_loop_loader_byte);
+    let bytes = if MODERN {
+        ARGS_MAX as u32
+    } else {
+        COMPAT_BYTES
+    };
+    crate::looping::repeat_all::<MODERN>(bytes, byte_callback, snsr_loop_loader_byte);
     let (at, n) = (p.found_at as usize, p.found_len as usize);
     if n == 0 || n > MAX_VALUE_LEN - 1 {
         return (PATH_MAX, true);
@@ -121,6 +134,9 @@ fn parse_byte(i: u64) -> i64 {
     };
     // SAFETY: per-CPU scratch owned by this program run.
     let (p, data) = unsafe { (&mut *p, &(*rec).data) };
+    if p.done != 0 {
+        return 1;
+    }
     let byte = |k: u64| data[((p.base + k) as usize) & (EXEC_DATA_CAP - 1)];
     // The block's end ends the last word, NUL or not.
     let c = if i < p.len { byte(i) } else { 0 };
@@ -142,6 +158,7 @@ fn parse_byte(i: u64) -> i64 {
     } else if p.program_next != 0 || (p.skip_value == 0 && byte(ws) != b'-') {
         p.found_at = ws;
         p.found_len = n;
+        p.done = 1;
         return 1;
     } else if p.skip_value != 0 {
         p.skip_value = 0;
@@ -153,6 +170,7 @@ fn parse_byte(i: u64) -> i64 {
             as u64;
     }
     if i >= p.len || p.word > WORDS {
+        p.done = 1;
         return 1;
     }
     0

@@ -55,3 +55,22 @@ pub fn repeat<const MODERN: bool>(n: u32, callback: Callback, global: Global) {
         }
     }
 }
+
+/// Runs the body for 0..n, stopping early only with `bpf_loop`. Without it
+/// the loop runs all n iterations (the body returns at once once done):
+/// an early exit from a bounded loop gives the verifier one path per
+/// iteration through the whole rest of the program, and for a loop of
+/// hundreds that is more than its budget.
+#[inline(always)]
+pub fn repeat_all<const MODERN: bool>(n: u32, callback: Callback, global: Global) {
+    if MODERN {
+        // SAFETY: as in `repeat`.
+        unsafe { bpf_loop(n, callback as *mut c_void, core::ptr::null_mut(), 0) };
+    } else {
+        let mut i = 0;
+        while i < n {
+            global(i as u64);
+            i += 1;
+        }
+    }
+}
