@@ -264,6 +264,22 @@ fn a_path_too_deep_to_resolve_fails_closed() {
     assert_eq!(cg.exit_code(&shallow), Some(0));
 }
 
+/// A copy of python3 at `dir/name` and a policy file that follows it and
+/// its children, killing any of them that execs a binary named `true`.
+fn followed_python(dir: &TempDir, name: &str) -> (String, String) {
+    let root = dir.path().join(name);
+    std::fs::copy(resolved("/usr/bin/python3"), &root).unwrap();
+    let root = root.to_string_lossy().into_owned();
+    let selector = format!(
+        "    - matchBinaries: [{{operator: In, values: [\"{root}\"], followChildren: true}}]
+      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
+      matchActions: [{{action: Sigkill}}]
+"
+    );
+    let policy = policy_file(dir, "p.yaml", &bprm_policy(name, &selector));
+    (root, policy)
+}
+
 /// More followed processes alive at once than the kernel's process map
 /// holds (`--process-states 8`): the states already there are never
 /// evicted (the root and its first children stay followed), the ones that
@@ -276,22 +292,7 @@ fn a_full_process_map_keeps_live_states_and_reports_the_refused() {
         return;
     }
     let dir = TempDir::new();
-    let root = dir.path().join("forker");
-    std::fs::copy(resolved("/usr/bin/python3"), &root).unwrap();
-    let root = root.to_string_lossy().into_owned();
-    let policy = policy_file(
-        &dir,
-        "p.yaml",
-        &bprm_policy(
-            "full-map",
-            &format!(
-                "    - matchBinaries: [{{operator: In, values: [\"{root}\"], followChildren: true}}]
-      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
-      matchActions: [{{action: Sigkill}}]
-"
-            ),
-        ),
-    );
+    let (root, policy) = followed_python(&dir, "forker");
     let cg = TestCgroup::new();
     let scope = cg.0.to_string_lossy().into_owned();
     let daemon = Daemon::start(&[
@@ -344,22 +345,7 @@ fn follow_children_survives_process_churn_past_the_map_size() {
         return;
     }
     let dir = TempDir::new();
-    let root = dir.path().join("churner");
-    std::fs::copy(resolved("/usr/bin/python3"), &root).unwrap();
-    let root = root.to_string_lossy().into_owned();
-    let policy = policy_file(
-        &dir,
-        "p.yaml",
-        &bprm_policy(
-            "churn-children",
-            &format!(
-                "    - matchBinaries: [{{operator: In, values: [\"{root}\"], followChildren: true}}]
-      matchArgs: [{{index: 0, operator: Postfix, values: [/true]}}]
-      matchActions: [{{action: Sigkill}}]
-"
-            ),
-        ),
-    );
+    let (root, policy) = followed_python(&dir, "churner");
     let cg = TestCgroup::new();
     let scope = cg.0.to_string_lossy().into_owned();
     let _daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
