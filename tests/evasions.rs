@@ -208,3 +208,27 @@ fn a_hard_link_is_a_different_path() {
         "and no name rule matches it"
     );
 }
+
+/// A policy on the loader itself (a way to forbid running programs through
+/// it) still holds: the loader's own path is judged first, the program it
+/// runs only after.
+#[test]
+fn a_policy_on_the_loader_itself_still_holds() {
+    if !can_run("a_policy_on_the_loader_itself_still_holds") {
+        return;
+    }
+    let dir = TempDir::new();
+    let ld = resolved(&loader());
+    let file = policy_file(&dir, "p.yaml", &kill_policy("no-direct-loader", &ld));
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
+    let st = cg.command(&loader()).arg("/bin/true").status().unwrap();
+    assert_eq!(code(st), Some(137), "{st:?}");
+    let e = daemon.wait_for("the policy event", |e| {
+        body(e, "process_tracepoint").is_some_and(|t| t["policy_name"] == "no-direct-loader")
+    });
+    assert_eq!(e["process_tracepoint"]["process"]["binary"], ld.as_str());
+    // Programs that load through it as ever run.
+    assert_eq!(cg.exit_code("/bin/true"), Some(0));
+}

@@ -99,16 +99,20 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
         }
     }
 
-    // The reflex, on the binary, or on the program a dynamic loader runs
-    // (read from its arguments as the loader reads them).
-    if let Some((mut start, mut truncated)) = judged {
-        if cfg.n_selectors != 0 && alen != 0 && crate::loader::is_loader(mm) {
-            (start, truncated) =
-                crate::loader::program::<MODERN>(plen & (PATH_MAX - 1), alen, pbuf);
-        }
+    // The reflex, on the binary, then (if it did not kill) on the program a
+    // dynamic loader runs, read from its arguments as the loader reads
+    // them: a policy on the loader itself still holds.
+    if let Some((start, truncated)) = judged {
         let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, start, truncated, scopes);
         ev.hits = v.hits;
         ev.signal = v.signal;
+        if v.signal == 0 && cfg.n_selectors != 0 && alen != 0 && crate::loader::is_loader(mm) {
+            let (start, truncated) =
+                crate::loader::program::<MODERN>(plen & (PATH_MAX - 1), alen, pbuf);
+            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, start, truncated, scopes);
+            ev.hits |= v.hits;
+            ev.signal = v.signal;
+        }
     }
 
     // The working directory: task->fs->pwd.

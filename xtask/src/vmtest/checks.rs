@@ -55,7 +55,10 @@ pub const CHECKS: &[Check] = &[
         name: "evasions seen (loader, script, memfd)",
         run: Run::Tests {
             target: "evasions",
-            names: &["loader_script_and_memfd_runs_of_curl_are_caught"],
+            names: &[
+                "loader_script_and_memfd_runs_of_curl_are_caught",
+                "a_policy_on_the_loader_itself_still_holds",
+            ],
         },
     },
     Check {
