@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
 use apiserver_double::FakeApi;
 use common::pod::Node;
@@ -111,8 +112,9 @@ fn counters_move_with_execs_kills_alerts_and_quarantines() {
             && m.sum("sensor_label_patches_total", &[("result", "ok")]) == 1.0
             && m.sum("sensor_decision_to_kernel_seconds_count", &[]) == 1.0
     });
-    // Gauges come with the slow tick.
-    eventually("the gauges", || {
+    // Gauges come with the slow tick, and map entries are counted only
+    // every 10 s: a wait of 10 s can fall just short of the next count.
+    eventually_within("the gauges", Duration::from_secs(25), || {
         let m = daemon.scrape();
         m.sum("sensor_quarantined_cgroups", &[]) == 1.0
             && m.sum("sensor_pending_labels", &[]) == 0.0

@@ -558,9 +558,14 @@ pub fn copy_true(dir: &TempDir, name: &str) -> String {
 
 /// Polls `f` every 20 ms until it returns true, for up to 10 s.
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    eventually_within(what, Duration::from_secs(10), f)
+}
+
+/// Polls `f` every 20 ms until it returns true, for up to `limit`.
+pub fn eventually_within(what: &str, limit: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

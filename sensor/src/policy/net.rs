@@ -224,7 +224,7 @@ mod tests {
             Some(NetMatch::Protocol(vec![17, 6]))
         );
         assert_eq!(
-            parse("Family", &v(&["AF_INET", "AF_UNIX"]), false)
+            parse("Family", &v(&["AF_INET", "AF_NETLINK"]), false)
                 .unwrap_err()
                 .0,
             Some(1)
