@@ -86,6 +86,14 @@ fn loader_script_and_memfd_runs_of_curl_are_caught() {
         .status()
         .unwrap();
     assert_eq!(code(st), Some(137), "{st:?}");
+    // The loader with no program to run is only the loader.
+    let st = via_loader
+        .command(&loader())
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(code(st), Some(0), "{st:?}");
     // A program the reflex does not name runs through the loader as ever.
     let st = via_loader
         .command(&loader())

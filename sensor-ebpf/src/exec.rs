@@ -107,11 +107,12 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
         ev.hits = v.hits;
         ev.signal = v.signal;
         if v.signal == 0 && cfg.n_selectors != 0 && alen != 0 && crate::loader::is_loader(mm) {
-            let (start, truncated) =
-                crate::loader::program::<MODERN>(plen & (PATH_MAX - 1), alen, pbuf);
-            let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, start, truncated, scopes);
-            ev.hits |= v.hits;
-            ev.signal = v.signal;
+            let program = crate::loader::program::<MODERN>(plen & (PATH_MAX - 1), alen, pbuf);
+            if let Some((start, truncated)) = program {
+                let v = reflex::on_exec::<MODERN>(&cfg, tgid, pbuf, start, truncated, scopes);
+                ev.hits |= v.hits;
+                ev.signal = v.signal;
+            }
         }
     }
 

@@ -14,8 +14,9 @@ use sensor_common::{ARGS_MAX, MAX_VALUE_LEN, PATH_MAX};
 use crate::kernel::{off, read_ptr};
 use crate::maps::{PathScratch, EXEC_DATA_CAP, EXEC_SCRATCH};
 
-/// Words after argv[0] looked at: options and their values, then the program.
-const WORDS: u64 = 8;
+/// Words after argv[0] looked at: options and their values, then the
+/// program. Above any real command line; the byte window is the bound.
+const WORDS: u64 = 1024;
 /// Argument bytes looked at without `bpf_loop` (before 5.17): a bounded loop
 /// costs the verifier each iteration (4096 of them took 5.10's verifier
 /// 30 s). A loader whose argv[0] and options fill these leaves the program
@@ -39,9 +40,16 @@ pub struct Parse {
     /// The program's word, once found (`found_len` 0: not found).
     found_at: u64,
     found_len: u64,
-    /// The parse is over: later iterations return at once.
+    /// The parse is over (`FOUND`, `END` or `GAVE_UP`): later iterations
+    /// return at once.
     done: u64,
 }
+
+const FOUND: u64 = 1;
+/// The arguments ended with no program among them.
+const END: u64 = 2;
+/// More options than `WORDS` before any program.
+const GAVE_UP: u64 = 3;
 
 #[map]
 static LOADER_PARSE: PerCpuArray<Parse> = PerCpuArray::with_max_entries(1, 0);
@@ -67,16 +75,17 @@ pub fn is_loader(mm: *const u8) -> bool {
 /// record's data), copied into `path` so that it ends at `PATH_MAX`, as the
 /// reflex reads a path. A relative word gets a leading `/`, so that a
 /// `Postfix` value such as `/curl` still matches `curl`. Returns the path's
-/// start and whether its head is unknown (no program found, or a name too
-/// long to compare): the reflex then fails closed, as on a truncated path.
+/// start and whether its head is unknown (the parse ran out of bytes, or a
+/// name too long to compare): the reflex then fails closed, as on a
+/// truncated path. `None`: the loader runs no program (`--version`).
 #[inline(always)]
 pub fn program<const MODERN: bool>(
     base: usize,
     len: usize,
     path: &mut PathScratch,
-) -> (usize, bool) {
+) -> Option<(usize, bool)> {
     let Some(p) = LOADER_PARSE.get_ptr_mut(0) else {
-        return (PATH_MAX, true);
+        return Some((PATH_MAX, true));
     };
     // SAFETY: per-CPU scratch owned by this program run.
     let p = unsafe { &mut *p };
@@ -99,11 +108,20 @@ pub fn program<const MODERN: bool>(
     };
     crate::looping::repeat_all::<MODERN>(bytes, byte_callback, snsr_loop_loader_byte);
     let (at, n) = (p.found_at as usize, p.found_len as usize);
-    if n == 0 || n > MAX_VALUE_LEN - 1 {
-        return (PATH_MAX, true);
+    if n == 0 {
+        // Parsed to the end with no program; or out of bytes or words
+        // first, which an attacker can pad for: unknown.
+        return if p.done == END {
+            None
+        } else {
+            Some((PATH_MAX, true))
+        };
+    }
+    if n > MAX_VALUE_LEN - 1 {
+        return Some((PATH_MAX, true));
     }
     let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else {
-        return (PATH_MAX, true);
+        return Some((PATH_MAX, true));
     };
     // SAFETY: per-CPU scratch owned by this program run.
     let data = unsafe { &(*rec).data };
@@ -119,9 +137,9 @@ pub fn program<const MODERN: bool>(
     }
     if data[(base + at) & (EXEC_DATA_CAP - 1)] != b'/' {
         path.buf[(start - 1) & (PATH_MAX - 1)] = b'/';
-        return (start - 1, false);
+        return Some((start - 1, false));
     }
-    (start, false)
+    Some((start, false))
 }
 
 crate::looping::forms!(parse_byte, byte_callback, snsr_loop_loader_byte);
@@ -158,7 +176,7 @@ fn parse_byte(i: u64) -> i64 {
     } else if p.program_next != 0 || (p.skip_value == 0 && byte(ws) != b'-') {
         p.found_at = ws;
         p.found_len = n;
-        p.done = 1;
+        p.done = FOUND;
         return 1;
     } else if p.skip_value != 0 {
         p.skip_value = 0;
@@ -169,8 +187,12 @@ fn parse_byte(i: u64) -> i64 {
             && takes_value(byte(ws + 1), byte(ws + 2), byte(ws + 3), byte(ws + 10)))
             as u64;
     }
-    if i >= p.len || p.word > WORDS {
-        p.done = 1;
+    if i >= p.len {
+        p.done = END;
+        return 1;
+    }
+    if p.word > WORDS {
+        p.done = GAVE_UP;
         return 1;
     }
     0
