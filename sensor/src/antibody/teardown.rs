@@ -150,9 +150,9 @@ fn destroy(inodes: &HashSet<u64>) -> io::Result<Teardown> {
 
 /// An error of a dump or destroy, with what it was about and what it means.
 fn explain(which: Which, e: io::Error) -> String {
-    let what = match which.protocol as i32 {
-        libc::IPPROTO_TCP => "TCP",
-        _ => "UDP",
+    let (what, module) = match which.protocol as i32 {
+        libc::IPPROTO_TCP => ("TCP", "tcp_diag"),
+        _ => ("UDP", "udp_diag"),
     };
     let family = if which.family == libc::AF_INET6 as u8 {
         "6"
@@ -164,16 +164,7 @@ fn explain(which: Which, e: io::Error) -> String {
             "{what}{family}: this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)"
         ),
         Some(libc::ENOENT) => {
-            format!(
-                "{what}{family}: no socket diagnostics for it (module {} not loaded)",
-                {
-                    if what == "TCP" {
-                        "tcp_diag"
-                    } else {
-                        "udp_diag"
-                    }
-                }
-            )
+            format!("{what}{family}: no socket diagnostics for it (module {module} not loaded)")
         }
         _ => format!("{what}{family}: {e}"),
     }
