@@ -191,10 +191,8 @@ pub fn snsr_q_socket(ctx: TracePointContext) -> u32 {
 
 /// The same guard before Linux 5.15, on the raw `sys_enter` tracepoint: a
 /// bpf link, pinned with the set like the other programs, so it holds while
-/// no daemon runs. (A perf event on `syscalls:sys_enter_socket` attached
-/// by each daemon, as these kernels would need, coincided with soft lockups
-/// of Linux 5.10 at syscall entry in the kernel matrix.) It runs for every
-/// syscall and returns at once for all but `socket`.
+/// no daemon runs (a perf event cannot be pinned on these kernels). It runs
+/// for every syscall and returns at once for all but `socket`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn snsr_q_socket_raw(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);

@@ -277,7 +277,7 @@ fn main() -> ExitCode {
             bench_quarantine::probe(args.get(1).map(String::as_str).unwrap_or("0"))
         }
         _ => {
-            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | bench memory [N] | bench flood [N] | fuzz [SECONDS] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--no-host]");
+            eprintln!("usage: cargo xtask build-ebpf | run [SENSOR RUN ARGS] | test | bench exec|connect [--pairs N] [--ops N] | bench quarantine [N] | bench reload [N] | bench memory [N] | bench flood [N] | fuzz [SECONDS] | vmtest [--kernel 5.10|6.1|6.12|6.18]... [--check TEXT]... [--no-host]");
             return ExitCode::from(2);
         }
     };

@@ -25,6 +25,13 @@ pub const CHECKS: &[Check] = &[
         run: Run::Sensor(&["probe", "--load"]),
     },
     Check {
+        name: "attach and detach under syscall load",
+        run: Run::Tests {
+            target: "attach",
+            names: &["syscall_tracepoints_attach_and_detach_under_syscall_load"],
+        },
+    },
+    Check {
         name: "exec and exit events",
         run: Run::Tests {
             target: "exec",

@@ -92,6 +92,18 @@ pub fn run(args: &[String]) -> Result<Counts> {
         .map(|w| w[1].as_str())
         .collect();
     let host = !args.iter().any(|a| a == "--no-host");
+    // `--check TEXT` (repeatable) runs only the checks whose names hold it.
+    let wanted: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--check")
+        .map(|w| w[1].as_str())
+        .collect();
+    let which: Vec<usize> = (0..CHECKS.len())
+        .filter(|&i| wanted.is_empty() || wanted.iter().any(|w| CHECKS[i].name.contains(w)))
+        .collect();
+    if which.is_empty() {
+        bail!("no check's name holds {wanted:?}");
+    }
     if !is_root() {
         bail!("vmtest needs root (qemu's guests load eBPF as root, and so does the host column)");
     }
@@ -124,10 +136,10 @@ pub fn run(args: &[String]) -> Result<Counts> {
                 eprintln!("vmtest: booting {}", kernel.release);
                 // Emulation is not flawless: a guest that died before /init
                 // gets one more boot, and the log says so.
-                guest::boot(&kernel, &userland, &artifacts)
+                guest::boot(&kernel, &userland, &artifacts, &which)
                     .or_else(|e| {
                         eprintln!("vmtest: {}: {e:#}; booting once more", spec.label);
-                        guest::boot(&kernel, &userland, &artifacts)
+                        guest::boot(&kernel, &userland, &artifacts, &which)
                     })
                     .unwrap_or_else(|e| all(Outcome::Fail(format!("{e:#}"))))
             }
@@ -143,7 +155,7 @@ pub fn run(args: &[String]) -> Result<Counts> {
     if host {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let label = format!("host {}", release.trim().split('-').next().unwrap_or("?"));
-        columns.push((label, run_on_host(&artifacts)?));
+        columns.push((label, run_on_host(&artifacts, &which)?));
     }
     let counts = print_table(&columns);
     println!(
@@ -154,6 +166,9 @@ pub fn run(args: &[String]) -> Result<Counts> {
     );
     Ok(counts)
 }
+
+/// The cell of a check that `--check` left out.
+pub(crate) const NOT_SELECTED: &str = "not selected (--check)";
 
 fn all(o: Outcome) -> Vec<Outcome> {
     CHECKS.iter().map(|_| o.clone()).collect()
@@ -262,9 +277,13 @@ fn write_userland(path: &Path, a: &Artifacts) -> Result<()> {
 }
 
 /// The same checks on the host's own kernel.
-fn run_on_host(a: &Artifacts) -> Result<Vec<Outcome>> {
+fn run_on_host(a: &Artifacts, which: &[usize]) -> Result<Vec<Outcome>> {
     let mut v = Vec::new();
-    for c in CHECKS {
+    for (i, c) in CHECKS.iter().enumerate() {
+        if !which.contains(&i) {
+            v.push(Outcome::Skip(NOT_SELECTED.into()));
+            continue;
+        }
         let argv = a.argv(c);
         let out = Command::new(&argv[0])
             .args(&argv[1..])
