@@ -230,7 +230,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
     let scanned = procfs::scan(Path::new("/proc"), &root);
-    for p in procfs::processes(&scanned, &cache) {
+    for p in procfs::processes(&scanned, &mut cache) {
         cache.insert(p);
     }
     let (stream, _) = tokio::sync::broadcast::channel(crate::export::stream::BACKLOG);

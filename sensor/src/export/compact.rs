@@ -5,7 +5,7 @@ use super::event::{Argument, Envelope, Event, Process};
 
 fn command(p: &Process) -> String {
     if p.arguments.is_empty() {
-        p.binary.clone()
+        p.binary.to_string()
     } else {
         format!("{} {}", p.binary, p.arguments)
     }

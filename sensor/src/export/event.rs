@@ -81,13 +81,15 @@ pub struct Process {
     pub exec_id: Arc<str>,
     pub pid: u32,
     pub uid: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub cwd: String,
-    pub binary: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub arguments: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub flags: String,
+    // The strings are shared: a fork's with its parent, and the cache
+    // interns binaries, directories and flags across processes.
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub cwd: Arc<str>,
+    pub binary: Arc<str>,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub arguments: Arc<str>,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub flags: Arc<str>,
     pub start_time: String,
     #[serde(default, skip_serializing_if = "str_is_empty")]
     pub parent_exec_id: Arc<str>,

@@ -125,7 +125,7 @@ fn who<'a>(f: &LabelFilter, e: &'a Event) -> Who<'a> {
         namespace: keep(f.namespace, ns),
         workload: keep(f.workload, workload),
         pod: keep(f.pod, name),
-        binary: keep(f.binary, p.map(|p| p.binary.as_str()).unwrap_or("")),
+        binary: keep(f.binary, p.map(|p| &*p.binary).unwrap_or("")),
     }
 }
 

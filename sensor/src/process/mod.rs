@@ -6,6 +6,7 @@
 //! least recently used first (Tetragon's cache is an LRU of the same size):
 //! a fork flood cannot grow the daemon without bound.
 pub mod clock;
+mod intern;
 pub mod procfs;
 
 use std::cell::Cell;
@@ -57,6 +58,7 @@ pub struct ProcessCache {
     pub evictions: u64,
     /// Of those, live processes (their next events miss their lineage).
     pub live_evictions: u64,
+    strings: intern::Interner,
 }
 
 /// Tetragon joins arguments with spaces; an argument that holds whitespace or
@@ -110,6 +112,7 @@ impl ProcessCache {
             misses: 0,
             evictions: 0,
             live_evictions: 0,
+            strings: intern::Interner::default(),
         }
     }
 
@@ -234,10 +237,12 @@ impl ProcessCache {
             exec_id: self.exec_id(h.ktime, h.pid).0.into(),
             pid: h.pid,
             uid: h.uid,
-            cwd: rec.cwd.clone(),
-            binary: rec.path.clone(),
-            arguments: join_args(rec.args.get(1..).unwrap_or_default()),
-            flags: exec_flag_words(h.flags, &rec.cwd, after_clone),
+            cwd: self.strings.intern(&rec.cwd),
+            binary: self.strings.intern(&rec.path),
+            arguments: join_args(rec.args.get(1..).unwrap_or_default()).into(),
+            flags: self
+                .strings
+                .intern(&exec_flag_words(h.flags, &rec.cwd, after_clone)),
             start_time: self.clock.rfc3339(h.ktime),
             parent_exec_id: parent
                 .as_ref()
@@ -263,7 +268,7 @@ impl ProcessCache {
             exec_id: self.exec_id(ev.ktime, ev.pid).0.into(),
             pid: ev.pid,
             tid: ev.pid,
-            flags: "clone".into(),
+            flags: self.strings.intern("clone"),
             start_time: self.clock.rfc3339(ev.ktime),
             parent_exec_id: parent.exec_id.clone(),
             ..(*parent).clone()
@@ -338,11 +343,11 @@ mod tests {
             })
             .unwrap();
         assert_eq!(clone.parent_exec_id, sh.exec_id);
-        assert_eq!(clone.binary, "/bin/sh");
+        assert_eq!(&*clone.binary, "/bin/sh");
         let (echo, parent) = c.exec(&exec(11, 10, 300, "/bin/echo"));
         assert_eq!(parent.unwrap().exec_id, sh.exec_id);
-        assert_eq!(echo.flags, "execve rootcwd clone");
-        assert_eq!(echo.arguments, "\"a b\" c");
+        assert_eq!(&*echo.flags, "execve rootcwd clone");
+        assert_eq!(&*echo.arguments, "\"a b\" c");
         let (gone, parent) = c
             .exit(&ExitEvent {
                 kind: kind::EXIT,
@@ -355,6 +360,26 @@ mod tests {
         assert_eq!(gone.exec_id, echo.exec_id);
         assert_eq!(parent.unwrap().exec_id, sh.exec_id);
         assert!(c.by_pid(11).is_none());
+    }
+
+    #[test]
+    fn processes_share_their_strings() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
+        let (a, _) = c.exec(&exec(10, 1, 100, "/bin/sh"));
+        let (b, _) = c.exec(&exec(20, 1, 200, "/bin/sh"));
+        assert!(Arc::ptr_eq(&a.binary, &b.binary));
+        assert!(Arc::ptr_eq(&a.cwd, &b.cwd));
+        assert!(Arc::ptr_eq(&a.flags, &b.flags));
+        let child = c
+            .fork(&ForkEvent {
+                kind: kind::FORK,
+                pid: 11,
+                ppid: 10,
+                _pad: 0,
+                ktime: 300,
+            })
+            .expect("the parent is known");
+        assert!(Arc::ptr_eq(&child.arguments, &a.arguments));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
 }
 
 /// Cache entries for scanned processes, linked to their parents.
-pub fn processes(entries: &[ProcEntry], cache: &super::ProcessCache) -> Vec<Process> {
+pub fn processes(entries: &[ProcEntry], cache: &mut super::ProcessCache) -> Vec<Process> {
     let ids: HashMap<u32, Arc<str>> = entries
         .iter()
         .map(|e| {
@@ -110,10 +110,10 @@ pub fn processes(entries: &[ProcEntry], cache: &super::ProcessCache) -> Vec<Proc
             exec_id: ids[&e.pid].clone(),
             pid: e.pid,
             uid: e.uid,
-            cwd: e.cwd.clone(),
-            binary: e.binary.clone(),
-            arguments: super::join_args(e.args.get(1..).unwrap_or_default()),
-            flags: "procFS".into(),
+            cwd: cache.strings.intern(&e.cwd),
+            binary: cache.strings.intern(&e.binary),
+            arguments: super::join_args(e.args.get(1..).unwrap_or_default()).into(),
+            flags: cache.strings.intern("procFS"),
             start_time: cache.rfc3339(e.ktime),
             parent_exec_id: ids.get(&e.ppid).cloned().unwrap_or_default(),
             tid: e.pid,
