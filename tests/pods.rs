@@ -163,8 +163,13 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
         &other_cid,
         json!({"app": "db"}),
     ));
-    let shop = TestCgroup::kubelet(&shop_uid, &shop_cid);
-    let other = TestCgroup::kubelet(&other_uid, &other_cid);
+    // A node of its own: the daemon fails closed for every pod there that
+    // it cannot place, which must not reach other tests' pods.
+    let node_cg = TestCgroup::new();
+    let node_rel = node_cg.rel();
+    let _kubepods = TestCgroup::at(&format!("{node_rel}/{KUBEPODS_BESTEFFORT}"));
+    let shop = TestCgroup::kubelet_under(&node_rel, &shop_uid, &shop_cid);
+    let other = TestCgroup::kubelet_under(&node_rel, &other_uid, &other_cid);
     let dir = TempDir::new();
     let echo = resolved("/bin/echo");
     let printf = resolved("/usr/bin/printf");
@@ -193,10 +198,18 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
     );
     let selected = policy_file(&dir, "sel.yaml", &selected);
     let kubeconfig = api.kubeconfig(dir.path());
+    let scope = node_cg.0.to_string_lossy().into_owned();
     let _daemon = Daemon::with_api(
         &kubeconfig,
         &node,
-        &["--policy", &namespaced, "--policy", &selected],
+        &[
+            "--policy",
+            &namespaced,
+            "--policy",
+            &selected,
+            "--enforce-cgroup",
+            &scope,
+        ],
     );
     let run = |cg: &TestCgroup, bin: &str| {
         cg.command(bin)
@@ -224,12 +237,23 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
         "echo on the host"
     );
 
-    // A pod that arrives later is covered once the watcher sees it.
+    // A pod the watcher does not know yet cannot be placed: every scoped
+    // policy holds for it (fail closed), until the watcher shows where it
+    // belongs, here outside both scopes.
     let (late_uid, late_cid) = pod_ids();
-    let late = TestCgroup::kubelet(&late_uid, &late_cid);
-    assert!(run(&late, &echo).success(), "not a known pod yet");
+    let late = TestCgroup::kubelet_under(&node_rel, &late_uid, &late_cid);
+    assert_eq!(
+        run(&late, &echo).signal(),
+        Some(9),
+        "echo in an unknown pod"
+    );
+    assert_eq!(
+        run(&late, &printf).signal(),
+        Some(9),
+        "printf in an unknown pod"
+    );
     api.add_pod(pod(
-        "shop",
+        "elsewhere",
         "late",
         &late_uid,
         &node,
@@ -237,11 +261,20 @@ fn namespaced_and_pod_selector_policies_act_only_on_their_pods() {
         json!({"app": "late"}),
     ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while run(&late, &echo).signal() != Some(9) {
+    while !run(&late, &echo).success() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the late pod is covered within 5 s"
+            "the late pod leaves the scopes within 5 s of being known"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert!(
+        run(&late, &printf).success(),
+        "printf in the known late pod"
+    );
+    assert_eq!(
+        run(&shop, &echo).signal(),
+        Some(9),
+        "echo in namespace shop, still"
+    );
 }

@@ -29,10 +29,15 @@ pub const MAX_CGROUP_LEVEL: i32 = 16;
 pub const SLOT_BINARIES: u8 = 0;
 
 /// Pod-scoped policies at most (one bit each in `POD_SCOPES` values).
-pub const MAX_SCOPES: usize = 63;
+pub const MAX_SCOPES: usize = 62;
 /// The `POD_SCOPES` bit every known pod's cgroup carries: records of tasks
 /// in pods wake the reader at once, since the brain acts on them.
 pub const POD_BIT: u64 = 1 << 63;
+/// The `POD_SCOPES` bit of a kubepods root's entry: its bits hold for a
+/// task under it only when the task's pod has no entry of its own (a pod
+/// the watcher does not know yet). That entry holds every scope, so that a
+/// pod-scoped policy fails closed for pods that cannot be placed yet.
+pub const POD_UNKNOWN: u64 = 1 << 62;
 
 /// First field of every ring buffer record.
 pub mod kind {

@@ -4,7 +4,8 @@
 use aya_ebpf::helpers::{bpf_send_signal, generated::bpf_probe_read_kernel};
 use sensor_common::{
     match_kind, str_selector, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS,
-    MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, SLOT_BINARIES, STR_KEY_HEADER,
+    MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, POD_BIT, POD_UNKNOWN, SLOT_BINARIES,
+    STR_KEY_HEADER,
 };
 
 use crate::maps::{
@@ -143,18 +144,28 @@ fn zero(data: &mut [u8; 256]) {
 }
 
 /// The pod-scoped policies that apply to the current task: the union of the
-/// `POD_SCOPES` entries of its cgroup and their ancestors.
+/// `POD_SCOPES` entries of its cgroup and their ancestors, where a kubepods
+/// root's entry (`POD_UNKNOWN`) counts only if no pod's entry was met.
 #[inline(always)]
 pub fn task_scopes<const MODERN: bool>() -> u64 {
-    let mut bits = 0u64;
+    let mut own = 0u64;
+    let mut unknown = 0u64;
     crate::cgroups::any::<MODERN>(|id| {
         // SAFETY: plain u64 value.
         if let Some(b) = unsafe { POD_SCOPES.get(&id) } {
-            bits |= *b;
+            if *b & POD_UNKNOWN != 0 {
+                unknown |= *b;
+            } else {
+                own |= *b;
+            }
         }
         false
     });
-    bits
+    if own & POD_BIT != 0 {
+        own
+    } else {
+        own | (unknown & !POD_UNKNOWN)
+    }
 }
 
 /// Whether a selector with `scope` applies to a task in `scopes`.

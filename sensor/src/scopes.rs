@@ -6,6 +6,12 @@
 //! the watcher knows by their own cgroups, and the ones it does not know yet
 //! (a lagging watch, an API down at start) through kubelet's kubepods roots,
 //! so that the brain judges them from their cgroup path meanwhile.
+//!
+//! A pod that cannot be placed yet is in every scope: its cgroup path names
+//! neither its namespace nor its labels, and a pod-scoped kill policy must
+//! fail closed, not pass whatever runs before the watcher catches up. The
+//! roots' entries carry that (`POD_UNKNOWN`); a pod's own entry, written
+//! once the watcher knows it, replaces them for its tasks.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -13,7 +19,7 @@ use crate::enrich::cgroup::SharedPaths;
 use crate::enrich::pods::PodStore;
 use crate::load::{Kernel, LoadError};
 use crate::policy::Scope;
-use sensor_common::POD_BIT;
+use sensor_common::{POD_BIT, POD_UNKNOWN};
 
 pub struct PodScopes {
     scopes: Vec<Scope>,
@@ -101,6 +107,13 @@ impl PodScopes {
         };
         self.incomplete = false;
         let mut want = HashMap::new();
+        // The sensor's own pod has an entry of its own even before the
+        // watcher knows it, so that it never falls into every scope.
+        if let Some(uid) = self.own_uid.as_deref() {
+            if let Some(id) = self.paths.borrow_mut().pod_cgroup(uid) {
+                want.insert(id, POD_BIT);
+            }
+        }
         for (uid, bits) in selected {
             match self.paths.borrow_mut().pod_cgroup(&uid) {
                 Some(id) => {
@@ -114,8 +127,12 @@ impl PodScopes {
         } else {
             self.unknown_roots.clone()
         };
+        let every_scope = (1u64 << self.scopes.len()) - 1;
         for id in roots {
-            *want.entry(id).or_insert(0) |= POD_BIT;
+            // A root that is itself a known pod's cgroup (an
+            // `--enforce-cgroup` may be) keeps that pod's own entry.
+            want.entry(id)
+                .or_insert(POD_BIT | POD_UNKNOWN | every_scope);
         }
         for (id, bits) in &want {
             if self.written.get(id) != Some(bits) {

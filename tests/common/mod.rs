@@ -125,6 +125,9 @@ impl Drop for BpfDir {
     }
 }
 
+/// kubelet's parents of a best-effort pod (systemd driver).
+pub const KUBEPODS_BESTEFFORT: &str = "kubepods.slice/kubepods-besteffort.slice";
+
 /// A cgroup of this test; every policy the test loads is scoped to it.
 pub struct TestCgroup(pub PathBuf, Vec<PathBuf>);
 
@@ -164,10 +167,25 @@ impl TestCgroup {
     /// A cgroup named as kubelet (systemd driver) and containerd name a
     /// container's: `kubepods.slice/.../kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`.
     pub fn kubelet(pod_uid: &str, container_id: &str) -> Self {
+        Self::kubelet_under("", pod_uid, container_id)
+    }
+
+    /// The same layout under `prefix` (relative to the cgroup root), a
+    /// node of its own for a test whose daemon judges every pod there.
+    pub fn kubelet_under(prefix: &str, pod_uid: &str, container_id: &str) -> Self {
         let u = pod_uid.replace('-', "_");
         Self::at(&format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{container_id}.scope"
+            "{prefix}/{KUBEPODS_BESTEFFORT}/kubepods-besteffort-pod{u}.slice/cri-containerd-{container_id}.scope"
         ))
+    }
+
+    /// This cgroup's path relative to the cgroup root.
+    pub fn rel(&self) -> String {
+        self.0
+            .strip_prefix(cgroup2())
+            .expect("under the cgroup root")
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// A command that joins this cgroup before it execs.
