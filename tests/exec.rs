@@ -80,6 +80,59 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
         me["flags"].as_str().unwrap().contains("procFS"),
         "the test predates the daemon"
     );
+    assert!(
+        echo["process_exec"].get("ancestors").is_none(),
+        "no ancestors without --enable-ancestors"
+    );
+}
+
+#[test]
+fn enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events() {
+    if !can_run("enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&["--enable-ancestors", "base"]);
+    let marker = format!("ancestors-{}", std::process::id());
+    // Each `; :` keeps a shell from exec'ing its last command in place.
+    let status = cg
+        .command("/bin/sh")
+        .arg("-c")
+        .arg(format!("/bin/sh -c '/bin/echo {marker} >/dev/null; :'; :"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let is_echo = |b: &serde_json::Value| b["process"]["arguments"] == marker.as_str();
+    let exec = daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(is_echo)
+    });
+    let exit = daemon.wait_for("echo exit", |e| {
+        body(e, "process_exit").is_some_and(is_echo)
+    });
+    for (kind, e) in [("process_exec", &exec), ("process_exit", &exit)] {
+        let b = &e[kind];
+        let ancestors = b["ancestors"].as_array().expect("ancestors");
+        // Beyond the parent (the inner shell): the outer shell, then this
+        // test, then on up to init.
+        assert_eq!(b["parent"]["binary"], resolved("/bin/sh"), "{kind}");
+        assert_eq!(
+            ancestors[0]["exec_id"], b["parent"]["parent_exec_id"],
+            "{kind}"
+        );
+        assert_eq!(ancestors[0]["binary"], resolved("/bin/sh"), "{kind}");
+        assert_eq!(ancestors[1]["pid"], std::process::id(), "{kind}");
+        for pair in ancestors.windows(2) {
+            assert_eq!(pair[1]["exec_id"], pair[0]["parent_exec_id"], "{kind}");
+        }
+        // At init or kthreadd, or where the lineage leaves what this pid
+        // namespace shows (a sandbox's init has a parent outside it).
+        let last = ancestors.last().expect("at least two");
+        assert!(
+            last["pid"].as_u64().is_some_and(|p| p <= 2)
+                || last["parent_exec_id"].as_str().is_none_or(str::is_empty),
+            "{kind} ends at {last}"
+        );
+    }
 }
 
 #[test]

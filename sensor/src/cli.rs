@@ -241,6 +241,12 @@ pub struct RunArgs {
     /// objects: event_set, fields, action INCLUDE or EXCLUDE).
     #[arg(long, default_value = "")]
     pub field_filters: String,
+    /// Event types whose events carry `ancestors`, the lineage beyond the
+    /// parent, comma-separated (Tetragon's flag): base (exec and exit),
+    /// kprobe, tracepoint, lsm; uprobe, usdt and loader are accepted. None
+    /// without base.
+    #[arg(long, default_value = "")]
+    pub enable_ancestors: sensor::export::ancestors::AncestorKinds,
     /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
     /// relative paths are under the cgroup2 mount.
     #[arg(long = "enforce-cgroup")]

@@ -152,6 +152,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         metrics_server: Some(args.metrics_server).filter(|a| !a.is_empty()),
         metrics_labels: args.metrics_label_filter,
         health_server: Some(args.health_server_address).filter(|a| !a.is_empty()),
+        ancestors: args.enable_ancestors,
     };
     match rt.block_on(daemon::run(opts, policies)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
 use crate::decode::{decode, ExecRecord, Record};
 use crate::enrich::Enricher;
+use crate::export::ancestors::AncestorKinds;
 use crate::export::build;
 use crate::export::event::{
     action_name, signal_name, AlertEvent, Argument, Envelope, Event, Process, ProcessExec,
@@ -32,6 +33,7 @@ pub struct Pipeline {
     exporter: Exporter,
     metrics: Metrics,
     telemetry: crate::metrics::Telemetry,
+    ancestors: AncestorKinds,
 }
 
 impl Pipeline {
@@ -49,6 +51,7 @@ impl Pipeline {
             exporter,
             metrics: Metrics::default(),
             telemetry: Default::default(),
+            ancestors: AncestorKinds::default(),
         }
     }
 
@@ -58,7 +61,6 @@ impl Pipeline {
         self.telemetry = t;
     }
 
-    /// The process cache's size, capacity and evictions so far.
     /// The process cache's size, capacity, evictions and, of those, live
     /// processes evicted.
     pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
@@ -84,7 +86,34 @@ impl Pipeline {
         self.brain = Brain::new(rules);
     }
 
-    fn emit(&mut self, event: Event, time: String) {
+    /// Which event kinds carry `ancestors` (`--enable-ancestors`).
+    pub fn set_ancestors(&mut self, kinds: AncestorKinds) {
+        self.ancestors = kinds;
+    }
+
+    /// Fills the event's `ancestors` from the cache, if its kind asks.
+    fn add_ancestors(&self, event: &mut Event) {
+        let k = self.ancestors;
+        let wanted = match event {
+            Event::ProcessExec(_) | Event::ProcessExit(_) => k.base,
+            Event::ProcessKprobe(_) => k.kprobe,
+            Event::ProcessTracepoint(_) => k.tracepoint,
+            Event::ProcessLsm(_) => k.lsm,
+            Event::SensorAlert(_) | Event::SensorQuarantine(_) => false,
+        };
+        if !wanted {
+            return;
+        }
+        let Some(lineage) = event.process().map(|p| self.cache.ancestors(p)) else {
+            return;
+        };
+        if let Some(a) = event.ancestors_mut() {
+            *a = lineage.iter().map(|p| (**p).clone()).collect();
+        }
+    }
+
+    fn emit(&mut self, mut event: Event, time: String) {
+        self.add_ancestors(&mut event);
         self.metrics.event(event.kind());
         let env = Envelope {
             event,
@@ -235,6 +264,7 @@ impl Pipeline {
             Event::ProcessExec(ProcessExec {
                 process: (*process).clone(),
                 parent: parent_owned.clone(),
+                ancestors: Vec::new(),
             }),
             time.clone(),
         );
@@ -433,6 +463,7 @@ impl Pipeline {
         let ev = ProcessExit {
             process: Arc::unwrap_or_clone(process),
             parent: parent.as_deref().cloned(),
+            ancestors: Vec::new(),
             signal: if sig != 0 {
                 signal_name(sig)
             } else {

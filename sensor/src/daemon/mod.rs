@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub metrics_labels: crate::metrics::labels::LabelFilter,
     /// Where the kubelet asks `/healthz` and `/readyz`; `None` serves none.
     pub health_server: Option<String>,
+    /// Which event kinds carry `ancestors`.
+    pub ancestors: crate::export::ancestors::AncestorKinds,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -249,6 +251,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         exporter(&opts, &stream, &telemetry)?,
     );
     pipeline.set_telemetry(telemetry.clone());
+    pipeline.set_ancestors(opts.ancestors);
     for e in restored {
         pipeline.announce(e);
     }

@@ -149,15 +149,12 @@ impl Enricher {
         }
     }
 
-    /// Fills the pod of the event's process and parent; false while one of
+    /// Fills the pod of every process the event shows; false while one of
     /// them waits for its pod.
     fn apply(&mut self, e: &mut Envelope, give_up: bool) -> bool {
-        let Some((process, parent)) = e.event.processes_mut() else {
-            return true;
-        };
-        let mut done = self.fill(process, give_up);
-        if let Some(parent) = parent {
-            done &= self.fill(parent, give_up);
+        let mut done = true;
+        for p in e.event.processes_mut() {
+            done &= self.fill(p, give_up);
         }
         done
     }

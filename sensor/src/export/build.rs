@@ -77,6 +77,7 @@ pub fn policy_event(
         HookPoint::Kprobe { function } => Event::ProcessKprobe(ProcessKprobe {
             process,
             parent,
+            ancestors: Vec::new(),
             function_name: function.clone(),
             args,
             // The hook returned what its Override says, where the kernel
@@ -96,6 +97,7 @@ pub fn policy_event(
         HookPoint::Lsm { hook } => Event::ProcessLsm(ProcessLsm {
             process,
             parent,
+            ancestors: Vec::new(),
             function_name: hook.clone(),
             policy_name,
             message,
@@ -106,6 +108,7 @@ pub fn policy_event(
         HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
             process,
             parent,
+            ancestors: Vec::new(),
             subsys: subsystem.clone(),
             event: event.clone(),
             args,

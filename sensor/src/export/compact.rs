@@ -126,6 +126,7 @@ mod tests {
             event: Event::ProcessKprobe(ProcessKprobe {
                 process: curl(),
                 parent: None,
+                ancestors: Vec::new(),
                 function_name: "security_bprm_check".into(),
                 args: vec![Argument::LinuxBinprmArg(BinprmArg {
                     path: "/usr/bin/curl".into(),
@@ -147,6 +148,7 @@ mod tests {
             event: Event::ProcessExit(ProcessExit {
                 process: curl(),
                 parent: None,
+                ancestors: Vec::new(),
                 signal: "SIGKILL".into(),
                 status: 0,
                 time: String::new(),

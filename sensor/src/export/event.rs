@@ -170,6 +170,10 @@ pub struct ProcessExec {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
+    /// The lineage beyond `parent`, oldest last (Tetragon's
+    /// `--enable-ancestors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Process>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +181,10 @@ pub struct ProcessExit {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
+    /// The lineage beyond `parent`, oldest last (Tetragon's
+    /// `--enable-ancestors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Process>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub signal: String,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -245,6 +253,10 @@ pub struct ProcessKprobe {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
+    /// The lineage beyond `parent`, oldest last (Tetragon's
+    /// `--enable-ancestors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Process>,
     pub function_name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<Argument>,
@@ -264,6 +276,10 @@ pub struct ProcessLsm {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
+    /// The lineage beyond `parent`, oldest last (Tetragon's
+    /// `--enable-ancestors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Process>,
     pub function_name: String,
     pub policy_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,6 +296,10 @@ pub struct ProcessTracepoint {
     pub process: Process,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Process>,
+    /// The lineage beyond `parent`, oldest last (Tetragon's
+    /// `--enable-ancestors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Process>,
     pub subsys: String,
     pub event: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -293,17 +313,38 @@ pub struct ProcessTracepoint {
 }
 
 impl Event {
-    /// The process the event is about and its parent, for enrichment.
-    pub fn processes_mut(&mut self) -> Option<(&mut Process, Option<&mut Process>)> {
-        Some(match self {
-            Event::ProcessExec(e) => (&mut e.process, e.parent.as_mut()),
-            Event::ProcessExit(e) => (&mut e.process, e.parent.as_mut()),
-            Event::ProcessKprobe(e) => (&mut e.process, e.parent.as_mut()),
-            Event::ProcessLsm(e) => (&mut e.process, e.parent.as_mut()),
-            Event::ProcessTracepoint(e) => (&mut e.process, e.parent.as_mut()),
-            Event::SensorAlert(e) => (&mut e.process, e.parent.as_mut()),
-            Event::SensorQuarantine(_) => return None,
-        })
+    /// Every process the event shows (the process, its parent, its
+    /// ancestors), for enrichment.
+    pub fn processes_mut(&mut self) -> Vec<&mut Process> {
+        let (process, parent, ancestors) = match self {
+            Event::ProcessExec(e) => (&mut e.process, e.parent.as_mut(), &mut e.ancestors),
+            Event::ProcessExit(e) => (&mut e.process, e.parent.as_mut(), &mut e.ancestors),
+            Event::ProcessKprobe(e) => (&mut e.process, e.parent.as_mut(), &mut e.ancestors),
+            Event::ProcessLsm(e) => (&mut e.process, e.parent.as_mut(), &mut e.ancestors),
+            Event::ProcessTracepoint(e) => (&mut e.process, e.parent.as_mut(), &mut e.ancestors),
+            Event::SensorAlert(e) => {
+                return std::iter::once(&mut e.process)
+                    .chain(e.parent.as_mut())
+                    .collect()
+            }
+            Event::SensorQuarantine(_) => return Vec::new(),
+        };
+        std::iter::once(process)
+            .chain(parent)
+            .chain(ancestors.iter_mut())
+            .collect()
+    }
+
+    /// Where the event's ancestors go, for the kinds that carry them.
+    pub fn ancestors_mut(&mut self) -> Option<&mut Vec<Process>> {
+        match self {
+            Event::ProcessExec(e) => Some(&mut e.ancestors),
+            Event::ProcessExit(e) => Some(&mut e.ancestors),
+            Event::ProcessKprobe(e) => Some(&mut e.ancestors),
+            Event::ProcessLsm(e) => Some(&mut e.ancestors),
+            Event::ProcessTracepoint(e) => Some(&mut e.ancestors),
+            Event::SensorAlert(_) | Event::SensorQuarantine(_) => None,
+        }
     }
 
     /// The process the event is about, if it is about one.
@@ -389,6 +430,7 @@ mod tests {
                     ..Default::default()
                 },
                 parent: None,
+                ancestors: Vec::new(),
                 signal: signal_name(9),
                 status: 0,
                 time: "2026-01-01T00:00:01Z".into(),

@@ -159,6 +159,7 @@ mod tests {
                     ..Default::default()
                 },
                 parent: None,
+                ancestors: Vec::new(),
             }),
             node_name: "n".into(),
             time: "t".into(),

@@ -1,7 +1,9 @@
 //! The end of the pipeline: Tetragon-compatible events (`event`, built by
 //! `build`), written as
 //! JSON lines to stdout or a rotating file (`json`), as one human line per
-//! event (`compact`), and to the gRPC `GetEvents` streams (`stream`).
+//! event (`compact`), and to the gRPC `GetEvents` streams (`stream`);
+//! which event kinds carry `ancestors` (`ancestors`).
+pub mod ancestors;
 pub mod build;
 pub mod compact;
 pub mod event;

@@ -76,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn an_int_argument_and_a_return_value_reach_the_protobuf_event() {
+    fn an_int_argument_a_return_value_and_ancestors_reach_the_protobuf_event() {
         use crate::export::event::{Argument, ProcessKprobe};
         let e = Envelope {
             event: Event::ProcessKprobe(ProcessKprobe {
@@ -85,6 +85,12 @@ mod tests {
                     ..Default::default()
                 },
                 parent: None,
+                ancestors: vec![crate::export::event::Process {
+                    pid: 1,
+                    binary: "/sbin/init".into(),
+                    start_time: "2026-11-26T11:00:00Z".into(),
+                    ..Default::default()
+                }],
                 function_name: "security_socket_connect".into(),
                 args: vec![Argument::IntArg(16)],
                 return_: Some(Argument::IntArg(-1)),
@@ -108,5 +114,8 @@ mod tests {
         };
         assert_eq!(int(k.args.first()), Some(16));
         assert_eq!(int(k.r#return.as_ref()), Some(-1));
+        assert_eq!(k.ancestors.len(), 1);
+        assert_eq!(k.ancestors[0].binary, "/sbin/init");
+        assert_eq!(k.ancestors[0].pid.as_ref().map(|p| p.value), Some(1));
     }
 }

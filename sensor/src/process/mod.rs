@@ -34,6 +34,11 @@ impl ExecId {
     }
 }
 
+/// The pids whose lineage ends ancestors (init and kthreadd), as Tetragon's.
+const OLDEST_ANCESTOR_PID: u32 = 2;
+/// Ancestors listed at most.
+const MAX_ANCESTORS: usize = 256;
+
 /// A process and its parent, as events show them.
 pub type Lineage = (Arc<Process>, Option<Arc<Process>>);
 
@@ -147,6 +152,28 @@ impl ProcessCache {
         self.tick.set(now);
         e.used.set(now);
         Some(e.process.clone())
+    }
+
+    /// Tetragon's ancestors of `p`: its parent's parent, and so on up to
+    /// init (pid 1) or kthreadd (pid 2) included, or as far as the cache
+    /// knows; none for those two themselves.
+    pub fn ancestors(&self, p: &Process) -> Vec<Arc<Process>> {
+        let mut out = Vec::new();
+        if p.pid <= OLDEST_ANCESTOR_PID {
+            return out;
+        }
+        let Some(mut at) = self.parent_of(p) else {
+            return out;
+        };
+        // Bounded: a lineage the cache got wrong must not loop.
+        while at.pid > OLDEST_ANCESTOR_PID && out.len() < MAX_ANCESTORS {
+            let Some(next) = self.parent_of(&at) else {
+                break;
+            };
+            out.push(next.clone());
+            at = next;
+        }
+        out
     }
 
     /// `p` and every live process it started, at any depth, each the
@@ -380,6 +407,23 @@ mod tests {
             })
             .expect("the parent is known");
         assert!(Arc::ptr_eq(&child.arguments, &a.arguments));
+    }
+
+    #[test]
+    fn ancestors_run_from_the_grandparent_to_init() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
+        let (init, _) = c.exec(&exec(1, 0, 10, "/sbin/init"));
+        let (a, _) = c.exec(&exec(10, 1, 20, "/bin/a"));
+        let (b, _) = c.exec(&exec(20, 10, 30, "/bin/b"));
+        let (d, _) = c.exec(&exec(30, 20, 40, "/bin/d"));
+        let (orphan, _) = c.exec(&exec(50, 99, 50, "/bin/o"));
+        let pids = |p: &Process| -> Vec<u32> { c.ancestors(p).iter().map(|a| a.pid).collect() };
+        assert_eq!(pids(&d), vec![10, 1]);
+        assert_eq!(pids(&b), vec![1]);
+        assert!(pids(&a).is_empty(), "a's parent is init: nothing beyond it");
+        assert!(pids(&init).is_empty());
+        // A lineage the cache lost stops where it is lost.
+        assert!(pids(&orphan).is_empty());
     }
 
     #[test]
