@@ -73,7 +73,7 @@ fn loader_script_and_memfd_runs_of_curl_are_caught() {
     let hit = daemon.wait_for("the reflex's event for the loader", |e| {
         body(e, "process_kprobe").is_some_and(|k| {
             k["policy_name"] == "reflex-exfiltration-tools"
-                && k["process"]["binary"]
+                && k["args"][0]["linux_binprm_arg"]["path"]
                     .as_str()
                     .is_some_and(|b| b.contains("/ld-"))
         })

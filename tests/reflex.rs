@@ -39,14 +39,17 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     );
 
     let curl = resolved("/usr/bin/curl");
-    let hit = daemon.wait_for("policy event", |e| is(e, "process_kprobe", &curl));
+    let hit = daemon.wait_for("policy event", |e| execs(e, "process_kprobe", &curl));
     let k = &hit["process_kprobe"];
     assert_eq!(k["function_name"], "security_bprm_check");
     assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
     assert_eq!(k["policy_name"], "reflex-exfiltration-tools");
-    assert_eq!(k["args"][0]["linux_binprm_arg"]["path"], curl);
+    // The caller, as in Tetragon: the shell's child before it became curl.
+    assert_eq!(k["process"]["binary"], resolved("/bin/sh"));
     let exit = daemon.wait_for("exit event", |e| {
-        body(e, "process_exit").is_some_and(|b| b["process"]["exec_id"] == k["process"]["exec_id"])
+        body(e, "process_exit").is_some_and(|b| {
+            b["process"]["pid"] == k["process"]["pid"] && b["process"]["binary"] == curl.as_str()
+        })
     });
     assert_eq!(exit["process_exit"]["signal"], "SIGKILL");
 
@@ -57,7 +60,7 @@ fn shipped_reflex_kills_curl_in_scope_only() {
     let events = daemon.events();
     let kills = events
         .iter()
-        .filter(|e| is(e, "process_kprobe", &curl))
+        .filter(|e| execs(e, "process_kprobe", &curl))
         .count();
     assert_eq!(kills, 1, "only the curl in scope hit the policy");
 }
@@ -102,7 +105,7 @@ fn blocked_binary_never_runs_an_instruction() {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "run {i}: {status:?}");
     }
     assert!(!marker.exists(), "the blocked binary created its marker");
-    daemon.wait_for("a kill", |e| is(e, "process_kprobe", &blocked));
+    daemon.wait_for("a kill", |e| execs(e, "process_kprobe", &blocked));
 
     // Outside the scope the same binary does create it: the marker test can fail.
     assert!(Command::new(&blocked)
@@ -192,7 +195,7 @@ spec:
     let status = cg.command("/bin/sleep").arg("5").status().unwrap();
     // Both selectors match; Sigkill wins over the SIGUSR1 of the other hook.
     assert_eq!(status.signal(), Some(libc::SIGKILL));
-    let lsm = daemon.wait_for("lsm event", |e| is(e, "process_lsm", &sleep));
+    let lsm = daemon.wait_for("lsm event", |e| execs(e, "process_lsm", &sleep));
     assert_eq!(lsm["process_lsm"]["function_name"], "bprm_check_security");
     assert_eq!(lsm["process_lsm"]["action"], "KPROBE_ACTION_SIGNAL");
     daemon.wait_for("exit", |e| is(e, "process_exit", &sleep));
@@ -409,9 +412,18 @@ spec:
     let scope = cg.0.to_string_lossy().into_owned();
     let daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
     assert_eq!(cg.exit_code(&sample), Some(0));
-    let e = daemon.wait_for("the policy event", |e| is(e, "process_kprobe", &sample));
+    let e = daemon.wait_for("the policy event", |e| execs(e, "process_kprobe", &sample));
     let k = &e["process_kprobe"];
     assert_eq!(k["policy_name"], "sample-no-exec-id");
-    assert_eq!(k["args"][0]["linux_binprm_arg"]["path"], sample.as_str());
+    // The calling process, as Tetragon shows it: this test's child before
+    // its exec, still this test's image.
+    let me = std::fs::read_link("/proc/self/exe").unwrap();
+    assert_eq!(k["process"]["binary"], me.to_string_lossy().as_ref(), "{e}");
+    assert!(
+        k["process"]["flags"]
+            .as_str()
+            .is_some_and(|f| f.contains("clone")),
+        "{e}"
+    );
     assert_eq!(k["return"]["int_arg"], 0, "{e}");
 }

@@ -18,8 +18,18 @@ use crate::export::event::{
 };
 use crate::export::Exporter;
 use crate::metrics::Metrics;
-use crate::policy::{EventArg, SelectorMeta};
+use crate::policy::{EventArg, HookPoint, SelectorMeta};
 use crate::process::ProcessCache;
+
+/// Whom a record's policy events are about: the process, and for an exec
+/// the caller too (the image before it, with its parent), which the exec
+/// path's kprobe and LSM events show, as Tetragon's do: those hooks run
+/// before the new image replaces it. The brain reads the process.
+struct Subject<'a> {
+    process: &'a Process,
+    parent: Option<Process>,
+    caller: Option<(Arc<Process>, Option<Process>)>,
+}
 
 pub struct Pipeline {
     cache: ProcessCache,
@@ -257,6 +267,12 @@ impl Pipeline {
     }
 
     fn exec(&mut self, r: &ExecRecord) {
+        // Before the cache takes the new image: the caller, which
+        // Tetragon's exec-path kprobe and LSM events show.
+        let caller = self.cache.by_pid(r.header.pid).map(|c| {
+            let parent = self.cache.parent_of(&c).as_deref().cloned();
+            (c, parent)
+        });
         let (process, parent) = self.cache.exec(r);
         let time = process.start_time.clone();
         let parent_owned = parent.as_deref().cloned();
@@ -269,11 +285,15 @@ impl Pipeline {
             time.clone(),
         );
         self.think(On::Exec, &process, None, &time);
+        let subject = Subject {
+            process: &process,
+            parent: parent_owned,
+            caller,
+        };
         self.post_hits(
             r.header.hits,
             false,
-            &process,
-            parent_owned,
+            subject,
             &time,
             build::binary_arg(&r.path),
         );
@@ -289,11 +309,15 @@ impl Pipeline {
         };
         let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(r.header.ktime);
+        let subject = Subject {
+            process: &process,
+            parent,
+            caller: None,
+        };
         self.post_hits(
             r.header.hits,
             false,
-            &process,
-            parent,
+            subject,
             &time,
             build::binary_arg(&r.path),
         );
@@ -407,14 +431,12 @@ impl Pipeline {
         let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(c.ktime);
         let sock = build::sock_arg(c);
-        self.post_hits(
-            c.hits,
-            true,
-            &process,
+        let subject = Subject {
+            process: &process,
             parent,
-            &time,
-            build::connect_arg(&sock),
-        );
+            caller: None,
+        };
+        self.post_hits(c.hits, true, subject, &time, build::connect_arg(&sock));
     }
 
     /// One policy event for each hit selector that posts.
@@ -422,11 +444,11 @@ impl Pipeline {
         &mut self,
         hits: u64,
         net: bool,
-        process: &Process,
-        parent: Option<Process>,
+        subject: Subject,
         time: &str,
         arg: impl Fn(EventArg) -> Option<Argument>,
     ) {
+        let process = subject.process;
         for bit in (0..64).filter(|b| hits & (1u64 << b) != 0) {
             let table = if net { &self.net_meta } else { &self.meta };
             let Some(meta) = table.get(bit).cloned() else {
@@ -443,7 +465,13 @@ impl Pipeline {
             );
             if meta.actions.post {
                 let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
-                let ev = build::policy_event(&meta, process, parent.clone(), args);
+                let (shown, parent) = match (&meta.point, &subject.caller) {
+                    (HookPoint::Kprobe { .. } | HookPoint::Lsm { .. }, Some((c, p))) => {
+                        (&**c, p.clone())
+                    }
+                    _ => (process, subject.parent.clone()),
+                };
+                let ev = build::policy_event(&meta, shown, parent, args);
                 self.emit(ev, time.to_string());
             }
             self.think(On::Policy, process, Some((action, &meta.policy_name)), time);

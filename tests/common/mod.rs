@@ -521,6 +521,13 @@ pub fn is(e: &Value, key: &str, binary: &str) -> bool {
     body(e, key).is_some_and(|b| b["process"]["binary"] == binary)
 }
 
+/// Whether `e` is a `key` event of an exec hook about running `binary`:
+/// its `linux_binprm` argument (the process is the caller, the image
+/// before the exec, as in Tetragon).
+pub fn execs(e: &Value, key: &str, binary: &str) -> bool {
+    body(e, key).is_some_and(|b| b["args"][0]["linux_binprm_arg"]["path"] == binary)
+}
+
 /// The path `p` as the kernel resolves it (symlinks followed).
 pub fn resolved(p: &str) -> String {
     std::fs::canonicalize(p)
