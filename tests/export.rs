@@ -50,6 +50,45 @@ fn allow_deny_and_field_filters_shape_the_export() {
 }
 
 #[test]
+fn an_ancestor_binary_filter_keeps_the_descendants_beyond_the_child() {
+    if !can_run("an_ancestor_binary_filter_keeps_the_descendants_beyond_the_child") {
+        return;
+    }
+    let dir = TempDir::new();
+    let shell = dir.path().join("ancestor-shell");
+    std::fs::copy(resolved("/bin/sh"), &shell).unwrap();
+    let shell = shell.to_string_lossy().into_owned();
+    let cg = TestCgroup::new();
+    let allow = r#"{"event_set":["PROCESS_EXEC"],"ancestor_binary_regex":["/ancestor-shell$"]}"#;
+    let daemon = Daemon::start(&["--enable-ancestors", "base", "--export-allowlist", allow]);
+    let marker = format!("grandchild-{}", std::process::id());
+    let status = cg
+        .command(&shell)
+        .arg("-c")
+        .arg(format!("/bin/sh -c '/bin/echo {marker} >/dev/null; :'; :"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // echo's ancestors (beyond its parent, the inner shell) hold the shell.
+    let echo = daemon.wait_for("the grandchild's exec", |e| {
+        e["process_exec"]["process"]["arguments"] == marker.as_str()
+    });
+    assert_eq!(
+        echo["process_exec"]["ancestors"][0]["binary"],
+        shell.as_str()
+    );
+    // The inner shell is the shell's child: its ancestors start above it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for e in daemon.events() {
+        assert_eq!(
+            e["process_exec"]["process"]["arguments"],
+            marker.as_str(),
+            "only the grandchild passes: {e}"
+        );
+    }
+}
+
+#[test]
 fn the_rate_limit_caps_the_export_and_counts_the_rest() {
     if !can_run("the_rate_limit_caps_the_export_and_counts_the_rest") {
         return;
@@ -90,6 +129,11 @@ fn bad_export_flags_exit_2_with_the_reason() {
             "KEEP",
         ),
         ("--export-file-rotation-interval", "10y", "unknown unit"),
+        (
+            "--export-allowlist",
+            r#"{"ancestor_binary_regex":["bash"]}"#,
+            "--enable-ancestors",
+        ),
     ] {
         let out = std::process::Command::new(SENSOR)
             .args(["run", "--health-server-address", "", flag, value])

@@ -112,6 +112,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         &args.export_denylist,
         &args.field_filters,
         args.export_rate_limit,
+        args.enable_ancestors,
     ) {
         Ok(f) => f,
         Err(e) => {

@@ -24,6 +24,8 @@ pub struct Api {
     pub calls: mpsc::Sender<Request>,
     pub events: Events,
     pub node_name: String,
+    /// Which kinds carry ancestors, for the requests' filters.
+    pub ancestors: crate::export::ancestors::AncestorKinds,
 }
 
 /// `--server-address`: `unix:///path` (Tetragon's form) or a plain path.
@@ -114,7 +116,8 @@ impl FineGuidanceSensors for Api {
         &self,
         req: GrpcRequest<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let filters = Filters::new(req.get_ref()).map_err(Status::invalid_argument)?;
+        let filters =
+            Filters::new(req.get_ref(), self.ancestors).map_err(Status::invalid_argument)?;
         let node = self.node_name.clone();
         let stream = BroadcastStream::new(self.events.subscribe()).filter_map(move |item| {
             match item {

@@ -286,6 +286,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
             calls: calls_tx,
             events: stream,
             node_name: opts.node_name.clone(),
+            ancestors: opts.ancestors,
         };
         tokio::spawn(async move {
             if let Err(e) = crate::control::server::serve(listener, api).await {

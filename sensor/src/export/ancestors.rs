@@ -22,7 +22,31 @@ pub struct AncestorKinds {
     pub kprobe: bool,
     pub tracepoint: bool,
     pub lsm: bool,
+    /// Kinds this sensor has no events of, kept for the filters' check.
+    pub uprobe: bool,
+    pub usdt: bool,
+    pub loader: bool,
 }
+
+impl AncestorKinds {
+    /// Whether events of Tetragon's `EventType` number `t` carry ancestors.
+    pub fn enabled_for(&self, t: i32) -> bool {
+        match t {
+            1 | 5 => self.base,
+            9 => self.kprobe,
+            10 => self.tracepoint,
+            11 => self.loader,
+            12 => self.uprobe,
+            28 => self.lsm,
+            29 => self.usdt,
+            _ => false,
+        }
+    }
+}
+
+/// The event types that can carry ancestors, Tetragon's numbers: what an
+/// `ancestor_binary_regex` filter without `event_set` covers.
+pub const WITH_ANCESTORS: &[i32] = &[1, 5, 9, 10, 11, 12, 28, 29];
 
 impl FromStr for AncestorKinds {
     type Err = String;
@@ -48,6 +72,9 @@ impl FromStr for AncestorKinds {
             kprobe: has("kprobe"),
             tracepoint: has("tracepoint"),
             lsm: has("lsm"),
+            uprobe: has("uprobe"),
+            usdt: has("usdt"),
+            loader: has("loader"),
         })
     }
 }
@@ -67,7 +94,9 @@ mod tests {
             AncestorKinds::default()
         );
         let k: AncestorKinds = " base , uprobe ".parse().unwrap();
-        assert!(k.base && !k.kprobe);
+        assert!(k.base && !k.kprobe && k.uprobe);
+        assert!(k.enabled_for(1) && k.enabled_for(5) && k.enabled_for(12));
+        assert!(!k.enabled_for(9) && !k.enabled_for(27));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! semantics). Fields this sensor cannot evaluate are refused, never
 //! ignored.
 use regex::Regex;
+
+use super::ancestors::{AncestorKinds, WITH_ANCESTORS};
 use sensor_api::tetragon::get_events_response::Event;
 use sensor_api::tetragon::{Filter, GetEventsRequest, GetEventsResponse, Process};
 
@@ -28,19 +30,26 @@ struct One {
     container_id: Vec<String>,
     container_name: Vec<Regex>,
     namespace_regex: Vec<Regex>,
+    ancestor_binary: Vec<Regex>,
     health_check: Option<bool>,
 }
 
 impl Filters {
-    /// Compiles a request; the error names the field and why.
-    pub fn new(req: &GetEventsRequest) -> Result<Filters, String> {
+    /// Compiles a request; the error names the field and why. `ancestors`:
+    /// which kinds carry them (an ancestor filter needs them).
+    pub fn new(req: &GetEventsRequest, ancestors: AncestorKinds) -> Result<Filters, String> {
         if !req.field_filters.is_empty() {
             return Err("field_filters are not supported by this sensor".into());
         }
         if req.aggregation_options.is_some() {
             return Err("aggregation_options are not supported by this sensor".into());
         }
-        Filters::lists(&req.allow_list, &req.deny_list, ("allow_list", "deny_list"))
+        Filters::lists(
+            &req.allow_list,
+            &req.deny_list,
+            ("allow_list", "deny_list"),
+            ancestors,
+        )
     }
 
     /// Compiles an allow and a deny list; `names` are what errors call them.
@@ -48,11 +57,12 @@ impl Filters {
         allow: &[Filter],
         deny: &[Filter],
         names: (&str, &str),
+        ancestors: AncestorKinds,
     ) -> Result<Filters, String> {
         let compile = |list: &[Filter], name: &str| -> Result<Vec<One>, String> {
             list.iter()
                 .enumerate()
-                .map(|(i, f)| One::new(f).map_err(|e| format!("{name}[{i}].{e}")))
+                .map(|(i, f)| One::new(f, ancestors).map_err(|e| format!("{name}[{i}].{e}")))
                 .collect()
         };
         Ok(Filters {
@@ -79,7 +89,7 @@ fn regexes(v: &[String], field: &str) -> Result<Vec<Regex>, String> {
 }
 
 impl One {
-    fn new(f: &Filter) -> Result<One, String> {
+    fn new(f: &Filter, ancestors: AncestorKinds) -> Result<One, String> {
         let refuse = |set: bool, field: &str| {
             if set {
                 Err(format!("{field}: not supported by this sensor"))
@@ -91,7 +101,20 @@ impl One {
         refuse(f.capabilities.is_some(), "capabilities")?;
         refuse(!f.cel_expression.is_empty(), "cel_expression")?;
         refuse(f.in_init_tree.is_some(), "in_init_tree")?;
-        refuse(!f.ancestor_binary_regex.is_empty(), "ancestor_binary_regex")?;
+        if !f.ancestor_binary_regex.is_empty() {
+            // As Tetragon: every event type the filter covers must carry
+            // ancestors, or it could never match them.
+            let types = if f.event_set.is_empty() {
+                WITH_ANCESTORS
+            } else {
+                &f.event_set[..]
+            };
+            if let Some(t) = types.iter().find(|t| !ancestors.enabled_for(**t)) {
+                return Err(format!(
+                    "ancestor_binary_regex: ancestors are not enabled for event type {t} (see --enable-ancestors)"
+                ));
+            }
+        }
         Ok(One {
             health_check: f.health_check.as_ref().map(|b| b.value),
             binary: regexes(&f.binary_regex, "binary_regex")?,
@@ -111,6 +134,7 @@ impl One {
             container_id: f.container_id.clone(),
             container_name: regexes(&f.container_name_regex, "container_name_regex")?,
             namespace_regex: regexes(&f.namespace_regex, "namespace_regex")?,
+            ancestor_binary: regexes(&f.ancestor_binary_regex, "ancestor_binary_regex")?,
         })
     }
 
@@ -146,6 +170,10 @@ impl One {
                 }))
             && any_re(&self.container_name, container.map(|c| c.name.as_str()))
             && any_re(&self.namespace_regex, namespace)
+            && (self.ancestor_binary.is_empty()
+                || ancestors(e)
+                    .iter()
+                    .any(|a| self.ancestor_binary.iter().any(|r| r.is_match(&a.binary))))
             && self
                 .health_check
                 .is_none_or(|want| is_health_check(process) == want)
@@ -180,7 +208,7 @@ fn is_health_check(p: Option<&Process>) -> bool {
 /// JSON objects separated by whitespace or newlines, as Tetragon reads
 /// them. A field this sensor does not know is refused, not ignored: a
 /// typo in a deny list would otherwise let everything out.
-pub fn parse_list(flag: &str, text: &str) -> Result<Vec<Filter>, String> {
+pub fn parse_list(flag: &str, text: &str, ancestors: AncestorKinds) -> Result<Vec<Filter>, String> {
     let mut out = Vec::new();
     for (i, v) in serde_json::Deserializer::from_str(text)
         .into_iter::<serde_json::Value>()
@@ -199,7 +227,7 @@ pub fn parse_list(flag: &str, text: &str) -> Result<Vec<Filter>, String> {
             serde_json::from_value(v).map_err(|e| format!("{flag}: filter {i}: {e}"))?;
         // Compiled here so that a bad regex or a field this sensor cannot
         // evaluate fails at start.
-        One::new(&f).map_err(|e| format!("{flag}: filter {i}: {e}"))?;
+        One::new(&f, ancestors).map_err(|e| format!("{flag}: filter {i}: {e}"))?;
         out.push(f);
     }
     Ok(out)
@@ -242,6 +270,18 @@ const FILTER_FIELDS: &[&str] = &[
     "namespace_regex",
     "namespaceRegex",
 ];
+
+/// The event's ancestors (`--enable-ancestors`).
+fn ancestors(e: &GetEventsResponse) -> &[Process] {
+    match e.event.as_ref() {
+        Some(Event::ProcessExec(x)) => &x.ancestors,
+        Some(Event::ProcessExit(x)) => &x.ancestors,
+        Some(Event::ProcessKprobe(x)) => &x.ancestors,
+        Some(Event::ProcessTracepoint(x)) => &x.ancestors,
+        Some(Event::ProcessLsm(x)) => &x.ancestors,
+        _ => &[],
+    }
+}
 
 /// The event's process, parent and policy name.
 fn parts(e: &GetEventsResponse) -> (Option<&Process>, Option<&Process>, Option<&str>) {
@@ -382,7 +422,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let f = Filters::new(&req).unwrap();
+        let f = Filters::new(&req, AncestorKinds::default()).unwrap();
         assert!(f.pass(&exec("/usr/bin/curl", "shop")));
         assert!(!f.pass(&exec("/usr/bin/wget", "shop")), "binary");
         assert!(!f.pass(&exec("/usr/bin/curl", "")), "namespace");
@@ -405,7 +445,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        let e = Filters::new(&req).err().expect("refused");
+        let e = Filters::new(&req, AncestorKinds::default())
+            .err()
+            .expect("refused");
         assert!(e.starts_with("allow_list[0].cel_expression"), "{e}");
         let bad_regex = GetEventsRequest {
             deny_list: vec![Filter {
@@ -414,7 +456,57 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(Filters::new(&bad_regex).is_err());
+        assert!(Filters::new(&bad_regex, AncestorKinds::default()).is_err());
+    }
+
+    #[test]
+    fn ancestor_binaries_match_where_ancestors_are_enabled() {
+        let req = GetEventsRequest {
+            allow_list: vec![Filter {
+                ancestor_binary_regex: vec!["/(ba|z)sh$".into()],
+                event_set: vec![1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = Filters::new(&req, AncestorKinds::default())
+            .err()
+            .expect("refused without ancestors");
+        assert!(
+            e.contains("--enable-ancestors") && e.contains("type 1"),
+            "{e}"
+        );
+        let base: AncestorKinds = "base".parse().unwrap();
+        let f = Filters::new(&req, base).unwrap();
+        let mut ev = exec("/usr/bin/curl", "shop");
+        assert!(!f.pass(&ev), "no ancestors");
+        if let Some(Event::ProcessExec(x)) = ev.event.as_mut() {
+            x.ancestors = vec![
+                Process {
+                    binary: "/usr/bin/bash".into(),
+                    ..Default::default()
+                },
+                Process {
+                    binary: "/sbin/init".into(),
+                    ..Default::default()
+                },
+            ];
+        }
+        assert!(f.pass(&ev), "a bash among the ancestors");
+        // Without event_set the filter covers every kind that can carry
+        // ancestors, and base alone does not.
+        let all = GetEventsRequest {
+            allow_list: vec![Filter {
+                ancestor_binary_regex: vec!["bash".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(Filters::new(&all, base).is_err());
+        let every: AncestorKinds = "base,kprobe,tracepoint,lsm,uprobe,usdt,loader"
+            .parse()
+            .unwrap();
+        assert!(Filters::new(&all, every).is_ok());
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub struct ExportFlags {
     pub deny: Vec<sensor_api::tetragon::Filter>,
     pub fields: Vec<FieldFilter>,
     pub rate_per_minute: Option<u64>,
+    /// Which kinds carry ancestors (`--enable-ancestors`), for the filters.
+    pub ancestors: super::ancestors::AncestorKinds,
 }
 
 impl ExportFlags {
@@ -176,12 +178,14 @@ impl ExportFlags {
         deny: &str,
         fields: &str,
         rate_limit: i64,
+        ancestors: super::ancestors::AncestorKinds,
     ) -> Result<ExportFlags, String> {
         Ok(ExportFlags {
-            allow: super::filter::parse_list("--export-allowlist", allow)?,
-            deny: super::filter::parse_list("--export-denylist", deny)?,
+            allow: super::filter::parse_list("--export-allowlist", allow, ancestors)?,
+            deny: super::filter::parse_list("--export-denylist", deny, ancestors)?,
             fields: parse_field_filters(fields)?,
             rate_per_minute: u64::try_from(rate_limit).ok(),
+            ancestors,
         })
     }
 }
@@ -205,7 +209,12 @@ impl<L: Lines> Shaped<L> {
         out: L,
         telemetry: Telemetry,
     ) -> Result<Self, String> {
-        let filters = Filters::lists(&flags.allow, &flags.deny, ("allowlist", "denylist"))?;
+        let filters = Filters::lists(
+            &flags.allow,
+            &flags.deny,
+            ("allowlist", "denylist"),
+            flags.ancestors,
+        )?;
         Ok(Shaped {
             filters: (!filters.is_empty()).then_some(filters),
             fields: flags.fields.clone(),
