@@ -268,11 +268,15 @@ impl Pipeline {
 
     fn exec(&mut self, r: &ExecRecord) {
         // Before the cache takes the new image: the caller, which
-        // Tetragon's exec-path kprobe and LSM events show.
-        let caller = self.cache.by_pid(r.header.pid).map(|c| {
-            let parent = self.cache.parent_of(&c).as_deref().cloned();
-            (c, parent)
-        });
+        // Tetragon's exec-path kprobe and LSM events show (only for a
+        // record with hits: most execs post nothing).
+        let caller = (r.header.hits != 0)
+            .then(|| self.cache.by_pid(r.header.pid))
+            .flatten()
+            .map(|c| {
+                let parent = self.cache.parent_of(&c).as_deref().cloned();
+                (c, parent)
+            });
         let (process, parent) = self.cache.exec(r);
         let time = process.start_time.clone();
         let parent_owned = parent.as_deref().cloned();
