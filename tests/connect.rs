@@ -297,6 +297,88 @@ fn cluster_cidr_egress_policy_kills_what_leaves_the_cluster() {
 /// event. Then the same hook with `returnArg` and an Override: the event's
 /// `return` is the errno the connect failed with.
 #[test]
+fn tetragons_block_others_example_denies_curl_with_its_positive_arg_error() {
+    if !can_run("tetragons_block_others_example_denies_curl_with_its_positive_arg_error") {
+        return;
+    }
+    let backend = Backend::start();
+    // security-socket-connect-block-others.yaml as Tetragon ships it.
+    let example = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "security-socket-connect"
+spec:
+  kprobes:
+  - call: "security_socket_connect"
+    syscall: false
+    args:
+    - index: 0
+      type: "socket"
+    - index: 1
+      type: "sockaddr"
+    - index: 2
+      type: "int"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Protocol"
+        values:
+        - "IPPROTO_TCP"
+      - index: 1
+        operator: "Family"
+        values:
+        - "AF_INET"
+        - "AF_INET6"
+      - index: 1
+        operator: "SAddr"
+        values:
+        - "192.168.1.1"
+      - index: 1
+        operator: "SPort"
+        values:
+        - "80"
+      matchBinaries:
+      - operator: "In"
+        values:
+        - "/usr/bin/curl"
+      matchActions:
+      - action: Post
+    - matchArgs:
+      - index: 0
+        operator: "Protocol"
+        values:
+        - "IPPROTO_TCP"
+      - index: 1
+        operator: "Family"
+        values:
+        - "AF_INET"
+        - "AF_INET6"
+      matchBinaries:
+      - operator: "In"
+        values:
+        - "/usr/bin/curl"
+      matchActions:
+      - action: "Override"
+        argError: 1
+"#;
+    let (daemon, cg, _d) = daemon_with(example, &[]);
+    // curl's connect to anything but 192.168.1.1:80 fails (EPERM, errno 1):
+    // curl exits 7, could not connect.
+    assert_eq!(curl(&cg, &backend.url()), Some(7));
+    // Another binary connects.
+    assert_eq!(connect_errno(&cg, "AF_INET", &backend.v4), "0");
+    let e = daemon.wait_for("override event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["action"] == "KPROBE_ACTION_OVERRIDE")
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["policy_name"], "security-socket-connect");
+    assert_eq!(k["process"]["binary"], resolved("/usr/bin/curl"));
+    assert_eq!(k["args"][0]["sock_arg"]["protocol"], "IPPROTO_TCP", "{e}");
+    assert_eq!(k["args"][1]["sockaddr_arg"]["addr"], backend.v4, "{e}");
+    assert_eq!(k["args"][2]["int_arg"], 16, "{e}");
+}
+
+#[test]
 fn tetragons_security_socket_connect_example_reports_the_address_and_its_length() {
     if !can_run("tetragons_security_socket_connect_example_reports_the_address_and_its_length") {
         return;

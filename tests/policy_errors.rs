@@ -279,12 +279,16 @@ fn operator_that_does_not_fit_a_socket() {
 }
 
 #[test]
-fn override_on_connect_needs_a_negative_errno() {
-    refused(
-        &tcp("    - matchActions: [{action: Override, argError: 13}]\n"),
-        "matchActions[0].argError",
-        "not a negative errno",
-    );
+fn override_on_connect_needs_an_errno() {
+    for bad in ["0", "-4096", "5000"] {
+        refused(
+            &tcp(&format!(
+                "    - matchActions: [{{action: Override, argError: {bad}}}]\n"
+            )),
+            "matchActions[0].argError",
+            "not an errno",
+        );
+    }
 }
 
 #[test]

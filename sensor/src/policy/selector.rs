@@ -257,13 +257,16 @@ fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
                 None => return err(format!("{f}.argSig"), "Signal needs argSig"),
             },
             // A connect is denied in the cgroup hook; an exec in the BPF-LSM
-            // hook, which the hook's parser and the kernel check require.
+            // hook, which the hook's parser and the kernel check require. A
+            // positive argError is its errno too: Tetragon's own example
+            // (security-socket-connect-block-others.yaml) writes 1, which
+            // its kprobe would return as is, a success value to the caller.
             "override" => match a.arg_error {
-                Some(e @ -4095..=-1) => out.errno = Some(e.unsigned_abs()),
+                Some(e @ (-4095..=-1 | 1..=4095)) => out.errno = Some(e.unsigned_abs()),
                 Some(e) => {
                     return err(
                         format!("{f}.argError"),
-                        format!("{e} is not a negative errno (-1 to -4095)"),
+                        format!("{e} is not an errno (-1 to -4095, or 1 to 4095)"),
                     )
                 }
                 None => return err(format!("{f}.argError"), "Override needs argError"),

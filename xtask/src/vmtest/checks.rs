@@ -79,7 +79,10 @@ pub const CHECKS: &[Check] = &[
         name: "connect Override errno",
         run: Run::Tests {
             target: "connect",
-            names: &["override_denies_the_cidr_with_its_errno_and_nothing_else"],
+            names: &[
+                "override_denies_the_cidr_with_its_errno_and_nothing_else",
+                "tetragons_block_others_example_denies_curl_with_its_positive_arg_error",
+            ],
         },
     },
     Check {
