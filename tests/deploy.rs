@@ -139,7 +139,7 @@ fn hardened(ds: &DaemonSet) {
     for must_not in ["sys_admin", "sys_module", "net_raw", "sys_boot", "setuid"] {
         assert!(!added.contains(must_not), "{must_not} is granted");
     }
-    for needed in ["bpf", "perfmon", "net_admin"] {
+    for needed in ["bpf", "perfmon", "net_admin", "kill"] {
         assert!(added.contains(needed), "{needed} is missing");
     }
 
@@ -256,13 +256,34 @@ fn the_daemon_runs_with_the_daemonsets_capabilities_and_no_more() {
     let dir = TempDir::new();
     let blocked = copy_true(&dir, "caps-blocked");
     let policy = policy_file(&dir, "kill.yaml", &kill_policy("caps-kill", &blocked));
+    // A brain rule's kill is a kill(2) from the daemon: a process of
+    // another user is signalled only with CAP_KILL.
+    let victim = dir.path().join("caps-victim");
+    std::fs::copy("/bin/sleep", &victim).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let rule = policy_file(
+        &dir,
+        "rule.yaml",
+        "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata:\n  name: caps-brain-kill\nspec:\n  on: exec\n  binary: {operator: Postfix, values: [/caps-victim]}\n  actions: [alert, kill]\n",
+    );
     let cg = TestCgroup::new();
     let scope = cg.0.to_string_lossy().into_owned();
     // setpriv drops every other capability from the bounding set: root's
     // capabilities after the exec are exactly these.
     let daemon = Daemon::start_under(
         &["setpriv", "--bounding-set", &bounding, "--inh-caps=-all"],
-        &["--policy", &policy, "--enforce-cgroup", &scope],
+        &[
+            "--policy",
+            &policy,
+            "--policy",
+            &rule,
+            "--enforce-cgroup",
+            &scope,
+        ],
         &[],
     );
     let eff = cap_mask(daemon.child.id(), "CapEff");
@@ -290,6 +311,21 @@ fn the_daemon_runs_with_the_daemonsets_capabilities_and_no_more() {
     use std::os::unix::process::ExitStatusExt;
     let status = cg.command(&blocked).status().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "the reflex kills");
+
+    let started = std::time::Instant::now();
+    let status = cg
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&victim)
+        .arg("20")
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the brain kills another user's process: {status:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
 
 /// A capability set of process `pid` (`CapEff`, `CapBnd`, ...).

@@ -409,8 +409,7 @@ impl Pipeline {
                 }
                 !spare
             })
-            // SAFETY: kill(2) with a pid the cache holds for this process.
-            .filter(|q| unsafe { libc::kill(q.pid as i32, libc::SIGKILL) } == 0)
+            .filter(|q| crate::antibody::procs::sigkill(q.pid))
             .map(|q| q.exec_id.to_string())
             .collect()
     }

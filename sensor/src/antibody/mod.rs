@@ -6,7 +6,7 @@
 //! it lifts the isolation.
 pub mod label;
 mod packet;
-mod procs;
+pub mod procs;
 pub mod state;
 mod teardown;
 

@@ -16,8 +16,7 @@ pub fn cut(dir: &Path) -> Vec<u32> {
         if packet.is_empty() || procs::socket_inodes(pid).is_disjoint(&packet) {
             continue;
         }
-        // SAFETY: kill(2) on a pid read from the pod's cgroup just now.
-        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+        if procs::sigkill(pid) {
             killed.push(pid);
         }
     }

@@ -24,6 +24,21 @@ pub fn in_cgroup(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// SIGKILLs `pid`; false when it could not. A process that is already gone
+/// is no news, but a refusal (EPERM: the daemon lacks CAP_KILL for another
+/// user's process) leaves an attacker running, so it is logged.
+pub fn sigkill(pid: u32) -> bool {
+    // SAFETY: kill(2) takes any pid; the callers name one they just read.
+    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ESRCH) {
+        tracing::warn!(pid, %err, "could not kill a process (CAP_KILL missing?)");
+    }
+    false
+}
+
 /// Inodes of the sockets `pid` holds open (`/proc/PID/fd/N` →
 /// `socket:[INODE]`). Empty when the process is gone.
 pub fn socket_inodes(pid: u32) -> HashSet<u64> {
