@@ -33,6 +33,12 @@ fn counters_move_with_execs_kills_alerts_and_quarantines() {
     )
     .unwrap();
     std::fs::write(policies.join("brain.yaml"), UPLOAD_RULE).unwrap();
+    // A file the daemon refuses: Tetragon's `load_error` state.
+    std::fs::write(
+        policies.join("broken.yaml"),
+        kill_policy("metrics-broken", &marker).replace("Sigkill", "Sigkil"),
+    )
+    .unwrap();
     let scope = web.cg.0.to_string_lossy().into_owned();
     let kubeconfig = api.kubeconfig(dir.path());
     let daemon = Daemon::with_api(
@@ -67,6 +73,12 @@ fn counters_move_with_execs_kills_alerts_and_quarantines() {
     );
     assert_eq!(
         before.sum("tetragon_tracingpolicy_loaded", &[("state", "enabled")]),
+        1.0,
+        "{}",
+        before.0
+    );
+    assert_eq!(
+        before.sum("tetragon_tracingpolicy_loaded", &[("state", "load_error")]),
         1.0,
         "{}",
         before.0
@@ -130,6 +142,17 @@ fn counters_move_with_execs_kills_alerts_and_quarantines() {
             .scrape()
             .sum("sensor_quarantine_refusals_total", &[("kind", "connects")])
             >= 1.0
+    });
+    // The broken file mended: taken, and no longer an error.
+    std::fs::write(
+        policies.join("broken.yaml"),
+        kill_policy("metrics-broken", &marker),
+    )
+    .unwrap();
+    eventually("the mended file counted", || {
+        let m = daemon.scrape();
+        m.sum("tetragon_tracingpolicy_loaded", &[("state", "load_error")]) == 0.0
+            && m.sum("tetragon_tracingpolicy_loaded", &[("state", "enabled")]) == 2.0
     });
     let m = daemon.scrape();
     assert_eq!(

@@ -83,7 +83,15 @@ impl Observer {
                 disabled += 1;
             }
         }
-        for (state, n) in [("enabled", enabled), ("disabled", disabled)] {
+        // Tetragon's four states; `error` (a policy that failed after it
+        // loaded) cannot happen here: a set is taken whole or not at all.
+        let load_error = set.refused_count() as i64;
+        for (state, n) in [
+            ("enabled", enabled),
+            ("disabled", disabled),
+            ("load_error", load_error),
+            ("error", 0),
+        ] {
             t.policies_loaded
                 .get_or_create(&State {
                     state: state.into(),

@@ -93,7 +93,8 @@ impl DirWatch {
                     changed = Some(a);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "policy file refused; the others (and its last good version) stay in force")
+                    tracing::error!(error = %e, "policy file refused; the others (and its last good version) stay in force");
+                    set.refused(Source::Dir(f.clone()));
                 }
             }
         }
@@ -108,6 +109,7 @@ impl DirWatch {
             }
         }
         self.seen.retain(|f, _| files.contains(f));
+        set.forget_refused(|s| matches!(s, Source::Dir(f) if !files.contains(f)));
         changed
     }
 }

@@ -52,6 +52,10 @@ pub struct PolicySet {
     plan: Plan,
     disabled: BTreeSet<String>,
     modes: BTreeMap<String, Mode>,
+    /// Directory files and resources whose newest version was refused
+    /// (their last good version, if any, stays in force): Tetragon's
+    /// `load_error` policies.
+    refused: BTreeSet<Source>,
 }
 
 impl PolicySet {
@@ -61,6 +65,7 @@ impl PolicySet {
             plan,
             disabled: BTreeSet::new(),
             modes: BTreeMap::new(),
+            refused: BTreeSet::new(),
         }
     }
 
@@ -99,7 +104,7 @@ impl PolicySet {
         };
         let compiled = self.compile().inspect_err(|_| {
             match old {
-                Some(o) => self.docs.insert(source, o),
+                Some(o) => self.docs.insert(source.clone(), o),
                 None => self.docs.remove(&source),
             };
         })?;
@@ -108,7 +113,24 @@ impl PolicySet {
         let names: BTreeSet<String> = self.policies().map(|(_, p)| p.name.clone()).collect();
         self.modes.retain(|n, _| names.contains(n));
         self.disabled.retain(|n| names.contains(n));
+        self.refused.remove(&source);
         Ok(compiled)
+    }
+
+    /// Notes that the newest version of `source` was refused; taking or
+    /// removing the source clears it.
+    pub fn refused(&mut self, source: Source) {
+        self.refused.insert(source);
+    }
+
+    /// Forgets the refusals of the sources `gone` says no longer exist.
+    pub fn forget_refused(&mut self, gone: impl Fn(&Source) -> bool) {
+        self.refused.retain(|s| !gone(s));
+    }
+
+    /// How many sources' newest versions are refused.
+    pub fn refused_count(&self) -> usize {
+        self.refused.len()
     }
 
     /// Policy names are unique across sources (Tetragon's rule): the API and

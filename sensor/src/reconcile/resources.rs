@@ -215,6 +215,7 @@ pub fn take(
 ) -> (Option<super::Active>, Option<ResourceOutcome>) {
     let source = super::Source::Resource(change.key.label());
     let Some(document) = change.document else {
+        set.forget_refused(|s| *s == source);
         return match set.set(source, None) {
             Ok(a) => {
                 tracing::info!(policy = %change.key.label(), "policy resource deleted");
@@ -229,7 +230,7 @@ pub fn take(
     let label = std::path::PathBuf::from(change.key.label());
     let mut loaded = crate::documents::Loaded::default();
     let taken = crate::documents::load_text(&label, &document, vars, &mut loaded)
-        .and_then(|()| set.set(source, Some(loaded)));
+        .and_then(|()| set.set(source.clone(), Some(loaded)));
     let outcome = |error| ResourceOutcome {
         key: change.key.clone(),
         generation: change.generation,
@@ -242,6 +243,7 @@ pub fn take(
         }
         Err(e) => {
             tracing::error!(error = %e, "policy resource refused; the others stay in force");
+            set.refused(source);
             (None, Some(outcome(Some(e.to_string()))))
         }
     }
