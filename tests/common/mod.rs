@@ -8,7 +8,7 @@ pub mod cluster;
 pub mod netns;
 pub mod pod;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -448,6 +448,15 @@ impl Daemon {
             .collect()
     }
 
+    /// The export file's complete lines parsed by protobuf's own JSON
+    /// parser with the project's protos, strictly (an unknown field fails):
+    /// the event kinds seen. Panics naming the line that does not parse.
+    pub fn strict_proto_kinds(&self) -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        strict_proto_kinds(complete)
+    }
+
     /// Waits up to 10 s for an event that `pred` accepts.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -648,4 +657,36 @@ impl Metrics {
             .filter_map(|(_, v)| v.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// JSON event lines (each ending in a newline) parsed by protobuf's own
+/// JSON parser with the project's protos, strictly (an unknown field
+/// fails): the event kinds seen. Panics naming the line that does not
+/// parse.
+pub fn strict_proto_kinds(lines: &str) -> std::collections::BTreeSet<String> {
+    let out = TempDir::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/grpc/strict.py");
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(out.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the strict parser");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(lines.as_bytes())
+        .expect("writing the events");
+    drop(stdin);
+    let done = child.wait_with_output().expect("the strict parser");
+    assert!(
+        done.status.success(),
+        "an event the protos refuse: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    String::from_utf8_lossy(&done.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

@@ -237,14 +237,19 @@ impl<L: Lines> Shaped<L> {
         let Some(n) = self.rate.as_mut().and_then(RateLimit::roll) else {
             return Ok(());
         };
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-        let v = serde_json::json!({
-            "rate_limit_info": {"number_of_dropped_process_events": n.to_string()},
-            "node_name": self.node,
-            "time": time,
-        });
+        let v = rate_limit_info(n, &self.node);
         self.write_value(&v)
     }
+}
+
+/// Tetragon's `rate_limit_info` event: `n` events dropped on `node`.
+pub fn rate_limit_info(n: u64, node: &str) -> Value {
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    serde_json::json!({
+        "rate_limit_info": {"number_of_dropped_process_events": n.to_string()},
+        "node_name": node,
+        "time": time,
+    })
 }
 
 impl<L: Lines> Sink for Shaped<L> {
