@@ -134,6 +134,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
             post: true,
             signal: None,
             errno: Some(1),
+            notify: false,
         },
         monitor: false,
         message: Some("denied".into()),

@@ -3,7 +3,8 @@
 //! `lsm` (Override on exec through BPF-LSM, where the kernel has it),
 //! `connect` (connects and sends, and the connect reflex), `signals` (a
 //! connect reflex's signal on kernels whose cgroup programs cannot send one),
-//! `quarantine` (the node-local antibody).
+//! `quarantine` (the node-local antibody), `syscall` (policies on
+//! syscalls, on the raw `sys_enter` tracepoint).
 //! Shared pieces: `reflex` evaluates compiled policy selectors, `path`
 //! resolves kernel paths, `cgroups` walks the current task's cgroups,
 //! `kernel` reads struct fields at offsets the loader found in BTF,
@@ -26,6 +27,7 @@ mod path;
 mod quarantine;
 mod reflex;
 mod signals;
+mod syscall;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState, BANKS,
-    MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN,
+    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState,
+    SysSelector, BANKS, MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN, SYSCALL_NRS,
 };
 
 /// Set by the loader from the running kernel's BTF.
@@ -212,3 +212,16 @@ pub static QUARANTINE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4,
 /// tasks under them.
 #[map]
 pub static POD_SCOPES: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static SYS_SELECTORS: Array<SysSelector> =
+    Array::with_max_entries((BANKS * MAX_SELECTORS) as u32, 0);
+
+/// Per bank and syscall number (`bank * SYSCALL_NRS + nr`): the syscall
+/// selectors that apply to it, bit i = selector i.
+#[map]
+pub static SYS_NRS: Array<u64> = Array::with_max_entries((BANKS * SYSCALL_NRS) as u32, 0);
+
+/// State of the syscall selector loop (see `syscall::SysEval`).
+#[map]
+pub static SYS_EVAL: PerCpuArray<crate::syscall::SysEval> = PerCpuArray::with_max_entries(1, 0);

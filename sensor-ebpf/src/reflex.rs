@@ -5,12 +5,12 @@ use aya_ebpf::helpers::{bpf_send_signal, generated::bpf_probe_read_kernel};
 use sensor_common::{
     match_kind, str_selector, Config, ProcState, StrFilter, MAX_ARG_FILTERS, MAX_SELECTORS,
     MAX_VALUE_LEN, NET_SELECTOR_BASE, PATH_MAX, POD_BIT, POD_UNKNOWN, SLOT_BINARIES,
-    STR_KEY_HEADER,
+    SLOT_SYS_BINARIES, STR_KEY_HEADER,
 };
 
 use crate::maps::{
     PathScratch, EVAL, EXEC_SELECTORS, KEY_SCRATCH, NET_SELECTORS, POD_SCOPES, PROCS,
-    SCOPE_CGROUPS, STR_EQUAL, STR_POSTFIX, STR_PREFIX,
+    SCOPE_CGROUPS, STR_EQUAL, STR_POSTFIX, STR_PREFIX, SYS_SELECTORS,
 };
 
 /// What the reflex decided for one exec.
@@ -127,10 +127,15 @@ impl Keys {
     /// it (`member != negate` fires): for a truncated path under a prefix
     /// test, whatever makes the selector fire.
     fn in_binaries(&self, f: StrFilter, selector: u8) -> bool {
+        self.in_binaries_at(f, selector, SLOT_BINARIES)
+    }
+
+    /// As `in_binaries`, for a set kept at `slot`.
+    fn in_binaries_at(&self, f: StrFilter, selector: u8, slot: u8) -> bool {
         if self.prefix_unknown(f.kind) {
             return f.negate == 0;
         }
-        self.contains(f.kind, selector, SLOT_BINARIES)
+        self.contains(f.kind, selector, slot)
     }
 }
 
@@ -305,6 +310,34 @@ fn net_binaries(index: u64) -> i64 {
     0
 }
 
+crate::looping::forms!(sys_binaries, sys_binaries_callback, snsr_loop_sys_binaries);
+
+/// Whether the new image is in syscall selector `index`'s binary set: the
+/// `sys_enter` program tests this bit at each syscall.
+#[inline(always)]
+fn sys_binaries(index: u64) -> i64 {
+    let Some(e) = EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let e = unsafe { &mut *e };
+    if index >= e.n {
+        return 1;
+    }
+    let s = index as u32 & (MAX_SELECTORS as u32 - 1);
+    let bank = e.bank as u32 & 1;
+    let Some(sel) = SYS_SELECTORS.get(bank * MAX_SELECTORS as u32 + s) else {
+        return 1;
+    };
+    if sel.binaries.kind != match_kind::NONE
+        && e.keys
+            .in_binaries_at(sel.binaries, str_selector(s as u8, bank), SLOT_SYS_BINARIES)
+    {
+        e.state.sys_bin_in |= 1u64 << s;
+    }
+    0
+}
+
 /// Sets up the selector loop's state for `tgid` executing the path in
 /// `path.buf[start..]` and runs the exec selectors; `None` when there is
 /// nothing to evaluate.
@@ -389,7 +422,7 @@ pub fn on_exec<const MODERN: bool>(
     truncated: bool,
     scopes: u64,
 ) -> Verdict {
-    if cfg.n_selectors == 0 && cfg.n_net_selectors == 0 {
+    if cfg.n_selectors == 0 && cfg.n_net_selectors == 0 && cfg.n_sys_selectors == 0 {
         return NONE;
     }
     let Some(e) = evaluate::<MODERN>(cfg, tgid, path, start, scopes, false, truncated) else {
@@ -403,6 +436,15 @@ pub fn on_exec<const MODERN: bool>(
             MAX_SELECTORS as u32,
             net_binaries_callback,
             snsr_loop_net_binaries,
+        );
+    }
+    if cfg.n_sys_selectors != 0 {
+        e.state.sys_follow = caller.sys_follow | (caller.sys_bin_in & cfg.sys_follow_mask);
+        e.n = cfg.n_sys_selectors as u64;
+        crate::looping::repeat::<MODERN>(
+            MAX_SELECTORS as u32,
+            sys_binaries_callback,
+            snsr_loop_sys_binaries,
         );
     }
     let state = e.state;

@@ -1,6 +1,6 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
-use sensor_common::{kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent};
+use sensor_common::{kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -11,6 +11,7 @@ pub enum Record {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
+    Syscall(SyscallEvent),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
         kind::CONNECT => Ok(Record::Connect(read(kind, bytes)?)),
+        kind::SYSCALL => Ok(Record::Syscall(read(kind, bytes)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

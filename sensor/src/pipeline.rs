@@ -4,7 +4,7 @@
 //! bytes.
 use std::sync::Arc;
 
-use sensor_common::{ConnectEvent, ExitEvent};
+use sensor_common::{ConnectEvent, ExitEvent, SyscallEvent};
 
 use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
@@ -13,8 +13,7 @@ use crate::enrich::Enricher;
 use crate::export::ancestors::AncestorKinds;
 use crate::export::build;
 use crate::export::event::{
-    action_name, signal_name, AlertEvent, Argument, Envelope, Event, Process, ProcessExec,
-    ProcessExit,
+    signal_name, AlertEvent, Argument, Envelope, Event, Process, ProcessExec, ProcessExit,
 };
 use crate::export::Exporter;
 use crate::metrics::Metrics;
@@ -31,10 +30,19 @@ struct Subject<'a> {
     caller: Option<(Arc<Process>, Option<Process>)>,
 }
 
+/// Which selector table a record's hit bits index.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Exec,
+    Net,
+    Sys,
+}
+
 pub struct Pipeline {
     cache: ProcessCache,
     meta: Vec<SelectorMeta>,
     net_meta: Vec<SelectorMeta>,
+    sys_meta: Vec<SelectorMeta>,
     node: String,
     enricher: Enricher,
     brain: Brain,
@@ -54,6 +62,7 @@ impl Pipeline {
             cache,
             meta: Vec::new(),
             net_meta: Vec::new(),
+            sys_meta: Vec::new(),
             node,
             enricher,
             brain: Brain::new(Vec::new()),
@@ -87,12 +96,12 @@ impl Pipeline {
     /// daemon drains the ring buffer first.
     pub fn set_policies(
         &mut self,
-        meta: Vec<SelectorMeta>,
-        net_meta: Vec<SelectorMeta>,
+        compiled: &crate::policy::Compiled,
         rules: Vec<crate::brain::Rule>,
     ) {
-        self.meta = meta;
-        self.net_meta = net_meta;
+        self.meta = compiled.meta.clone();
+        self.net_meta = compiled.net_meta.clone();
+        self.sys_meta = compiled.sys_meta.clone();
         self.brain = Brain::new(rules);
     }
 
@@ -258,6 +267,7 @@ impl Pipeline {
             }
             Ok(Record::Exit(x)) => self.exit(&x),
             Ok(Record::Connect(c)) => self.connect(&c),
+            Ok(Record::Syscall(c)) => self.syscall(&c),
             Err(e) => {
                 self.metrics.decode_errors += 1;
                 self.telemetry.error("event_decode_failed");
@@ -296,7 +306,7 @@ impl Pipeline {
         };
         self.post_hits(
             r.header.hits,
-            false,
+            Table::Exec,
             subject,
             &time,
             build::binary_arg(&r.path),
@@ -320,7 +330,7 @@ impl Pipeline {
         };
         self.post_hits(
             r.header.hits,
-            false,
+            Table::Exec,
             subject,
             &time,
             build::binary_arg(&r.path),
@@ -439,26 +449,57 @@ impl Pipeline {
             parent,
             caller: None,
         };
-        self.post_hits(c.hits, true, subject, &time, build::connect_arg(&sock));
+        self.post_hits(
+            c.hits,
+            Table::Net,
+            subject,
+            &time,
+            build::connect_arg(&sock),
+        );
+    }
+
+    /// A syscall record: policy events for the selectors that posted.
+    fn syscall(&mut self, c: &SyscallEvent) {
+        let Some(process) = self.cache.by_pid(c.pid) else {
+            self.miss();
+            tracing::warn!(
+                pid = c.pid,
+                nr = c.nr,
+                "syscall policy hit from an unknown process"
+            );
+            return;
+        };
+        let parent = self.cache.parent_of(&process).as_deref().cloned();
+        let time = self.cache.rfc3339(c.ktime);
+        let subject = Subject {
+            process: &process,
+            parent,
+            caller: None,
+        };
+        self.post_hits(c.hits, Table::Sys, subject, &time, build::syscall_arg(c));
     }
 
     /// One policy event for each hit selector that posts.
     fn post_hits(
         &mut self,
         hits: u64,
-        net: bool,
+        table: Table,
         subject: Subject,
         time: &str,
         arg: impl Fn(EventArg) -> Option<Argument>,
     ) {
         let process = subject.process;
         for bit in (0..64).filter(|b| hits & (1u64 << b) != 0) {
-            let table = if net { &self.net_meta } else { &self.meta };
-            let Some(meta) = table.get(bit).cloned() else {
-                tracing::warn!(selector = bit, net, "hit on an unknown selector");
+            let metas = match table {
+                Table::Exec => &self.meta,
+                Table::Net => &self.net_meta,
+                Table::Sys => &self.sys_meta,
+            };
+            let Some(meta) = metas.get(bit).cloned() else {
+                tracing::warn!(selector = bit, ?table, "hit on an unknown selector");
                 continue;
             };
-            let action = action_name(meta.actions.signal, meta.actions.errno);
+            let action = meta.actions.name();
             self.metrics.policy_hit(
                 &meta.policy_name,
                 meta.actions.post,

@@ -67,7 +67,7 @@ impl Enforcer {
         for scope in &c.scopes {
             tracing::info!(policy = %scope.policy, namespace = ?scope.namespace, "pod-scoped policy: acts only on the pods it selects");
         }
-        pipeline.set_policies(c.meta.clone(), c.net_meta.clone(), active.rules.clone());
+        pipeline.set_policies(c, active.rules.clone());
         // Records from pods wake the reader at once only when the brain acts
         // on them; the rest wait for the drain tick like every routine record.
         let wakeups = [

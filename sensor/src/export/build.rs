@@ -4,13 +4,13 @@
 //! names for families, socket types and protocols.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use sensor_common::ConnectEvent;
+use sensor_common::{ConnectEvent, SyscallEvent};
 
 use super::event::{
-    action_name, Argument, BinprmArg, Event, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint,
-    SockArg, SockaddrArg,
+    Argument, BinprmArg, Event, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg,
+    SockaddrArg, SyscallIdArg,
 };
-use crate::policy::{EventArg, HookPoint, SelectorMeta};
+use crate::policy::{EventArg, HookPoint, IntType, SelectorMeta, SysArg};
 
 fn family_name(f: u16) -> &'static str {
     match f {
@@ -69,7 +69,7 @@ pub fn policy_event(
     parent: Option<Process>,
     args: Vec<Argument>,
 ) -> Event {
-    let action = action_name(meta.actions.signal, meta.actions.errno).to_string();
+    let action = meta.actions.name().to_string();
     let process = process.clone();
     let policy_name = meta.policy_name.clone();
     let (message, tags) = (meta.message.clone(), meta.tags.clone());
@@ -128,7 +128,7 @@ pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
             path: path.to_string(),
         })),
         EventArg::PathString => Some(Argument::StringArg(path.to_string())),
-        EventArg::Sock | EventArg::Sockaddr | EventArg::AddrLen => None,
+        _ => None,
     }
 }
 
@@ -147,6 +147,30 @@ pub fn connect_arg(sock: &SockArg) -> impl Fn(EventArg) -> Option<Argument> + '_
         } else {
             16
         })),
-        EventArg::LinuxBinprm | EventArg::PathString => None,
+        _ => None,
+    }
+}
+
+/// The arguments of a syscall hook, read from the raw registers as the
+/// policy's types say.
+pub fn syscall_arg(s: &SyscallEvent) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+    move |arg| {
+        let EventArg::Syscall(which, ty) = arg else {
+            return None;
+        };
+        let raw = match which {
+            SysArg::Number => s.nr as u64,
+            SysArg::Reg(r) => *s.args.get(r as usize)?,
+        };
+        Some(match ty {
+            IntType::Int => Argument::IntArg(raw as u32 as i32),
+            IntType::Uint32 => Argument::UintArg(raw as u32),
+            IntType::Uint64 | IntType::SizeT => Argument::SizeArg(raw.to_string()),
+            IntType::Long => Argument::LongArg((raw as i64).to_string()),
+            IntType::Syscall64 => Argument::SyscallId(SyscallIdArg {
+                id: raw as u32,
+                abi: "x64".into(),
+            }),
+        })
     }
 }

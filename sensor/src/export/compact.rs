@@ -27,6 +27,9 @@ fn path_of(args: &[Argument]) -> String {
             }
             Argument::SockaddrArg(s) => endpoint(&s.addr, s.port),
             Argument::IntArg(n) => n.to_string(),
+            Argument::UintArg(n) => n.to_string(),
+            Argument::SizeArg(n) | Argument::LongArg(n) => n.clone(),
+            Argument::SyscallId(s) => s.id.to_string(),
         })
         .next()
         .unwrap_or_default()

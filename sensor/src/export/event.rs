@@ -217,6 +217,18 @@ pub enum Argument {
     SockArg(SockArg),
     SockaddrArg(SockaddrArg),
     IntArg(i32),
+    UintArg(u32),
+    /// protojson writes 64-bit integers as strings.
+    SizeArg(String),
+    LongArg(String),
+    SyscallId(SyscallIdArg),
+}
+
+/// `SyscallId`: a syscall number and its ABI (`x64`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SyscallIdArg {
+    pub id: u32,
+    pub abi: String,
 }
 
 /// `KprobeSock`.

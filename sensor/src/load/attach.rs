@@ -26,6 +26,11 @@ impl Kernel {
         if self.plan.connect != probe::Form::Modern {
             v.push("snsr_signal_on_exit");
         }
+        v.push(if modern_exec {
+            "snsr_syscall"
+        } else {
+            "snsr_syscall_compat"
+        });
         if self.plan.lsm {
             v.push(if modern_exec {
                 "snsr_lsm_bprm"
@@ -45,7 +50,8 @@ impl Kernel {
 
     /// Attaches fork and exit before exec so that no process the exec
     /// program sees is missing its lineage, then (in the forms the plan
-    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
+    /// chose) the deferred-signal sender, the syscall policies' program,
+    /// the BPF-LSM exec hook, and the
     /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
     /// that coexist with other programs there (Cilium's). Every attachment
     /// is a bpf link, so that [`Kernel::pin`] can keep it.
@@ -62,6 +68,7 @@ impl Kernel {
                     self.raw_tracepoint(name, "sched_process_exec")?
                 }
                 "snsr_signal_on_exit" => self.raw_tracepoint(name, "sys_exit")?,
+                "snsr_syscall" | "snsr_syscall_compat" => self.raw_tracepoint(name, "sys_enter")?,
                 "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
                 "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
                 "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,

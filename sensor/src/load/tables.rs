@@ -10,8 +10,8 @@ use std::hash::Hash;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError};
 use aya::Pod;
 use sensor_common::{
-    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, MAX_SELECTORS,
-    NET_ADDR_KEY_LEN, STR_KEY_LEN,
+    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, SysSelector,
+    MAX_SELECTORS, NET_ADDR_KEY_LEN, STR_KEY_LEN, SYSCALL_NRS,
 };
 
 use super::{map_err, Kernel, LoadError};
@@ -118,6 +118,22 @@ impl Kernel {
             nsels
                 .set(base + i as u32, s, 0)
                 .map_err(map_err("NET_SELECTORS"))?;
+        }
+        let mut ssels: Array<_, SysSelector> =
+            Array::try_from(self.map_mut("SYS_SELECTORS")?).map_err(map_err("SYS_SELECTORS"))?;
+        for (i, s) in c.sys_selectors.iter().enumerate() {
+            ssels
+                .set(base + i as u32, s, 0)
+                .map_err(map_err("SYS_SELECTORS"))?;
+        }
+        // Every number of the bank is written: an array keeps what the
+        // bank's last set left.
+        let mut nrs: Array<_, u64> =
+            Array::try_from(self.map_mut("SYS_NRS")?).map_err(map_err("SYS_NRS"))?;
+        for nr in 0..SYSCALL_NRS {
+            let mask = c.sys_nrs.get(nr).copied().unwrap_or(0);
+            nrs.set(next * SYSCALL_NRS as u32 + nr as u32, mask, 0)
+                .map_err(map_err("SYS_NRS"))?;
         }
         let scope: HashSet<u64> = scope.iter().copied().collect();
         self.add_hash("SCOPE_CGROUPS", &scope)?;

@@ -4,6 +4,7 @@
 //! sensor implements, `selector` and `net` for selectors), and compiling
 //! loaded policies into the kernel's selector tables (`compile`), after
 //! `kernel` has checked them against what the running kernel can enforce.
+//! `syscalls` names x86_64's syscalls for the syscall family.
 mod compile;
 mod hooks;
 mod kernel;
@@ -13,6 +14,8 @@ pub mod protect;
 mod raw;
 mod selector;
 mod selector_labels;
+mod syscall_hooks;
+pub mod syscalls;
 
 pub use selector_labels::LabelSelector;
 
@@ -88,6 +91,58 @@ pub enum HookPoint {
 pub enum HookFamily {
     Exec,
     Connect,
+    /// Syscalls, on the raw `sys_enter` tracepoint.
+    Syscall,
+}
+
+/// How an integer syscall argument is read and shown, by its Tetragon
+/// `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntType {
+    /// `int` (and `fd`): 32 bits, signed; `int_arg`.
+    Int,
+    /// `uint32`: `uint_arg`.
+    Uint32,
+    /// `uint64`: `size_arg`, as Tetragon shows it.
+    Uint64,
+    /// `size_t`: `size_arg`.
+    SizeT,
+    /// `long`: `long_arg`.
+    Long,
+    /// `syscall64`: the syscall number, `syscall_id` with its ABI.
+    Syscall64,
+}
+
+impl IntType {
+    pub fn parse(name: &str) -> Option<IntType> {
+        Some(match name {
+            "int" | "fd" => IntType::Int,
+            "uint32" => IntType::Uint32,
+            "uint64" => IntType::Uint64,
+            "size_t" => IntType::SizeT,
+            "long" => IntType::Long,
+            "syscall64" => IntType::Syscall64,
+            _ => return None,
+        })
+    }
+
+    /// (32 bits wide, signed), as the kernel compares the argument.
+    pub fn shape(self) -> (bool, bool) {
+        match self {
+            IntType::Int => (true, true),
+            IntType::Uint32 => (true, false),
+            IntType::Long => (false, true),
+            IntType::Uint64 | IntType::SizeT | IntType::Syscall64 => (false, false),
+        }
+    }
+}
+
+/// What a syscall hook's argument is: one of the six registers, or (on
+/// `raw_syscalls/sys_enter`) the syscall number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysArg {
+    Reg(u8),
+    Number,
 }
 
 /// An argument a policy declared, as the event shows it (`args[]`).
@@ -105,6 +160,8 @@ pub enum EventArg {
     /// `sockaddr_in` or `sockaddr_in6`: the cgroup hook sees the address,
     /// not the length the caller passed).
     AddrLen,
+    /// An integer argument of a syscall.
+    Syscall(SysArg, IntType),
 }
 
 /// One hook of a policy, mapped onto the exec or the connect reflex.
@@ -119,6 +176,9 @@ pub struct Hook {
     pub binaries_of_new_image: bool,
     /// Declared arguments, in declaration order.
     pub args: Vec<EventArg>,
+    /// The syscall numbers a syscall hook is on (one for a `sys_*` kprobe,
+    /// all for `raw_syscalls/sys_enter`); empty for the other families.
+    pub syscalls: Vec<u32>,
     /// `returnArg` (an `int`): events carry the hook's return value.
     pub return_arg: bool,
     pub selectors: Vec<Selector>,
@@ -190,6 +250,8 @@ pub struct Actions {
     pub signal: Option<u32>,
     /// Errno a denied connect returns (Override; connect hooks only).
     pub errno: Option<u32>,
+    /// NotifyEnforcer (syscall hooks): `signal` is its argSig.
+    pub notify: bool,
 }
 
 impl Actions {
@@ -197,7 +259,17 @@ impl Actions {
         post: true,
         signal: None,
         errno: None,
+        notify: false,
     };
+
+    /// Tetragon's `KprobeAction` name for the event's `action`.
+    pub fn name(&self) -> &'static str {
+        if self.notify {
+            "KPROBE_ACTION_NOTIFYENFORCER"
+        } else {
+            crate::export::event::action_name(self.signal, self.errno)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,5 +279,35 @@ pub struct Selector {
     pub path: Vec<StrMatch>,
     /// Filters on the connection (connect hooks), ANDed.
     pub net: Vec<NetMatch>,
+    /// Filters on integer syscall arguments (syscall hooks), ANDed.
+    pub ints: Vec<IntMatch>,
+    /// The syscall numbers the selector's filters on the number admit
+    /// (syscall hooks; `None`: every number of its hook).
+    pub numbers: Option<std::collections::BTreeSet<u32>>,
     pub actions: Actions,
+}
+
+impl Selector {
+    /// The selector of a hook that has none: every call posts, as in
+    /// Tetragon.
+    pub fn post_all() -> Selector {
+        Selector {
+            binaries: None,
+            path: Vec::new(),
+            net: Vec::new(),
+            ints: Vec::new(),
+            numbers: None,
+            actions: Actions::POST,
+        }
+    }
+}
+
+/// A `matchArgs` entry on an integer syscall argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntMatch {
+    pub reg: u8,
+    pub ty: IntType,
+    pub op: u8,
+    /// Values as the kernel compares them (pairs for ranges).
+    pub values: Vec<u64>,
 }

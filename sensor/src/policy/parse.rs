@@ -6,9 +6,12 @@ use super::hooks::{self, HookDef};
 use super::protect;
 use super::raw::*;
 use super::selector::selector;
-use super::{limits, Actions, EventArg, Hook, HookPoint, Mode, Policy, Selector};
+use super::syscall_hooks::{enforcers, syscall_kprobe, syscall_lists, syscall_tracepoint, Lists};
+use super::syscalls;
+use super::{limits, EventArg, Hook, HookPoint, Mode, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
+#[derive(Debug)]
 pub struct FieldError {
     pub field: String,
     pub reason: String,
@@ -107,8 +110,8 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
         no_spec("fentries"),
         "fentries (they need a BPF trampoline, which this kernel refuses)",
     )?;
-    unsupported(&s.enforcers, no_spec("enforcers"), "enforcers")?;
-    unsupported(&s.lists, no_spec("lists"), "lists")?;
+    let lists = syscall_lists(s.lists.as_ref())?;
+    enforcers(s.enforcers.as_ref(), &lists)?;
     unsupported(
         &s.container_selector,
         no_spec("containerSelector"),
@@ -126,10 +129,10 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     let mode = options(s.options.as_ref())?;
     let mut hooks = Vec::new();
     for (i, k) in raw.spec.kprobes.into_iter().enumerate() {
-        hooks.push(kprobe(k, &format!("spec.kprobes[{i}]"))?);
+        hooks.push(kprobe(k, &lists, &format!("spec.kprobes[{i}]"))?);
     }
     for (i, t) in raw.spec.tracepoints.into_iter().enumerate() {
-        hooks.push(tracepoint(t, &format!("spec.tracepoints[{i}]"))?);
+        hooks.push(tracepoint(t, &lists, &format!("spec.tracepoints[{i}]"))?);
     }
     for (i, l) in raw.spec.lsmhooks.into_iter().enumerate() {
         hooks.push(lsm(l, &format!("spec.lsmhooks[{i}]"))?);
@@ -166,12 +169,15 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     })
 }
 
-fn kprobe(k: RawKprobe, at: &str) -> Result<Hook> {
+fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
     let Some(def) = hooks::kprobe(&k.call) else {
+        if let Some(nr) = syscalls::number(&k.call) {
+            return syscall_kprobe(k, nr, lists, at);
+        }
         return err(
             format!("{at}.call"),
             format!(
-                "unsupported hook `{}`; kprobes: {}",
+                "unsupported hook `{}`; kprobes: {}, and the x86_64 syscalls (sys_NAME)",
                 k.call,
                 hooks::names(hooks::KPROBES)
             ),
@@ -215,18 +221,24 @@ fn return_arg(v: Option<&serde_yaml::Value>, at: &str) -> Result<bool> {
     }
 }
 
-fn tracepoint(t: RawTracepoint, at: &str) -> Result<Hook> {
-    if (t.subsystem.as_str(), t.event.as_str()) != ("sched", "sched_process_exec") {
-        return err(
-            format!("{at}.event"),
-            format!(
-                "unsupported tracepoint `{}/{}`; exec tracepoint: sched/sched_process_exec",
-                t.subsystem, t.event
-            ),
-        );
-    }
+fn tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<Hook> {
     if t.raw == Some(true) {
         return err(format!("{at}.raw"), "raw tracepoints are not supported");
+    }
+    match (t.subsystem.as_str(), t.event.as_str()) {
+        ("sched", "sched_process_exec") => {}
+        ("raw_syscalls", "sys_enter") | ("syscalls", _) => {
+            return syscall_tracepoint(t, lists, at)
+        }
+        _ => {
+            return err(
+                format!("{at}.event"),
+                format!(
+                    "unsupported tracepoint `{}/{}`; tracepoints: sched/sched_process_exec, raw_syscalls/sys_enter, syscalls/sys_enter_NAME",
+                    t.subsystem, t.event
+                ),
+            )
+        }
     }
     let point = HookPoint::Tracepoint {
         subsystem: t.subsystem,
@@ -334,7 +346,12 @@ fn hook(
     }
     let mut parsed = Vec::new();
     for (i, s) in selectors.into_iter().enumerate() {
-        parsed.push(selector(s, &declared, &format!("{at}.selectors[{i}]"))?);
+        parsed.push(selector(
+            s,
+            &declared,
+            None,
+            &format!("{at}.selectors[{i}]"),
+        )?);
     }
     if !def.overrides {
         if let Some(i) = parsed.iter().position(|s| s.actions.errno.is_some()) {
@@ -346,12 +363,7 @@ fn hook(
     }
     if parsed.is_empty() {
         // A hook without selectors posts every call, as in Tetragon.
-        parsed.push(Selector {
-            binaries: None,
-            path: Vec::new(),
-            net: Vec::new(),
-            actions: Actions::POST,
-        });
+        parsed.push(Selector::post_all());
     }
     Ok(Hook {
         field: at.to_string(),
@@ -359,6 +371,7 @@ fn hook(
         family: def.family,
         binaries_of_new_image: def.binaries_of_new_image,
         args: declared.into_iter().map(|(_, a)| a).collect(),
+        syscalls: Vec::new(),
         return_arg: false,
         selectors: parsed,
         message,

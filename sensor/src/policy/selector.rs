@@ -1,12 +1,22 @@
 //! Selectors of a hook: `matchBinaries`, `matchArgs` on the binary path or
 //! the connection, and `matchActions`, each checked against what the hook's
 //! arguments and the kernel support.
+use std::collections::BTreeSet;
+
 use super::net::{self, NetMatch};
 use super::parse::{err, unsupported, Result};
 use super::raw::*;
-use super::{limits, Actions, BinaryMatch, EventArg, Selector, StrMatch, StrOp};
+use super::syscall_hooks::{self, Lists};
+use super::{limits, Actions, BinaryMatch, EventArg, Selector, StrMatch, StrOp, SysArg};
 
-pub fn selector(s: RawSelector, declared: &[(u32, EventArg)], at: &str) -> Result<Selector> {
+/// `lists`: the policy's `lists`, given for a syscall hook (whose
+/// selectors take integer filters and NotifyEnforcer).
+pub fn selector(
+    s: RawSelector,
+    declared: &[(u32, EventArg)],
+    lists: Option<&Lists>,
+    at: &str,
+) -> Result<Selector> {
     for (name, v) in [
         ("matchPIDs", &s.match_pids),
         ("matchData", &s.match_data),
@@ -69,7 +79,8 @@ pub fn selector(s: RawSelector, declared: &[(u32, EventArg)], at: &str) -> Resul
             ),
         );
     }
-    let (mut path, mut net) = (Vec::new(), Vec::new());
+    let (mut path, mut net, mut ints) = (Vec::new(), Vec::new(), Vec::new());
+    let mut numbers: Option<BTreeSet<u32>> = None;
     for (i, m) in s.match_args.into_iter().enumerate() {
         let f = format!("{at}.matchArgs[{i}]");
         let index = match (m.index, m.args.as_deref()) {
@@ -95,13 +106,25 @@ pub fn selector(s: RawSelector, declared: &[(u32, EventArg)], at: &str) -> Resul
                     format!("argument {index} (the address length) is reported, not filtered on; filter on the address (argument 1)"),
                 )
             }
+            EventArg::Syscall(SysArg::Number, _) => {
+                let set = syscall_hooks::number_filter(&m, lists.unwrap_or(&Lists::new()), &f)?;
+                numbers = Some(match numbers {
+                    Some(n) => n.intersection(&set).copied().collect(),
+                    None => set,
+                });
+            }
+            EventArg::Syscall(SysArg::Reg(reg), ty) => {
+                ints.push(syscall_hooks::int_filter(&m, reg, ty, &f)?)
+            }
         }
     }
     Ok(Selector {
         binaries,
         path,
         net,
-        actions: actions(s.match_actions, at)?,
+        ints,
+        numbers,
+        actions: actions(s.match_actions, lists.is_some(), at)?,
     })
 }
 
@@ -225,7 +248,9 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
     Ok(StrMatch { op, values })
 }
 
-fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
+/// `syscall`: the selector is on a syscall hook, where NotifyEnforcer
+/// sends its `argSig`.
+fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
     let mut out = Actions::POST;
     for (i, a) in raw.into_iter().enumerate() {
         let f = format!("{at}.matchActions[{i}]");
@@ -256,6 +281,12 @@ fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
                 }
                 None => return err(format!("{f}.argSig"), "Signal needs argSig"),
             },
+            "override" if syscall => {
+                return err(
+                    format!("{f}.action"),
+                    "Override on a syscall needs error injection (bpf_override_return or fmod_ret), which this sensor does not use; use Sigkill, Signal or NotifyEnforcer with argSig",
+                )
+            }
             // A connect is denied in the cgroup hook; an exec in the BPF-LSM
             // hook, which the hook's parser and the kernel check require. A
             // positive argError is its errno too: Tetragon's own example
@@ -271,6 +302,41 @@ fn actions(raw: Vec<RawAction>, at: &str) -> Result<Actions> {
                 }
                 None => return err(format!("{f}.argError"), "Override needs argError"),
             },
+            // Tetragon's enforcer makes the syscall return argError and
+            // sends argSig. Here the signal is sent from sys_enter; the
+            // return value would need error injection (bpf_override_return
+            // or fmod_ret), so argError is taken only with SIGKILL, whose
+            // caller never sees a return value.
+            "notifyenforcer" if syscall => {
+                match (a.arg_sig, a.arg_error) {
+                    (Some(9), _) => out.signal = Some(9),
+                    (Some(sig @ 1..=64), None) => {
+                        if out.signal.is_none() {
+                            out.signal = Some(sig);
+                        }
+                    }
+                    (Some(sig @ 1..=64), Some(_)) => {
+                        return err(
+                            format!("{f}.argError"),
+                            format!("a syscall's return value cannot be changed here (no error injection); argError is taken only with argSig 9 (SIGKILL), not {sig}"),
+                        )
+                    }
+                    (Some(sig), _) => {
+                        return err(
+                            format!("{f}.argSig"),
+                            format!("{sig} is not a signal number (1 to 64)"),
+                        )
+                    }
+                    (None, _) => {
+                        return err(
+                            format!("{f}.argSig"),
+                            "NotifyEnforcer needs argSig: a syscall's return value cannot be changed here (no error injection)",
+                        )
+                    }
+                }
+                out.notify = true;
+                continue;
+            }
             "geturl"
             | "dnslookup"
             | "followfd"

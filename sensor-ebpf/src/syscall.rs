@@ -1,0 +1,224 @@
+//! The syscall family: Tetragon's kprobes with `syscall: true` on `sys_*`
+//! calls and its `raw_syscalls/sys_enter` tracepoints, all run here on the
+//! raw `sys_enter` tracepoint, which every kernel from 5.10 has and which
+//! attaches as a pinnable bpf link (kprobes are missing on some kernels,
+//! this one included). One array lookup by syscall number says which
+//! selectors apply; a syscall no policy names costs that lookup alone.
+//! A matching selector posts a record with the raw arguments and sends its
+//! signal, which lands before the syscall returns to user space.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns, bpf_send_signal,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sensor_common::{
+    int_op, kind, match_kind, IntFilter, ProcState, SyscallEvent, INT_VALUES, MAX_ARG_FILTERS,
+    MAX_SELECTORS, SYSCALL_ARGS, SYSCALL_NRS,
+};
+
+use crate::kernel::read;
+use crate::maps::{count_lost, wakeup_flags, EVENTS, PROCS, SYS_EVAL, SYS_NRS, SYS_SELECTORS};
+
+/// Where x86_64's `pt_regs` holds the six syscall arguments: di, si, dx,
+/// r10, r8, r9.
+const ARG_REGS: [u32; SYSCALL_ARGS] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
+
+/// `sys_enter(struct pt_regs *regs, long id)`; modern form (`bpf_loop`).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn snsr_syscall(ctx: RawTracePointContext) -> i32 {
+    let _ = on_enter::<true>(&ctx);
+    0
+}
+
+/// The same before Linux 5.17 (see `looping`).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn snsr_syscall_compat(ctx: RawTracePointContext) -> i32 {
+    let _ = on_enter::<false>(&ctx);
+    0
+}
+
+/// The selector loop's state, in a map for the same reason as `reflex::Eval`.
+#[repr(C)]
+pub struct SysEval {
+    event: SyscallEvent,
+    /// The selectors that apply to this syscall number.
+    mask: u64,
+    state: ProcState,
+    hooks_done: u64,
+    scopes: u64,
+    bank: u64,
+}
+
+#[inline(always)]
+fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
+    let nr: u64 = ctx.arg(1);
+    if nr >= SYSCALL_NRS as u64 {
+        return None;
+    }
+    let cfg = crate::maps::config()?;
+    if cfg.n_sys_selectors == 0 {
+        return None;
+    }
+    let bank = cfg.bank & 1;
+    let mask = *SYS_NRS.get(bank * SYSCALL_NRS as u32 + nr as u32)?;
+    if mask == 0 || !crate::reflex::in_scope::<MODERN>(cfg) {
+        return None;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let ep = SYS_EVAL.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let ev = unsafe { &mut *ep };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    ev.event = SyscallEvent {
+        kind: kind::SYSCALL,
+        pid: tgid,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        ktime: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        hits: 0,
+        nr: nr as u32,
+        signal: 0,
+        args: [0; SYSCALL_ARGS],
+    };
+    for (i, off) in ARG_REGS.iter().enumerate() {
+        ev.event.args[i] = read::<u64>(regs, *off).unwrap_or(0);
+    }
+    ev.mask = mask;
+    ev.bank = bank as u64;
+    ev.hooks_done = 0;
+    ev.scopes = if cfg.n_scopes != 0 {
+        crate::reflex::task_scopes::<MODERN>()
+    } else {
+        0
+    };
+    // SAFETY: ProcState is plain data.
+    ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
+    crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_callback, snsr_loop_sys_selector);
+    let e = &ev.event;
+    if e.hits == 0 {
+        return None;
+    }
+    if EVENTS
+        .output::<SyscallEvent>(e, wakeup_flags(true))
+        .is_err()
+    {
+        count_lost(kind::SYSCALL);
+    }
+    if e.signal != 0 {
+        // SAFETY: signals the current task, the one in the syscall.
+        unsafe { bpf_send_signal(e.signal) };
+    }
+    Some(())
+}
+
+/// The argument as the filter reads it: a 32-bit argument's low half,
+/// sign-extended when signed, so that 64-bit comparisons hold.
+#[inline(always)]
+fn normalized(f: &IntFilter, v: u64) -> u64 {
+    match (f.width32 != 0, f.signed != 0) {
+        (true, true) => v as u32 as i32 as i64 as u64,
+        (true, false) => v as u32 as u64,
+        _ => v,
+    }
+}
+
+#[inline(always)]
+fn less(f: &IntFilter, a: u64, b: u64) -> bool {
+    if f.signed != 0 {
+        (a as i64) < (b as i64)
+    } else {
+        a < b
+    }
+}
+
+#[inline(always)]
+fn int_matches(f: &IntFilter, args: &[u64; SYSCALL_ARGS]) -> bool {
+    let Some(raw) = args.get(f.arg as usize) else {
+        return false;
+    };
+    let v = normalized(f, *raw);
+    let n = f.n as usize;
+    let mut any = false;
+    match f.op {
+        int_op::EQUAL | int_op::NOT_EQUAL => {
+            for i in 0..INT_VALUES {
+                any |= i < n && v == f.values[i];
+            }
+            any == (f.op == int_op::EQUAL)
+        }
+        int_op::GT => less(f, f.values[0], v),
+        int_op::LT => less(f, v, f.values[0]),
+        int_op::MASK => {
+            for i in 0..INT_VALUES {
+                any |= i < n && v & f.values[i] != 0;
+            }
+            any
+        }
+        int_op::IN_RANGE | int_op::NOT_IN_RANGE => {
+            for p in 0..INT_VALUES / 2 {
+                let (lo, hi) = (f.values[2 * p], f.values[2 * p + 1]);
+                any |= 2 * p < n && !less(f, v, lo) && !less(f, hi, v);
+            }
+            any == (f.op == int_op::IN_RANGE)
+        }
+        _ => false,
+    }
+}
+
+crate::looping::forms!(eval_selector, eval_callback, snsr_loop_sys_selector);
+
+/// One syscall selector; returns 1 to stop the loop.
+#[inline(always)]
+fn eval_selector(index: u64) -> i64 {
+    let Some(ep) = SYS_EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let ev = unsafe { &mut *ep };
+    let s = index as u32 & (MAX_SELECTORS as u32 - 1);
+    let bit = 1u64 << s;
+    if ev.mask & !(bit - 1) == 0 {
+        return 1; // no selector at or above this one applies
+    }
+    if ev.mask & bit == 0 {
+        return 0;
+    }
+    let bank = ev.bank as u32 & 1;
+    let Some(sel) = SYS_SELECTORS.get(bank * MAX_SELECTORS as u32 + s) else {
+        return 1;
+    };
+    let hook_bit = 1u64 << (sel.hook & 63);
+    if ev.hooks_done & hook_bit != 0 || !crate::reflex::scope_applies(sel.scope, ev.scopes) {
+        return 0;
+    }
+    if sel.binaries.kind != match_kind::NONE {
+        let member = ev.state.sys_bin_in
+            | if sel.follow != 0 {
+                ev.state.sys_follow
+            } else {
+                0
+            };
+        if (member & bit != 0) == (sel.binaries.negate != 0) {
+            return 0;
+        }
+    }
+    for a in 0..MAX_ARG_FILTERS {
+        if a >= sel.n_filters as usize {
+            break;
+        }
+        if !int_matches(&sel.filters[a], &ev.event.args) {
+            return 0;
+        }
+    }
+    ev.hooks_done |= hook_bit;
+    ev.event.hits |= bit;
+    if sel.signal != 0 && ev.event.signal != 9 {
+        ev.event.signal = sel.signal;
+    }
+    0
+}

@@ -1,0 +1,491 @@
+//! The syscall family's hooks: kprobes on `sys_*` calls (`syscall: true`),
+//! `raw_syscalls/sys_enter` and `syscalls/sys_enter_NAME` tracepoints, all
+//! carried out on the raw `sys_enter` tracepoint; `lists` of syscalls; and
+//! `matchArgs` on the syscall number (a set of numbers, decided here) and
+//! on integer arguments (compared in the kernel).
+use std::collections::{BTreeMap, BTreeSet};
+
+use sensor_common::{int_op, INT_VALUES, SYSCALL_ARGS, SYSCALL_NRS};
+
+use super::parse::{err, unsupported, FieldError, Result};
+use super::raw::{RawArg, RawKprobe, RawMatchArg, RawSelector, RawTracepoint};
+use super::selector::selector;
+use super::{
+    limits, syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, Selector, SysArg,
+};
+
+/// A policy's `lists` of `type: syscalls`, by name: their numbers.
+pub type Lists = BTreeMap<String, BTreeSet<u32>>;
+
+/// `spec.lists`: only syscall lists exist here.
+pub fn syscall_lists(value: Option<&serde_yaml::Value>) -> Result<Lists> {
+    let mut lists = Lists::new();
+    let Some(value) = value else {
+        return Ok(lists);
+    };
+    let Some(entries) = value.as_sequence() else {
+        return err("spec.lists", "expected a list of {name, type, values}");
+    };
+    for (i, l) in entries.iter().enumerate() {
+        let at = format!("spec.lists[{i}]");
+        let name = l.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+        if name.is_empty() {
+            return err(format!("{at}.name"), "missing");
+        }
+        let ty = l.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+        if ty != "syscalls" {
+            return err(
+                format!("{at}.type"),
+                format!("`{ty}`: only lists of type syscalls are supported"),
+            );
+        }
+        if let Some(k) = l.as_mapping().and_then(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str())
+                .find(|k| !matches!(*k, "name" | "type" | "values"))
+        }) {
+            return err(
+                format!("{at}.{k}"),
+                format!("`{k}` is not supported by this sensor"),
+            );
+        }
+        let values = l.get("values").and_then(|v| v.as_sequence());
+        let mut set = BTreeSet::new();
+        for (j, v) in values.into_iter().flatten().enumerate() {
+            let v = v.as_str().unwrap_or_default();
+            // Tetragon's lists may name the ia32 entry points too; those
+            // syscalls are not matched here (see the README).
+            if v.starts_with("__ia32_") || v.starts_with("__arm64_") {
+                continue;
+            }
+            match syscalls::number(v) {
+                Some(nr) => set.insert(nr),
+                None => {
+                    return err(
+                        format!("{at}.values[{j}]"),
+                        format!("`{v}` is not an x86_64 syscall"),
+                    )
+                }
+            };
+        }
+        lists.insert(name.to_string(), set);
+    }
+    Ok(lists)
+}
+
+/// `spec.enforcers`: Tetragon attaches its override programs to these
+/// calls. Here a NotifyEnforcer's signal is sent from `sys_enter`, so the
+/// calls need no program of their own; they must still name syscalls or
+/// lists of the policy.
+pub fn enforcers(value: Option<&serde_yaml::Value>, lists: &Lists) -> Result<()> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let Some(entries) = value.as_sequence() else {
+        return err("spec.enforcers", "expected a list of {calls}");
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let calls = e.get("calls").and_then(|c| c.as_sequence());
+        for (j, c) in calls.into_iter().flatten().enumerate() {
+            let c = c.as_str().unwrap_or_default();
+            let known = match c.strip_prefix("list:") {
+                Some(l) => lists.contains_key(l),
+                None => syscalls::number(c).is_some(),
+            };
+            if !known {
+                return err(
+                    format!("spec.enforcers[{i}].calls[{j}]"),
+                    format!("`{c}` is neither an x86_64 syscall nor a list of the policy"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A kprobe on syscall `nr`: its arguments are the registers by index.
+pub fn syscall_kprobe(k: RawKprobe, nr: u32, lists: &Lists, at: &str) -> Result<Hook> {
+    if k.return_ == Some(true) || k.return_arg.is_some() {
+        return err(
+            format!("{at}.return"),
+            "a syscall's return value is not reported yet (sys_exit is not hooked for policies)",
+        );
+    }
+    unsupported(
+        &k.return_arg_action,
+        format!("{at}.returnArgAction"),
+        "returnArgAction",
+    )?;
+    unsupported(&k.data, format!("{at}.data"), "data")?;
+    unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
+    let mut declared = Vec::new();
+    for (i, a) in k.args.iter().enumerate() {
+        let f = format!("{at}.args[{i}]");
+        if a.index as usize >= SYSCALL_ARGS {
+            return err(
+                format!("{f}.index"),
+                format!("a syscall has arguments 0 to {}", SYSCALL_ARGS - 1),
+            );
+        }
+        let ty = int_type(a, &f, false)?;
+        if declared.iter().any(|(idx, _)| *idx == a.index) {
+            return err(
+                format!("{f}.index"),
+                format!("argument {} is declared twice", a.index),
+            );
+        }
+        declared.push((a.index, EventArg::Syscall(SysArg::Reg(a.index as u8), ty)));
+    }
+    let function = syscalls::function_name(nr).unwrap_or_else(|| k.call.clone());
+    let point = HookPoint::Kprobe { function };
+    finish(
+        point,
+        vec![nr],
+        declared,
+        k.selectors,
+        k.message,
+        k.tags,
+        lists,
+        at,
+    )
+}
+
+/// `raw_syscalls/sys_enter` (argument 4 the number; 5, the argument
+/// array, is not reported) or `syscalls/sys_enter_NAME` (argument 4 the
+/// number, 5 on the syscall's arguments). A tracepoint's `matchArgs`
+/// index is the argument's position in `args`, as in Tetragon.
+pub fn syscall_tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<Hook> {
+    let numbers: Vec<u32> = if t.subsystem == "raw_syscalls" {
+        (0..SYSCALL_NRS as u32).collect()
+    } else {
+        let nr = t
+            .event
+            .strip_prefix("sys_enter_")
+            .and_then(syscalls::number);
+        match nr {
+            Some(nr) => vec![nr],
+            None => {
+                return err(
+                    format!("{at}.event"),
+                    format!(
+                        "`{}`: expected sys_enter_NAME of an x86_64 syscall (sys_exit_* is not supported yet)",
+                        t.event
+                    ),
+                )
+            }
+        }
+    };
+    let raw = t.subsystem == "raw_syscalls";
+    let mut declared = Vec::new();
+    for (i, a) in t.args.iter().enumerate() {
+        let f = format!("{at}.args[{i}]");
+        let arg = match a.index {
+            4 => SysArg::Number,
+            n if !raw && (5..5 + SYSCALL_ARGS as u32).contains(&n) => SysArg::Reg((n - 5) as u8),
+            n => {
+                return err(
+                    format!("{f}.index"),
+                    if raw {
+                        format!("argument {n} is not available; raw_syscalls/sys_enter exposes 4 (the syscall number)")
+                    } else {
+                        format!("argument {n} is not available; 4 is the syscall number, 5 to 10 its arguments")
+                    },
+                )
+            }
+        };
+        let ty = int_type(a, &f, arg == SysArg::Number)?;
+        declared.push((i as u32, EventArg::Syscall(arg, ty)));
+    }
+    let point = HookPoint::Tracepoint {
+        subsystem: t.subsystem,
+        event: t.event,
+    };
+    finish(
+        point,
+        numbers,
+        declared,
+        t.selectors,
+        t.message,
+        t.tags,
+        lists,
+        at,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    point: HookPoint,
+    syscalls: Vec<u32>,
+    declared: Vec<(u32, EventArg)>,
+    selectors: Vec<RawSelector>,
+    message: Option<String>,
+    tags: Vec<String>,
+    lists: &Lists,
+    at: &str,
+) -> Result<Hook> {
+    if selectors.len() > limits::SELECTORS_PER_HOOK {
+        return err(
+            format!("{at}.selectors"),
+            format!(
+                "{} selectors; at most {} per hook",
+                selectors.len(),
+                limits::SELECTORS_PER_HOOK
+            ),
+        );
+    }
+    if message.as_ref().is_some_and(|m| m.len() > 256) {
+        return err(format!("{at}.message"), "longer than 256 characters");
+    }
+    if tags.len() > 16 {
+        return err(format!("{at}.tags"), "more than 16 tags");
+    }
+    let mut parsed = Vec::new();
+    for (i, s) in selectors.into_iter().enumerate() {
+        parsed.push(selector(
+            s,
+            &declared,
+            Some(lists),
+            &format!("{at}.selectors[{i}]"),
+        )?);
+    }
+    if parsed.is_empty() {
+        parsed.push(Selector::post_all());
+    }
+    Ok(Hook {
+        field: at.to_string(),
+        point,
+        family: HookFamily::Syscall,
+        binaries_of_new_image: false,
+        args: declared.into_iter().map(|(_, a)| a).collect(),
+        syscalls,
+        return_arg: false,
+        selectors: parsed,
+        message,
+        tags,
+    })
+}
+
+/// The type of an integer syscall argument; strings and buffers from user
+/// memory are refused with the reason.
+fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
+    for (name, v) in [
+        ("resolve", &a.resolve),
+        ("btfType", &a.btf_type),
+        ("sizeArgIndex", &a.size_arg_index),
+        ("returnCopy", &a.return_copy),
+        ("maxData", &a.max_data),
+        ("source", &a.source),
+    ] {
+        unsupported(v, format!("{f}.{name}"), name)?;
+    }
+    let name = a.type_.as_deref().unwrap_or("auto");
+    match IntType::parse(name) {
+        Some(IntType::Syscall64) if !number => err(
+            format!("{f}.type"),
+            "syscall64 is the type of the syscall number (argument 4 of a syscall tracepoint)",
+        ),
+        Some(t) => Ok(t),
+        None => err(
+            format!("{f}.type"),
+            match name {
+                "string" | "char_buf" | "char_iovec" | "const_buf" | "filename" | "path"
+                | "file" => format!("type `{name}` (user memory) is not supported yet for syscalls; integer types are: int, uint32, uint64, size_t, long, fd, syscall64"),
+                _ => format!("type `{name}` does not fit a syscall argument; expected int, uint32, uint64, size_t, long, fd or syscall64"),
+            },
+        ),
+    }
+}
+
+/// An integer value: decimal (signed) or 0x hex.
+fn int_value(v: &str) -> Option<u64> {
+    let v = v.trim();
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v
+            .parse::<u64>()
+            .ok()
+            .or_else(|| v.parse::<i64>().ok().map(|n| n as u64)),
+    }
+}
+
+/// A `lo:hi` range, or a single value as a range of one.
+fn range(v: &str) -> Option<(u64, u64)> {
+    match v.split_once(':') {
+        Some((lo, hi)) => Some((int_value(lo)?, int_value(hi)?)),
+        None => int_value(v).map(|n| (n, n)),
+    }
+}
+
+/// A `matchArgs` entry on the syscall number, decided here: the numbers it
+/// admits. Values are numbers, syscall names, `lo:hi` ranges or
+/// `list:NAME`.
+pub fn number_filter(m: &RawMatchArg, lists: &Lists, f: &str) -> Result<BTreeSet<u32>> {
+    if m.values.is_empty() {
+        return err(format!("{f}.values"), "must not be empty");
+    }
+    let mut named = BTreeSet::new();
+    let mut ranges = Vec::new();
+    for (i, v) in m.values.iter().enumerate() {
+        if let Some(l) = v.strip_prefix("list:") {
+            match lists.get(l) {
+                Some(set) => named.extend(set),
+                None => {
+                    return err(
+                        format!("{f}.values[{i}]"),
+                        format!("no list named `{l}` in spec.lists"),
+                    )
+                }
+            }
+        } else if let Some(nr) = syscalls::number(v).filter(|_| int_value(v).is_none()) {
+            named.insert(nr);
+        } else if let Some(r) = range(v) {
+            ranges.push(r);
+        } else {
+            return err(
+                format!("{f}.values[{i}]"),
+                format!("`{v}` is not a syscall, a number, a range or list:NAME"),
+            );
+        }
+    }
+    let first = int_value(&m.values[0]);
+    let single = |what: &str| -> Result<u64> {
+        match (m.values.len(), first) {
+            (1, Some(n)) => Ok(n),
+            _ => err(format!("{f}.values"), format!("{what} takes one number")),
+        }
+    };
+    let is = |nr: u32| {
+        named.contains(&nr)
+            || ranges
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&(nr as u64)))
+    };
+    let all = 0..SYSCALL_NRS as u32;
+    Ok(match m.operator.as_str() {
+        "Equal" | "InMap" | "InRange" => all.filter(|nr| is(*nr)).collect(),
+        "NotEqual" | "NotInMap" | "NotInRange" => all.filter(|nr| !is(*nr)).collect(),
+        "GT" | "GreaterThan" => {
+            let n = single("GT")?;
+            all.filter(|nr| *nr as u64 > n).collect()
+        }
+        "LT" | "LessThan" => {
+            let n = single("LT")?;
+            all.filter(|nr| (*nr as u64) < n).collect()
+        }
+        other => {
+            return err(
+                format!("{f}.operator"),
+                format!("operator `{other}` does not apply to the syscall number; expected Equal, NotEqual, InMap, NotInMap, InRange, NotInRange, GT or LT"),
+            )
+        }
+    })
+}
+
+/// A `matchArgs` entry on integer argument `reg`, compared in the kernel.
+pub fn int_filter(m: &RawMatchArg, reg: u8, ty: IntType, f: &str) -> Result<IntMatch> {
+    let bad = |i: usize, v: &str| -> FieldError {
+        FieldError {
+            field: format!("{f}.values[{i}]"),
+            reason: format!("`{v}` is not an integer (decimal or 0x hex)"),
+        }
+    };
+    let values = |ranges: bool| -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for (i, v) in m.values.iter().enumerate() {
+            if ranges {
+                let (lo, hi) = range(v).ok_or_else(|| bad(i, v))?;
+                out.extend([lo, hi]);
+            } else {
+                out.push(int_value(v).ok_or_else(|| bad(i, v))?);
+            }
+        }
+        Ok(out)
+    };
+    let (op, values) = match m.operator.as_str() {
+        "Equal" | "InMap" => (int_op::EQUAL, values(false)?),
+        "NotEqual" | "NotInMap" => (int_op::NOT_EQUAL, values(false)?),
+        "GT" | "GreaterThan" => (int_op::GT, values(false)?),
+        "LT" | "LessThan" => (int_op::LT, values(false)?),
+        "Mask" => (int_op::MASK, values(false)?),
+        "InRange" => (int_op::IN_RANGE, values(true)?),
+        "NotInRange" => (int_op::NOT_IN_RANGE, values(true)?),
+        other => {
+            return err(
+                format!("{f}.operator"),
+                format!("operator `{other}` does not apply to an integer; expected Equal, NotEqual, InMap, NotInMap, GT, LT, Mask, InRange or NotInRange"),
+            )
+        }
+    };
+    if values.is_empty() {
+        return err(format!("{f}.values"), "must not be empty");
+    }
+    let one = matches!(op, int_op::GT | int_op::LT);
+    if one && values.len() != 1 {
+        return err(
+            format!("{f}.values"),
+            format!("{} takes one value", m.operator),
+        );
+    }
+    if values.len() > INT_VALUES {
+        return err(
+            format!("{f}.values"),
+            format!(
+                "at most {} values ({} ranges) on a syscall argument",
+                INT_VALUES,
+                INT_VALUES / 2
+            ),
+        );
+    }
+    Ok(IntMatch {
+        reg,
+        ty,
+        op,
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arg(operator: &str, values: &[&str]) -> RawMatchArg {
+        RawMatchArg {
+            index: Some(0),
+            args: None,
+            operator: operator.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_number_filter_is_a_set_of_numbers() {
+        let mut lists = Lists::new();
+        lists.insert("dups".into(), [32, 33].into());
+        let set = number_filter(&arg("InMap", &["list:dups"]), &lists, "f").unwrap();
+        assert_eq!(set, [32, 33].into());
+        let set = number_filter(&arg("Equal", &["sys_setuid", "101"]), &lists, "f").unwrap();
+        assert_eq!(set, [101, 105].into());
+        let set = number_filter(&arg("NotInRange", &["1:510"]), &lists, "f").unwrap();
+        assert_eq!(set, [0, 511].into());
+        let e = number_filter(&arg("InMap", &["list:nope"]), &lists, "f").unwrap_err();
+        assert_eq!(e.field, "f.values[0]");
+    }
+
+    #[test]
+    fn integer_filters_take_their_values() {
+        let m = int_filter(&arg("InRange", &["1:5", "0x10:0x20"]), 2, IntType::Int, "f").unwrap();
+        assert_eq!((m.op, m.values), (int_op::IN_RANGE, vec![1, 5, 16, 32]));
+        let m = int_filter(&arg("Equal", &["-1"]), 0, IntType::Int, "f").unwrap();
+        assert_eq!(m.values, vec![u64::MAX]);
+        assert!(int_filter(&arg("GT", &["1", "2"]), 0, IntType::Int, "f").is_err());
+        assert!(int_filter(
+            &arg("Equal", &["1", "2", "3", "4", "5"]),
+            0,
+            IntType::Int,
+            "f"
+        )
+        .is_err());
+        assert!(int_filter(&arg("Prefix", &["1"]), 0, IntType::Int, "f").is_err());
+        assert!(int_filter(&arg("Equal", &["x"]), 0, IntType::Int, "f").is_err());
+    }
+}

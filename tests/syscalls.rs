@@ -1,0 +1,267 @@
+//! The syscall family on the real kernel, on the raw `sys_enter`
+//! tracepoint: Tetragon's examples as it ships them (inlined) load and post
+//! their events with the arguments typed as the policy says; integer
+//! filters are decided in the kernel; Sigkill and NotifyEnforcer kill in
+//! the syscall (137), only the binaries they name.
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+
+use common::*;
+use serde_json::Value;
+
+/// Tetragon's `examples/tracingpolicy/sys_setuid.yaml`.
+const SYS_SETUID: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "syscalls"
+spec:
+  kprobes:
+  # int setuid(uid_t uid);
+  - call: "sys_setuid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/sys_ptrace.yaml`.
+const SYS_PTRACE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "syscalls"
+spec:
+  kprobes:
+  # long ptrace(enum __ptrace_request request, pid_t pid, void *addr, void *data);
+  - call: "sys_ptrace"
+    syscall: true
+    args:
+     - index: 2
+       type: "int"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/list-syscalls-tracepoint.yaml`.
+const LIST_SYSCALLS: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "list-syscalls-tracepoint"
+spec:
+  lists:
+  - name: "dups"
+    type: "syscalls"
+    values:
+    - "sys_dup"
+    - "sys_dup2"
+  tracepoints:
+  - subsystem: "raw_syscalls"
+    event: "sys_enter"
+    args:
+    - index: 4
+      type: "uint64"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "InMap"
+        values:
+        - "list:dups"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/killer.yaml`.
+const KILLER: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "kill-syscalls"
+spec:
+  lists:
+  - name: "dups"
+    type: "syscalls"
+    values:
+    - "sys_dup"
+    - "sys_dup2"
+    - "__ia32_sys_dup"
+  enforcers:
+  - calls:
+    - "list:dups"
+  tracepoints:
+  - subsystem: "raw_syscalls"
+    event: "sys_enter"
+    args:
+    - index: 4
+      type: "syscall64"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "InMap"
+        values:
+        - "list:dups"
+      matchBinaries:
+      - operator: "In"
+        values:
+        - "/usr/bin/bash"
+      matchActions:
+      - action: "NotifyEnforcer"
+        argError: -1
+        argSig: 9
+"#;
+
+/// A daemon with these policies, scoped to a fresh cgroup.
+fn daemon_with(policies: &[&str]) -> (Daemon, TestCgroup, TempDir) {
+    let dir = TempDir::new();
+    let files: Vec<String> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| policy_file(&dir, &format!("p{i}.yaml"), p))
+        .collect();
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let mut args = vec!["--enforce-cgroup", &scope];
+    for f in &files {
+        args.extend(["--policy", f]);
+    }
+    (Daemon::start(&args), cg, dir)
+}
+
+/// Runs Python `code` in the cgroup; its exit status.
+fn python(cg: &TestCgroup, code: &str) -> std::process::ExitStatus {
+    cg.command("/usr/bin/python3")
+        .args(["-c", code])
+        .status()
+        .unwrap()
+}
+
+fn of_policy<'a>(e: &'a Value, kind: &str, policy: &str) -> Option<&'a Value> {
+    e.get(kind).filter(|b| b["policy_name"] == policy)
+}
+
+#[test]
+fn setuid_and_ptrace_post_their_integer_arguments() {
+    if !can_run("setuid_and_ptrace_post_their_integer_arguments") {
+        return;
+    }
+    // Both examples are named "syscalls" in Tetragon's tree; names are
+    // unique here, so the second is renamed.
+    let ptrace = SYS_PTRACE.replace("name: \"syscalls\"", "name: \"syscalls-ptrace\"");
+    let (daemon, cg, _d) = daemon_with(&[SYS_SETUID, &ptrace]);
+    let st = python(&cg, "import os; os.setuid(65534)");
+    assert!(st.success(), "{st:?}");
+    let python3 = resolved("/usr/bin/python3");
+    let e = daemon.wait_for("the setuid event", |e| {
+        of_policy(e, "process_kprobe", "syscalls")
+            .is_some_and(|b| b["process"]["binary"] == python3.as_str())
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "__x64_sys_setuid");
+    assert_eq!(k["args"][0]["int_arg"], 65534, "{e}");
+    assert_eq!(k["action"], "KPROBE_ACTION_POST");
+    assert!(k["parent"]["binary"].is_string(), "{e}");
+
+    // ptrace(PTRACE_PEEKDATA (2), pid, addr): argument 2 is the address,
+    // read as an int (its low half). The call fails (no tracee); the
+    // event comes all the same, on entry.
+    let st = python(
+        &cg,
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); libc.ptrace(2, 1, 0x1234, 0)",
+    );
+    assert!(st.success(), "{st:?}");
+    let e = daemon.wait_for("the ptrace event", |e| {
+        of_policy(e, "process_kprobe", "syscalls-ptrace").is_some()
+    });
+    assert_eq!(e["process_kprobe"]["function_name"], "__x64_sys_ptrace");
+    assert_eq!(e["process_kprobe"]["args"][0]["int_arg"], 0x1234, "{e}");
+    // Outside the policy's syscalls nothing posts: every event of the two
+    // policies is one of their calls.
+    for e in daemon.events() {
+        if let Some(k) = e.get("process_kprobe") {
+            let f = k["function_name"].as_str().unwrap_or_default();
+            assert!(f == "__x64_sys_setuid" || f == "__x64_sys_ptrace", "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_syscall_list_selects_numbers_on_raw_sys_enter() {
+    if !can_run("a_syscall_list_selects_numbers_on_raw_sys_enter") {
+        return;
+    }
+    let (daemon, cg, _d) = daemon_with(&[LIST_SYSCALLS]);
+    // Through libc: Python's os.dup is an fcntl.
+    let st = python(
+        &cg,
+        "import ctypes, os; libc = ctypes.CDLL(None); libc.dup(1); libc.dup2(1, 7); os.getpid()",
+    );
+    assert!(st.success(), "{st:?}");
+    let python3 = resolved("/usr/bin/python3");
+    for id in ["32", "33"] {
+        daemon.wait_for("dup and dup2", |e| {
+            of_policy(e, "process_tracepoint", "list-syscalls-tracepoint").is_some_and(|t| {
+                t["process"]["binary"] == python3.as_str() && t["args"][0]["size_arg"] == id
+            })
+        });
+    }
+    for e in daemon.events() {
+        if let Some(t) = e.get("process_tracepoint") {
+            assert_eq!(t["subsys"], "raw_syscalls");
+            assert_eq!(t["event"], "sys_enter");
+            let id = t["args"][0]["size_arg"].as_str().unwrap_or_default();
+            assert!(id == "32" || id == "33", "only the list's syscalls: {e}");
+        }
+    }
+}
+
+#[test]
+fn killer_kills_the_binary_it_names_in_the_syscall() {
+    if !can_run("killer_kills_the_binary_it_names_in_the_syscall") {
+        return;
+    }
+    let bash = resolved("/bin/bash");
+    if bash != "/usr/bin/bash" {
+        eprintln!("SKIP killer_kills_the_binary_it_names_in_the_syscall: bash is {bash}, the example names /usr/bin/bash");
+        return;
+    }
+    let (daemon, cg, _d) = daemon_with(&[KILLER]);
+    // bash's redirection is a dup2: it dies in the syscall.
+    let st = cg
+        .command("/usr/bin/bash")
+        .args(["-c", "exec 7>&1; echo survived"])
+        .status()
+        .unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    let e = daemon.wait_for("the enforcer's event", |e| {
+        of_policy(e, "process_tracepoint", "kill-syscalls").is_some()
+    });
+    let t = &e["process_tracepoint"];
+    assert_eq!(t["process"]["binary"], "/usr/bin/bash");
+    assert_eq!(t["args"][0]["syscall_id"]["id"], 33, "{e}");
+    assert_eq!(t["args"][0]["syscall_id"]["abi"], "x64");
+    assert_eq!(t["action"], "KPROBE_ACTION_NOTIFYENFORCER");
+    // Another binary's dup2 is left alone.
+    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn integer_filters_are_decided_in_the_kernel() {
+    if !can_run("integer_filters_are_decided_in_the_kernel") {
+        return;
+    }
+    let python3 = resolved("/usr/bin/python3");
+    let policy = format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: setuid-range}}\nspec:\n  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: [{{index: 0, type: int}}]\n    selectors:\n    - matchBinaries: [{{operator: In, values: [\"{python3}\"]}}]\n      matchArgs: [{{index: 0, operator: InRange, values: [\"60000:65534\"]}}]\n      matchActions: [{{action: Sigkill}}]\n"
+    );
+    let (daemon, cg, _d) = daemon_with(&[&policy]);
+    let st = python(&cg, "import os; os.setuid(1000)");
+    assert!(st.success(), "out of range: {st:?}");
+    let st = python(&cg, "import os; os.setuid(65534); print('survived')");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "in range: {st:?}");
+    let e = daemon.wait_for("the kill", |e| {
+        of_policy(e, "process_kprobe", "setuid-range").is_some()
+    });
+    assert_eq!(e["process_kprobe"]["action"], "KPROBE_ACTION_SIGKILL");
+    assert_eq!(e["process_kprobe"]["args"][0]["int_arg"], 65534);
+    let kills = daemon
+        .events()
+        .iter()
+        .filter(|e| of_policy(e, "process_kprobe", "setuid-range").is_some())
+        .count();
+    assert_eq!(kills, 1, "only the call in range");
+}
