@@ -87,6 +87,43 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
 }
 
 #[test]
+fn exec_event_carries_the_login_uid() {
+    if !can_run("exec_event_carries_the_login_uid") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&[]);
+    let marker = format!("auid-{}", std::process::id());
+    // The shell sets its own login uid (root may, once, while it is
+    // unset), then execs echo, which keeps it.
+    let st = cg
+        .command("/bin/sh")
+        .args([
+            "-c",
+            &format!("echo 4242 > /proc/self/loginuid 2>/dev/null; exec /bin/echo {marker}"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let echo = daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
+    });
+    let auid = &echo["process_exec"]["process"]["auid"];
+    // Where the kernel has no audit support, or the write was refused
+    // (the test's own login uid is already set), echo's is the test's.
+    let expected = match std::fs::read_to_string("/proc/self/loginuid") {
+        Err(_) => 4294967295u32,
+        Ok(own) if own.trim() == "4294967295" => 4242,
+        Ok(own) => own.trim().parse().unwrap(),
+    };
+    assert_eq!(*auid, expected, "{echo}");
+    // The parent (this test, from the /proc scan) carries its own.
+    let parent_auid = &echo["process_exec"]["parent"]["auid"];
+    assert!(parent_auid.is_u64(), "{echo}");
+}
+
+#[test]
 fn enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events() {
     if !can_run("enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events") {
         return;

@@ -117,9 +117,14 @@ fn unsupported_hook() {
         "unsupported hook `do_sys_openat2`",
     );
     refused(
-        &format!("{HEAD}  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_openat\n"),
+        &format!("{HEAD}  tracepoints:\n  - subsystem: sched\n    event: sched_switch\n"),
         "spec.tracepoints[0].event",
         "unsupported tracepoint",
+    );
+    refused(
+        &format!("{HEAD}  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_nonesuch\n"),
+        "spec.tracepoints[0].event",
+        "x86_64 syscall",
     );
     refused(
         &format!("{HEAD}  uprobes: []\n"),
@@ -377,4 +382,101 @@ fn a_kill_that_would_reach_protected_binaries_is_refused_unless_annotated() {
     for ok in [annotated, post] {
         passes(&ok);
     }
+}
+
+fn syscall(args: &str, selectors: &str) -> String {
+    format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: {args}\n    selectors:\n{selectors}")
+}
+
+#[test]
+fn syscall_policies_refuse_what_cannot_be_done_here() {
+    let int = "[{index: 0, type: int}]";
+    // Tetragon's sys_mount.yaml reads strings from user memory.
+    refused(
+        &syscall(
+            "[{index: 0, type: string}]",
+            "    - matchActions: [{action: Post}]\n",
+        ),
+        "spec.kprobes[0].args[0].type",
+        "user memory",
+    );
+    refused(
+        &syscall(
+            "[{index: 6, type: int}]",
+            "    - matchActions: [{action: Post}]\n",
+        ),
+        "spec.kprobes[0].args[0].index",
+        "arguments 0 to 5",
+    );
+    refused(
+        &syscall(
+            int,
+            "    - matchActions: [{action: Override, argError: -1}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchActions[0].action",
+        "error injection",
+    );
+    refused(
+        &syscall(
+            int,
+            "    - matchActions: [{action: NotifyEnforcer, argError: -1, argSig: 10}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchActions[0].argError",
+        "only with argSig 9",
+    );
+    refused(
+        &syscall(int, "    - matchActions: [{action: NotifyEnforcer}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions[0].argSig",
+        "NotifyEnforcer needs argSig",
+    );
+    refused(
+        &syscall(
+            int,
+            "    - matchArgs: [{index: 0, operator: Prefix, values: [\"1\"]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "does not apply to an integer",
+    );
+    refused(
+        &syscall(int, "    - matchArgs: [{index: 0, operator: Equal, values: [\"1\", \"2\", \"3\", \"4\", \"5\"]}]\n"),
+        "spec.kprobes[0].selectors[0].matchArgs[0].values",
+        "at most 4 values",
+    );
+    refused(
+        &syscall(
+            int,
+            "    - matchArgs: [{index: 0, operator: Equal, values: [root]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].values[0]",
+        "not an integer",
+    );
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n    return: true\n"),
+        "spec.kprobes[0].return",
+        "not reported yet",
+    );
+    let list = |name: &str, ty: &str, value: &str| {
+        format!("{HEAD}  lists:\n  - name: {name}\n    type: {ty}\n    values: [{value}]\n  tracepoints:\n  - subsystem: raw_syscalls\n    event: sys_enter\n    args: [{{index: 4, type: syscall64}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: InMap, values: [\"list:dups\"]}}]\n")
+    };
+    refused(
+        &list("dups", "generated_syscalls", "sys_dup"),
+        "spec.lists[0].type",
+        "only lists of type syscalls",
+    );
+    refused(
+        &list("dups", "syscalls", "sys_nonesuch"),
+        "spec.lists[0].values[0]",
+        "not an x86_64 syscall",
+    );
+    refused(
+        &list("other", "syscalls", "sys_dup"),
+        "spec.tracepoints[0].selectors[0].matchArgs[0].values[0]",
+        "no list named `dups`",
+    );
+    // A kill on every caller of a syscall would reach the node's agents.
+    refused(
+        &syscall(int, "    - matchActions: [{action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0]",
+        "would reach",
+    );
 }

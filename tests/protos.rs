@@ -13,6 +13,9 @@ use common::*;
 
 const UPLOAD_RULE: &str = "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata:\n  name: protos-upload\nspec:\n  on: exec\n  inPod: true\n  binary: {operator: Postfix, values: [/curl]}\n  arguments: {anyOf: [\"-d\"]}\n  actions: [alert, quarantine]\n";
 
+/// Syscall hooks whose arguments take each integer type.
+const SYSCALLS: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: protos-syscalls}\nspec:\n  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: [{index: 0, type: int}]\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_dup2\n    args: [{index: 4, type: syscall64}, {index: 5, type: uint32}, {index: 6, type: long}]\n  - subsystem: syscalls\n    event: sys_enter_dup\n    args: [{index: 4, type: uint64}, {index: 5, type: size_t}]\n";
+
 #[test]
 fn every_event_kind_parses_with_the_protos_strictly() {
     if !can_run("every_event_kind_parses_with_the_protos_strictly") {
@@ -37,6 +40,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
         ),
     );
     let rule = policy_file(&dir, "rule.yaml", UPLOAD_RULE);
+    let syscalls = policy_file(&dir, "syscalls.yaml", SYSCALLS);
     let scope = web.cg.0.to_string_lossy().into_owned();
     let kubeconfig = api.kubeconfig(dir.path());
     // Ancestors on every kind that can carry them, so that they are
@@ -51,6 +55,8 @@ fn every_event_kind_parses_with_the_protos_strictly() {
             &connect,
             "--policy",
             &rule,
+            "--policy",
+            &syscalls,
             "--enforce-cgroup",
             &scope,
             "--enable-ancestors",
@@ -59,12 +65,33 @@ fn every_event_kind_parses_with_the_protos_strictly() {
     );
 
     // An exec and its exit; a reflex kill (process_tracepoint); a connect
-    // (process_kprobe); an upload: the brain's alert and the quarantine
-    // (at its exec, so that its own connect is refused unrecorded).
+    // (process_kprobe); syscalls; an upload: the brain's alert and the
+    // quarantine (at its exec, so that its own connect is refused
+    // unrecorded).
     let status = web.command(&blocked).status().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     web.sh("curl -s -o /dev/null --max-time 2 http://127.0.0.1:1/; true");
     daemon.wait_for("the connect", |e| e.get("process_kprobe").is_some());
+    // Syscalls, with every integer argument type.
+    let st = web
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes; libc = ctypes.CDLL(None); libc.dup(1); libc.dup2(1, 7); libc.setuid(0)",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    for arg in ["syscall_id", "uint_arg", "long_arg", "size_arg"] {
+        daemon.wait_for(arg, |e| {
+            e["process_tracepoint"]["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.get(arg).is_some()))
+        });
+    }
+    daemon.wait_for("setuid", |e| {
+        e["process_kprobe"]["function_name"] == "__x64_sys_setuid"
+    });
     web.sh("curl -s -o /dev/null --max-time 2 -d x http://127.0.0.1:1/; true");
     let want = [
         "process_exec",

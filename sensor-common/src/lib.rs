@@ -90,7 +90,9 @@ pub struct ExecEvent {
     pub args_len: u32,
     pub cwd_len: u32,
     pub comm: [u8; 16],
-    pub _pad: u32,
+    /// The task's login uid (`loginuid`, audit's `auid`): 4294967295 when
+    /// unset, or when the kernel has no audit syscall support.
+    pub auid: u32,
 }
 
 /// A new process (not a thread), from `sched_process_fork`.
@@ -432,7 +434,9 @@ pub struct Config {
     /// Syscall selectors in this bank: without any, the `sys_enter`
     /// program returns at once.
     pub n_sys_selectors: u32,
-    pub _pad: u32,
+    /// The daemon's own process: its syscalls are never matched, so that
+    /// a policy on every syscall cannot feed on the records it makes.
+    pub sensor_tgid: u32,
     pub sys_follow_mask: u64,
 }
 
@@ -491,6 +495,9 @@ pub struct KernelOffsets {
     pub css_cgroup: u32,
     /// linux_binprm->file, for the BPF-LSM exec hook.
     pub binprm_file: u32,
+    /// task_struct->loginuid; 0 where the kernel has none (no
+    /// CONFIG_AUDITSYSCALL).
+    pub task_loginuid: u32,
 }
 
 #[cfg(feature = "user")]

@@ -174,7 +174,16 @@ pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
     ev.ppid = read_ptr(task, off!(task_real_parent))
         .and_then(|p| read::<u32>(p, off!(task_tgid)))
         .unwrap_or(0);
+    let loginuid = off!(task_loginuid);
+    ev.auid = if loginuid == 0 {
+        AUID_UNSET
+    } else {
+        read::<u32>(task, loginuid).unwrap_or(AUID_UNSET)
+    };
 }
+
+/// audit's "no login uid" (`(uid_t)-1`), as Tetragon reports it.
+const AUID_UNSET: u32 = u32::MAX;
 
 /// Copies `len` bytes of a resolved path from `src[start..]` to `dst[at..]`.
 ///

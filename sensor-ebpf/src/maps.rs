@@ -43,6 +43,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     css_parent: 0,
     css_cgroup: 0,
     binprm_file: 0,
+    task_loginuid: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

@@ -67,12 +67,15 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     if mask == 0 || !crate::reflex::in_scope::<MODERN>(cfg) {
         return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == cfg.sensor_tgid {
+        return None;
+    }
     let regs: *const u8 = ctx.arg(0);
     let ep = SYS_EVAL.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
     let ev = unsafe { &mut *ep };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
     ev.event = SyscallEvent {
         kind: kind::SYSCALL,
         pid: tgid,

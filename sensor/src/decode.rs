@@ -117,7 +117,7 @@ mod tests {
             args_len: args.len() as u32 + claim_extra,
             cwd_len: cwd.len() as u32,
             comm: [0; 16],
-            _pad: 0,
+            auid: 0,
         };
         // SAFETY: viewing a repr(C) value as bytes.
         let mut v = unsafe {

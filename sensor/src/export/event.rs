@@ -8,6 +8,13 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
+/// audit's "no login uid".
+pub const AUID_UNSET: u32 = u32::MAX;
+
+fn auid_unset() -> u32 {
+    AUID_UNSET
+}
+
 /// One JSON line: exactly one event plus `node_name` and `time`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {
@@ -81,6 +88,10 @@ pub struct Process {
     pub exec_id: Arc<str>,
     pub pid: u32,
     pub uid: u32,
+    /// The login uid (audit's `auid`); 4294967295 when unset, as Tetragon
+    /// reports it.
+    #[serde(default = "auid_unset")]
+    pub auid: u32,
     // The strings are shared: a fork's with its parent, and the cache
     // interns binaries, directories and flags across processes.
     #[serde(default, skip_serializing_if = "str_is_empty")]

@@ -221,6 +221,8 @@ impl Btf {
             css_parent: o("cgroup_subsys_state", "parent")?,
             css_cgroup: o("cgroup_subsys_state", "cgroup")?,
             binprm_file: o("linux_binprm", "file")?,
+            // Only with CONFIG_AUDITSYSCALL; events then say "unset".
+            task_loginuid: o("task_struct", "loginuid").unwrap_or(0),
         })
     }
 }

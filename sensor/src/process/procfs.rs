@@ -16,6 +16,8 @@ pub struct ProcEntry {
     /// Start time in `bpf_ktime_get_ns` nanoseconds (from clock ticks).
     pub ktime: u64,
     pub uid: u32,
+    /// `/proc/PID/loginuid`.
+    pub auid: u32,
     pub binary: String,
     pub args: Vec<String>,
     pub cwd: String,
@@ -65,6 +67,10 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
         ppid,
         ktime: ticks * ns_per_tick,
         uid: uid_of(&status).unwrap_or(0),
+        auid: std::fs::read_to_string(dir.join("loginuid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(crate::export::event::AUID_UNSET),
         binary: binary.to_string_lossy().into_owned(),
         args,
         cwd: std::fs::read_link(dir.join("cwd"))
@@ -110,6 +116,7 @@ pub fn processes(entries: &[ProcEntry], cache: &mut super::ProcessCache) -> Vec<
             exec_id: ids[&e.pid].clone(),
             pid: e.pid,
             uid: e.uid,
+            auid: e.auid,
             cwd: cache.strings.intern(&e.cwd),
             binary: cache.strings.intern(&e.binary),
             arguments: super::join_args(e.args.get(1..).unwrap_or_default()).into(),

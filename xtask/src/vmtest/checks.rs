@@ -37,6 +37,7 @@ pub const CHECKS: &[Check] = &[
             target: "exec",
             names: &[
                 "exec_event_carries_binary_args_cwd_uid_and_lineage",
+                "exec_event_carries_the_login_uid",
                 "exit_reports_status_and_signal",
             ],
         },
@@ -90,6 +91,18 @@ pub const CHECKS: &[Check] = &[
         run: Run::Tests {
             target: "connect",
             names: &["sigkill_kills_before_a_packet_leaves"],
+        },
+    },
+    Check {
+        name: "syscall policies (Post, lists, kill)",
+        run: Run::Tests {
+            target: "syscalls",
+            names: &[
+                "setuid_and_ptrace_post_their_integer_arguments",
+                "a_syscall_list_selects_numbers_on_raw_sys_enter",
+                "killer_kills_the_binary_it_names_in_the_syscall",
+                "integer_filters_are_decided_in_the_kernel",
+            ],
         },
     },
     Check {

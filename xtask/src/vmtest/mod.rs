@@ -37,6 +37,7 @@ const GUEST_PROGRAMS: &[&str] = &[
     "/usr/bin/setpriv",
     "/usr/bin/curl",
     "/usr/bin/python3",
+    "/usr/bin/bash",
     "/usr/sbin/ip",
 ];
 
@@ -239,7 +240,14 @@ fn write_userland(path: &Path, a: &Artifacts) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    c.add_host(&Path::new("/usr/lib").join(&version))?;
+    let stdlib = Path::new("/usr/lib").join(&version);
+    c.add_host(&stdlib)?;
+    // ctypes, for the syscall tests' calls through libc: its libffi.
+    for e in std::fs::read_dir(stdlib.join("lib-dynload"))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("_ctypes.") {
+            c.add_libraries(&e.path())?;
+        }
+    }
     // The guests run the release sensor (what users run, and ten times
     // faster under emulation than a debug build) at the path the tests were
     // built with.
