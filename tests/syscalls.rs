@@ -265,3 +265,102 @@ fn integer_filters_are_decided_in_the_kernel() {
         .count();
     assert_eq!(kills, 1, "only the call in range");
 }
+
+/// Whether a `snsr_syscall*` link is pinned in the sets under `bpf`.
+fn syscall_link_pinned(bpf: &BpfDir) -> bool {
+    std::fs::read_dir(&bpf.0)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|set| std::fs::read_dir(set.path().join("links")).ok())
+        .flatten()
+        .flatten()
+        .any(|l| l.file_name().to_string_lossy().starts_with("snsr_syscall"))
+}
+
+#[test]
+fn the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded() {
+    if !can_run("the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded") {
+        return;
+    }
+    let dir = TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let bpf = BpfDir::new();
+    let daemon = Daemon::start(&[
+        "--policy-dir",
+        policies.to_str().unwrap(),
+        "--enforce-cgroup",
+        &scope,
+        "--bpf-dir",
+        bpf.arg(),
+    ]);
+    assert!(
+        !syscall_link_pinned(&bpf),
+        "no syscall policy, no program on every syscall"
+    );
+    let python3 = resolved("/usr/bin/python3");
+    let kill = KILLER
+        .replace("/usr/bin/bash", &python3)
+        .replace("kill-syscalls", "kill-python-dup2");
+    std::fs::write(policies.join("kill.yaml"), kill).unwrap();
+    eventually("the policy attached the program", || {
+        syscall_link_pinned(&bpf)
+    });
+    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    std::fs::remove_file(policies.join("kill.yaml")).unwrap();
+    eventually("the last syscall policy detached it", || {
+        !syscall_link_pinned(&bpf)
+    });
+    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert!(st.success(), "{st:?}");
+    drop(daemon);
+}
+
+#[test]
+fn an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon() {
+    if !can_run("an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon") {
+        return;
+    }
+    let dir = TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let bpf = BpfDir::new();
+    let state = dir.path().join("state");
+    let args = [
+        "--policy-dir",
+        policies.to_str().unwrap(),
+        "--enforce-cgroup",
+        &scope,
+        "--bpf-dir",
+        bpf.arg(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--keep-on-exit",
+    ];
+    // The first daemon pins a set with no syscall policy: the program is
+    // pinned unattached.
+    let mut first = Daemon::start(&args);
+    first.kill9();
+    assert!(!syscall_link_pinned(&bpf));
+    let python3 = resolved("/usr/bin/python3");
+    let kill = KILLER
+        .replace("/usr/bin/bash", &python3)
+        .replace("kill-syscalls", "kill-python-dup2");
+    std::fs::write(policies.join("kill.yaml"), kill).unwrap();
+    // The second adopts it and attaches the pinned program for the policy.
+    let mut second = Daemon::start(&args);
+    assert!(second.ready.contains("origin=Adopted"), "{}", second.ready);
+    assert!(syscall_link_pinned(&bpf));
+    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    // Pinned with the set, it kills with no daemon.
+    second.kill9();
+    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "with no daemon: {st:?}");
+}

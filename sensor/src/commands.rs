@@ -252,6 +252,8 @@ pub fn probe(load: bool) -> ExitCode {
     .and_then(|mut k| {
         let root = daemon::cgroup2_root().ok_or(load::LoadError::Missing("a cgroup2 mount"))?;
         k.attach(&root)?;
+        // Attached on demand in a daemon; verified here with the rest.
+        k.syscall_program(true)?;
         Ok(k.loaded_programs())
     });
     match attached {

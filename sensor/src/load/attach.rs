@@ -8,7 +8,7 @@ use aya::programs::{
     TracePoint,
 };
 
-use super::{probe, Kernel, LoadError};
+use super::{pin, probe, Kernel, LoadError};
 
 impl Kernel {
     /// The programs [`Kernel::attach`] attaches under this plan.
@@ -26,11 +26,7 @@ impl Kernel {
         if self.plan.connect != probe::Form::Modern {
             v.push("snsr_signal_on_exit");
         }
-        v.push(if modern_exec {
-            "snsr_syscall"
-        } else {
-            "snsr_syscall_compat"
-        });
+
         if self.plan.lsm {
             v.push(if modern_exec {
                 "snsr_lsm_bprm"
@@ -50,8 +46,7 @@ impl Kernel {
 
     /// Attaches fork and exit before exec so that no process the exec
     /// program sees is missing its lineage, then (in the forms the plan
-    /// chose) the deferred-signal sender, the syscall policies' program,
-    /// the BPF-LSM exec hook, and the
+    /// chose) the deferred-signal sender, the BPF-LSM exec hook, and the
     /// socket hooks at the root of the cgroup v2 tree `cgroup_root`, as links
     /// that coexist with other programs there (Cilium's). Every attachment
     /// is a bpf link, so that [`Kernel::pin`] can keep it.
@@ -68,7 +63,6 @@ impl Kernel {
                     self.raw_tracepoint(name, "sched_process_exec")?
                 }
                 "snsr_signal_on_exit" => self.raw_tracepoint(name, "sys_exit")?,
-                "snsr_syscall" | "snsr_syscall_compat" => self.raw_tracepoint(name, "sys_enter")?,
                 "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
                 "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
                 "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
@@ -106,10 +100,111 @@ impl Kernel {
         Ok(())
     }
 
+    /// The syscall policies' program, in this kernel's form.
+    fn syscall_program_name(&self) -> &'static str {
+        match self.plan.exec {
+            probe::Form::Modern => "snsr_syscall",
+            _ => "snsr_syscall_compat",
+        }
+    }
+
+    /// Attaches the syscall policies' program on the raw `sys_enter`
+    /// tracepoint while a syscall policy is loaded (`on`), and detaches it
+    /// otherwise: attached, it costs every syscall on the node a program
+    /// run (`cargo xtask bench syscall`), which no one should pay for
+    /// policies they do not have. In a pinned set the link is pinned too,
+    /// so enforcement outlives the daemon as for every other program; an
+    /// adopted set's daemon attaches the program pinned in `programs/`.
+    pub fn syscall_program(&mut self, on: bool) -> Result<(), LoadError> {
+        let name = self.syscall_program_name();
+        let at = self.links.iter().position(|(n, _)| n == name);
+        match (on, at) {
+            (true, None) => {
+                let link = match self.ebpf.is_some() {
+                    true => self.raw_tracepoint(name, "sys_enter")?,
+                    false => self.pinned_raw_tracepoint(name, "sys_enter")?,
+                };
+                let link = match &self.set {
+                    Some(set) => {
+                        let path = set.links().join(name);
+                        let pinned = link.pin(&path).map_err(|e| LoadError::Pinning {
+                            what: format!("link {name}"),
+                            path: path.display().to_string(),
+                            source: e.into(),
+                        })?;
+                        FdLink::from(pinned)
+                    }
+                    None => link,
+                };
+                self.links.push((name.to_string(), link));
+                tracing::info!(
+                    program = name,
+                    "syscall policies loaded: sys_enter program attached"
+                );
+            }
+            (false, Some(i)) => {
+                if let Some(set) = &self.set {
+                    let path = set.links().join(name);
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(error = %e, path = %path.display(), "unpinning the syscall link");
+                    }
+                }
+                // Dropping the last reference detaches it.
+                self.links.remove(i);
+                tracing::info!(
+                    program = name,
+                    "no syscall policy left: sys_enter program detached"
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Pins the programs a set keeps without a link (the syscall
+    /// policies' program, loaded here if no policy attached it yet), so
+    /// that an adopting daemon can attach them.
+    pub(super) fn pin_programs(&mut self, set: &pin::SetDir) -> Result<(), LoadError> {
+        if self.ebpf.is_none() {
+            return Ok(());
+        }
+        let name = self.syscall_program_name();
+        let dir = set.programs();
+        let path = dir.join(name);
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pinning {
+            what: format!("program {name}"),
+            path: path.display().to_string(),
+            source: e,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| failed(e.into()))?;
+        let p: &mut RawTracePoint = self.program(name)?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        p.pin(&path).map_err(|e| failed(e.into()))
+    }
+
+    /// Attaches program `name`, pinned in the adopted set's `programs/`,
+    /// on raw tracepoint `point`.
+    fn pinned_raw_tracepoint(
+        &mut self,
+        name: &'static str,
+        point: &str,
+    ) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let set = self.set.as_ref().ok_or(LoadError::Missing(name))?;
+        let mut p = RawTracePoint::from_pin(set.programs().join(name)).map_err(err)?;
+        let id = p.attach(point).map_err(err)?;
+        Ok(p.take_link(id).map_err(err)?.into())
+    }
+
     fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
         let err = |source| LoadError::Program { name, source };
         let p: &mut RawTracePoint = self.program(name)?;
-        p.load().map_err(err)?;
+        if p.fd().is_err() {
+            p.load().map_err(err)?;
+        }
         let id = p.attach(point).map_err(err)?;
         Ok(p.take_link(id).map_err(err)?.into())
     }

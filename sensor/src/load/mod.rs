@@ -99,6 +99,9 @@ pub struct Kernel {
     /// The policy bank switched away from, to be emptied once no program
     /// run can still read it (see `tables`).
     retired: Option<tables::Retired>,
+    /// The pinned set this kernel side lives in, once pinned or adopted:
+    /// links made later are pinned there too.
+    set: Option<pin::SetDir>,
 }
 
 /// The sizes of the maps an operator may set.
@@ -170,6 +173,7 @@ impl Kernel {
             links: Vec::new(),
             plan: plan.clone(),
             retired: None,
+            set: None,
         })
     }
 
@@ -198,6 +202,7 @@ impl Kernel {
             links,
             plan: plan.clone(),
             retired: None,
+            set: Some(set.clone()),
         };
         let missing: Vec<&str> = k
             .expected_programs()
@@ -234,6 +239,8 @@ impl Kernel {
                 .map_err(|e| failed(format!("link {name}"), &path)(e.into()))?;
             self.links.push((name, FdLink::from(pinned)));
         }
+        self.pin_programs(set)?;
+        self.set = Some(set.clone());
         set.mark_complete()?;
         Ok(())
     }

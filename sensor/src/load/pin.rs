@@ -79,9 +79,10 @@ impl SetDir {
     pub fn links(&self) -> PathBuf {
         self.path.join("links")
     }
-    /// Programs pinned without a link: none now, but older builds pinned
-    /// the packet-socket guard there before Linux 5.15, and a set they left
-    /// is removed whole.
+    /// Programs pinned without a link: the syscall policies' program,
+    /// attached only while a syscall policy is loaded (so that an adopting
+    /// daemon can attach it). Older builds pinned the packet-socket guard
+    /// there before Linux 5.15; a set they left is removed whole.
     pub fn programs(&self) -> PathBuf {
         self.path.join("programs")
     }
@@ -98,7 +99,7 @@ impl SetDir {
         if set.path.exists() {
             set.remove()?;
         }
-        for d in [set.maps(), set.links()] {
+        for d in [set.maps(), set.links(), set.programs()] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         Ok(set)

@@ -168,7 +168,8 @@ impl Kernel {
             bank: active,
             grace,
         });
-        self.prune_hash("SCOPE_CGROUPS", |id| scope.contains(id))
+        self.prune_hash("SCOPE_CGROUPS", |id| scope.contains(id))?;
+        self.syscall_program(c.config.n_sys_selectors != 0)
     }
 
     /// Empties the bank switched away from once its grace period is over

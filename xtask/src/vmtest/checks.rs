@@ -102,6 +102,8 @@ pub const CHECKS: &[Check] = &[
                 "a_syscall_list_selects_numbers_on_raw_sys_enter",
                 "killer_kills_the_binary_it_names_in_the_syscall",
                 "integer_filters_are_decided_in_the_kernel",
+                "the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded",
+                "an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon",
             ],
         },
     },
