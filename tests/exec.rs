@@ -52,6 +52,10 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
     assert_eq!(p["cwd"], cwd.path().to_string_lossy().as_ref());
     assert_eq!(p["uid"], 65534);
     assert!(p["flags"].as_str().unwrap().contains("execve"));
+    assert!(
+        p.get("process_credentials").is_none(),
+        "credentials only with --enable-process-cred"
+    );
 
     // exec_id = base64(node:ktime:pid)
     let raw = base64::engine::general_purpose::STANDARD
@@ -121,6 +125,54 @@ fn exec_event_carries_the_login_uid() {
     // The parent (this test, from the /proc scan) carries its own.
     let parent_auid = &echo["process_exec"]["parent"]["auid"];
     assert!(parent_auid.is_u64(), "{echo}");
+}
+
+#[test]
+fn enable_process_cred_puts_the_credentials_in_events() {
+    if !can_run("enable_process_cred_puts_the_credentials_in_events") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&["--enable-process-cred"]);
+    let marker = format!("creds-{}", std::process::id());
+    // Root becomes nobody (65534): every id, and no capability left.
+    let st = cg
+        .command("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "/bin/echo",
+            &marker,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let echo = daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
+    });
+    let c = &echo["process_exec"]["process"]["process_credentials"];
+    for id in [
+        "uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid",
+    ] {
+        assert_eq!(c[id], 65534, "{id}: {echo}");
+    }
+    // A non-root exec loses the permitted and effective sets.
+    assert!(c["caps"]["permitted"].is_null(), "{echo}");
+    assert!(c["caps"]["effective"].is_null(), "{echo}");
+    // Its parent, this test (root, from the /proc scan), holds
+    // CAP_SYS_ADMIN: it loaded the daemon's programs.
+    let parent = &echo["process_exec"]["parent"]["process_credentials"];
+    assert_eq!(parent["euid"], 0, "{echo}");
+    let effective: Vec<&str> = parent["caps"]["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(effective.contains(&"CAP_SYS_ADMIN"), "{echo}");
 }
 
 #[test]
@@ -257,7 +309,8 @@ fn sigterm_detaches_every_program() {
     ]);
     // exec, fork, exit, connect4/6, sendmsg4/6 and the quarantine filters,
     // plus what this kernel's path needs (the LSM exec hook, the compat
-    // connect programs' signal sender), as `sensor probe --load` lists them.
+    // connect programs' signal sender), as `sensor probe --load` lists them;
+    // not the syscall program, attached only for syscall policies.
     let probe = Command::new(SENSOR)
         .args(["probe", "--load"])
         .output()
@@ -268,6 +321,7 @@ fn sigterm_detaches_every_program() {
         .find_map(|l| l.strip_prefix("programs verified and attached: "))
         .expect("probe --load lists the programs")
         .split(", ")
+        .filter(|p| !p.starts_with("snsr_syscall"))
         .count();
     assert!(chosen >= 9, "{text}");
     assert_eq!(daemon.program_ids.len(), chosen, "{text}");

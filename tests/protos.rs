@@ -61,6 +61,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
             &scope,
             "--enable-ancestors",
             "base,kprobe,tracepoint,lsm",
+            "--enable-process-cred",
         ],
     );
 

@@ -93,6 +93,24 @@ pub struct ExecEvent {
     /// The task's login uid (`loginuid`, audit's `auid`): 4294967295 when
     /// unset, or when the kernel has no audit syscall support.
     pub auid: u32,
+    /// The new image's credentials; zero unless `Config::process_cred`.
+    pub creds: Creds,
+}
+
+/// A task's credentials (`struct cred`), as Tetragon's
+/// `process_credentials` shows them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    /// uid, gid, suid, sgid, euid, egid, fsuid, fsgid: the order of
+    /// `struct cred`.
+    pub ids: [u32; 8],
+    pub securebits: u32,
+    /// Non-zero when the fields were read.
+    pub valid: u32,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_inheritable: u64,
 }
 
 /// A new process (not a thread), from `sched_process_fork`.
@@ -331,6 +349,9 @@ pub struct SyscallEvent {
 
 // The kernel and the daemon read these byte for byte: no implicit padding.
 const _: () = assert!(core::mem::size_of::<IntFilter>() == 8 + 8 * INT_VALUES);
+const _: () = assert!(core::mem::size_of::<Creds>() == 64);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 const _: () = assert!(core::mem::size_of::<SysSelector>() == 16 + 40 * MAX_ARG_FILTERS);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 * SYSCALL_ARGS);
 
@@ -438,6 +459,10 @@ pub struct Config {
     /// a policy on every syscall cannot feed on the records it makes.
     pub sensor_tgid: u32,
     pub sys_follow_mask: u64,
+    /// Non-zero: exec records carry the credentials
+    /// (`--enable-process-cred`).
+    pub process_cred: u32,
+    pub _pad: u32,
 }
 
 /// Values of [`Config::connect_records`].
@@ -498,6 +523,15 @@ pub struct KernelOffsets {
     /// task_struct->loginuid; 0 where the kernel has none (no
     /// CONFIG_AUDITSYSCALL).
     pub task_loginuid: u32,
+    /// task_struct->cred, and in `struct cred`: uid (the first of the
+    /// eight ids), securebits and the capability sets; `cred_uid` is 0
+    /// where the ids are not laid out as [`Creds::ids`] expects.
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub cred_securebits: u32,
+    pub cred_cap_inheritable: u32,
+    pub cred_cap_permitted: u32,
+    pub cred_cap_effective: u32,
 }
 
 #[cfg(feature = "user")]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use sensor_common::{exec_flags, kind, pod_wakeups, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
+use sensor_common::{exec_flags, kind, pod_wakeups, Creds, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{count_lost, wakeup_flags, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH};
@@ -46,6 +46,11 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     let tgid = ev.pid;
 
     let cfg = crate::maps::config().copied().unwrap_or_default();
+    ev.creds = if cfg.process_cred != 0 {
+        read_creds(task)
+    } else {
+        Creds::default()
+    };
     let scopes = if cfg.n_scopes != 0 {
         reflex::task_scopes::<MODERN>()
     } else {
@@ -171,6 +176,7 @@ pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
     ev.path_len = 0;
     ev.args_len = 0;
     ev.cwd_len = 0;
+    ev.creds = Creds::default();
     ev.ppid = read_ptr(task, off!(task_real_parent))
         .and_then(|p| read::<u32>(p, off!(task_tgid)))
         .unwrap_or(0);
@@ -180,6 +186,27 @@ pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
     } else {
         read::<u32>(task, loginuid).unwrap_or(AUID_UNSET)
     };
+}
+
+/// The current task's credentials (the new image's, at this point of the
+/// exec).
+#[inline(always)]
+fn read_creds(task: *const u8) -> Creds {
+    let at = off!(cred_uid);
+    let Ok(cred) = read_ptr(task, off!(task_cred)) else {
+        return Creds::default();
+    };
+    if at == 0 {
+        return Creds::default();
+    }
+    Creds {
+        ids: read::<[u32; 8]>(cred, at).unwrap_or_default(),
+        securebits: read::<u32>(cred, off!(cred_securebits)).unwrap_or(0),
+        valid: 1,
+        cap_permitted: read::<u64>(cred, off!(cred_cap_permitted)).unwrap_or(0),
+        cap_effective: read::<u64>(cred, off!(cred_cap_effective)).unwrap_or(0),
+        cap_inheritable: read::<u64>(cred, off!(cred_cap_inheritable)).unwrap_or(0),
+    }
 }
 
 /// audit's "no login uid" (`(uid_t)-1`), as Tetragon reports it.

@@ -44,6 +44,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     css_cgroup: 0,
     binprm_file: 0,
     task_loginuid: 0,
+    task_cred: 0,
+    cred_uid: 0,
+    cred_securebits: 0,
+    cred_cap_inheritable: 0,
+    cred_cap_permitted: 0,
+    cred_cap_effective: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

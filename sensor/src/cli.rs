@@ -247,6 +247,10 @@ pub struct RunArgs {
     /// without base.
     #[arg(long, default_value = "")]
     pub enable_ancestors: sensor::export::ancestors::AncestorKinds,
+    /// Events carry each process's `process_credentials` (Tetragon's
+    /// flag): ids, securebits and capability sets.
+    #[arg(long)]
+    pub enable_process_cred: bool,
     /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
     /// relative paths are under the cgroup2 mount.
     #[arg(long = "enforce-cgroup")]

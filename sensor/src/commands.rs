@@ -154,6 +154,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         metrics_labels: args.metrics_label_filter,
         health_server: Some(args.health_server_address).filter(|a| !a.is_empty()),
         ancestors: args.enable_ancestors,
+        process_cred: args.enable_process_cred,
     };
     match rt.block_on(daemon::run(opts, policies)) {
         Ok(()) => ExitCode::SUCCESS,

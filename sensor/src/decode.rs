@@ -118,6 +118,7 @@ mod tests {
             cwd_len: cwd.len() as u32,
             comm: [0; 16],
             auid: 0,
+            creds: Default::default(),
         };
         // SAFETY: viewing a repr(C) value as bytes.
         let mut v = unsafe {

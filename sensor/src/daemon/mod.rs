@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub health_server: Option<String>,
     /// Which event kinds carry `ancestors`.
     pub ancestors: crate::export::ancestors::AncestorKinds,
+    /// Processes carry `process_credentials` (`--enable-process-cred`).
+    pub process_cred: bool,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -223,6 +225,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
         &scope,
     )?;
     let (mut kernel, set, origin) = (started.kernel, started.set, started.origin);
+    kernel.set_process_cred(opts.process_cred)?;
 
     let (pods, labeler) = (cluster.pods.take(), cluster.labeler.take());
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
@@ -232,7 +235,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
     let scanned = procfs::scan(Path::new("/proc"), &root);
-    for p in procfs::processes(&scanned, &mut cache) {
+    for p in procfs::processes(&scanned, &mut cache, opts.process_cred) {
         cache.insert(p);
     }
     let (stream, _) = tokio::sync::broadcast::channel(crate::export::stream::BACKLOG);

@@ -106,6 +106,9 @@ pub struct Process {
     pub parent_exec_id: Arc<str>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tid: u32,
+    /// `--enable-process-cred`; boxed, as `pod`, since most runs go without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_credentials: Option<Box<super::creds::ProcessCredentials>>,
     /// Boxed: most of a node's processes are outside pods, and a process
     /// cache entry should not carry a pod's worth of empty fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@
 pub mod ancestors;
 pub mod build;
 pub mod compact;
+pub mod creds;
 pub mod event;
 pub mod filter;
 pub mod json;

@@ -223,7 +223,22 @@ impl Btf {
             binprm_file: o("linux_binprm", "file")?,
             // Only with CONFIG_AUDITSYSCALL; events then say "unset".
             task_loginuid: o("task_struct", "loginuid").unwrap_or(0),
+            task_cred: o("task_struct", "cred")?,
+            cred_uid: self.cred_ids()?,
+            cred_securebits: o("cred", "securebits")?,
+            cred_cap_inheritable: o("cred", "cap_inheritable")?,
+            cred_cap_permitted: o("cred", "cap_permitted")?,
+            cred_cap_effective: o("cred", "cap_effective")?,
         })
+    }
+
+    /// The offset of `struct cred`'s eight ids, read as one array: uid
+    /// first, fsgid 28 bytes on, as every kernel lays them out; 0 if this
+    /// one does not (credentials are then not reported).
+    fn cred_ids(&self) -> Result<u32, BtfError> {
+        let uid = self.member_offset("cred", "uid")?;
+        let fsgid = self.member_offset("cred", "fsgid")?;
+        Ok(if fsgid == uid + 28 { uid } else { 0 })
     }
 }
 

@@ -147,6 +147,7 @@ impl Kernel {
             n_scopes: now.n_scopes,
             pod_wakeups: now.pod_wakeups,
             connect_records: now.connect_records,
+            process_cred: now.process_cred,
             sensor_tgid: std::process::id(),
             bank: next,
             ..c.config

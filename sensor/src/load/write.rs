@@ -35,6 +35,11 @@ impl Kernel {
         self.update_config(|c| c.pod_wakeups = bits)
     }
 
+    /// Whether exec records carry the new image's credentials.
+    pub fn set_process_cred(&mut self, on: bool) -> Result<(), LoadError> {
+        self.update_config(|c| c.process_cred = on as u32)
+    }
+
     /// Which connects and sends that hit no policy become records
     /// (`sensor_common::connect_records`).
     pub fn set_connect_records(&mut self, mode: u32) -> Result<(), LoadError> {

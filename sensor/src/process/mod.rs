@@ -265,6 +265,8 @@ impl ProcessCache {
             pid: h.pid,
             uid: h.uid,
             auid: h.auid,
+            process_credentials: crate::export::creds::ProcessCredentials::from_kernel(&h.creds)
+                .map(Box::new),
             cwd: self.strings.intern(&rec.cwd),
             binary: self.strings.intern(&rec.path),
             arguments: join_args(rec.args.get(1..).unwrap_or_default()).into(),
@@ -345,6 +347,7 @@ mod tests {
                 cwd_len: 0,
                 comm: [0; 16],
                 auid: 0,
+                creds: Default::default(),
             },
             path: path.into(),
             args: vec![path.into(), "a b".into(), "c".into()],

@@ -18,6 +18,8 @@ pub struct ProcEntry {
     pub uid: u32,
     /// `/proc/PID/loginuid`.
     pub auid: u32,
+    /// From `/proc/PID/status`.
+    pub creds: Option<crate::export::creds::ProcessCredentials>,
     pub binary: String,
     pub args: Vec<String>,
     pub cwd: String,
@@ -71,6 +73,7 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(crate::export::event::AUID_UNSET),
+        creds: crate::export::creds::ProcessCredentials::from_status(&status),
         binary: binary.to_string_lossy().into_owned(),
         args,
         cwd: std::fs::read_link(dir.join("cwd"))
@@ -99,8 +102,13 @@ pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
     out
 }
 
-/// Cache entries for scanned processes, linked to their parents.
-pub fn processes(entries: &[ProcEntry], cache: &mut super::ProcessCache) -> Vec<Process> {
+/// Cache entries for scanned processes, linked to their parents; with
+/// their credentials when `creds`.
+pub fn processes(
+    entries: &[ProcEntry],
+    cache: &mut super::ProcessCache,
+    creds: bool,
+) -> Vec<Process> {
     let ids: HashMap<u32, Arc<str>> = entries
         .iter()
         .map(|e| {
@@ -117,6 +125,7 @@ pub fn processes(entries: &[ProcEntry], cache: &mut super::ProcessCache) -> Vec<
             pid: e.pid,
             uid: e.uid,
             auid: e.auid,
+            process_credentials: e.creds.clone().filter(|_| creds).map(Box::new),
             cwd: cache.strings.intern(&e.cwd),
             binary: cache.strings.intern(&e.binary),
             arguments: super::join_args(e.args.get(1..).unwrap_or_default()).into(),

@@ -38,6 +38,7 @@ pub const CHECKS: &[Check] = &[
             names: &[
                 "exec_event_carries_binary_args_cwd_uid_and_lineage",
                 "exec_event_carries_the_login_uid",
+                "enable_process_cred_puts_the_credentials_in_events",
                 "exit_reports_status_and_signal",
             ],
         },
