@@ -266,16 +266,74 @@ fn integer_filters_are_decided_in_the_kernel() {
     assert_eq!(kills, 1, "only the call in range");
 }
 
-/// Whether a `snsr_syscall*` link is pinned in the sets under `bpf`.
-fn syscall_link_pinned(bpf: &BpfDir) -> bool {
-    std::fs::read_dir(&bpf.0)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|set| std::fs::read_dir(set.path().join("links")).ok())
-        .flatten()
-        .flatten()
-        .any(|l| l.file_name().to_string_lossy().starts_with("snsr_syscall"))
+/// A policy directory, a cgroup and a bpffs directory of the test's own,
+/// for daemons that pin their set there.
+struct Pinned {
+    dir: TempDir,
+    cg: TestCgroup,
+    bpf: BpfDir,
+}
+
+impl Pinned {
+    fn new() -> Pinned {
+        let dir = TempDir::new();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        Pinned {
+            dir,
+            cg: TestCgroup::new(),
+            bpf: BpfDir::new(),
+        }
+    }
+
+    /// A daemon on the directory, scoped to the cgroup, pinning in the
+    /// bpffs directory, with `extra` flags.
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        let policies = self.dir.path().join("policies");
+        let scope = self.cg.0.to_string_lossy().into_owned();
+        let state = self.dir.path().join("state");
+        let mut args = vec![
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--enforce-cgroup",
+            &scope,
+            "--bpf-dir",
+            self.bpf.arg(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args)
+    }
+
+    /// killer.yaml, on Python instead of bash, in the directory (or gone).
+    fn kill_python_dup2(&self, present: bool) {
+        let file = self.dir.path().join("policies/kill.yaml");
+        if !present {
+            std::fs::remove_file(file).unwrap();
+            return;
+        }
+        let kill = KILLER
+            .replace("/usr/bin/bash", &resolved("/usr/bin/python3"))
+            .replace("kill-syscalls", "kill-python-dup2");
+        std::fs::write(file, kill).unwrap();
+    }
+
+    /// Whether a `snsr_syscall*` link is pinned in the bpffs directory.
+    fn syscall_link_pinned(&self) -> bool {
+        std::fs::read_dir(&self.bpf.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|set| std::fs::read_dir(set.path().join("links")).ok())
+            .flatten()
+            .flatten()
+            .any(|l| l.file_name().to_string_lossy().starts_with("snsr_syscall"))
+    }
+
+    /// The exit status of Python's dup2 in the cgroup.
+    fn dup2(&self) -> std::process::ExitStatus {
+        python(&self.cg, "import os; os.dup2(1, 7)")
+    }
 }
 
 #[test]
@@ -283,39 +341,23 @@ fn the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded() {
     if !can_run("the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded") {
         return;
     }
-    let dir = TempDir::new();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let cg = TestCgroup::new();
-    let scope = cg.0.to_string_lossy().into_owned();
-    let bpf = BpfDir::new();
-    let daemon = Daemon::start(&[
-        "--policy-dir",
-        policies.to_str().unwrap(),
-        "--enforce-cgroup",
-        &scope,
-        "--bpf-dir",
-        bpf.arg(),
-    ]);
+    let t = Pinned::new();
+    let daemon = t.daemon(&[]);
     assert!(
-        !syscall_link_pinned(&bpf),
+        !t.syscall_link_pinned(),
         "no syscall policy, no program on every syscall"
     );
-    let python3 = resolved("/usr/bin/python3");
-    let kill = KILLER
-        .replace("/usr/bin/bash", &python3)
-        .replace("kill-syscalls", "kill-python-dup2");
-    std::fs::write(policies.join("kill.yaml"), kill).unwrap();
+    t.kill_python_dup2(true);
     eventually("the policy attached the program", || {
-        syscall_link_pinned(&bpf)
+        t.syscall_link_pinned()
     });
-    let st = python(&cg, "import os; os.dup2(1, 7)");
+    let st = t.dup2();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
-    std::fs::remove_file(policies.join("kill.yaml")).unwrap();
+    t.kill_python_dup2(false);
     eventually("the last syscall policy detached it", || {
-        !syscall_link_pinned(&bpf)
+        !t.syscall_link_pinned()
     });
-    let st = python(&cg, "import os; os.dup2(1, 7)");
+    let st = t.dup2();
     assert!(st.success(), "{st:?}");
     drop(daemon);
 }
@@ -325,42 +367,21 @@ fn an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon
     if !can_run("an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon") {
         return;
     }
-    let dir = TempDir::new();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let cg = TestCgroup::new();
-    let scope = cg.0.to_string_lossy().into_owned();
-    let bpf = BpfDir::new();
-    let state = dir.path().join("state");
-    let args = [
-        "--policy-dir",
-        policies.to_str().unwrap(),
-        "--enforce-cgroup",
-        &scope,
-        "--bpf-dir",
-        bpf.arg(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--keep-on-exit",
-    ];
+    let t = Pinned::new();
     // The first daemon pins a set with no syscall policy: the program is
     // pinned unattached.
-    let mut first = Daemon::start(&args);
+    let mut first = t.daemon(&["--keep-on-exit"]);
     first.kill9();
-    assert!(!syscall_link_pinned(&bpf));
-    let python3 = resolved("/usr/bin/python3");
-    let kill = KILLER
-        .replace("/usr/bin/bash", &python3)
-        .replace("kill-syscalls", "kill-python-dup2");
-    std::fs::write(policies.join("kill.yaml"), kill).unwrap();
+    assert!(!t.syscall_link_pinned());
+    t.kill_python_dup2(true);
     // The second adopts it and attaches the pinned program for the policy.
-    let mut second = Daemon::start(&args);
+    let mut second = t.daemon(&["--keep-on-exit"]);
     assert!(second.ready.contains("origin=Adopted"), "{}", second.ready);
-    assert!(syscall_link_pinned(&bpf));
-    let st = python(&cg, "import os; os.dup2(1, 7)");
+    assert!(t.syscall_link_pinned());
+    let st = t.dup2();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     // Pinned with the set, it kills with no daemon.
     second.kill9();
-    let st = python(&cg, "import os; os.dup2(1, 7)");
+    let st = t.dup2();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "with no daemon: {st:?}");
 }

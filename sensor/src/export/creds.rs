@@ -99,14 +99,16 @@ fn names(bits: u64, table: &[&str]) -> Vec<String> {
 }
 
 impl ProcessCredentials {
-    /// From an exec record's credentials; `None` when the kernel did not
-    /// read them.
-    pub fn from_kernel(c: &Creds) -> Option<ProcessCredentials> {
-        if c.valid == 0 {
-            return None;
-        }
-        let [uid, gid, suid, sgid, euid, egid, fsuid, fsgid] = c.ids;
-        Some(ProcessCredentials {
+    /// From the ids in `struct cred`'s order (uid, gid, suid, sgid, euid,
+    /// egid, fsuid, fsgid), the securebits and the permitted, effective
+    /// and inheritable sets.
+    fn build(
+        ids: [u32; 8],
+        securebits: u64,
+        [permitted, effective, inheritable]: [u64; 3],
+    ) -> Self {
+        let [uid, gid, suid, sgid, euid, egid, fsuid, fsgid] = ids;
+        ProcessCredentials {
             uid,
             gid,
             euid,
@@ -115,12 +117,21 @@ impl ProcessCredentials {
             sgid,
             fsuid,
             fsgid,
-            securebits: names(c.securebits as u64, &SECUREBITS),
+            securebits: names(securebits, &SECUREBITS),
             caps: Capabilities {
-                permitted: names(c.cap_permitted, &CAPS),
-                effective: names(c.cap_effective, &CAPS),
-                inheritable: names(c.cap_inheritable, &CAPS),
+                permitted: names(permitted, &CAPS),
+                effective: names(effective, &CAPS),
+                inheritable: names(inheritable, &CAPS),
             },
+        }
+    }
+
+    /// From an exec record's credentials; `None` when the kernel did not
+    /// read them.
+    pub fn from_kernel(c: &Creds) -> Option<ProcessCredentials> {
+        (c.valid != 0).then(|| {
+            let caps = [c.cap_permitted, c.cap_effective, c.cap_inheritable];
+            Self::build(c.ids, c.securebits as u64, caps)
         })
     }
 
@@ -148,22 +159,12 @@ impl ProcessCredentials {
         };
         let [uid, euid, suid, fsuid] = ids("Uid:")?;
         let [gid, egid, sgid, fsgid] = ids("Gid:")?;
-        Some(ProcessCredentials {
-            uid,
-            gid,
-            euid,
-            egid,
-            suid,
-            sgid,
-            fsuid,
-            fsgid,
-            securebits: Vec::new(),
-            caps: Capabilities {
-                permitted: names(caps("CapPrm:"), &CAPS),
-                effective: names(caps("CapEff:"), &CAPS),
-                inheritable: names(caps("CapInh:"), &CAPS),
-            },
-        })
+        let sets = [caps("CapPrm:"), caps("CapEff:"), caps("CapInh:")];
+        Some(Self::build(
+            [uid, gid, suid, sgid, euid, egid, fsuid, fsgid],
+            0,
+            sets,
+        ))
     }
 }
 

@@ -270,6 +270,46 @@ fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
     hook(point, def, l.args, l.selectors, l.message, l.tags, at)
 }
 
+/// Refuses the argument options this sensor does not implement.
+pub fn arg_options(a: &RawArg, f: &str) -> Result<()> {
+    for (name, v) in [
+        ("resolve", &a.resolve),
+        ("btfType", &a.btf_type),
+        ("sizeArgIndex", &a.size_arg_index),
+        ("returnCopy", &a.return_copy),
+        ("maxData", &a.max_data),
+        ("source", &a.source),
+    ] {
+        unsupported(v, format!("{f}.{name}"), name)?;
+    }
+    Ok(())
+}
+
+/// Tetragon's limits on a hook's selectors, message and tags.
+pub fn hook_limits(
+    selectors: usize,
+    message: Option<&String>,
+    tags: &[String],
+    at: &str,
+) -> Result<()> {
+    if selectors > limits::SELECTORS_PER_HOOK {
+        return err(
+            format!("{at}.selectors"),
+            format!(
+                "{selectors} selectors; at most {} per hook",
+                limits::SELECTORS_PER_HOOK
+            ),
+        );
+    }
+    if message.is_some_and(|m| m.len() > 256) {
+        return err(format!("{at}.message"), "longer than 256 characters");
+    }
+    if tags.len() > 16 {
+        return err(format!("{at}.tags"), "more than 16 tags");
+    }
+    Ok(())
+}
+
 fn hook(
     point: HookPoint,
     def: &HookDef,
@@ -310,16 +350,7 @@ fn hook(
                 ),
             );
         }
-        for (name, v) in [
-            ("resolve", &a.resolve),
-            ("btfType", &a.btf_type),
-            ("sizeArgIndex", &a.size_arg_index),
-            ("returnCopy", &a.return_copy),
-            ("maxData", &a.max_data),
-            ("source", &a.source),
-        ] {
-            unsupported(v, format!("{f}.{name}"), name)?;
-        }
+        arg_options(a, &f)?;
         if declared.iter().any(|(idx, _)| *idx == a.index) {
             return err(
                 format!("{f}.index"),
@@ -328,22 +359,7 @@ fn hook(
         }
         declared.push((a.index, d.arg));
     }
-    if selectors.len() > limits::SELECTORS_PER_HOOK {
-        return err(
-            format!("{at}.selectors"),
-            format!(
-                "{} selectors; at most {} per hook",
-                selectors.len(),
-                limits::SELECTORS_PER_HOOK
-            ),
-        );
-    }
-    if message.as_ref().is_some_and(|m| m.len() > 256) {
-        return err(format!("{at}.message"), "longer than 256 characters");
-    }
-    if tags.len() > 16 {
-        return err(format!("{at}.tags"), "more than 16 tags");
-    }
+    hook_limits(selectors.len(), message.as_ref(), &tags, at)?;
     let mut parsed = Vec::new();
     for (i, s) in selectors.into_iter().enumerate() {
         parsed.push(selector(

@@ -7,12 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sensor_common::{int_op, INT_VALUES, SYSCALL_ARGS, SYSCALL_NRS};
 
-use super::parse::{err, unsupported, FieldError, Result};
+use super::parse::{arg_options, err, hook_limits, unsupported, FieldError, Result};
 use super::raw::{RawArg, RawKprobe, RawMatchArg, RawSelector, RawTracepoint};
 use super::selector::selector;
-use super::{
-    limits, syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, Selector, SysArg,
-};
+use super::{syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, Selector, SysArg};
 
 /// A policy's `lists` of `type: syscalls`, by name: their numbers.
 pub type Lists = BTreeMap<String, BTreeSet<u32>>;
@@ -223,22 +221,7 @@ fn finish(
     lists: &Lists,
     at: &str,
 ) -> Result<Hook> {
-    if selectors.len() > limits::SELECTORS_PER_HOOK {
-        return err(
-            format!("{at}.selectors"),
-            format!(
-                "{} selectors; at most {} per hook",
-                selectors.len(),
-                limits::SELECTORS_PER_HOOK
-            ),
-        );
-    }
-    if message.as_ref().is_some_and(|m| m.len() > 256) {
-        return err(format!("{at}.message"), "longer than 256 characters");
-    }
-    if tags.len() > 16 {
-        return err(format!("{at}.tags"), "more than 16 tags");
-    }
+    hook_limits(selectors.len(), message.as_ref(), &tags, at)?;
     let mut parsed = Vec::new();
     for (i, s) in selectors.into_iter().enumerate() {
         parsed.push(selector(
@@ -268,16 +251,7 @@ fn finish(
 /// The type of an integer syscall argument; strings and buffers from user
 /// memory are refused with the reason.
 fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
-    for (name, v) in [
-        ("resolve", &a.resolve),
-        ("btfType", &a.btf_type),
-        ("sizeArgIndex", &a.size_arg_index),
-        ("returnCopy", &a.return_copy),
-        ("maxData", &a.max_data),
-        ("source", &a.source),
-    ] {
-        unsupported(v, format!("{f}.{name}"), name)?;
-    }
+    arg_options(a, f)?;
     let name = a.type_.as_deref().unwrap_or("auto");
     match IntType::parse(name) {
         Some(IntType::Syscall64) if !number => err(
