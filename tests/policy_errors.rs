@@ -402,6 +402,14 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
     );
     refused(
         &syscall(
+            "[{index: 0, type: fd}]",
+            "    - matchActions: [{action: Post}]\n",
+        ),
+        "spec.kprobes[0].args[0].type",
+        "resolved to its file",
+    );
+    refused(
+        &syscall(
             "[{index: 6, type: int}]",
             "    - matchActions: [{action: Post}]\n",
         ),

@@ -26,7 +26,6 @@ impl Kernel {
         if self.plan.connect != probe::Form::Modern {
             v.push("snsr_signal_on_exit");
         }
-
         if self.plan.lsm {
             v.push(if modern_exec {
                 "snsr_lsm_bprm"

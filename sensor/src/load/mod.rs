@@ -115,11 +115,12 @@ pub struct Sizes {
 }
 
 /// Record kinds the `LOST` counters are indexed by, with their names.
-pub const LOST_KINDS: [(u32, &str); 4] = [
+pub const LOST_KINDS: [(u32, &str); 5] = [
     (sensor_common::kind::EXEC, "exec"),
     (sensor_common::kind::FORK, "fork"),
     (sensor_common::kind::EXIT, "exit"),
     (sensor_common::kind::CONNECT, "connect"),
+    (sensor_common::kind::SYSCALL, "syscall"),
 ];
 
 /// The id of the set this binary loads on this kernel (see [`pin::build_id`]).

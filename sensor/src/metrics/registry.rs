@@ -368,7 +368,8 @@ pub fn msg_op(kind: &str) -> &'static str {
     match kind {
         "exec" => "5",
         "exit" => "7",
-        "connect" => "13",
+        // Connect and syscall hooks are Tetragon's generic kprobes.
+        "connect" | "syscall" => "13",
         "fork" => "23",
         _ => "0",
     }

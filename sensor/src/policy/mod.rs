@@ -99,15 +99,16 @@ pub enum HookFamily {
 /// `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntType {
-    /// `int` (and `fd`): 32 bits, signed; `int_arg`.
+    /// `int` (`int32`, `sint32`): 32 bits, signed; `int_arg`.
     Int,
     /// `uint32`: `uint_arg`.
     Uint32,
-    /// `uint64`: `size_arg`, as Tetragon shows it.
+    /// `uint64` (`ulong`, `unsigned long`): `size_arg`, as Tetragon
+    /// shows it.
     Uint64,
     /// `size_t`: `size_arg`.
     SizeT,
-    /// `long`: `long_arg`.
+    /// `long` (`int64`, `sint64`): `long_arg`.
     Long,
     /// `syscall64`: the syscall number, `syscall_id` with its ABI.
     Syscall64,
@@ -116,11 +117,11 @@ pub enum IntType {
 impl IntType {
     pub fn parse(name: &str) -> Option<IntType> {
         Some(match name {
-            "int" | "fd" => IntType::Int,
+            "int" | "int32" | "sint32" => IntType::Int,
             "uint32" => IntType::Uint32,
-            "uint64" => IntType::Uint64,
+            "uint64" | "ulong" | "unsigned long" => IntType::Uint64,
             "size_t" => IntType::SizeT,
-            "long" => IntType::Long,
+            "long" | "int64" | "sint64" => IntType::Long,
             "syscall64" => IntType::Syscall64,
             _ => return None,
         })

@@ -263,8 +263,10 @@ fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
             format!("{f}.type"),
             match name {
                 "string" | "char_buf" | "char_iovec" | "const_buf" | "filename" | "path"
-                | "file" => format!("type `{name}` (user memory) is not supported yet for syscalls; integer types are: int, uint32, uint64, size_t, long, fd, syscall64"),
-                _ => format!("type `{name}` does not fit a syscall argument; expected int, uint32, uint64, size_t, long, fd or syscall64"),
+                | "file" => format!("type `{name}` (user memory) is not supported yet for syscalls; integer types are: int, uint32, uint64, size_t, long, syscall64"),
+                // Tetragon resolves a descriptor to its file (`file_arg`).
+                "fd" => "type `fd` (resolved to its file in Tetragon's events) is not supported yet for syscalls; `int` reports the number".to_string(),
+                _ => format!("type `{name}` does not fit a syscall argument; expected int, uint32, uint64, size_t, long or syscall64"),
             },
         ),
     }
