@@ -463,6 +463,11 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
         "spec.kprobes[0].return",
         "not reported yet",
     );
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n    returnArg: {{index: 0, type: int}}\n"),
+        "spec.kprobes[0].returnArg",
+        "not reported yet",
+    );
     let list = |name: &str, ty: &str, value: &str| {
         format!("{HEAD}  lists:\n  - name: {name}\n    type: {ty}\n    values: [{value}]\n  tracepoints:\n  - subsystem: raw_syscalls\n    event: sys_enter\n    args: [{{index: 4, type: syscall64}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: InMap, values: [\"list:dups\"]}}]\n")
     };

@@ -187,13 +187,7 @@ fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
         return err(format!("{at}.return"), "return probes are not supported");
     }
     let return_arg = return_arg(k.return_arg.as_ref(), &format!("{at}.returnArg"))?;
-    unsupported(
-        &k.return_arg_action,
-        format!("{at}.returnArgAction"),
-        "returnArgAction",
-    )?;
-    unsupported(&k.data, format!("{at}.data"), "data")?;
-    unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
+    kprobe_extras(&k, at)?;
     let point = HookPoint::Kprobe {
         function: def.function.to_string(),
     };
@@ -268,6 +262,18 @@ fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
     };
     let point = HookPoint::Lsm { hook: l.hook };
     hook(point, def, l.args, l.selectors, l.message, l.tags, at)
+}
+
+/// Refuses the kprobe fields this sensor does not implement.
+pub fn kprobe_extras(k: &RawKprobe, at: &str) -> Result<()> {
+    unsupported(
+        &k.return_arg_action,
+        format!("{at}.returnArgAction"),
+        "returnArgAction",
+    )?;
+    unsupported(&k.data, format!("{at}.data"), "data")?;
+    unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
+    Ok(())
 }
 
 /// Refuses the argument options this sensor does not implement.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sensor_common::{int_op, INT_VALUES, SYSCALL_ARGS, SYSCALL_NRS};
 
-use super::parse::{arg_options, err, hook_limits, unsupported, FieldError, Result};
+use super::parse::{arg_options, err, hook_limits, kprobe_extras, FieldError, Result};
 use super::raw::{RawArg, RawKprobe, RawMatchArg, RawSelector, RawTracepoint};
 use super::selector::selector;
 use super::{syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, Selector, SysArg};
@@ -103,19 +103,15 @@ pub fn enforcers(value: Option<&serde_yaml::Value>, lists: &Lists) -> Result<()>
 
 /// A kprobe on syscall `nr`: its arguments are the registers by index.
 pub fn syscall_kprobe(k: RawKprobe, nr: u32, lists: &Lists, at: &str) -> Result<Hook> {
-    if k.return_ == Some(true) || k.return_arg.is_some() {
-        return err(
-            format!("{at}.return"),
-            "a syscall's return value is not reported yet (sys_exit is not hooked for policies)",
-        );
+    let not_yet =
+        "a syscall's return value is not reported yet (sys_exit is not hooked for policies)";
+    if k.return_ == Some(true) {
+        return err(format!("{at}.return"), not_yet);
     }
-    unsupported(
-        &k.return_arg_action,
-        format!("{at}.returnArgAction"),
-        "returnArgAction",
-    )?;
-    unsupported(&k.data, format!("{at}.data"), "data")?;
-    unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
+    if k.return_arg.is_some() {
+        return err(format!("{at}.returnArg"), not_yet);
+    }
+    kprobe_extras(&k, at)?;
     let mut declared = Vec::new();
     for (i, a) in k.args.iter().enumerate() {
         let f = format!("{at}.args[{i}]");
