@@ -79,7 +79,7 @@ fn operator_that_does_not_fit_a_path() {
     refused(
         &kprobe("    - matchArgs: [{index: 0, operator: DAddr, values: [10.0.0.1]}]\n"),
         "matchArgs[0].operator",
-        "does not apply to a path",
+        "does not apply to a string",
     );
 }
 

@@ -13,8 +13,9 @@ use common::*;
 
 const UPLOAD_RULE: &str = "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmetadata:\n  name: protos-upload\nspec:\n  on: exec\n  inPod: true\n  binary: {operator: Postfix, values: [/curl]}\n  arguments: {anyOf: [\"-d\"]}\n  actions: [alert, quarantine]\n";
 
-/// Syscall hooks whose arguments take each integer type.
-const SYSCALLS: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: protos-syscalls}\nspec:\n  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: [{index: 0, type: int}]\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_dup2\n    args: [{index: 4, type: syscall64}, {index: 5, type: uint32}, {index: 6, type: long}]\n  - subsystem: syscalls\n    event: sys_enter_dup\n    args: [{index: 4, type: uint64}, {index: 5, type: size_t}]\n";
+/// Syscall hooks whose arguments take each integer type, and those
+/// copied from user memory (a string; a buffer, whole and cut).
+const SYSCALLS: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: protos-syscalls}\nspec:\n  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: [{index: 0, type: int}]\n  - call: sys_mkdir\n    syscall: true\n    args: [{index: 0, type: string}]\n  - call: sys_write\n    syscall: true\n    args: [{index: 0, type: int}, {index: 1, type: char_buf, sizeArgIndex: 3}]\n    selectors:\n    - matchArgs: [{index: 0, operator: Equal, values: [\"9\"]}]\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_dup2\n    args: [{index: 4, type: syscall64}, {index: 5, type: uint32}, {index: 6, type: long}]\n  - subsystem: syscalls\n    event: sys_enter_dup\n    args: [{index: 4, type: uint64}, {index: 5, type: size_t}]\n";
 
 #[test]
 fn every_event_kind_parses_with_the_protos_strictly() {
@@ -78,7 +79,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
         .command("/usr/bin/python3")
         .args([
             "-c",
-            "import ctypes; libc = ctypes.CDLL(None); libc.dup(1); libc.dup2(1, 7); libc.setuid(0)",
+            "import ctypes, os; libc = ctypes.CDLL(None); libc.dup(1); libc.dup2(1, 7); libc.setuid(0); libc.mkdir(b'/nonexistent/protos', 0); os.dup2(os.open('/dev/null', os.O_WRONLY), 9); os.write(9, b'x' * 2000); os.write(9, b'short')",
         ])
         .status()
         .unwrap();
@@ -93,6 +94,13 @@ fn every_event_kind_parses_with_the_protos_strictly() {
     daemon.wait_for("setuid", |e| {
         e["process_kprobe"]["function_name"] == "__x64_sys_setuid"
     });
+    for arg in ["string_arg", "bytes_arg", "truncated_bytes_arg"] {
+        daemon.wait_for(arg, |e| {
+            e["process_kprobe"]["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.get(arg).is_some()))
+        });
+    }
     web.sh("curl -s -o /dev/null --max-time 2 -d x http://127.0.0.1:1/; true");
     let want = [
         "process_exec",

@@ -385,3 +385,362 @@ fn an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon
     let st = t.dup2();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "with no daemon: {st:?}");
 }
+
+/// Tetragon's `examples/tracingpolicy/sys_mount.yaml`.
+const SYS_MOUNT: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "syscalls"
+spec:
+  kprobes:
+  - call: "sys_mount"
+    syscall: true
+    args:
+    - index: 0
+      type:  "string"
+    - index: 1
+      type:  "string"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/symlink-observe.yaml`.
+const SYMLINK_OBSERVE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-symlink-passwd"
+spec:
+  kprobes:
+  - call: "sys_symlinkat"
+    syscall: true
+    args:
+    - index: 0
+      type: "string"
+    - index: 1
+      type: "int"
+    - index: 2
+      type: "string"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Equal"
+        values:
+        - "/etc/passwd"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/hardlink-observe.yaml`.
+const HARDLINK_OBSERVE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-linkat-passwd"
+spec:
+  kprobes:
+  - call: "sys_linkat"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "string"
+    - index: 2
+      type: "int"
+    - index: 3
+      type: "string"
+    - index: 4
+      type: "int"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Equal"
+        values:
+        - "/etc/passwd"
+"#;
+
+/// A policy on `mkdir`'s path: `Prefix`, in two policies whose values
+/// nest (the kernel's trie answers with the longest match, which must
+/// carry the shorter one's selector too), and a `Postfix` kill.
+fn mkdir_policy(name: &str, selectors: &str) -> String {
+    format!("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: {name}}}\nspec:\n  kprobes:\n  - call: sys_mkdir\n    syscall: true\n    args: [{{index: 0, type: string}}]\n    selectors:\n{selectors}")
+}
+
+#[test]
+fn strings_from_user_memory_are_posted_and_matched_in_the_kernel() {
+    if !can_run("strings_from_user_memory_are_posted_and_matched_in_the_kernel") {
+        return;
+    }
+    let tmp = TempDir::new();
+    let t = tmp.path().to_str().unwrap().to_string();
+    let python3 = resolved("/usr/bin/python3");
+    let outer = mkdir_policy(
+        "mkdir-outer",
+        &format!("    - matchArgs: [{{index: 0, operator: Prefix, values: [\"{t}/\"]}}]\n"),
+    );
+    let inner = mkdir_policy(
+        "mkdir-inner",
+        &format!("    - matchArgs: [{{index: 0, operator: Prefix, values: [\"{t}/in\"]}}]\n"),
+    );
+    let kill = mkdir_policy(
+        "mkdir-kill",
+        &format!("    - matchBinaries: [{{operator: In, values: [\"{python3}\"]}}]\n      matchArgs: [{{index: 0, operator: Postfix, values: [/forbidden]}}]\n      matchActions: [{{action: Sigkill}}]\n"),
+    );
+    let (daemon, cg, _d) = daemon_with(&[
+        SYS_MOUNT,
+        SYMLINK_OBSERVE,
+        HARDLINK_OBSERVE,
+        &outer,
+        &inner,
+        &kill,
+    ]);
+    // Each call fails (no such directory), after sys_enter has seen it.
+    let st = python(
+        &cg,
+        &format!(
+            "import ctypes; libc = ctypes.CDLL(None)\n\
+             libc.mount(b'sensor-src', b'{t}/none/target', b'tmpfs', 0, None)\n\
+             libc.symlinkat(b'/etc/shadow', -100, b'{t}/none/s1')\n\
+             libc.symlinkat(b'/etc/passwd', -100, b'{t}/none/s2')\n\
+             libc.linkat(-100, b'/etc/passwd', -100, b'{t}/none/h', 0)\n\
+             libc.mkdir(b'{t}/out', 0o755)\n\
+             libc.mkdir(b'{t}/inner', 0o755)\n"
+        ),
+    );
+    assert!(st.success(), "{st:?}");
+    let e = daemon.wait_for("the mount", |e| {
+        of_policy(e, "process_kprobe", "syscalls").is_some()
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "__x64_sys_mount");
+    assert_eq!(k["args"][0]["string_arg"], "sensor-src", "{e}");
+    assert_eq!(k["args"][1]["string_arg"], format!("{t}/none/target"));
+    let e = daemon.wait_for("the symlink to /etc/passwd", |e| {
+        of_policy(e, "process_kprobe", "sys-symlink-passwd").is_some()
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["args"][0]["string_arg"], "/etc/passwd", "{e}");
+    assert_eq!(k["args"][1]["int_arg"], -100);
+    assert_eq!(k["args"][2]["string_arg"], format!("{t}/none/s2"));
+    let e = daemon.wait_for("the hard link", |e| {
+        of_policy(e, "process_kprobe", "sys-linkat-passwd").is_some()
+    });
+    assert_eq!(e["process_kprobe"]["args"][1]["string_arg"], "/etc/passwd");
+    assert_eq!(
+        e["process_kprobe"]["args"][3]["string_arg"],
+        format!("{t}/none/h")
+    );
+    // Nested prefixes: the inner directory is in both policies' sets.
+    daemon.wait_for("the inner mkdir in the outer policy", |e| {
+        of_policy(e, "process_kprobe", "mkdir-outer")
+            .is_some_and(|k| k["args"][0]["string_arg"] == format!("{t}/inner"))
+    });
+    daemon.wait_for("the inner mkdir in the inner policy", |e| {
+        of_policy(e, "process_kprobe", "mkdir-inner").is_some()
+    });
+    // A Postfix kill, in the kernel. The syscall itself still runs (the
+    // signal is sent from sys_enter; see the README); the process dies
+    // before it returns to user space.
+    let st = python(
+        &cg,
+        &format!("import os; os.mkdir('{t}/forbidden'); print('survived')"),
+    );
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    daemon.wait_for("the kill", |e| {
+        of_policy(e, "process_kprobe", "mkdir-kill")
+            .is_some_and(|k| k["action"] == "KPROBE_ACTION_SIGKILL")
+    });
+    for e in daemon.events() {
+        let Some(k) = e.get("process_kprobe") else {
+            continue;
+        };
+        let args = &k["args"];
+        match k["policy_name"].as_str().unwrap_or_default() {
+            "sys-symlink-passwd" => assert_eq!(args[0]["string_arg"], "/etc/passwd", "{e}"),
+            "mkdir-inner" => assert_eq!(args[0]["string_arg"], format!("{t}/inner"), "{e}"),
+            "mkdir-outer" => assert!(
+                args[0]["string_arg"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&format!("{t}/"))),
+                "{e}"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Tetragon's `examples/tracingpolicy/write.yaml`.
+const WRITE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-write"
+spec:
+  kprobes:
+  - call: "sys_write"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "char_buf"
+      sizeArgIndex: 3
+    - index: 2
+      type: "size_t"
+    selectors:
+    - matchPIDs:
+      - operator: NotIn
+        followForks: true
+        isNamespacePID: true
+        values:
+        - 1
+      matchArgs:
+      - index: 0
+        operator: "Equal"
+        values:
+        - "1"
+"#;
+
+/// Tetragon's `examples/tracingpolicy/sys_clock_settime.yaml`.
+const SYS_CLOCK_SETTIME: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-clock-settime"
+spec:
+  kprobes:
+  - call: "sys_clock_settime"
+    syscall: true
+    args:
+    - index: 0
+      type: int
+    selectors:
+    - matchPIDs:
+      - operator: NotIn
+        followForks: true
+        isNamespacePID: true
+        values:
+        - 1
+      - operator: NotIn
+        followForks: true
+        isNamespacePID: true
+        values:
+        - 0
+"#;
+
+/// Tetragon's `examples/tracingpolicy/sys_pivot_root.yaml`.
+const SYS_PIVOT_ROOT: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-pivot-root"
+spec:
+  kprobes:
+  - call: "sys_pivot_root"
+    syscall: true
+    args:
+      - index: 0
+        type: "string"
+      - index: 1
+        type: "string"
+    selectors:
+    - matchPIDs:
+      - operator: NotIn
+        followForks: true
+        isNamespacePID: true
+        values:
+        - 1
+      - operator: NotIn
+        followForks: true
+        isNamespacePID: true
+        values:
+        - 0
+"#;
+
+/// A "container": Python (`host`, outside any PID namespace of its own,
+/// a descendant of the host's PID 1) makes a PID namespace whose PID 1 (`init`) and
+/// its child make the calls `init` and `init-child`; then, as `kubectl
+/// exec` does, a process enters the namespace from outside (its parent is
+/// not in it) and makes them as `exec`. Each writes its name to stdout,
+/// calls clock_settime with a clock id naming it (1 to 4: no clock is
+/// set without a valid time) and pivot_root on paths naming it; `big`
+/// bytes more go to stdout from `exec`. The calls go through syscall(2):
+/// glibc's clock_settime reads the time it is given.
+fn container_calls(big: usize) -> String {
+    format!(
+        r#"import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def calls(name, clock):
+    os.write(1, name.encode())
+    libc.syscall(227, clock, None)
+    libc.syscall(155, ("/sensor-" + name).encode(), b"/old")
+calls("host", 4)
+assert libc.unshare(0x20000000) == 0, ctypes.get_errno()
+init = os.fork()
+if init == 0:
+    calls("init", 1)
+    child = os.fork()
+    if child == 0:
+        calls("init-child", 2)
+        os._exit(0)
+    os.waitpid(child, 0)
+    time.sleep(2)
+    os._exit(0)
+time.sleep(0.5)
+ex = os.fork()
+if ex == 0:
+    calls("exec", 3)
+    os.write(1, b"x" * {big})
+    os._exit(0)
+os.waitpid(ex, 0)
+os.waitpid(init, 0)
+"#
+    )
+}
+
+#[test]
+fn match_pids_follows_the_lineage_in_the_pid_namespace() {
+    if !can_run("match_pids_follows_the_lineage_in_the_pid_namespace") {
+        return;
+    }
+    let (daemon, cg, _d) = daemon_with(&[WRITE, SYS_CLOCK_SETTIME, SYS_PIVOT_ROOT]);
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", &container_calls(1500)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let b64 = |s: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    // The entered process posts; PID 1 and its child do not.
+    let e = daemon.wait_for("exec's write", |e| {
+        of_policy(e, "process_kprobe", "sys-write")
+            .is_some_and(|k| k["args"][1]["bytes_arg"] == b64(b"exec"))
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["args"][0]["int_arg"], 1, "{e}");
+    assert_eq!(k["args"][2]["size_arg"], "4");
+    let exec_pid = k["process"]["pid"].clone();
+    // Over 1024 bytes: cut, with the size written.
+    let e = daemon.wait_for("the big write", |e| {
+        of_policy(e, "process_kprobe", "sys-write")
+            .is_some_and(|k| k["args"][1].get("truncated_bytes_arg").is_some())
+    });
+    let t = &e["process_kprobe"]["args"][1]["truncated_bytes_arg"];
+    assert_eq!(t["orig_size"], "1500", "{e}");
+    assert_eq!(t["bytes_arg"], b64(&[b'x'; 1024]));
+    let e = daemon.wait_for("exec's clock_settime", |e| {
+        of_policy(e, "process_kprobe", "sys-clock-settime").is_some()
+    });
+    assert_eq!(e["process_kprobe"]["args"][0]["int_arg"], 3, "{e}");
+    assert_eq!(e["process_kprobe"]["process"]["pid"], exec_pid);
+    let e = daemon.wait_for("exec's pivot_root", |e| {
+        of_policy(e, "process_kprobe", "sys-pivot-root").is_some()
+    });
+    assert_eq!(
+        e["process_kprobe"]["args"][0]["string_arg"], "/sensor-exec",
+        "{e}"
+    );
+    assert_eq!(e["process_kprobe"]["args"][1]["string_arg"], "/old");
+    // Nothing from the namespace's PID 1 or its descendants, nor from the
+    // host's processes (descendants of the host's PID 1).
+    for e in daemon.events() {
+        if let Some(k) = e.get("process_kprobe") {
+            assert_eq!(k["process"]["pid"], exec_pid, "only exec posts: {e}");
+        }
+    }
+}

@@ -6,6 +6,9 @@
 //! definitions, so a change here is a change of the wire format.
 #![no_std]
 
+mod syscall;
+pub use syscall::*;
+
 /// Selectors across all exec hooks of all loaded policies. One bit each in
 /// [`ProcState`] and [`ExecEvent::hits`].
 pub const MAX_SELECTORS: usize = 64;
@@ -265,95 +268,10 @@ pub struct NetValueKey {
     pub value: u32,
 }
 
-/// Syscall numbers the syscall selector table covers (x86_64's are below
-/// 512; the ia32 compat table is not matched).
-pub const SYSCALL_NRS: usize = 512;
-/// Slot of the string keys that hold a syscall selector's `matchBinaries`
-/// values (the selector byte is the syscall selector's index).
-pub const SLOT_SYS_BINARIES: u8 = 16;
-/// Values one integer filter holds (pairs for the range operators).
-pub const INT_VALUES: usize = 4;
-/// Arguments of a syscall (x86_64: di, si, dx, r10, r8, r9).
-pub const SYSCALL_ARGS: usize = 6;
-
-/// Operators of an integer filter.
-pub mod int_op {
-    /// Any of the values.
-    pub const EQUAL: u8 = 1;
-    /// None of the values.
-    pub const NOT_EQUAL: u8 = 2;
-    pub const GT: u8 = 3;
-    pub const LT: u8 = 4;
-    /// Any bit of any value set.
-    pub const MASK: u8 = 5;
-    /// In one of the `[lo, hi]` pairs.
-    pub const IN_RANGE: u8 = 6;
-    pub const NOT_IN_RANGE: u8 = 7;
-}
-
-/// One `matchArgs` entry on an integer argument of a syscall.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IntFilter {
-    /// Which syscall argument (0 to 5).
-    pub arg: u8,
-    pub op: u8,
-    /// Values used (pairs count two).
-    pub n: u8,
-    /// Non-zero: the argument is 32 bits wide (`int`, `uint32`); only its
-    /// low half counts.
-    pub width32: u8,
-    /// Non-zero: compared as signed (`int`, `long`).
-    pub signed: u8,
-    pub _pad: [u8; 3],
-    pub values: [u64; INT_VALUES],
-}
-
-/// A compiled syscall selector. Which syscalls it applies to is in the
-/// `SYS_NRS` table (bit i of a number's entry = selector i), so a filter
-/// on the syscall number costs nothing here.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SysSelector {
-    pub hook: u32,
-    /// Signal to send on match (Sigkill = 9, Signal, NotifyEnforcer).
-    pub signal: u32,
-    pub binaries: StrFilter,
-    pub follow: u8,
-    pub n_filters: u8,
-    /// As [`ExecSelector::scope`].
-    pub scope: u8,
-    pub _pad: [u8; 3],
-    pub filters: [IntFilter; MAX_ARG_FILTERS],
-}
-
-/// A syscall that a syscall selector matched, from the raw `sys_enter`
-/// tracepoint: its number and raw arguments; the daemon reads them as the
-/// policy's `args` types say.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyscallEvent {
-    pub kind: u32,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub ktime: u64,
-    pub cgroup_id: u64,
-    /// Syscall selectors that matched (first match per hook).
-    pub hits: u64,
-    pub nr: u32,
-    /// Signal sent to the process (0 = none).
-    pub signal: u32,
-    pub args: [u64; SYSCALL_ARGS],
-}
-
 // The kernel and the daemon read these byte for byte: no implicit padding.
-const _: () = assert!(core::mem::size_of::<IntFilter>() == 8 + 8 * INT_VALUES);
 const _: () = assert!(core::mem::size_of::<Creds>() == 64);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
-const _: () = assert!(core::mem::size_of::<SysSelector>() == 16 + 40 * MAX_ARG_FILTERS);
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 * SYSCALL_ARGS);
 
 /// How a string filter is looked up.
 pub mod match_kind {
@@ -532,6 +450,15 @@ pub struct KernelOffsets {
     pub cred_cap_inheritable: u32,
     pub cred_cap_permitted: u32,
     pub cred_cap_effective: u32,
+    /// The PID lineage of `matchPIDs`: task_struct->group_leader and
+    /// ->thread_pid; in `struct pid`, level and numbers (an array of
+    /// `struct upid {nr, ns}`, `upid_size` bytes each).
+    pub task_group_leader: u32,
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_ns: u32,
+    pub upid_size: u32,
 }
 
 #[cfg(feature = "user")]
@@ -546,4 +473,5 @@ mod pod {
     unsafe impl aya::Pod for NetSelector {}
     unsafe impl aya::Pod for NetValueKey {}
     unsafe impl aya::Pod for SysSelector {}
+    unsafe impl aya::Pod for SysNr {}
 }

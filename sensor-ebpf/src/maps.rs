@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState,
+    Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState, SysNr,
     SysSelector, BANKS, MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN, SYSCALL_NRS,
 };
 
@@ -50,6 +50,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cred_cap_inheritable: 0,
     cred_cap_permitted: 0,
     cred_cap_effective: 0,
+    task_group_leader: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_ns: 0,
+    upid_size: 0,
 };
 
 /// Every record to userspace. Resized by the loader.
@@ -225,9 +231,20 @@ pub static SYS_SELECTORS: Array<SysSelector> =
     Array::with_max_entries((BANKS * MAX_SELECTORS) as u32, 0);
 
 /// Per bank and syscall number (`bank * SYSCALL_NRS + nr`): the syscall
-/// selectors that apply to it, bit i = selector i.
+/// selectors that apply to it and what to copy from user memory.
 #[map]
-pub static SYS_NRS: Array<u64> = Array::with_max_entries((BANKS * SYSCALL_NRS) as u32, 0);
+pub static SYS_NRS: Array<SysNr> = Array::with_max_entries((BANKS * SYSCALL_NRS) as u32, 0);
+
+/// String arguments' value sets: key (bank, argument, string) as in the
+/// `STR_*` maps, value the mask of syscall selectors holding the string.
+/// A prefix's or postfix's mask also holds the selectors of its own
+/// shorter prefixes, since the trie answers with the longest match only.
+#[map]
+pub static SYS_STR_EQUAL: HashMap<[u8; STR_KEY_LEN], u64> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static SYS_STR_PREFIX: LpmTrie<[u8; STR_KEY_LEN], u64> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static SYS_STR_POSTFIX: LpmTrie<[u8; STR_KEY_LEN], u64> = LpmTrie::with_max_entries(1024, 0);
 
 /// State of the syscall selector loop (see `syscall::SysEval`).
 #[map]

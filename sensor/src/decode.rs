@@ -1,6 +1,8 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
-use sensor_common::{kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent};
+use sensor_common::{
+    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent, SYSCALL_ARGS,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -11,7 +13,15 @@ pub enum Record {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
-    Syscall(SyscallEvent),
+    Syscall(SyscallRecord),
+}
+
+/// A syscall record: the header and the arguments copied from user memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyscallRecord {
+    pub header: SyscallEvent,
+    /// Per argument, the bytes copied (a string with its NUL), if any.
+    pub user: [Option<Vec<u8>>; SYSCALL_ARGS],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +39,8 @@ pub enum DecodeError {
     Short { kind: u32, len: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("syscall record's copies ({want} bytes) exceed its {len} data bytes")]
+    SyscallLengths { want: usize, len: usize },
     #[error("exec record lengths ({path}+{args}+{cwd}) exceed its {len} data bytes")]
     Lengths {
         path: usize,
@@ -91,7 +103,29 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
         kind::CONNECT => Ok(Record::Connect(read(kind, bytes)?)),
-        kind::SYSCALL => Ok(Record::Syscall(read(kind, bytes)?)),
+        kind::SYSCALL => {
+            let header: SyscallEvent = read(kind, bytes)?;
+            let data = &bytes[size_of::<SyscallEvent>()..];
+            let want: usize = (0..SYSCALL_ARGS)
+                .filter(|i| header.read & (1 << i) != 0)
+                .map(|i| header.lens[i] as usize)
+                .sum();
+            if want > data.len() {
+                return Err(DecodeError::SyscallLengths {
+                    want,
+                    len: data.len(),
+                });
+            }
+            let mut at = 0;
+            let user = std::array::from_fn(|i| {
+                (header.read & (1 << i) != 0).then(|| {
+                    let n = header.lens[i] as usize;
+                    at += n;
+                    data[at - n..at].to_vec()
+                })
+            });
+            Ok(Record::Syscall(SyscallRecord { header, user }))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

@@ -4,11 +4,11 @@
 //! bytes.
 use std::sync::Arc;
 
-use sensor_common::{ConnectEvent, ExitEvent, SyscallEvent};
+use sensor_common::{ConnectEvent, ExitEvent};
 
 use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
-use crate::decode::{decode, ExecRecord, Record};
+use crate::decode::{decode, ExecRecord, Record, SyscallRecord};
 use crate::enrich::Enricher;
 use crate::export::ancestors::AncestorKinds;
 use crate::export::build;
@@ -459,7 +459,8 @@ impl Pipeline {
     }
 
     /// A syscall record: policy events for the selectors that posted.
-    fn syscall(&mut self, c: &SyscallEvent) {
+    fn syscall(&mut self, r: &SyscallRecord) {
+        let c = &r.header;
         let Some(process) = self.cache.by_pid(c.pid) else {
             self.miss();
             tracing::warn!(
@@ -476,7 +477,7 @@ impl Pipeline {
             parent,
             caller: None,
         };
-        self.post_hits(c.hits, Table::Sys, subject, &time, build::syscall_arg(c));
+        self.post_hits(c.hits, Table::Sys, subject, &time, build::syscall_arg(r));
     }
 
     /// One policy event for each hit selector that posts.

@@ -4,13 +4,15 @@
 //! names for families, socket types and protocols.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use sensor_common::{ConnectEvent, SyscallEvent};
+use base64::Engine;
+use sensor_common::ConnectEvent;
 
 use super::event::{
     Argument, BinprmArg, Event, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg,
-    SockaddrArg, SyscallIdArg,
+    SockaddrArg, SyscallIdArg, TruncatedBytesArg,
 };
-use crate::policy::{EventArg, HookPoint, IntType, SelectorMeta, SysArg};
+use crate::decode::SyscallRecord;
+use crate::policy::{EventArg, HookPoint, IntType, SelectorMeta, SysArg, UserRead};
 
 fn family_name(f: u16) -> &'static str {
     match f {
@@ -152,11 +154,14 @@ pub fn connect_arg(sock: &SockArg) -> impl Fn(EventArg) -> Option<Argument> + '_
 }
 
 /// The arguments of a syscall hook, read from the raw registers as the
-/// policy's types say.
-pub fn syscall_arg(s: &SyscallEvent) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+/// policy's types say, and from the copies of user memory.
+pub fn syscall_arg(r: &SyscallRecord) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+    let s = &r.header;
     move |arg| {
-        let EventArg::Syscall(which, ty) = arg else {
-            return None;
+        let (which, ty) = match arg {
+            EventArg::Syscall(which, ty) => (which, ty),
+            EventArg::SyscallUser { reg, read } => return user_arg(r, reg, read),
+            _ => return None,
         };
         let raw = match which {
             SysArg::Number => s.nr as u64,
@@ -173,4 +178,28 @@ pub fn syscall_arg(s: &SyscallEvent) -> impl Fn(EventArg) -> Option<Argument> + 
             }),
         })
     }
+}
+
+/// A string or buffer argument. One that could not be copied (a bad
+/// pointer) is an empty string or no bytes, as in Tetragon.
+fn user_arg(r: &SyscallRecord, reg: u8, read: UserRead) -> Option<Argument> {
+    let bytes = r.user.get(reg as usize)?.as_deref().unwrap_or_default();
+    Some(match read {
+        UserRead::String => {
+            let s = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+            Argument::StringArg(String::from_utf8_lossy(s).into_owned())
+        }
+        UserRead::Buffer { size_reg } => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let size = r.header.args.get(size_reg as usize).copied().unwrap_or(0);
+            if r.header.truncated & (1 << reg) != 0 {
+                Argument::TruncatedBytesArg(TruncatedBytesArg {
+                    bytes_arg: b64,
+                    orig_size: size.to_string(),
+                })
+            } else {
+                Argument::BytesArg(b64)
+            }
+        }
+    })
 }

@@ -30,6 +30,8 @@ fn path_of(args: &[Argument]) -> String {
             Argument::UintArg(n) => n.to_string(),
             Argument::SizeArg(n) | Argument::LongArg(n) => n.clone(),
             Argument::SyscallId(s) => s.id.to_string(),
+            Argument::BytesArg(b) => b.clone(),
+            Argument::TruncatedBytesArg(t) => t.bytes_arg.clone(),
         })
         .next()
         .unwrap_or_default()

@@ -236,6 +236,18 @@ pub enum Argument {
     SizeArg(String),
     LongArg(String),
     SyscallId(SyscallIdArg),
+    /// protojson writes bytes as base64.
+    BytesArg(String),
+    TruncatedBytesArg(TruncatedBytesArg),
+}
+
+/// `KprobeTruncatedBytes`: the bytes kept, and how many there were.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TruncatedBytesArg {
+    /// base64.
+    pub bytes_arg: String,
+    /// protojson writes 64-bit integers as strings.
+    pub orig_size: String,
 }
 
 /// `SyscallId`: a syscall number and its ABI (`x64`).

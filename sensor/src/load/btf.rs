@@ -229,6 +229,13 @@ impl Btf {
             cred_cap_inheritable: o("cred", "cap_inheritable")?,
             cred_cap_permitted: o("cred", "cap_permitted")?,
             cred_cap_effective: o("cred", "cap_effective")?,
+            task_group_leader: o("task_struct", "group_leader")?,
+            task_thread_pid: o("task_struct", "thread_pid")?,
+            pid_level: o("pid", "level")?,
+            pid_numbers: o("pid", "numbers")?,
+            upid_ns: o("upid", "ns")?,
+            // `struct upid` ends with its namespace pointer.
+            upid_size: o("upid", "ns")? + 8,
         })
     }
 

@@ -10,14 +10,16 @@ use std::hash::Hash;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError};
 use aya::Pod;
 use sensor_common::{
-    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, SysSelector,
+    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, SysNr, SysSelector,
     MAX_SELECTORS, NET_ADDR_KEY_LEN, STR_KEY_LEN, SYSCALL_NRS,
 };
 
 use super::{map_err, Kernel, LoadError};
-use crate::policy::Compiled;
+use crate::policy::{Compiled, SysStrings};
 
 const STR_MAPS: [&str; 2] = ["STR_PREFIX", "STR_POSTFIX"];
+/// The syscall string filters' tries (their hash is `SYS_STR_EQUAL`).
+const SYS_STR_MAPS: [&str; 2] = ["SYS_STR_PREFIX", "SYS_STR_POSTFIX"];
 
 /// The bank a string key belongs to (bit 7 of its selector byte).
 fn str_bank(k: &[u8]) -> u32 {
@@ -128,12 +130,30 @@ impl Kernel {
         }
         // Every number of the bank is written: an array keeps what the
         // bank's last set left.
-        let mut nrs: Array<_, u64> =
+        let mut nrs: Array<_, SysNr> =
             Array::try_from(self.map_mut("SYS_NRS")?).map_err(map_err("SYS_NRS"))?;
         for nr in 0..SYSCALL_NRS {
-            let mask = c.sys_nrs.get(nr).copied().unwrap_or(0);
-            nrs.set(next * SYSCALL_NRS as u32 + nr as u32, mask, 0)
+            let entry = c.sys_nrs.get(nr).copied().unwrap_or_default();
+            nrs.set(next * SYSCALL_NRS as u32 + nr as u32, entry, 0)
                 .map_err(map_err("SYS_NRS"))?;
+        }
+        let mut sys_equal: HashMap<_, [u8; STR_KEY_LEN], u64> =
+            HashMap::try_from(self.map_mut("SYS_STR_EQUAL")?).map_err(map_err("SYS_STR_EQUAL"))?;
+        for (k, mask) in &c.sys_strings.equal {
+            sys_equal
+                .insert(str_key(k), mask, 0)
+                .map_err(map_err("SYS_STR_EQUAL"))?;
+        }
+        for (name, set) in SYS_STR_MAPS
+            .into_iter()
+            .zip([&c.sys_strings.prefix, &c.sys_strings.postfix])
+        {
+            let mut trie: LpmTrie<_, [u8; STR_KEY_LEN], u64> =
+                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (bits, k, mask) in SysStrings::closed(set) {
+                trie.insert(&Key::new(bits, str_key(&k)), mask, 0)
+                    .map_err(map_err(name))?;
+            }
         }
         let scope: HashSet<u64> = scope.iter().copied().collect();
         self.add_hash("SCOPE_CGROUPS", &scope)?;
@@ -169,7 +189,7 @@ impl Kernel {
             bank: active,
             grace,
         });
-        self.prune_hash("SCOPE_CGROUPS", |id| scope.contains(id))?;
+        self.prune_hash::<u64, u8>("SCOPE_CGROUPS", |id| scope.contains(id))?;
         self.syscall_program(c.config.n_sys_selectors != 0)
     }
 
@@ -201,12 +221,16 @@ impl Kernel {
 
     /// Removes every table entry of `bank`.
     fn clear_bank(&mut self, bank: u32) -> Result<(), LoadError> {
-        self.prune_hash::<[u8; STR_KEY_LEN]>("STR_EQUAL", |k| str_bank(k) != bank)?;
+        self.prune_hash::<[u8; STR_KEY_LEN], u8>("STR_EQUAL", |k| str_bank(k) != bank)?;
         for name in STR_MAPS {
-            self.prune_trie::<STR_KEY_LEN>(name, |k| str_bank(k) != bank)?;
+            self.prune_trie::<STR_KEY_LEN, u8>(name, |k| str_bank(k) != bank)?;
         }
-        self.prune_trie::<NET_ADDR_KEY_LEN>("NET_ADDR", |k| net_bank(k[0]) != bank)?;
-        self.prune_hash::<NetValueKey>("NET_VALUE", |k| net_bank(k.selector) != bank)
+        self.prune_hash::<[u8; STR_KEY_LEN], u64>("SYS_STR_EQUAL", |k| str_bank(k) != bank)?;
+        for name in SYS_STR_MAPS {
+            self.prune_trie::<STR_KEY_LEN, u64>(name, |k| str_bank(k) != bank)?;
+        }
+        self.prune_trie::<NET_ADDR_KEY_LEN, u8>("NET_ADDR", |k| net_bank(k[0]) != bank)?;
+        self.prune_hash::<NetValueKey, u8>("NET_VALUE", |k| net_bank(k.selector) != bank)
     }
 
     fn add_hash<K: Pod + Eq + Hash>(
@@ -223,12 +247,12 @@ impl Kernel {
     }
 
     /// Removes the keys of hash map `name` that `keep` refuses.
-    fn prune_hash<K: Pod + Eq + Hash>(
+    fn prune_hash<K: Pod + Eq + Hash, V: Pod>(
         &mut self,
         name: &'static str,
         keep: impl Fn(&K) -> bool,
     ) -> Result<(), LoadError> {
-        let mut m: HashMap<_, K, u8> =
+        let mut m: HashMap<_, K, V> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         let stale: Vec<K> = m.keys().flatten().filter(|k| !keep(k)).collect();
         for k in stale {
@@ -241,12 +265,12 @@ impl Kernel {
     }
 
     /// Removes the keys of LPM trie `name` whose data `keep` refuses.
-    fn prune_trie<const N: usize>(
+    fn prune_trie<const N: usize, V: Pod>(
         &mut self,
         name: &'static str,
         keep: impl Fn(&[u8; N]) -> bool,
     ) -> Result<(), LoadError> {
-        let mut trie: LpmTrie<_, [u8; N], u8> =
+        let mut trie: LpmTrie<_, [u8; N], V> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         let stale: Vec<Key<[u8; N]>> = trie.keys().flatten().filter(|k| !keep(&k.data())).collect();
         for k in stale {

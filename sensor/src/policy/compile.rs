@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use sensor_common::{
-    match_kind, net_kind, Config, ExecSelector, IntFilter, NetFilter, NetSelector, NetValueKey,
-    ProcState, StrFilter, SysSelector, INT_VALUES, MAX_SELECTORS, NET_ADDR_KEY_LEN,
-    NET_SELECTOR_BASE, SLOT_BINARIES, SLOT_SYS_BINARIES, STR_KEY_HEADER, STR_KEY_LEN, SYSCALL_NRS,
+    match_kind, net_kind, Config, ExecSelector, NetFilter, NetSelector, NetValueKey, ProcState,
+    StrFilter, SysNr, SysSelector, MAX_SELECTORS, NET_ADDR_KEY_LEN, NET_SELECTOR_BASE,
+    SLOT_BINARIES, STR_KEY_HEADER, STR_KEY_LEN,
 };
+
+use super::compile_sys::SysStrings;
 
 use super::{
     Actions, BinaryMatch, EventArg, Hook, HookFamily, HookPoint, Mode, NetMatch, Policy,
@@ -68,9 +70,11 @@ pub struct Compiled {
     pub net_meta: Vec<SelectorMeta>,
     pub sys_selectors: Vec<SysSelector>,
     pub sys_meta: Vec<SelectorMeta>,
-    /// Per syscall number, the syscall selectors that apply (bit i =
-    /// selector i); `SYSCALL_NRS` entries.
-    pub sys_nrs: Vec<u64>,
+    /// Per syscall number, the syscall selectors that apply and what is
+    /// read from user memory; `SYSCALL_NRS` entries.
+    pub sys_nrs: Vec<SysNr>,
+    /// Value sets of the syscall selectors' string filters.
+    pub sys_strings: SysStrings,
     pub equal: Vec<StrKey>,
     /// (prefix length in bits, key)
     pub prefix: Vec<(u32, StrKey)>,
@@ -82,7 +86,7 @@ pub struct Compiled {
     pub scopes: Vec<Scope>,
     binaries: Vec<Option<BinaryMatch>>,
     net_binaries: Vec<Option<BinaryMatch>>,
-    sys_binaries: Vec<Option<BinaryMatch>>,
+    pub(super) sys_binaries: Vec<Option<BinaryMatch>>,
 }
 
 fn key(selector: u8, slot: u8, value: &[u8]) -> (u32, StrKey) {
@@ -132,7 +136,7 @@ fn enforced(sel: &Selector, mode: Mode) -> std::borrow::Cow<'_, Selector> {
 impl Compiled {
     pub fn new(policies: &[(PathBuf, Policy)]) -> Result<Compiled, PolicyError> {
         let mut c = Compiled {
-            sys_nrs: vec![0; SYSCALL_NRS],
+            sys_nrs: super::compile_sys::empty_nrs(),
             ..Compiled::default()
         };
         let (mut exec_hooks, mut net_hooks, mut sys_hooks) = (0u32, 0u32, 0u32);
@@ -181,7 +185,12 @@ impl Compiled {
                             if c.sys_selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "syscall selectors"));
                             }
-                            c.add_sys(hook_id, hook, &enforced(sel, policy.mode), scope);
+                            c.add_sys(hook_id, hook, &enforced(sel, policy.mode), scope)
+                                .map_err(|reason| PolicyError {
+                                    file: file.clone(),
+                                    field: hook.field.clone(),
+                                    reason,
+                                })?;
                             c.sys_meta.push(meta(policy, hook, sel));
                         }
                     }
@@ -191,6 +200,13 @@ impl Compiled {
         c.config.n_selectors = c.selectors.len() as u32;
         c.config.n_net_selectors = c.net_selectors.len() as u32;
         c.config.n_sys_selectors = c.sys_selectors.len() as u32;
+        if let (Some((file, _)), Some(what)) = (policies.last(), c.sys_strings.over_limit()) {
+            return Err(PolicyError {
+                file: file.clone(),
+                field: "spec".into(),
+                reason: what,
+            });
+        }
         c.config.n_scopes = c.scopes.len() as u32;
         Ok(c)
     }
@@ -305,55 +321,7 @@ impl Compiled {
         self.net_binaries.push(sel.binaries.clone());
     }
 
-    fn add_sys(&mut self, hook_id: u32, hook: &Hook, sel: &Selector, scope: u8) {
-        let index = self.sys_selectors.len();
-        let mut ss = SysSelector {
-            hook: hook_id,
-            scope,
-            signal: sel.actions.signal.unwrap_or(0),
-            ..Default::default()
-        };
-        if let Some(b) = &sel.binaries {
-            ss.binaries = self.add_values(index as u8, SLOT_SYS_BINARIES, &b.set);
-            if b.follow_children {
-                ss.follow = 1;
-                self.config.sys_follow_mask |= 1 << index;
-            }
-        }
-        for (i, m) in sel.ints.iter().enumerate() {
-            let (width32, signed) = m.ty.shape();
-            let mut values = [0u64; INT_VALUES];
-            for (v, raw) in values.iter_mut().zip(&m.values) {
-                // As the kernel reads the argument: a 32-bit value's low
-                // half, sign-extended if signed.
-                *v = match (width32, signed) {
-                    (true, true) => *raw as u32 as i32 as i64 as u64,
-                    (true, false) => *raw as u32 as u64,
-                    _ => *raw,
-                };
-            }
-            ss.filters[i] = IntFilter {
-                arg: m.reg,
-                op: m.op,
-                n: m.values.len() as u8,
-                width32: width32 as u8,
-                signed: signed as u8,
-                _pad: [0; 3],
-                values,
-            };
-        }
-        ss.n_filters = sel.ints.len() as u8;
-        for &nr in &hook.syscalls {
-            let admitted = sel.numbers.as_ref().is_none_or(|n| n.contains(&nr));
-            if let Some(mask) = self.sys_nrs.get_mut(nr as usize).filter(|_| admitted) {
-                *mask |= 1 << index;
-            }
-        }
-        self.sys_selectors.push(ss);
-        self.sys_binaries.push(sel.binaries.clone());
-    }
-
-    fn add_values(&mut self, selector: u8, slot: u8, m: &StrMatch) -> StrFilter {
+    pub(super) fn add_values(&mut self, selector: u8, slot: u8, m: &StrMatch) -> StrFilter {
         let filter = m.op.filter();
         for v in &m.values {
             match filter.kind {

@@ -4,8 +4,10 @@
 //! sensor implements, `selector` and `net` for selectors), and compiling
 //! loaded policies into the kernel's selector tables (`compile`), after
 //! `kernel` has checked them against what the running kernel can enforce.
-//! `syscalls` names x86_64's syscalls for the syscall family.
+//! `syscalls` names x86_64's syscalls for the syscall family, whose tables
+//! `compile_sys` builds.
 mod compile;
+mod compile_sys;
 mod hooks;
 mod kernel;
 mod net;
@@ -22,6 +24,7 @@ pub use selector_labels::LabelSelector;
 pub use net::NetMatch;
 
 pub use compile::{Compiled, Scope, SelectorMeta};
+pub use compile_sys::SysStrings;
 pub use kernel::fits_kernel;
 
 use std::path::PathBuf;
@@ -163,6 +166,18 @@ pub enum EventArg {
     AddrLen,
     /// An integer argument of a syscall.
     Syscall(SysArg, IntType),
+    /// A syscall argument copied from the caller's memory (register `reg`).
+    SyscallUser { reg: u8, read: UserRead },
+}
+
+/// How a syscall argument is copied from user memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserRead {
+    /// `string`: NUL-terminated; `string_arg`.
+    String,
+    /// `char_buf`: as many bytes as register `size_reg` says; `bytes_arg`,
+    /// or `truncated_bytes_arg` when cut.
+    Buffer { size_reg: u8 },
 }
 
 /// One hook of a policy, mapped onto the exec or the connect reflex.
@@ -282,6 +297,10 @@ pub struct Selector {
     pub net: Vec<NetMatch>,
     /// Filters on integer syscall arguments (syscall hooks), ANDed.
     pub ints: Vec<IntMatch>,
+    /// Filters on string syscall arguments (syscall hooks), ANDed.
+    pub strs: Vec<ArgStrMatch>,
+    /// `matchPIDs` (syscall hooks), ANDed.
+    pub pids: Vec<PidMatch>,
     /// The syscall numbers the selector's filters on the number admit
     /// (syscall hooks; `None`: every number of its hook).
     pub numbers: Option<std::collections::BTreeSet<u32>>,
@@ -297,6 +316,8 @@ impl Selector {
             path: Vec::new(),
             net: Vec::new(),
             ints: Vec::new(),
+            strs: Vec::new(),
+            pids: Vec::new(),
             numbers: None,
             actions: Actions::POST,
         }
@@ -311,4 +332,23 @@ pub struct IntMatch {
     pub op: u8,
     /// Values as the kernel compares them (pairs for ranges).
     pub values: Vec<u64>,
+}
+
+/// A `matchArgs` entry on a string syscall argument (register `reg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgStrMatch {
+    pub reg: u8,
+    pub set: StrMatch,
+}
+
+/// A `matchPIDs` entry: the caller's PID is (not) one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidMatch {
+    /// `NotIn`.
+    pub negate: bool,
+    /// `followForks`: an ancestor's PID counts too.
+    pub follow_forks: bool,
+    /// `isNamespacePID`: PIDs as the caller's PID namespace numbers them.
+    pub namespace: bool,
+    pub values: Vec<u32>,
 }

@@ -278,10 +278,19 @@ pub fn kprobe_extras(k: &RawKprobe, at: &str) -> Result<()> {
 
 /// Refuses the argument options this sensor does not implement.
 pub fn arg_options(a: &RawArg, f: &str) -> Result<()> {
+    arg_options_but_size(a, f)?;
+    unsupported(
+        &a.size_arg_index,
+        format!("{f}.sizeArgIndex"),
+        "sizeArgIndex",
+    )
+}
+
+/// As [`arg_options`], taking `sizeArgIndex` (a syscall's `char_buf`).
+pub fn arg_options_but_size(a: &RawArg, f: &str) -> Result<()> {
     for (name, v) in [
         ("resolve", &a.resolve),
         ("btfType", &a.btf_type),
-        ("sizeArgIndex", &a.size_arg_index),
         ("returnCopy", &a.return_copy),
         ("maxData", &a.max_data),
         ("source", &a.source),

@@ -138,6 +138,8 @@ mod tests {
             path: path.map(set).into_iter().collect(),
             net: Vec::new(),
             ints: Vec::new(),
+            strs: Vec::new(),
+            pids: Vec::new(),
             numbers: None,
             actions: Actions {
                 signal: kill.then_some(9),

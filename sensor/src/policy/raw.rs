@@ -121,6 +121,19 @@ pub struct RawArg {
     pub source: Option<Value>,
 }
 
+/// A `matchPIDs` entry; values are numbers or numeric strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatchPid {
+    pub operator: String,
+    #[serde(default)]
+    pub follow_forks: bool,
+    #[serde(rename = "isNamespacePID", default)]
+    pub is_namespace_pid: bool,
+    #[serde(default)]
+    pub values: Vec<Value>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSelector {
@@ -130,8 +143,8 @@ pub struct RawSelector {
     pub match_args: Vec<RawMatchArg>,
     #[serde(default)]
     pub match_actions: Vec<RawAction>,
-    #[serde(rename = "matchPIDs")]
-    pub match_pids: Option<Value>,
+    #[serde(rename = "matchPIDs", default)]
+    pub match_pids: Vec<RawMatchPid>,
     pub match_data: Option<Value>,
     pub match_return_args: Option<Value>,
     pub match_parent_binaries: Option<Value>,

@@ -7,7 +7,10 @@ use super::net::{self, NetMatch};
 use super::parse::{err, unsupported, Result};
 use super::raw::*;
 use super::syscall_hooks::{self, Lists};
-use super::{limits, Actions, BinaryMatch, EventArg, Selector, StrMatch, StrOp, SysArg};
+use super::{
+    limits, Actions, ArgStrMatch, BinaryMatch, EventArg, Selector, StrMatch, StrOp, SysArg,
+    UserRead,
+};
 
 /// `lists`: the policy's `lists`, given for a syscall hook (whose
 /// selectors take integer filters and NotifyEnforcer).
@@ -18,7 +21,6 @@ pub fn selector(
     at: &str,
 ) -> Result<Selector> {
     for (name, v) in [
-        ("matchPIDs", &s.match_pids),
         ("matchData", &s.match_data),
         ("matchReturnArgs", &s.match_return_args),
         ("matchParentBinaries", &s.match_parent_binaries),
@@ -79,7 +81,17 @@ pub fn selector(
             ),
         );
     }
-    let (mut path, mut net, mut ints) = (Vec::new(), Vec::new(), Vec::new());
+    let pids = match lists {
+        Some(_) => syscall_hooks::pid_filters(s.match_pids, &format!("{at}.matchPIDs"))?,
+        None if s.match_pids.is_empty() => Vec::new(),
+        None => {
+            return err(
+                format!("{at}.matchPIDs"),
+                "matchPIDs is supported on syscall hooks only (exec and connect hooks: use matchBinaries or a pod scope)",
+            )
+        }
+    };
+    let (mut path, mut net, mut ints, mut strs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut numbers: Option<BTreeSet<u32>> = None;
     for (i, m) in s.match_args.into_iter().enumerate() {
         let f = format!("{at}.matchArgs[{i}]");
@@ -116,6 +128,19 @@ pub fn selector(
             EventArg::Syscall(SysArg::Reg(reg), ty) => {
                 ints.push(syscall_hooks::int_filter(&m, reg, ty, &f)?)
             }
+            EventArg::SyscallUser {
+                reg,
+                read: UserRead::String,
+            } => strs.push(ArgStrMatch {
+                reg,
+                set: path_filter(m, &f)?,
+            }),
+            EventArg::SyscallUser { .. } => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} (a char_buf) is reported, not filtered on, here"),
+                )
+            }
         }
     }
     Ok(Selector {
@@ -123,6 +148,8 @@ pub fn selector(
         path,
         net,
         ints,
+        strs,
+        pids,
         numbers,
         actions: actions(s.match_actions, lists.is_some(), at)?,
     })
@@ -178,7 +205,7 @@ fn path_filter(m: RawMatchArg, f: &str) -> Result<StrMatch> {
         other if OTHER_OPERATORS.contains(&other) => {
             return err(
                 format!("{f}.operator"),
-                format!("operator `{other}` does not apply to a path; expected Equal, NotEqual, Prefix, NotPrefix, Postfix or NotPostfix"),
+                format!("operator `{other}` does not apply to a string; expected Equal, NotEqual, Prefix, NotPrefix, Postfix or NotPostfix"),
             )
         }
         other => return err(format!("{f}.operator"), format!("unknown operator `{other}`")),

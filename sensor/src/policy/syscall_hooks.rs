@@ -1,16 +1,22 @@
 //! The syscall family's hooks: kprobes on `sys_*` calls (`syscall: true`),
 //! `raw_syscalls/sys_enter` and `syscalls/sys_enter_NAME` tracepoints, all
 //! carried out on the raw `sys_enter` tracepoint; `lists` of syscalls; and
-//! `matchArgs` on the syscall number (a set of numbers, decided here) and
-//! on integer arguments (compared in the kernel).
+//! `matchArgs` on the syscall number (a set of numbers, decided here), on
+//! integer arguments (compared in the kernel) and on strings copied from
+//! user memory (looked up in the kernel); `matchPIDs`.
 use std::collections::{BTreeMap, BTreeSet};
 
-use sensor_common::{int_op, INT_VALUES, SYSCALL_ARGS, SYSCALL_NRS};
+use sensor_common::{int_op, INT_VALUES, MAX_PID_FILTERS, PID_VALUES, SYSCALL_ARGS, SYSCALL_NRS};
 
-use super::parse::{arg_options, err, hook_limits, kprobe_extras, FieldError, Result};
-use super::raw::{RawArg, RawKprobe, RawMatchArg, RawSelector, RawTracepoint};
+use super::parse::{
+    arg_options, arg_options_but_size, err, hook_limits, kprobe_extras, FieldError, Result,
+};
+use super::raw::{RawArg, RawKprobe, RawMatchArg, RawMatchPid, RawSelector, RawTracepoint};
 use super::selector::selector;
-use super::{syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, Selector, SysArg};
+use super::{
+    syscalls, EventArg, Hook, HookFamily, HookPoint, IntMatch, IntType, PidMatch, Selector, SysArg,
+    UserRead,
+};
 
 /// A policy's `lists` of `type: syscalls`, by name: their numbers.
 pub type Lists = BTreeMap<String, BTreeSet<u32>>;
@@ -121,14 +127,14 @@ pub fn syscall_kprobe(k: RawKprobe, nr: u32, lists: &Lists, at: &str) -> Result<
                 format!("a syscall has arguments 0 to {}", SYSCALL_ARGS - 1),
             );
         }
-        let ty = int_type(a, &f, false)?;
+        let arg = sys_arg(a, a.index as u8, &f)?;
         if declared.iter().any(|(idx, _)| *idx == a.index) {
             return err(
                 format!("{f}.index"),
                 format!("argument {} is declared twice", a.index),
             );
         }
-        declared.push((a.index, EventArg::Syscall(SysArg::Reg(a.index as u8), ty)));
+        declared.push((a.index, arg));
     }
     let function = syscalls::function_name(nr).unwrap_or_else(|| k.call.clone());
     let point = HookPoint::Kprobe { function };
@@ -174,8 +180,10 @@ pub fn syscall_tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<H
     for (i, a) in t.args.iter().enumerate() {
         let f = format!("{at}.args[{i}]");
         let arg = match a.index {
-            4 => SysArg::Number,
-            n if !raw && (5..5 + SYSCALL_ARGS as u32).contains(&n) => SysArg::Reg((n - 5) as u8),
+            4 => EventArg::Syscall(SysArg::Number, int_type(a, &f, true)?),
+            n if !raw && (5..5 + SYSCALL_ARGS as u32).contains(&n) => {
+                sys_arg(a, (n - 5) as u8, &f)?
+            }
             n => {
                 return err(
                     format!("{f}.index"),
@@ -187,8 +195,7 @@ pub fn syscall_tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<H
                 )
             }
         };
-        let ty = int_type(a, &f, arg == SysArg::Number)?;
-        declared.push((i as u32, EventArg::Syscall(arg, ty)));
+        declared.push((i as u32, arg));
     }
     let point = HookPoint::Tracepoint {
         subsystem: t.subsystem,
@@ -244,8 +251,38 @@ fn finish(
     })
 }
 
-/// The type of an integer syscall argument; strings and buffers from user
-/// memory are refused with the reason.
+/// Syscall argument `reg` as its type says: copied from user memory
+/// (`string`, `char_buf` sized by another argument) or an integer.
+fn sys_arg(a: &RawArg, reg: u8, f: &str) -> Result<EventArg> {
+    let read = match a.type_.as_deref() {
+        Some("string") => UserRead::String,
+        Some("char_buf") => {
+            arg_options_but_size(a, f)?;
+            let at = format!("{f}.sizeArgIndex");
+            // Tetragon's sizeArgIndex counts from 1 (its docs warn of it).
+            let size = match a.size_arg_index.as_ref() {
+                None => return err(at, "a char_buf needs sizeArgIndex (the argument holding its size, counted from 1); returnCopy is not supported"),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
+            };
+            match size {
+                Some(n @ 1..=6) if n != reg as u64 + 1 => UserRead::Buffer {
+                    size_reg: n as u8 - 1,
+                },
+                _ => return err(at, format!("expected the number (1 to {SYSCALL_ARGS}) of another argument of the syscall")),
+            }
+        }
+        _ => return Ok(EventArg::Syscall(SysArg::Reg(reg), int_type(a, f, false)?)),
+    };
+    if read == UserRead::String {
+        arg_options(a, f)?;
+    }
+    Ok(EventArg::SyscallUser { reg, read })
+}
+
+/// The type of an integer syscall argument; the user-memory types this
+/// sensor does not copy are refused with the reason.
 fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
     arg_options(a, f)?;
     let name = a.type_.as_deref().unwrap_or("auto");
@@ -258,14 +295,59 @@ fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
         None => err(
             format!("{f}.type"),
             match name {
-                "string" | "char_buf" | "char_iovec" | "const_buf" | "filename" | "path"
-                | "file" => format!("type `{name}` (user memory) is not supported yet for syscalls; integer types are: int, uint32, uint64, size_t, long, syscall64"),
+                "string" | "char_buf" => format!("type `{name}` does not fit the syscall number"),
+                "char_iovec" | "const_buf" | "filename" | "path" | "file" => format!("type `{name}` is not supported for syscalls; user memory is copied as string or char_buf, and the integer types are int, uint32, uint64, size_t, long, syscall64"),
                 // Tetragon resolves a descriptor to its file (`file_arg`).
                 "fd" => "type `fd` (resolved to its file in Tetragon's events) is not supported yet for syscalls; `int` reports the number".to_string(),
                 _ => format!("type `{name}` does not fit a syscall argument; expected int, uint32, uint64, size_t, long or syscall64"),
             },
         ),
     }
+}
+
+/// `matchPIDs`: In or NotIn, with `followForks` and `isNamespacePID`.
+pub fn pid_filters(raw: Vec<RawMatchPid>, at: &str) -> Result<Vec<PidMatch>> {
+    if raw.len() > MAX_PID_FILTERS {
+        return err(
+            at,
+            format!("{} entries; at most {MAX_PID_FILTERS}", raw.len()),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let f = format!("{at}[{i}]");
+        let negate = match p.operator.as_str() {
+            "In" => false,
+            "NotIn" => true,
+            other => {
+                return err(
+                    format!("{f}.operator"),
+                    format!("unknown operator `{other}`; expected In or NotIn"),
+                )
+            }
+        };
+        if p.values.is_empty() || p.values.len() > PID_VALUES {
+            return err(format!("{f}.values"), format!("1 to {PID_VALUES} PIDs"));
+        }
+        let mut values = Vec::new();
+        for (j, v) in p.values.iter().enumerate() {
+            let n = v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(|n| u32::try_from(n).ok());
+            match n {
+                Some(n) => values.push(n),
+                None => return err(format!("{f}.values[{j}]"), "not a PID"),
+            }
+        }
+        out.push(PidMatch {
+            negate,
+            follow_forks: p.follow_forks,
+            namespace: p.is_namespace_pid,
+            values,
+        });
+    }
+    Ok(out)
 }
 
 /// An integer value: decimal (signed) or 0x hex.

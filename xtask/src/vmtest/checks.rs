@@ -95,7 +95,7 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "syscall policies (Post, lists, kill)",
+        name: "syscall policies (Post, lists, kill, strings, PIDs)",
         run: Run::Tests {
             target: "syscalls",
             names: &[
@@ -105,6 +105,8 @@ pub const CHECKS: &[Check] = &[
                 "integer_filters_are_decided_in_the_kernel",
                 "the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded",
                 "an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon",
+                "strings_from_user_memory_are_posted_and_matched_in_the_kernel",
+                "match_pids_follows_the_lineage_in_the_pid_namespace",
             ],
         },
     },

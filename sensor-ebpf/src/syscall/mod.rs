@@ -4,23 +4,36 @@
 //! attaches as a pinnable bpf link (kprobes are missing on some kernels,
 //! this one included). One array lookup by syscall number says which
 //! selectors apply; a syscall no policy names costs that lookup alone.
-//! A matching selector posts a record with the raw arguments and sends its
-//! signal, which lands before the syscall returns to user space.
+//! A matching selector posts a record with the raw arguments, and the
+//! strings and buffers the policy reads from user memory (`user`), and
+//! sends its signal, which lands before the syscall returns to user space.
+mod lineage;
+mod user;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns, bpf_send_signal,
+        bpf_ktime_get_ns, bpf_send_signal, generated::bpf_ringbuf_output,
     },
     macros::raw_tracepoint,
+    maps::lpm_trie::Key,
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    int_op, kind, match_kind, IntFilter, ProcState, SyscallEvent, INT_VALUES, MAX_ARG_FILTERS,
-    MAX_SELECTORS, SYSCALL_ARGS, SYSCALL_NRS,
+    int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SyscallEvent, INT_VALUES,
+    MAX_ARG_FILTERS, MAX_PID_FILTERS, MAX_SELECTORS, STR_KEY_LEN, SYSCALL_ARGS, SYSCALL_NRS,
+    SYS_BLOB_MAX, SYS_DATA_CAP,
 };
 
 use crate::kernel::read;
 use crate::maps::{count_lost, wakeup_flags, EVENTS, PROCS, SYS_EVAL, SYS_NRS, SYS_SELECTORS};
+
+const HEADER: usize = core::mem::size_of::<SyscallEvent>();
+
+/// Indexes of [`SysEval::str_hits`].
+const STR_EQUAL_HITS: usize = 0;
+const STR_PREFIX_HITS: usize = 1;
+const STR_POSTFIX_HITS: usize = 2;
 
 /// Where x86_64's `pt_regs` holds the six syscall arguments: di, si, dx,
 /// r10, r8, r9.
@@ -44,12 +57,27 @@ pub fn snsr_syscall_compat(ctx: RawTracePointContext) -> i32 {
 #[repr(C)]
 pub struct SysEval {
     event: SyscallEvent,
-    /// The selectors that apply to this syscall number.
+    /// The copies of user memory, right after the header so that one
+    /// output sends both; slack past the cap lets a bounded copy land
+    /// without an exact-size proof.
+    data: [u8; SYS_DATA_CAP + 2 * SYS_BLOB_MAX],
+    /// Bytes of `data` in use.
+    used: u64,
+    /// What this syscall number reads and which selectors apply.
+    nr: SysNr,
     mask: u64,
     state: ProcState,
     hooks_done: u64,
     scopes: u64,
     bank: u64,
+    /// Per string argument: the selectors whose Equal, Prefix and Postfix
+    /// sets hold it.
+    str_hits: [[u64; 3]; SYSCALL_ARGS],
+    forward: Key<[u8; STR_KEY_LEN]>,
+    _slack1: [u8; 256],
+    reversed: Key<[u8; STR_KEY_LEN]>,
+    _slack2: [u8; 256],
+    lineage: lineage::Lineage,
 }
 
 #[inline(always)]
@@ -63,8 +91,8 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let bank = cfg.bank & 1;
-    let mask = *SYS_NRS.get(bank * SYSCALL_NRS as u32 + nr as u32)?;
-    if mask == 0 || !crate::reflex::in_scope::<MODERN>(cfg) {
+    let info = *SYS_NRS.get(bank * SYSCALL_NRS as u32 + nr as u32)?;
+    if info.selectors == 0 || !crate::reflex::in_scope::<MODERN>(cfg) {
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -87,11 +115,17 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         nr: nr as u32,
         signal: 0,
         args: [0; SYSCALL_ARGS],
+        lens: [0; SYSCALL_ARGS],
+        read: 0,
+        truncated: 0,
+        _pad: 0,
     };
     for (i, off) in ARG_REGS.iter().enumerate() {
         ev.event.args[i] = read::<u64>(regs, *off).unwrap_or(0);
     }
-    ev.mask = mask;
+    ev.nr = info;
+    ev.used = 0;
+    ev.mask = info.selectors;
     ev.bank = bank as u64;
     ev.hooks_done = 0;
     ev.scopes = if cfg.n_scopes != 0 {
@@ -101,20 +135,37 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     };
     // SAFETY: ProcState is plain data.
     ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
+    if info.reads != [0; SYSCALL_ARGS] {
+        user::copy_all::<MODERN>();
+    }
+    if info.lineage != 0 {
+        lineage::read_lineage::<MODERN>(&mut ev.lineage);
+    }
     crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_callback, snsr_loop_sys_selector);
-    let e = &ev.event;
-    if e.hits == 0 {
+    if ev.event.hits == 0 {
         return None;
     }
-    if EVENTS
-        .output::<SyscallEvent>(e, wakeup_flags(true))
-        .is_err()
-    {
+    let signal = ev.event.signal;
+    let used = if ev.used > SYS_DATA_CAP as u64 {
+        SYS_DATA_CAP
+    } else {
+        ev.used as usize
+    };
+    // SAFETY: HEADER + used <= the scratch record's size.
+    let r = unsafe {
+        bpf_ringbuf_output(
+            (&raw const EVENTS).cast_mut().cast(),
+            (ev as *mut SysEval).cast(),
+            (HEADER + used) as u64,
+            wakeup_flags(true),
+        )
+    };
+    if r != 0 {
         count_lost(kind::SYSCALL);
     }
-    if e.signal != 0 {
+    if signal != 0 {
         // SAFETY: signals the current task, the one in the syscall.
-        unsafe { bpf_send_signal(e.signal) };
+        unsafe { bpf_send_signal(signal) };
     }
     Some(())
 }
@@ -173,6 +224,31 @@ fn int_matches(f: &IntFilter, args: &[u64; SYSCALL_ARGS]) -> bool {
     }
 }
 
+/// Whether string filter `f` passes for the selector at `bit`. An argument
+/// that could not be read holds no value; one cut short has an unknown
+/// end, so a Postfix test fails closed, as for truncated paths.
+#[inline(always)]
+fn str_matches(ev: &SysEval, f: &ArgStrFilter, bit: u64) -> bool {
+    let arg = f.arg as usize;
+    if arg >= SYSCALL_ARGS {
+        return false;
+    }
+    let read = ev.event.read & (1 << arg) != 0;
+    let cut = ev.event.truncated & (1 << arg) != 0;
+    let hits = match f.filter.kind {
+        match_kind::EQUAL => ev.str_hits[arg][STR_EQUAL_HITS],
+        match_kind::PREFIX => ev.str_hits[arg][STR_PREFIX_HITS],
+        match_kind::POSTFIX => {
+            if read && cut {
+                return true;
+            }
+            ev.str_hits[arg][STR_POSTFIX_HITS]
+        }
+        _ => return false,
+    };
+    (read && hits & bit != 0) != (f.filter.negate != 0)
+}
+
 crate::looping::forms!(eval_selector, eval_callback, snsr_loop_sys_selector);
 
 /// One syscall selector; returns 1 to stop the loop.
@@ -215,6 +291,22 @@ fn eval_selector(index: u64) -> i64 {
             break;
         }
         if !int_matches(&sel.filters[a], &ev.event.args) {
+            return 0;
+        }
+    }
+    for a in 0..MAX_ARG_FILTERS {
+        if a >= sel.n_strs as usize {
+            break;
+        }
+        if !str_matches(ev, &sel.strs[a], bit) {
+            return 0;
+        }
+    }
+    for p in 0..MAX_PID_FILTERS {
+        if p >= sel.n_pids as usize {
+            break;
+        }
+        if !lineage::pid_matches(&sel.pids[p], &ev.lineage) {
             return 0;
         }
     }

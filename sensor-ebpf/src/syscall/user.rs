@@ -1,0 +1,148 @@
+//! What a syscall policy reads from the caller's memory: string and buffer
+//! arguments, copied after the record's header, and for strings that a
+//! selector filters on, the lookups that say which selectors hold them.
+use aya_ebpf::helpers::generated::{
+    bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str,
+};
+use sensor_common::{
+    arg_read, str_selector, MAX_VALUE_LEN, STR_KEY_HEADER, SYSCALL_ARGS, SYS_BLOB_MAX, SYS_DATA_CAP,
+};
+
+use super::{SysEval, STR_EQUAL_HITS, STR_POSTFIX_HITS, STR_PREFIX_HITS};
+use crate::maps::{SYS_EVAL, SYS_STR_EQUAL, SYS_STR_POSTFIX, SYS_STR_PREFIX};
+
+crate::looping::forms!(copy_arg, copy_callback, snsr_loop_sys_arg);
+
+/// Copies argument `index` if the policies read it from user memory.
+#[inline(always)]
+fn copy_arg(index: u64) -> i64 {
+    let Some(ep) = SYS_EVAL.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch owned by this program run.
+    let ev = unsafe { &mut *ep };
+    let i = index as usize;
+    if i >= SYSCALL_ARGS {
+        return 1;
+    }
+    ev.str_hits[i] = [0; 3];
+    let code = ev.nr.reads[i];
+    if code == arg_read::NONE {
+        return 0;
+    }
+    let bit = 1u8 << i;
+    let off = ev.used as usize & (SYS_DATA_CAP - 1);
+    if off > SYS_DATA_CAP - SYS_BLOB_MAX {
+        // No room left in the record: the argument is reported cut.
+        ev.event.truncated |= bit;
+        return 0;
+    }
+    let src = ev.event.args[i] as *const core::ffi::c_void;
+    // SAFETY: off <= SYS_DATA_CAP - SYS_BLOB_MAX, and `data` has
+    // 2 * SYS_BLOB_MAX bytes of slack past the cap.
+    let dst = unsafe { ev.data.as_mut_ptr().add(off) }.cast();
+    let n = if code == arg_read::STRING {
+        // SAFETY: the helper checks the user address.
+        let r = unsafe { bpf_probe_read_user_str(dst, SYS_BLOB_MAX as u32, src) };
+        if r <= 0 {
+            return 0;
+        }
+        let n = r as usize & (2 * SYS_BLOB_MAX - 1);
+        if n >= SYS_BLOB_MAX {
+            ev.event.truncated |= bit;
+        }
+        n
+    } else {
+        let size = ev.event.args[(code - arg_read::BUFFER) as usize % SYSCALL_ARGS];
+        if size > SYS_BLOB_MAX as u64 {
+            ev.event.truncated |= bit;
+        }
+        let n = if size > SYS_BLOB_MAX as u64 {
+            SYS_BLOB_MAX
+        } else {
+            size as usize
+        } & (2 * SYS_BLOB_MAX - 1);
+        // SAFETY: the helper checks the user address; n fits the slack.
+        if unsafe { bpf_probe_read_user(dst, n as u32, src) } != 0 {
+            return 0;
+        }
+        n
+    };
+    ev.event.lens[i] = n as u16;
+    ev.event.read |= bit;
+    ev.used = (off + n) as u64;
+    if code == arg_read::STRING && ev.nr.matched & bit != 0 {
+        // The string without its NUL.
+        look_up(ev, i, off, n.saturating_sub(1));
+    }
+    0
+}
+
+/// Which selectors hold string argument `i` (`len` bytes at `data[off..]`)
+/// in their Equal, Prefix and Postfix sets.
+#[inline(always)]
+fn look_up(ev: &mut SysEval, i: usize, off: usize, len: usize) {
+    let n = if len > MAX_VALUE_LEN {
+        MAX_VALUE_LEN
+    } else {
+        len
+    };
+    // The bank's mark, as in the exec and connect string keys.
+    let bank = str_selector(0, ev.bank as u32);
+    zero(&mut ev.forward.data);
+    ev.forward.data[0] = bank;
+    ev.forward.data[1] = i as u8;
+    // SAFETY: n <= 254 fits data[2..]; the source is our own copy.
+    unsafe {
+        bpf_probe_read_kernel(
+            ev.forward.data.as_mut_ptr().add(STR_KEY_HEADER).cast(),
+            (n & 0xff) as u32,
+            ev.data.as_ptr().add(off & (SYS_DATA_CAP - 1)).cast(),
+        );
+    }
+    let bits = ((STR_KEY_HEADER + n) * 8) as u32;
+    if len <= MAX_VALUE_LEN {
+        // SAFETY: plain u64 values.
+        if let Some(m) = unsafe { SYS_STR_EQUAL.get(&ev.forward.data) } {
+            ev.str_hits[i][STR_EQUAL_HITS] = *m;
+        }
+    }
+    ev.forward.prefix_len = bits;
+    if let Some(m) = SYS_STR_PREFIX.get(&ev.forward) {
+        ev.str_hits[i][STR_PREFIX_HITS] = *m;
+    }
+    // The string's last bytes, reversed: bytes past its length are
+    // ignored by the lookup, whose prefix stops there.
+    ev.reversed.data[0] = bank;
+    ev.reversed.data[1] = i as u8;
+    let last = off + len;
+    for j in 0..MAX_VALUE_LEN {
+        if j < n {
+            if let Some(b) = ev
+                .data
+                .get(last.wrapping_sub(1 + j) & (2 * SYS_DATA_CAP - 1))
+            {
+                ev.reversed.data[STR_KEY_HEADER + j] = *b;
+            }
+        }
+    }
+    ev.reversed.prefix_len = bits;
+    if let Some(m) = SYS_STR_POSTFIX.get(&ev.reversed) {
+        ev.str_hits[i][STR_POSTFIX_HITS] = *m;
+    }
+}
+
+fn zero(data: &mut [u8; 256]) {
+    let p = data.as_mut_ptr() as *mut u32;
+    for i in 0..64 {
+        // SAFETY: 64 u32 words cover the 256-byte array, which sits at a
+        // 4-byte aligned offset of the key.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+    }
+}
+
+/// Copies the arguments the policies read from user memory.
+#[inline(always)]
+pub fn copy_all<const MODERN: bool>() {
+    crate::looping::repeat_all::<MODERN>(SYSCALL_ARGS as u32, copy_callback, snsr_loop_sys_arg);
+}

@@ -1,0 +1,219 @@
+//! Compiles syscall selectors: the `SysSelector` table, what each syscall
+//! number reads from user memory (`SysNr`), and the value sets of string
+//! filters as masks of selectors, keyed by (argument, string).
+use std::collections::BTreeMap;
+
+use sensor_common::{
+    arg_read, pid_flags, ArgStrFilter, IntFilter, PidFilter, SysNr, SysSelector, INT_VALUES,
+    PID_VALUES, SLOT_SYS_BINARIES, STR_KEY_HEADER, STR_KEY_LEN, SYSCALL_NRS,
+};
+
+use super::compile::{Compiled, StrKey};
+use super::{EventArg, Hook, Selector, StrOp, UserRead};
+
+/// String values of syscall filters: per key, the selectors that hold it.
+#[derive(Debug, Default)]
+pub struct SysStrings {
+    pub equal: BTreeMap<StrKey, u64>,
+    /// Keyed by (prefix length in bits, key).
+    pub prefix: BTreeMap<(u32, StrKey), u64>,
+    pub postfix: BTreeMap<(u32, StrKey), u64>,
+}
+
+/// String values of syscall filters a bank holds, per operator family (the
+/// maps hold twice as many: two banks during a switch).
+pub const MAX_SYS_STRINGS: usize = 512;
+
+impl SysStrings {
+    /// Why the values do not fit the kernel's maps, if they do not.
+    pub fn over_limit(&self) -> Option<String> {
+        let most = self
+            .equal
+            .len()
+            .max(self.prefix.len())
+            .max(self.postfix.len());
+        (most > MAX_SYS_STRINGS).then(|| {
+            format!("more than {MAX_SYS_STRINGS} string values of one operator family on syscall arguments across loaded policies")
+        })
+    }
+
+    /// The trie entries as the kernel needs them: a trie answers with the
+    /// longest stored prefix only, so each entry also carries the selectors
+    /// of the shorter entries it extends.
+    pub fn closed(set: &BTreeMap<(u32, StrKey), u64>) -> Vec<(u32, StrKey, u64)> {
+        set.iter()
+            .map(|(&(bits, k), &mask)| {
+                let len = bits as usize / 8;
+                let inherited = set
+                    .iter()
+                    .filter(|((b, short), _)| {
+                        let n = *b as usize / 8;
+                        n < len && short[..n] == k[..n]
+                    })
+                    .fold(0, |acc, (_, m)| acc | m);
+                (bits, k, mask | inherited)
+            })
+            .collect()
+    }
+}
+
+fn arg_key(reg: u8, value: &[u8]) -> (u32, StrKey) {
+    let mut k = [0u8; STR_KEY_LEN];
+    k[1] = reg;
+    k[STR_KEY_HEADER..STR_KEY_HEADER + value.len()].copy_from_slice(value);
+    (((STR_KEY_HEADER + value.len()) * 8) as u32, k)
+}
+
+impl Compiled {
+    /// Adds syscall selector `sel` of `hook`; an error is the reason two
+    /// hooks on one syscall cannot share it.
+    pub(super) fn add_sys(
+        &mut self,
+        hook_id: u32,
+        hook: &Hook,
+        sel: &Selector,
+        scope: u8,
+    ) -> Result<(), String> {
+        let index = self.sys_selectors.len();
+        let bit = 1u64 << index;
+        let mut ss = SysSelector {
+            hook: hook_id,
+            scope,
+            signal: sel.actions.signal.unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(b) = &sel.binaries {
+            ss.binaries = self.add_values(index as u8, SLOT_SYS_BINARIES, &b.set);
+            if b.follow_children {
+                ss.follow = 1;
+                self.config.sys_follow_mask |= bit;
+            }
+        }
+        for (i, m) in sel.ints.iter().enumerate() {
+            let (width32, signed) = m.ty.shape();
+            let mut values = [0u64; INT_VALUES];
+            for (v, raw) in values.iter_mut().zip(&m.values) {
+                // As the kernel reads the argument: a 32-bit value's low
+                // half, sign-extended if signed.
+                *v = match (width32, signed) {
+                    (true, true) => *raw as u32 as i32 as i64 as u64,
+                    (true, false) => *raw as u32 as u64,
+                    _ => *raw,
+                };
+            }
+            ss.filters[i] = IntFilter {
+                arg: m.reg,
+                op: m.op,
+                n: m.values.len() as u8,
+                width32: width32 as u8,
+                signed: signed as u8,
+                _pad: [0; 3],
+                values,
+            };
+        }
+        ss.n_filters = sel.ints.len() as u8;
+        for (i, m) in sel.strs.iter().enumerate() {
+            ss.strs[i] = ArgStrFilter {
+                arg: m.reg,
+                _pad: 0,
+                filter: m.set.op.filter(),
+            };
+            for v in &m.set.values {
+                match m.set.op {
+                    StrOp::Equal | StrOp::NotEqual => {
+                        *self
+                            .sys_strings
+                            .equal
+                            .entry(arg_key(m.reg, v.as_bytes()).1)
+                            .or_default() |= bit
+                    }
+                    StrOp::Prefix | StrOp::NotPrefix => {
+                        *self
+                            .sys_strings
+                            .prefix
+                            .entry(arg_key(m.reg, v.as_bytes()))
+                            .or_default() |= bit
+                    }
+                    StrOp::Postfix | StrOp::NotPostfix => {
+                        let rev: Vec<u8> = v.bytes().rev().collect();
+                        *self
+                            .sys_strings
+                            .postfix
+                            .entry(arg_key(m.reg, &rev))
+                            .or_default() |= bit
+                    }
+                }
+            }
+        }
+        ss.n_strs = sel.strs.len() as u8;
+        for (i, p) in sel.pids.iter().enumerate() {
+            let mut values = [0u32; PID_VALUES];
+            values[..p.values.len()].copy_from_slice(&p.values);
+            ss.pids[i] = PidFilter {
+                negate: p.negate as u8,
+                flags: if p.namespace { pid_flags::NAMESPACE } else { 0 }
+                    | if p.follow_forks { pid_flags::FOLLOW } else { 0 },
+                n: p.values.len() as u8,
+                _pad: 0,
+                values,
+            };
+        }
+        ss.n_pids = sel.pids.len() as u8;
+        let reads = reads(hook);
+        let matched = sel.strs.iter().fold(0u8, |acc, m| acc | 1 << m.reg);
+        for &nr in &hook.syscalls {
+            let admitted = sel.numbers.as_ref().is_none_or(|n| n.contains(&nr));
+            let Some(entry) = self.sys_nrs.get_mut(nr as usize) else {
+                continue;
+            };
+            if !admitted {
+                continue;
+            }
+            entry.selectors |= bit;
+            entry.matched |= matched;
+            entry.lineage |= !sel.pids.is_empty() as u8;
+            merge_reads(entry, &reads, nr)?;
+        }
+        self.sys_selectors.push(ss);
+        self.sys_binaries.push(sel.binaries.clone());
+        Ok(())
+    }
+}
+
+/// How `hook` reads each argument from user memory.
+fn reads(hook: &Hook) -> [u8; sensor_common::SYSCALL_ARGS] {
+    let mut out = [arg_read::NONE; sensor_common::SYSCALL_ARGS];
+    for a in &hook.args {
+        if let EventArg::SyscallUser { reg, read } = a {
+            out[*reg as usize] = match read {
+                UserRead::String => arg_read::STRING,
+                UserRead::Buffer { size_reg } => arg_read::BUFFER + size_reg,
+            };
+        }
+    }
+    out
+}
+
+/// One syscall number's reads, as every hook on it needs them: an
+/// argument is read one way, whichever hooks read it.
+fn merge_reads(entry: &mut SysNr, reads: &[u8], nr: u32) -> Result<(), String> {
+    for (i, (have, want)) in entry.reads.iter_mut().zip(reads).enumerate() {
+        match (*have, *want) {
+            (_, arg_read::NONE) => {}
+            (arg_read::NONE, w) => *have = w,
+            (h, w) if h == w => {}
+            _ => {
+                let name = super::syscalls::function_name(nr).unwrap_or_default();
+                return Err(format!(
+                    "argument {i} of {name} is read as a string by one loaded hook and as a char_buf (or with another size) by another"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The table of syscall numbers before any selector.
+pub fn empty_nrs() -> Vec<SysNr> {
+    vec![SysNr::default(); SYSCALL_NRS]
+}
