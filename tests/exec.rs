@@ -56,6 +56,10 @@ fn exec_event_carries_binary_args_cwd_uid_and_lineage() {
         p.get("process_credentials").is_none(),
         "credentials only with --enable-process-cred"
     );
+    assert!(p.get("ns").is_none(), "ns only with --enable-process-ns");
+    // Whether it is depends on this machine's PID 1 (see
+    // enable_process_ns_puts_the_namespaces_in_events).
+    assert!(p["in_init_tree"].is_boolean(), "{echo}");
 
     // exec_id = base64(node:ktime:pid)
     let raw = base64::engine::general_purpose::STANDARD
@@ -173,6 +177,85 @@ fn enable_process_cred_puts_the_credentials_in_events() {
         .filter_map(|c| c.as_str())
         .collect();
     assert!(effective.contains(&"CAP_SYS_ADMIN"), "{echo}");
+}
+
+/// The inode number of this process's namespace `kind`, and of PID 1's
+/// (`None` where PID 1 hides it, as some sandboxes do; the daemon then
+/// calls no namespace the host's).
+fn ns_inums(kind: &str) -> (u64, Option<u64>) {
+    let inum = |pid: &str| {
+        let l = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+        let l = l.to_string_lossy();
+        l[l.find('[')? + 1..l.len() - 1].parse().ok()
+    };
+    (inum("self").expect("this process's namespaces"), inum("1"))
+}
+
+#[test]
+fn enable_process_ns_puts_the_namespaces_in_events() {
+    if !can_run("enable_process_ns_puts_the_namespaces_in_events") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&["--enable-process-ns"]);
+    let marker = format!("ns-{}", std::process::id());
+    // A UTS and a network namespace of its own, then the exec.
+    let st = cg
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x04000000 | 0x40000000) == 0; os.execv('/bin/echo', ['echo', '{marker}'])"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let echo = daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
+    });
+    let ns = &echo["process_exec"]["process"]["ns"];
+    let parent = &echo["process_exec"]["parent"]["ns"];
+    for kind in ["uts", "net"] {
+        let (mine, _) = ns_inums(kind);
+        assert_ne!(ns[kind]["inum"], mine, "{kind} is its own: {echo}");
+        assert!(ns[kind]["inum"].as_u64().is_some_and(|i| i > 0), "{echo}");
+        assert!(ns[kind].get("is_host").is_none(), "{kind}: {echo}");
+    }
+    // The rest it shares with this test, whose own (from the /proc scan)
+    // are in the parent's; each is the host's if PID 1's.
+    for kind in ["ipc", "mnt", "pid", "pid_for_children", "cgroup", "user"] {
+        let (mine, host) = ns_inums(kind);
+        assert_eq!(ns[kind]["inum"], mine, "{kind}: {echo}");
+        assert_eq!(parent[kind]["inum"], mine, "{kind}: {echo}");
+        let is_host = ns[kind]["is_host"].as_bool().unwrap_or(false);
+        assert_eq!(is_host, host == Some(mine), "{kind}: {echo}");
+    }
+    assert_eq!(parent["uts"]["inum"], ns_inums("uts").0, "{echo}");
+
+    // in_init_tree: the PID 1 of a new PID namespace and what it starts
+    // are in its tree, whatever this machine's own PID 1.
+    let marker = format!("init-tree-{}", std::process::id());
+    let st = cg
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x20000000) == 0\nif os.fork() == 0: os.execv('/bin/sh', ['sh', '-c', '/bin/echo {marker}; true'])\nos.wait()"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let echo = daemon.wait_for("echo in the PID namespace", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
+    });
+    assert_eq!(
+        echo["process_exec"]["parent"]["in_init_tree"], true,
+        "{echo}"
+    );
+    assert_eq!(
+        echo["process_exec"]["process"]["in_init_tree"], true,
+        "{echo}"
+    );
 }
 
 #[test]

@@ -391,14 +391,75 @@ fn syscall(args: &str, selectors: &str) -> String {
 #[test]
 fn syscall_policies_refuse_what_cannot_be_done_here() {
     let int = "[{index: 0, type: int}]";
-    // Tetragon's sys_mount.yaml reads strings from user memory.
+    let post = "    - matchActions: [{action: Post}]\n";
+    // User memory is copied as a string or a sized buffer only.
+    refused(
+        &syscall("[{index: 0, type: filename}]", post),
+        "spec.kprobes[0].args[0].type",
+        "copied as string or char_buf",
+    );
+    refused(
+        &syscall("[{index: 1, type: char_buf}]", post),
+        "spec.kprobes[0].args[0].sizeArgIndex",
+        "needs sizeArgIndex",
+    );
+    refused(
+        &syscall("[{index: 1, type: char_buf, sizeArgIndex: 2}]", post),
+        "spec.kprobes[0].args[0].sizeArgIndex",
+        "another argument",
+    );
+    refused(
+        &syscall(
+            "[{index: 1, type: char_buf, sizeArgIndex: 3, returnCopy: true}]",
+            post,
+        ),
+        "spec.kprobes[0].args[0].returnCopy",
+        "not supported",
+    );
+    refused(
+        &syscall(
+            "[{index: 1, type: char_buf, sizeArgIndex: 3}]",
+            "    - matchArgs: [{index: 1, operator: Equal, values: [x]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].index",
+        "reported, not filtered on",
+    );
     refused(
         &syscall(
             "[{index: 0, type: string}]",
-            "    - matchActions: [{action: Post}]\n",
+            "    - matchArgs: [{index: 0, operator: GT, values: [\"1\"]}]\n",
         ),
-        "spec.kprobes[0].args[0].type",
-        "user memory",
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "does not apply to a string",
+    );
+    // matchPIDs: In or NotIn, at most 2 entries of 4 PIDs.
+    let pids = |entries: &str| syscall(int, &format!("    - matchPIDs: [{entries}]\n"));
+    refused(
+        &pids("{operator: Is, values: [1]}"),
+        "spec.kprobes[0].selectors[0].matchPIDs[0].operator",
+        "expected In or NotIn",
+    );
+    refused(
+        &pids(
+            "{operator: In, values: [1]}, {operator: In, values: [2]}, {operator: In, values: [3]}",
+        ),
+        "spec.kprobes[0].selectors[0].matchPIDs",
+        "at most 2",
+    );
+    refused(
+        &pids("{operator: In, values: [init]}"),
+        "spec.kprobes[0].selectors[0].matchPIDs[0].values[0]",
+        "not a PID",
+    );
+    refused(
+        &pids("{operator: In, values: [1, 2, 3, 4, 5]}"),
+        "spec.kprobes[0].selectors[0].matchPIDs[0].values",
+        "1 to 4 PIDs",
+    );
+    refused(
+        &kprobe("    - matchPIDs: [{operator: In, values: [1]}]\n"),
+        "spec.kprobes[0].selectors[0].matchPIDs",
+        "syscall hooks only",
     );
     refused(
         &syscall(
@@ -472,9 +533,9 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
         format!("{HEAD}  lists:\n  - name: {name}\n    type: {ty}\n    values: [{value}]\n  tracepoints:\n  - subsystem: raw_syscalls\n    event: sys_enter\n    args: [{{index: 4, type: syscall64}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: InMap, values: [\"list:dups\"]}}]\n")
     };
     refused(
-        &list("dups", "generated_syscalls", "sys_dup"),
+        &list("dups", "generated_ftrace", "sys_dup"),
         "spec.lists[0].type",
-        "only lists of type syscalls",
+        "only lists of type syscalls and generated_syscalls",
     );
     refused(
         &list("dups", "syscalls", "sys_nonesuch"),

@@ -63,6 +63,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
             "--enable-ancestors",
             "base,kprobe,tracepoint,lsm",
             "--enable-process-cred",
+            "--enable-process-ns",
         ],
     );
 

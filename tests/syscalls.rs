@@ -66,6 +66,23 @@ spec:
         - "list:dups"
 "#;
 
+/// Tetragon's `examples/tracingpolicy/list-syscalls.yaml`: a kprobe on
+/// each syscall of a list.
+const LIST_SYSCALLS_KPROBE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "list-syscalls"
+spec:
+  lists:
+  - name: "syscalls"
+    type: "syscalls"
+    values:
+    - "sys_dup"
+    - "sys_dup2"
+  kprobes:
+  - call: "list:syscalls"
+"#;
+
 /// Tetragon's `examples/tracingpolicy/killer.yaml`.
 const KILLER: &str = r#"apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -183,7 +200,7 @@ fn a_syscall_list_selects_numbers_on_raw_sys_enter() {
     if !can_run("a_syscall_list_selects_numbers_on_raw_sys_enter") {
         return;
     }
-    let (daemon, cg, _d) = daemon_with(&[LIST_SYSCALLS]);
+    let (daemon, cg, _d) = daemon_with(&[LIST_SYSCALLS, LIST_SYSCALLS_KPROBE]);
     // Through libc: Python's os.dup is an fcntl.
     let st = python(
         &cg,
@@ -198,7 +215,19 @@ fn a_syscall_list_selects_numbers_on_raw_sys_enter() {
             })
         });
     }
+    // The kprobe on the list names each syscall.
+    for f in ["__x64_sys_dup", "__x64_sys_dup2"] {
+        daemon.wait_for(f, |e| {
+            of_policy(e, "process_kprobe", "list-syscalls").is_some_and(|k| {
+                k["process"]["binary"] == python3.as_str() && k["function_name"] == f
+            })
+        });
+    }
     for e in daemon.events() {
+        if let Some(k) = e.get("process_kprobe") {
+            let f = k["function_name"].as_str().unwrap_or_default();
+            assert!(f == "__x64_sys_dup" || f == "__x64_sys_dup2", "{e}");
+        }
         if let Some(t) = e.get("process_tracepoint") {
             assert_eq!(t["subsys"], "raw_syscalls");
             assert_eq!(t["event"], "sys_enter");

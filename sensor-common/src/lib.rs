@@ -98,7 +98,42 @@ pub struct ExecEvent {
     pub auid: u32,
     /// The new image's credentials; zero unless `Config::process_cred`.
     pub creds: Creds,
+    /// The task's namespaces' inode numbers, in [`ns_kind`] order; zero
+    /// unless `Config::process_ns`.
+    pub ns: [u32; NS_KINDS],
+    /// Its PID in its own PID namespace (1: a container's init), for
+    /// `in_init_tree`; 0 when unknown.
+    pub nspid: u32,
+    pub _pad: u32,
 }
+
+/// Namespaces an exec record carries, by index in [`ExecEvent::ns`], in
+/// the order of Tetragon's `Namespaces`.
+pub mod ns_kind {
+    pub const UTS: usize = 0;
+    pub const IPC: usize = 1;
+    pub const MNT: usize = 2;
+    pub const PID: usize = 3;
+    pub const PID_FOR_CHILDREN: usize = 4;
+    pub const NET: usize = 5;
+    pub const TIME: usize = 6;
+    pub const TIME_FOR_CHILDREN: usize = 7;
+    pub const CGROUP: usize = 8;
+    pub const USER: usize = 9;
+    /// The slots read from `struct nsproxy`, in the order of
+    /// [`crate::KernelOffsets::nsproxy_ns`].
+    pub const FROM_NSPROXY: [usize; 8] = [
+        UTS,
+        IPC,
+        MNT,
+        PID_FOR_CHILDREN,
+        NET,
+        TIME,
+        TIME_FOR_CHILDREN,
+        CGROUP,
+    ];
+}
+pub const NS_KINDS: usize = 10;
 
 /// A task's credentials (`struct cred`), as Tetragon's
 /// `process_credentials` shows them.
@@ -270,7 +305,7 @@ pub struct NetValueKey {
 
 // The kernel and the daemon read these byte for byte: no implicit padding.
 const _: () = assert!(core::mem::size_of::<Creds>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64 + 4 * NS_KINDS + 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// How a string filter is looked up.
@@ -380,7 +415,9 @@ pub struct Config {
     /// Non-zero: exec records carry the credentials
     /// (`--enable-process-cred`).
     pub process_cred: u32,
-    pub _pad: u32,
+    /// Non-zero: exec records carry the namespaces
+    /// (`--enable-process-ns`).
+    pub process_ns: u32,
 }
 
 /// Values of [`Config::connect_records`].
@@ -459,6 +496,17 @@ pub struct KernelOffsets {
     pub pid_numbers: u32,
     pub upid_ns: u32,
     pub upid_size: u32,
+    /// Namespaces: task_struct->nsproxy; in `struct nsproxy`, the
+    /// pointers to uts, ipc, mnt, pid_for_children, net, time,
+    /// time_for_children and cgroup namespaces (0: not in this kernel);
+    /// in each such struct, its `ns_common` (`ns_common_at`, same order);
+    /// `ns_common.inum`; cred->user_ns and user_namespace's `ns_common`.
+    pub task_nsproxy: u32,
+    pub nsproxy_ns: [u32; 8],
+    pub ns_common_at: [u32; 8],
+    pub ns_inum: u32,
+    pub cred_user_ns: u32,
+    pub user_ns_common: u32,
 }
 
 #[cfg(feature = "user")]

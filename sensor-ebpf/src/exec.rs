@@ -10,7 +10,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use sensor_common::{exec_flags, kind, pod_wakeups, Creds, ExecEvent, ARGS_MAX, PATH_MAX, POD_BIT};
+use sensor_common::{
+    exec_flags, kind, ns_kind, pod_wakeups, Creds, ExecEvent, ARGS_MAX, NS_KINDS, PATH_MAX, POD_BIT,
+};
 
 use crate::kernel::{off, read, read_ptr};
 use crate::maps::{count_lost, wakeup_flags, EVENTS, EXEC_DATA_CAP, EXEC_SCRATCH, PATH_SCRATCH};
@@ -50,6 +52,11 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
         read_creds(task)
     } else {
         Creds::default()
+    };
+    ev.ns = if cfg.process_ns != 0 {
+        read_ns(task)
+    } else {
+        [0; NS_KINDS]
     };
     let scopes = if cfg.n_scopes != 0 {
         reflex::task_scopes::<MODERN>()
@@ -177,6 +184,9 @@ pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
     ev.args_len = 0;
     ev.cwd_len = 0;
     ev.creds = Creds::default();
+    ev.ns = [0; NS_KINDS];
+    ev.nspid = own_pid(task).map_or(0, |(nr, _)| nr);
+    ev._pad = 0;
     ev.ppid = read_ptr(task, off!(task_real_parent))
         .and_then(|p| read::<u32>(p, off!(task_tgid)))
         .unwrap_or(0);
@@ -207,6 +217,48 @@ fn read_creds(task: *const u8) -> Creds {
         cap_effective: read::<u64>(cred, off!(cred_cap_effective)).unwrap_or(0),
         cap_inheritable: read::<u64>(cred, off!(cred_cap_inheritable)).unwrap_or(0),
     }
+}
+
+/// The task's PID in its own PID namespace, and that namespace
+/// (`struct pid_namespace *`).
+#[inline(always)]
+fn own_pid(task: *const u8) -> Result<(u32, *const u8), i32> {
+    let pid = read_ptr(task, off!(task_thread_pid))?;
+    let level = read::<u32>(pid, off!(pid_level))? & 63;
+    let upid = off!(pid_numbers) + level * off!(upid_size);
+    Ok((
+        read::<u32>(pid, upid)?,
+        read_ptr(pid, upid + off!(upid_ns))?,
+    ))
+}
+
+/// The inode numbers of the current task's namespaces (0 where one
+/// cannot be read or the kernel has none of that kind).
+#[inline(always)]
+fn read_ns(task: *const u8) -> [u32; NS_KINDS] {
+    let mut out = [0u32; NS_KINDS];
+    let inum = off!(ns_inum);
+    let at = off!(nsproxy_ns);
+    let common = off!(ns_common_at);
+    if let Ok(nsproxy) = read_ptr(task, off!(task_nsproxy)) {
+        for (i, slot) in ns_kind::FROM_NSPROXY.iter().enumerate() {
+            if at[i] == 0 {
+                continue;
+            }
+            if let Ok(ns) = read_ptr(nsproxy, at[i]) {
+                out[*slot] = read::<u32>(ns, common[i] + inum).unwrap_or(0);
+            }
+        }
+    }
+    // The PID namespace the task is in (nsproxy's is its children's).
+    if let Ok((_, ns)) = own_pid(task) {
+        out[ns_kind::PID] = read::<u32>(ns, common[3] + inum).unwrap_or(0);
+    }
+    let user_ns = read_ptr(task, off!(task_cred)).and_then(|c| read_ptr(c, off!(cred_user_ns)));
+    if let Ok(ns) = user_ns {
+        out[ns_kind::USER] = read::<u32>(ns, off!(user_ns_common) + inum).unwrap_or(0);
+    }
+    out
 }
 
 /// audit's "no login uid" (`(uid_t)-1`), as Tetragon reports it.

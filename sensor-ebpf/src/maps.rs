@@ -56,6 +56,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     pid_numbers: 0,
     upid_ns: 0,
     upid_size: 0,
+    task_nsproxy: 0,
+    nsproxy_ns: [0; 8],
+    ns_common_at: [0; 8],
+    ns_inum: 0,
+    cred_user_ns: 0,
+    user_ns_common: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

@@ -251,6 +251,10 @@ pub struct RunArgs {
     /// flag): ids, securebits and capability sets.
     #[arg(long)]
     pub enable_process_cred: bool,
+    /// Events carry each process's namespaces, `ns` (Tetragon's flag):
+    /// inode numbers, and whether each is the host's.
+    #[arg(long)]
+    pub enable_process_ns: bool,
     /// Limit policy enforcement to these cgroup v2 subtrees (repeatable);
     /// relative paths are under the cgroup2 mount.
     #[arg(long = "enforce-cgroup")]

@@ -155,6 +155,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         health_server: Some(args.health_server_address).filter(|a| !a.is_empty()),
         ancestors: args.enable_ancestors,
         process_cred: args.enable_process_cred,
+        process_ns: args.enable_process_ns,
     };
     match rt.block_on(daemon::run(opts, policies)) {
         Ok(()) => ExitCode::SUCCESS,

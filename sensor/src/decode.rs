@@ -153,6 +153,9 @@ mod tests {
             comm: [0; 16],
             auid: 0,
             creds: Default::default(),
+            ns: Default::default(),
+            nspid: 0,
+            _pad: 0,
         };
         // SAFETY: viewing a repr(C) value as bytes.
         let mut v = unsafe {

@@ -35,7 +35,8 @@ struct Subject<'a> {
 enum Table {
     Exec,
     Net,
-    Sys,
+    /// Of the syscall with this number.
+    Sys(u32),
 }
 
 pub struct Pipeline {
@@ -477,7 +478,13 @@ impl Pipeline {
             parent,
             caller: None,
         };
-        self.post_hits(c.hits, Table::Sys, subject, &time, build::syscall_arg(r));
+        self.post_hits(
+            c.hits,
+            Table::Sys(c.nr),
+            subject,
+            &time,
+            build::syscall_arg(r),
+        );
     }
 
     /// One policy event for each hit selector that posts.
@@ -494,12 +501,18 @@ impl Pipeline {
             let metas = match table {
                 Table::Exec => &self.meta,
                 Table::Net => &self.net_meta,
-                Table::Sys => &self.sys_meta,
+                Table::Sys(_) => &self.sys_meta,
             };
-            let Some(meta) = metas.get(bit).cloned() else {
+            let Some(mut meta) = metas.get(bit).cloned() else {
                 tracing::warn!(selector = bit, ?table, "hit on an unknown selector");
                 continue;
             };
+            if let (Table::Sys(nr), HookPoint::Kprobe { function }) = (&table, &mut meta.point) {
+                // A kprobe on a list: the event names the syscall.
+                if function == crate::policy::syscalls::LIST_CALL {
+                    *function = crate::policy::syscalls::function_name(*nr).unwrap_or_default();
+                }
+            }
             let action = meta.actions.name();
             self.metrics.policy_hit(
                 &meta.policy_name,

@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub ancestors: crate::export::ancestors::AncestorKinds,
     /// Processes carry `process_credentials` (`--enable-process-cred`).
     pub process_cred: bool,
+    /// Processes carry `ns` (`--enable-process-ns`).
+    pub process_ns: bool,
 }
 
 /// The cgroup v2 mount point (hybrid hosts mount it at .../unified).
@@ -226,6 +228,7 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     )?;
     let (mut kernel, set, origin) = (started.kernel, started.set, started.origin);
     kernel.set_process_cred(opts.process_cred)?;
+    kernel.set_process_ns(opts.process_ns)?;
 
     let (pods, labeler) = (cluster.pods.take(), cluster.labeler.take());
     let paths = crate::enrich::cgroup::CgroupPaths::shared(root.clone());
@@ -235,7 +238,11 @@ pub async fn run(opts: RunOptions, mut policies: Policies) -> anyhow::Result<()>
     // Processes older than the daemon.
     let mut cache = ProcessCache::new(opts.node_name.clone(), Clock::new(), opts.cache_size);
     let scanned = procfs::scan(Path::new("/proc"), &root);
-    for p in procfs::processes(&scanned, &mut cache, opts.process_cred) {
+    let optional = procfs::Optional {
+        creds: opts.process_cred,
+        ns: opts.process_ns,
+    };
+    for p in procfs::processes(&scanned, &mut cache, optional) {
         cache.insert(p);
     }
     let (stream, _) = tokio::sync::broadcast::channel(crate::export::stream::BACKLOG);

@@ -109,6 +109,13 @@ pub struct Process {
     /// `--enable-process-cred`; boxed, as `pod`, since most runs go without.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_credentials: Option<Box<super::creds::ProcessCredentials>>,
+    /// A container's init or one of its descendants (Tetragon's); `None`
+    /// where unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_init_tree: Option<bool>,
+    /// `--enable-process-ns`; boxed for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns: Option<Box<super::ns::Namespaces>>,
     /// Boxed: most of a node's processes are outside pods, and a process
     /// cache entry should not carry a pod's worth of empty fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,7 @@ pub mod creds;
 pub mod event;
 pub mod filter;
 pub mod json;
+pub mod ns;
 pub mod shape;
 pub mod stream;
 

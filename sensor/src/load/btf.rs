@@ -58,6 +58,20 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Malformed("truncated"))
 }
 
+/// `struct nsproxy`'s namespace pointers and the struct each points to,
+/// in the order of `KernelOffsets::nsproxy_ns` (a kernel without time
+/// namespaces has 0 for those).
+const NSPROXY: [(&str, &str); 8] = [
+    ("uts_ns", "uts_namespace"),
+    ("ipc_ns", "ipc_namespace"),
+    ("mnt_ns", "mnt_namespace"),
+    ("pid_ns_for_children", "pid_namespace"),
+    ("net_ns", "net"),
+    ("time_ns", "time_namespace"),
+    ("time_ns_for_children", "time_namespace"),
+    ("cgroup_ns", "cgroup_namespace"),
+];
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
         let path = "/sys/kernel/btf/vmlinux";
@@ -236,6 +250,12 @@ impl Btf {
             upid_ns: o("upid", "ns")?,
             // `struct upid` ends with its namespace pointer.
             upid_size: o("upid", "ns")? + 8,
+            task_nsproxy: o("task_struct", "nsproxy")?,
+            nsproxy_ns: NSPROXY.map(|(member, _)| o("nsproxy", member).unwrap_or(0)),
+            ns_common_at: NSPROXY.map(|(_, ty)| o(ty, "ns").unwrap_or(0)),
+            ns_inum: o("ns_common", "inum")?,
+            cred_user_ns: o("cred", "user_ns")?,
+            user_ns_common: o("user_namespace", "ns")?,
         })
     }
 

@@ -168,6 +168,7 @@ impl Kernel {
             pod_wakeups: now.pod_wakeups,
             connect_records: now.connect_records,
             process_cred: now.process_cred,
+            process_ns: now.process_ns,
             sensor_tgid: std::process::id(),
             bank: next,
             ..c.config

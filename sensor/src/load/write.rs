@@ -40,6 +40,11 @@ impl Kernel {
         self.update_config(|c| c.process_cred = on as u32)
     }
 
+    /// Whether exec records carry the task's namespaces.
+    pub fn set_process_ns(&mut self, on: bool) -> Result<(), LoadError> {
+        self.update_config(|c| c.process_ns = on as u32)
+    }
+
     /// Which connects and sends that hit no policy become records
     /// (`sensor_common::connect_records`).
     pub fn set_connect_records(&mut self, mode: u32) -> Result<(), LoadError> {

@@ -217,3 +217,56 @@ fn merge_reads(entry: &mut SysNr, reads: &[u8], nr: u32) -> Result<(), String> {
 pub fn empty_nrs() -> Vec<SysNr> {
     vec![SysNr::default(); SYSCALL_NRS]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::documents::{load_file, Loaded};
+
+    fn compile(yamls: &[String]) -> Result<Compiled, crate::policy::PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Loaded::default();
+        for (i, y) in yamls.iter().enumerate() {
+            let f = dir.path().join(format!("{i}.yaml"));
+            std::fs::write(&f, y).unwrap();
+            load_file(&f, &Default::default(), &mut l).unwrap();
+        }
+        Compiled::new(&l.policies)
+    }
+
+    fn write(name: &str, arg1: &str) -> String {
+        format!("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: {name}}}\nspec:\n  kprobes:\n  - call: sys_write\n    syscall: true\n    args: [{arg1}]\n")
+    }
+
+    #[test]
+    fn a_longer_prefix_carries_the_selectors_of_the_shorter() {
+        let mut set = BTreeMap::new();
+        set.insert(arg_key(0, b"/a"), 1);
+        set.insert(arg_key(0, b"/a/b"), 2);
+        set.insert(arg_key(0, b"/c"), 4);
+        set.insert(arg_key(1, b"/a/b/c"), 8);
+        let closed: BTreeMap<_, _> = SysStrings::closed(&set)
+            .into_iter()
+            .map(|(bits, k, m)| ((bits, k), m))
+            .collect();
+        assert_eq!(closed[&arg_key(0, b"/a")], 1);
+        assert_eq!(closed[&arg_key(0, b"/a/b")], 3);
+        assert_eq!(closed[&arg_key(0, b"/c")], 4);
+        // Another argument's values are apart.
+        assert_eq!(closed[&arg_key(1, b"/a/b/c")], 8);
+    }
+
+    #[test]
+    fn one_syscall_argument_is_read_one_way() {
+        let s = "{index: 1, type: string}";
+        let b = "{index: 1, type: char_buf, sizeArgIndex: 3}";
+        let c = compile(&[write("a", s), write("b", s)]).unwrap();
+        assert_eq!(c.sys_nrs[1].reads, [0, arg_read::STRING, 0, 0, 0, 0]);
+        assert_eq!(c.sys_nrs[1].selectors, 3);
+        let c = compile(&[write("a", b)]).unwrap();
+        assert_eq!(c.sys_nrs[1].reads[1], arg_read::BUFFER + 2);
+        let e = compile(&[write("a", s), write("b", b)]).unwrap_err();
+        assert_eq!(e.field, "spec.kprobes[0]");
+        assert!(e.reason.contains("argument 1 of __x64_sys_write"), "{e}");
+    }
+}

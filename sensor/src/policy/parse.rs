@@ -171,8 +171,8 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
 
 fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
     let Some(def) = hooks::kprobe(&k.call) else {
-        if let Some(nr) = syscalls::number(&k.call) {
-            return syscall_kprobe(k, nr, lists, at);
+        if syscalls::number(&k.call).is_some() || k.call.starts_with("list:") {
+            return syscall_kprobe(k, lists, at);
         }
         return err(
             format!("{at}.call"),

@@ -37,10 +37,15 @@ pub fn syscall_lists(value: Option<&serde_yaml::Value>) -> Result<Lists> {
             return err(format!("{at}.name"), "missing");
         }
         let ty = l.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+        // Tetragon's generated_syscalls is every syscall.
+        if ty == "generated_syscalls" {
+            lists.insert(name.to_string(), syscalls::all().collect());
+            continue;
+        }
         if ty != "syscalls" {
             return err(
                 format!("{at}.type"),
-                format!("`{ty}`: only lists of type syscalls are supported"),
+                format!("`{ty}`: only lists of type syscalls and generated_syscalls are supported"),
             );
         }
         if let Some(k) = l.as_mapping().and_then(|m| {
@@ -107,8 +112,24 @@ pub fn enforcers(value: Option<&serde_yaml::Value>, lists: &Lists) -> Result<()>
     Ok(())
 }
 
-/// A kprobe on syscall `nr`: its arguments are the registers by index.
-pub fn syscall_kprobe(k: RawKprobe, nr: u32, lists: &Lists, at: &str) -> Result<Hook> {
+/// A kprobe on syscall `nr`, or with `call: list:NAME` on each syscall of
+/// a list: its arguments are the registers by index.
+pub fn syscall_kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
+    let numbers: Vec<u32> = match k.call.strip_prefix("list:") {
+        Some(name) => match lists.get(name) {
+            Some(set) => set.iter().copied().collect(),
+            None => {
+                return err(
+                    format!("{at}.call"),
+                    format!("no list named `{name}` in spec.lists"),
+                )
+            }
+        },
+        None => match syscalls::number(&k.call) {
+            Some(nr) => vec![nr],
+            None => return err(format!("{at}.call"), "not an x86_64 syscall"),
+        },
+    };
     let not_yet =
         "a syscall's return value is not reported yet (sys_exit is not hooked for policies)";
     if k.return_ == Some(true) {
@@ -136,11 +157,18 @@ pub fn syscall_kprobe(k: RawKprobe, nr: u32, lists: &Lists, at: &str) -> Result<
         }
         declared.push((a.index, arg));
     }
-    let function = syscalls::function_name(nr).unwrap_or_else(|| k.call.clone());
+    // A list's events name the syscall each record is of (see
+    // `syscalls::LIST_CALL`).
+    let function = match numbers.as_slice() {
+        [nr] if !k.call.starts_with("list:") => {
+            syscalls::function_name(*nr).unwrap_or_else(|| k.call.clone())
+        }
+        _ => syscalls::LIST_CALL.to_string(),
+    };
     let point = HookPoint::Kprobe { function };
     finish(
         point,
-        vec![nr],
+        numbers,
         declared,
         k.selectors,
         k.message,

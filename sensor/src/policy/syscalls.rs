@@ -101,6 +101,15 @@ pub fn number(name: &str) -> Option<u32> {
     TABLE.iter().find(|(n, _)| *n == base).map(|(_, nr)| *nr)
 }
 
+/// Every x86_64 syscall's number.
+pub fn all() -> impl Iterator<Item = u32> {
+    TABLE.iter().map(|(_, nr)| *nr)
+}
+
+/// The `function_name` of a kprobe on a list of syscalls until a record
+/// says which syscall it was (see [`function_name`]).
+pub const LIST_CALL: &str = "list:";
+
 /// The name Tetragon's events give syscall `nr` in `function_name`.
 pub fn function_name(nr: u32) -> Option<String> {
     TABLE

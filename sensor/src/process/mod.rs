@@ -267,6 +267,15 @@ impl ProcessCache {
             auid: h.auid,
             process_credentials: crate::export::creds::ProcessCredentials::from_kernel(&h.creds)
                 .map(Box::new),
+            ns: crate::export::ns::Namespaces::from_inums(&h.ns).map(Box::new),
+            // Tetragon's: a container's init (PID 1 in its namespace) and
+            // everything it starts.
+            in_init_tree: Some(
+                h.nspid == 1
+                    || parent
+                        .as_ref()
+                        .is_some_and(|p| p.in_init_tree == Some(true)),
+            ),
             cwd: self.strings.intern(&rec.cwd),
             binary: self.strings.intern(&rec.path),
             arguments: join_args(rec.args.get(1..).unwrap_or_default()).into(),
@@ -348,6 +357,9 @@ mod tests {
                 comm: [0; 16],
                 auid: 0,
                 creds: Default::default(),
+                ns: Default::default(),
+                nspid: 0,
+                _pad: 0,
             },
             path: path.into(),
             args: vec![path.into(), "a b".into(), "c".into()],
@@ -391,6 +403,24 @@ mod tests {
         assert_eq!(gone.exec_id, echo.exec_id);
         assert_eq!(parent.unwrap().exec_id, sh.exec_id);
         assert!(c.by_pid(11).is_none());
+    }
+
+    #[test]
+    fn the_init_tree_is_a_namespace_init_and_what_it_starts() {
+        let mut c = ProcessCache::new("n".into(), Clock::new(), 100);
+        // A process whose parent is unknown, not PID 1 anywhere: outside.
+        let (stray, _) = c.exec(&exec(50, 40, 10, "/bin/sh"));
+        assert_eq!(stray.in_init_tree, Some(false));
+        // A namespace's PID 1, and its child.
+        let mut init = exec(60, 50, 20, "/sbin/init");
+        init.header.nspid = 1;
+        let (init, _) = c.exec(&init);
+        assert_eq!(init.in_init_tree, Some(true));
+        let (child, _) = c.exec(&exec(61, 60, 30, "/bin/true"));
+        assert_eq!(child.in_init_tree, Some(true));
+        // Another child of the stray one stays outside.
+        let (other, _) = c.exec(&exec(70, 50, 40, "/bin/true"));
+        assert_eq!(other.in_init_tree, Some(false));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct ProcEntry {
     pub auid: u32,
     /// From `/proc/PID/status`.
     pub creds: Option<crate::export::creds::ProcessCredentials>,
+    /// From `/proc/PID/ns`.
+    pub ns: Option<crate::export::ns::Namespaces>,
+    /// Its PID in its own PID namespace (the last of `NSpid`).
+    pub nspid: u32,
     pub binary: String,
     pub args: Vec<String>,
     pub cwd: String,
@@ -74,6 +78,12 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(crate::export::event::AUID_UNSET),
         creds: crate::export::creds::ProcessCredentials::from_status(&status),
+        ns: crate::export::ns::Namespaces::from_proc(dir),
+        nspid: status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0),
         binary: binary.to_string_lossy().into_owned(),
         args,
         cwd: std::fs::read_link(dir.join("cwd"))
@@ -102,12 +112,21 @@ pub fn scan(root: &Path, cgroup_root: &Path) -> Vec<ProcEntry> {
     out
 }
 
+/// The optional process fields events carry, by flag.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Optional {
+    /// `process_credentials` (`--enable-process-cred`).
+    pub creds: bool,
+    /// `ns` (`--enable-process-ns`).
+    pub ns: bool,
+}
+
 /// Cache entries for scanned processes, linked to their parents; with
-/// their credentials when `creds`.
+/// the optional fields asked for.
 pub fn processes(
     entries: &[ProcEntry],
     cache: &mut super::ProcessCache,
-    creds: bool,
+    optional: Optional,
 ) -> Vec<Process> {
     let ids: HashMap<u32, Arc<str>> = entries
         .iter()
@@ -118,14 +137,22 @@ pub fn processes(
             )
         })
         .collect();
+    // Parents come first, so each one's answer is known for its children.
+    let mut in_init_tree: HashMap<u32, bool> = HashMap::new();
+    for e in entries {
+        let tree = e.nspid == 1 || in_init_tree.get(&e.ppid).copied().unwrap_or(false);
+        in_init_tree.insert(e.pid, tree);
+    }
     entries
         .iter()
         .map(|e| Process {
             exec_id: ids[&e.pid].clone(),
+            in_init_tree: in_init_tree.get(&e.pid).copied(),
             pid: e.pid,
             uid: e.uid,
             auid: e.auid,
-            process_credentials: e.creds.clone().filter(|_| creds).map(Box::new),
+            process_credentials: e.creds.clone().filter(|_| optional.creds).map(Box::new),
+            ns: e.ns.clone().filter(|_| optional.ns).map(Box::new),
             cwd: cache.strings.intern(&e.cwd),
             binary: cache.strings.intern(&e.binary),
             arguments: super::join_args(e.args.get(1..).unwrap_or_default()).into(),

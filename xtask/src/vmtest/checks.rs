@@ -39,6 +39,7 @@ pub const CHECKS: &[Check] = &[
                 "exec_event_carries_binary_args_cwd_uid_and_lineage",
                 "exec_event_carries_the_login_uid",
                 "enable_process_cred_puts_the_credentials_in_events",
+                "enable_process_ns_puts_the_namespaces_in_events",
                 "exit_reports_status_and_signal",
             ],
         },
