@@ -258,6 +258,91 @@ fn enable_process_ns_puts_the_namespaces_in_events() {
     );
 }
 
+/// Whether set-user-ID bits take effect under `dir` (not `nosuid`).
+fn honours_setuid(dir: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // SAFETY: a zeroed statvfs for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path, st a valid out pointer.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID == 0 }
+}
+
+#[test]
+fn binary_properties_report_set_user_id_and_memfd_execs() {
+    if !can_run("binary_properties_report_set_user_id_and_memfd_execs") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let daemon = Daemon::start(&[]);
+    let dir = TempDir::new();
+    // A program run from memory: no file system names it.
+    let st = cg
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            "import os; fd = os.memfd_create('sensor-props'); os.write(fd, open('/bin/true', 'rb').read()); os.execv(f'/proc/self/fd/{fd}', ['true'])",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let e = daemon.wait_for("the memfd exec", |e| {
+        body(e, "process_exec").is_some_and(|b| {
+            b["process"]["binary"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/memfd:sensor-props"))
+        })
+    });
+    let f = &e["process_exec"]["process"]["binary_properties"]["file"];
+    assert_eq!(f["inode"]["links"], 0, "{e}");
+    assert!(
+        f["inode"]["number"]
+            .as_str()
+            .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0)),
+        "{e}"
+    );
+    assert_eq!(f["path"], e["process_exec"]["process"]["binary"]);
+    // A plain program has none.
+    assert!(
+        e["process_exec"]["parent"]
+            .get("binary_properties")
+            .is_none(),
+        "{e}"
+    );
+
+    if !honours_setuid(dir.path()) {
+        eprintln!("SKIP binary_properties_report_set_user_id_and_memfd_execs (set-user-ID part): {} is nosuid", dir.path().display());
+        return;
+    }
+    // A set-user-ID root copy of true, run by nobody.
+    let suid = dir.path().join("suid-true");
+    std::fs::copy("/bin/true", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let st = cg
+        .command("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            suid.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let suid = suid.to_string_lossy().into_owned();
+    let e = daemon.wait_for("the set-user-ID exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["binary"] == suid.as_str())
+    });
+    let p = &e["process_exec"]["process"];
+    assert_eq!(p["uid"], 65534, "{e}");
+    assert_eq!(p["binary_properties"]["setuid"], 0, "{e}");
+    assert_eq!(
+        p["binary_properties"]["privileges_changed"],
+        serde_json::json!(["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]),
+        "{e}"
+    );
+    assert!(p["binary_properties"].get("file").is_none(), "{e}");
+}
+
 #[test]
 fn enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events() {
     if !can_run("enable_ancestors_base_puts_the_lineage_in_exec_and_exit_events") {
@@ -393,7 +478,7 @@ fn sigterm_detaches_every_program() {
     // exec, fork, exit, connect4/6, sendmsg4/6 and the quarantine filters,
     // plus what this kernel's path needs (the LSM exec hook, the compat
     // connect programs' signal sender), as `sensor probe --load` lists them;
-    // not the syscall program, attached only for syscall policies.
+    // not the syscall programs, attached only for syscall policies.
     let probe = Command::new(SENSOR)
         .args(["probe", "--load"])
         .output()
@@ -404,7 +489,7 @@ fn sigterm_detaches_every_program() {
         .find_map(|l| l.strip_prefix("programs verified and attached: "))
         .expect("probe --load lists the programs")
         .split(", ")
-        .filter(|p| !p.starts_with("snsr_syscall"))
+        .filter(|p| !p.starts_with("snsr_syscall") && !p.starts_with("snsr_sys_return"))
         .count();
     assert!(chosen >= 9, "{text}");
     assert_eq!(daemon.program_ids.len(), chosen, "{text}");

@@ -519,15 +519,52 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
         "spec.kprobes[0].selectors[0].matchArgs[0].values[0]",
         "not an integer",
     );
+    // The exit side: return: true with a returnArg of an integer type, and
+    // one matchReturnArgs on it.
+    let ret = |extra: &str, selectors: &str| {
+        format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n{extra}    args: [{{index: 0, type: int}}]\n    selectors:\n{selectors}")
+    };
     refused(
-        &format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n    return: true\n"),
-        "spec.kprobes[0].return",
-        "not reported yet",
+        &ret("    return: true\n", post),
+        "spec.kprobes[0].returnArg",
+        "needs returnArg",
     );
     refused(
-        &format!("{HEAD}  kprobes:\n  - call: sys_setuid\n    syscall: true\n    returnArg: {{index: 0, type: int}}\n"),
+        &ret("    returnArg: {index: 0, type: int}\n", post),
         "spec.kprobes[0].returnArg",
-        "not reported yet",
+        "with return: true",
+    );
+    refused(
+        &ret(
+            "    return: true\n    returnArg: {index: 0, type: string}\n",
+            post,
+        ),
+        "spec.kprobes[0].returnArg.type",
+        "does not fit a syscall's return value",
+    );
+    refused(
+        &ret(
+            "",
+            "    - matchReturnArgs: [{index: 0, operator: GT, values: [\"0\"]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchReturnArgs",
+        "with return: true",
+    );
+    refused(
+        &ret(
+            "    return: true\n    returnArg: {index: 0, type: int}\n",
+            "    - matchReturnArgs: [{index: 1, operator: GT, values: [\"0\"]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchReturnArgs[0].index",
+        "index 0",
+    );
+    refused(
+        &ret(
+            "    return: true\n    returnArg: {index: 0, type: int}\n",
+            "    - matchReturnArgs: [{index: 0, operator: Prefix, values: [x]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchReturnArgs[0].operator",
+        "does not apply to an integer",
     );
     let list = |name: &str, ty: &str, value: &str| {
         format!("{HEAD}  lists:\n  - name: {name}\n    type: {ty}\n    values: [{value}]\n  tracepoints:\n  - subsystem: raw_syscalls\n    event: sys_enter\n    args: [{{index: 4, type: syscall64}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: InMap, values: [\"list:dups\"]}}]\n")

@@ -167,6 +167,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
         },
         args: vec![EventArg::LinuxBinprm],
         return_arg: false,
+        return_type: None,
         actions: Actions {
             post: true,
             signal: None,

@@ -349,6 +349,11 @@ impl Pinned {
 
     /// Whether a `snsr_syscall*` link is pinned in the bpffs directory.
     fn syscall_link_pinned(&self) -> bool {
+        self.link_pinned("snsr_syscall")
+    }
+
+    /// Whether a link whose name starts with `prefix` is pinned.
+    fn link_pinned(&self, prefix: &str) -> bool {
         std::fs::read_dir(&self.bpf.0)
             .into_iter()
             .flatten()
@@ -356,7 +361,7 @@ impl Pinned {
             .filter_map(|set| std::fs::read_dir(set.path().join("links")).ok())
             .flatten()
             .flatten()
-            .any(|l| l.file_name().to_string_lossy().starts_with("snsr_syscall"))
+            .any(|l| l.file_name().to_string_lossy().starts_with(prefix))
     }
 
     /// The exit status of Python's dup2 in the cgroup.
@@ -382,6 +387,17 @@ fn the_syscall_program_is_attached_only_while_a_syscall_policy_is_loaded() {
     });
     let st = t.dup2();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    // The return program only for a hook that waits for returns.
+    assert!(!t.link_pinned("snsr_sys_return"));
+    let returns = t.dir.path().join("policies/returns.yaml");
+    std::fs::write(&returns, OPENAT_WRITE).unwrap();
+    eventually("a return: true hook attached the return program", || {
+        t.link_pinned("snsr_sys_return")
+    });
+    std::fs::remove_file(&returns).unwrap();
+    eventually("without it, the return program detached", || {
+        !t.link_pinned("snsr_sys_return")
+    });
     t.kill_python_dup2(false);
     eventually("the last syscall policy detached it", || {
         !t.syscall_link_pinned()
@@ -772,4 +788,102 @@ fn match_pids_follows_the_lineage_in_the_pid_namespace() {
             assert_eq!(k["process"]["pid"], exec_pid, "only exec posts: {e}");
         }
     }
+}
+
+/// Tetragon's `examples/tracingpolicy/openat_write.yaml`.
+const OPENAT_WRITE: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "sys-openat"
+spec:
+  kprobes:
+  - call: "sys_openat"
+    return: true
+    syscall: true
+    args:
+    - index: 0
+      type: int
+    - index: 1
+      type: "string"
+    - index: 2
+      type: "int"
+    returnArg:
+      index: 0
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Equal"
+        values:
+        - "/etc/passwd"
+      - index: 2
+        operator: "Mask"
+        values:
+        - "64" # CREATE (0x40)
+        - "1"  # WRONLY (0x01)
+        - "2"  # RDWR (0x02)
+      matchReturnArgs:
+      - index: 0
+        operator: "GT"
+        values:
+        - "0"
+"#;
+
+#[test]
+fn a_hook_with_return_posts_at_the_return_and_filters_on_it() {
+    if !can_run("a_hook_with_return_posts_at_the_return_and_filters_on_it") {
+        return;
+    }
+    let (daemon, cg, _d) = daemon_with(&[OPENAT_WRITE]);
+    // Opened for writing and closed at once: nothing is written. Then the
+    // same as nobody (EACCES: the return filter fails), and read-only
+    // (the flags filter fails).
+    let st = python(
+        &cg,
+        "import os; os.close(os.open('/etc/passwd', os.O_WRONLY))",
+    );
+    assert!(st.success(), "{st:?}");
+    let st = cg
+        .command("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg("import os\ntry: os.open('/etc/passwd', os.O_WRONLY)\nexcept PermissionError: pass")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let st = python(
+        &cg,
+        "import os; os.close(os.open('/etc/passwd', os.O_RDONLY))",
+    );
+    assert!(st.success(), "{st:?}");
+    let e = daemon.wait_for("the write open", |e| {
+        of_policy(e, "process_kprobe", "sys-openat").is_some()
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "__x64_sys_openat");
+    assert_eq!(k["args"][1]["string_arg"], "/etc/passwd", "{e}");
+    assert_eq!(
+        k["args"][2]["int_arg"].as_i64().map(|f| f & 3),
+        Some(1),
+        "{e}"
+    );
+    assert!(
+        k["return"]["int_arg"].as_i64().is_some_and(|fd| fd > 0),
+        "the fd: {e}"
+    );
+    assert_eq!(k["process"]["uid"], 0);
+    // The failed and the read-only opens posted nothing, and the one event
+    // came once.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let n = daemon
+        .events()
+        .iter()
+        .filter(|e| of_policy(e, "process_kprobe", "sys-openat").is_some())
+        .count();
+    assert_eq!(n, 1, "{:?}", daemon.events());
 }

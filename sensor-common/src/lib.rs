@@ -53,6 +53,10 @@ pub mod kind {
     pub const EXEC_DENIED: u32 = 5;
     /// A syscall a syscall selector matched: a [`SyscallEvent`].
     pub const SYSCALL: u32 = 6;
+    /// The return of a syscall whose selectors wait for it
+    /// (`return: true`): a [`SyscallReturn`]. Its losses count as
+    /// `SYSCALL`'s.
+    pub const SYSCALL_RETURN: u32 = 8;
 }
 
 /// Slot of the kernel's `LOST` counters (beside the record kinds) that
@@ -104,6 +108,30 @@ pub struct ExecEvent {
     /// Its PID in its own PID namespace (1: a container's init), for
     /// `in_init_tree`; 0 when unknown.
     pub nspid: u32,
+    pub _pad: u32,
+    /// What `binary_properties` is made of.
+    pub binary: BinaryInfo,
+}
+
+/// The executed file's inode and the credentials the exec gave: the
+/// daemon tells a set-user-ID or set-group-ID execution, capabilities
+/// from the file, and a binary that has no name on any file system
+/// (memfd, deleted) from them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BinaryInfo {
+    pub ino: u64,
+    pub nlink: u32,
+    /// `i_mode`: the set-ID bits.
+    pub mode: u32,
+    pub file_uid: u32,
+    pub file_gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub cap_permitted: u64,
+    pub cap_ambient: u64,
+    /// Non-zero when the fields were read.
+    pub valid: u32,
     pub _pad: u32,
 }
 
@@ -305,7 +333,7 @@ pub struct NetValueKey {
 
 // The kernel and the daemon read these byte for byte: no implicit padding.
 const _: () = assert!(core::mem::size_of::<Creds>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64 + 4 * NS_KINDS + 8);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64 + 4 * NS_KINDS + 8 + 56);
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// How a string filter is looked up.
@@ -507,6 +535,16 @@ pub struct KernelOffsets {
     pub ns_inum: u32,
     pub cred_user_ns: u32,
     pub user_ns_common: u32,
+    /// `binary_properties`: file->f_inode; in `struct inode`, i_mode,
+    /// i_uid, i_gid, i_nlink and i_ino; cred->cap_ambient.
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_uid: u32,
+    pub inode_i_gid: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_ino: u32,
+    pub cred_cap_ambient: u32,
+    pub _pad_offsets: u32,
 }
 
 #[cfg(feature = "user")]
@@ -522,4 +560,5 @@ mod pod {
     unsafe impl aya::Pod for NetValueKey {}
     unsafe impl aya::Pod for SysSelector {}
     unsafe impl aya::Pod for SysNr {}
+    unsafe impl aya::Pod for SysReturning {}
 }

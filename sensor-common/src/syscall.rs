@@ -130,11 +130,15 @@ pub struct SysSelector {
     pub scope: u8,
     pub n_strs: u8,
     pub n_pids: u8,
-    pub _pad: u8,
+    /// Non-zero: its hook has `return: true`; the event waits for the
+    /// return, which `ret` (if its op is not 0) must pass.
+    pub returns: u8,
     pub filters: [IntFilter; MAX_ARG_FILTERS],
     pub strs: [ArgStrFilter; MAX_ARG_FILTERS],
     pub pids: [PidFilter; MAX_PID_FILTERS],
     pub _pad2: u32,
+    /// `matchReturnArgs` on the return value (as argument 0).
+    pub ret: IntFilter,
 }
 
 /// A syscall that a syscall selector matched, from the raw `sys_enter`
@@ -163,6 +167,36 @@ pub struct SyscallEvent {
     /// Bit i: argument i was longer than [`SYS_BLOB_MAX`] and is cut.
     pub truncated: u8,
     pub _pad: u16,
+    /// The hits whose hooks wait for the return: the daemon holds the
+    /// record until a [`SyscallReturn`] of the same thread says which of
+    /// them passed their `matchReturnArgs`.
+    pub returning: u64,
+}
+
+/// A syscall's return, for the selectors that waited for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallReturn {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub nr: u32,
+    pub ktime: u64,
+    /// The return value (negative: an errno).
+    pub ret: u64,
+    /// The waiting selectors whose `matchReturnArgs` passed.
+    pub hits: u64,
+}
+
+/// What `sys_enter` leaves for `sys_exit`, per thread (`SYS_RETURNING`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysReturning {
+    /// The waiting selectors that matched at entry.
+    pub mask: u64,
+    /// The bank they are in.
+    pub bank: u32,
+    pub nr: u32,
 }
 
 // The kernel and the daemon read these byte for byte: no implicit padding.
@@ -170,6 +204,9 @@ const _: () = assert!(core::mem::size_of::<IntFilter>() == 8 + 8 * INT_VALUES);
 const _: () = assert!(core::mem::size_of::<SysNr>() == 16);
 const _: () = assert!(core::mem::size_of::<PidFilter>() == 4 + 4 * PID_VALUES);
 const _: () = assert!(
-    core::mem::size_of::<SysSelector>() == 16 + 44 * MAX_ARG_FILTERS + 20 * MAX_PID_FILTERS + 4
+    core::mem::size_of::<SysSelector>()
+        == 16 + 44 * MAX_ARG_FILTERS + 20 * MAX_PID_FILTERS + 4 + 40
 );
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64 + 8 * SYSCALL_ARGS);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 72 + 8 * SYSCALL_ARGS);
+const _: () = assert!(core::mem::size_of::<SyscallReturn>() == 40);
+const _: () = assert!(core::mem::size_of::<SysReturning>() == 16);

@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    exec_flags, kind, ns_kind, pod_wakeups, Creds, ExecEvent, ARGS_MAX, NS_KINDS, PATH_MAX, POD_BIT,
+    exec_flags, kind, ns_kind, pod_wakeups, BinaryInfo, Creds, ExecEvent, ARGS_MAX, NS_KINDS,
+    PATH_MAX, POD_BIT,
 };
 
 use crate::kernel::{off, read, read_ptr};
@@ -66,6 +67,10 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     let v_in_pod = scopes & POD_BIT != 0;
     let data = rec.data.as_mut_ptr();
     let mm = read_ptr(task, off!(task_mm))?;
+
+    ev.binary = read_ptr(mm, off!(mm_exe_file))
+        .map(|f| binary_info(task, f))
+        .unwrap_or_default();
 
     // The binary: mm->exe_file->f_path, resolved in the kernel.
     let mut plen = 0usize;
@@ -187,6 +192,7 @@ pub fn fill_header(ev: &mut ExecEvent, record: u32, task: *const u8) {
     ev.ns = [0; NS_KINDS];
     ev.nspid = own_pid(task).map_or(0, |(nr, _)| nr);
     ev._pad = 0;
+    ev.binary = BinaryInfo::default();
     ev.ppid = read_ptr(task, off!(task_real_parent))
         .and_then(|p| read::<u32>(p, off!(task_tgid)))
         .unwrap_or(0);
@@ -216,6 +222,37 @@ fn read_creds(task: *const u8) -> Creds {
         cap_permitted: read::<u64>(cred, off!(cred_cap_permitted)).unwrap_or(0),
         cap_effective: read::<u64>(cred, off!(cred_cap_effective)).unwrap_or(0),
         cap_inheritable: read::<u64>(cred, off!(cred_cap_inheritable)).unwrap_or(0),
+    }
+}
+
+/// The executed file's inode and the credentials the exec gave.
+#[inline(always)]
+fn binary_info(task: *const u8, file: *const u8) -> BinaryInfo {
+    let Ok(inode) = read_ptr(file, off!(file_f_inode)) else {
+        return BinaryInfo::default();
+    };
+    let cred = read_ptr(task, off!(task_cred)).unwrap_or(core::ptr::null());
+    let ids = off!(cred_uid);
+    // euid and egid are the fifth and sixth of the eight ids.
+    let id = |i: u32| {
+        if ids == 0 {
+            0
+        } else {
+            read::<u32>(cred, ids + 4 * i).unwrap_or(0)
+        }
+    };
+    BinaryInfo {
+        ino: read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
+        nlink: read::<u32>(inode, off!(inode_i_nlink)).unwrap_or(1),
+        mode: read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32,
+        file_uid: read::<u32>(inode, off!(inode_i_uid)).unwrap_or(0),
+        file_gid: read::<u32>(inode, off!(inode_i_gid)).unwrap_or(0),
+        euid: id(4),
+        egid: id(5),
+        cap_permitted: read::<u64>(cred, off!(cred_cap_permitted)).unwrap_or(0),
+        cap_ambient: read::<u64>(cred, off!(cred_cap_ambient)).unwrap_or(0),
+        valid: (ids != 0) as u32,
+        _pad: 0,
     }
 }
 

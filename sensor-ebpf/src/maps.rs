@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     Config, ExecEvent, ExecSelector, KernelOffsets, NetSelector, NetValueKey, ProcState, SysNr,
-    SysSelector, BANKS, MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN, SYSCALL_NRS,
+    SysReturning, SysSelector, BANKS, MAX_SELECTORS, NET_ADDR_KEY_LEN, PATH_MAX, STR_KEY_LEN,
+    SYSCALL_NRS,
 };
 
 /// Set by the loader from the running kernel's BTF.
@@ -62,6 +63,14 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     ns_inum: 0,
     cred_user_ns: 0,
     user_ns_common: 0,
+    file_f_inode: 0,
+    inode_i_mode: 0,
+    inode_i_uid: 0,
+    inode_i_gid: 0,
+    inode_i_nlink: 0,
+    inode_i_ino: 0,
+    cred_cap_ambient: 0,
+    _pad_offsets: 0,
 };
 
 /// Every record to userspace. Resized by the loader.
@@ -251,6 +260,15 @@ pub static SYS_STR_EQUAL: HashMap<[u8; STR_KEY_LEN], u64> = HashMap::with_max_en
 pub static SYS_STR_PREFIX: LpmTrie<[u8; STR_KEY_LEN], u64> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 pub static SYS_STR_POSTFIX: LpmTrie<[u8; STR_KEY_LEN], u64> = LpmTrie::with_max_entries(1024, 0);
+
+/// Per thread (`pid_tgid`), the selectors that wait for its syscall's
+/// return. LRU: a thread that never returns (exit) is forgotten.
+#[map]
+pub static SYS_RETURNING: LruHashMap<u64, SysReturning> = LruHashMap::with_max_entries(8192, 0);
+
+/// State of the return loop (see `syscall::ret`).
+#[map]
+pub static SYS_RET: PerCpuArray<crate::syscall::ret::RetEval> = PerCpuArray::with_max_entries(1, 0);
 
 /// State of the syscall selector loop (see `syscall::SysEval`).
 #[map]

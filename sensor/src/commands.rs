@@ -255,7 +255,9 @@ pub fn probe(load: bool) -> ExitCode {
         let root = daemon::cgroup2_root().ok_or(load::LoadError::Missing("a cgroup2 mount"))?;
         k.attach(&root)?;
         // Attached on demand in a daemon; verified here with the rest.
-        k.syscall_program(true)?;
+        for p in load::OnDemand::ALL {
+            k.on_demand(p, true)?;
+        }
         Ok(k.loaded_programs())
     });
     match attached {

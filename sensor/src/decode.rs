@@ -1,7 +1,7 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
 use sensor_common::{
-    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent, SYSCALL_ARGS,
+    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent, SyscallReturn, SYSCALL_ARGS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +14,8 @@ pub enum Record {
     Exit(ExitEvent),
     Connect(ConnectEvent),
     Syscall(SyscallRecord),
+    /// The return of a syscall whose hooks wait for it.
+    SyscallReturn(SyscallReturn),
 }
 
 /// A syscall record: the header and the arguments copied from user memory.
@@ -22,6 +24,8 @@ pub struct SyscallRecord {
     pub header: SyscallEvent,
     /// Per argument, the bytes copied (a string with its NUL), if any.
     pub user: [Option<Vec<u8>>; SYSCALL_ARGS],
+    /// The syscall's return value, once its return record came.
+    pub ret: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,8 +128,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                     data[at - n..at].to_vec()
                 })
             });
-            Ok(Record::Syscall(SyscallRecord { header, user }))
+            Ok(Record::Syscall(SyscallRecord {
+                header,
+                user,
+                ret: None,
+            }))
         }
+        kind::SYSCALL_RETURN => Ok(Record::SyscallReturn(read(kind, bytes)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -156,6 +165,7 @@ mod tests {
             ns: Default::default(),
             nspid: 0,
             _pad: 0,
+            binary: Default::default(),
         };
         // SAFETY: viewing a repr(C) value as bytes.
         let mut v = unsafe {

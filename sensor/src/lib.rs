@@ -1,6 +1,7 @@
 //! `sensor`: a network immune system for Kubernetes nodes. Each stage of
 //! the pipeline has its own module, in the order data flows: `load` (the
-//! kernel side: loading, pinning, adoption), `decode`, `process` (cache and
+//! kernel side: loading, pinning, adoption), `decode` (with `returns`,
+//! which joins a syscall's record with its return), `process` (cache and
 //! /proc scan), `enrich` (pod context), `policy` (Tetragon policies) and
 //! `brain` (rules over ancestry), with `documents` routing YAML to them and
 //! `reconcile` keeping one policy set from every source, `antibody`
@@ -27,5 +28,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod process;
 pub mod reconcile;
+pub mod returns;
 pub mod sched;
 pub mod scopes;

@@ -35,8 +35,12 @@ struct Subject<'a> {
 enum Table {
     Exec,
     Net,
-    /// Of the syscall with this number.
-    Sys(u32),
+    /// Of the syscall with this number, and its return value where the
+    /// record waited for it.
+    Sys {
+        nr: u32,
+        ret: Option<u64>,
+    },
 }
 
 pub struct Pipeline {
@@ -53,6 +57,7 @@ pub struct Pipeline {
     metrics: Metrics,
     telemetry: crate::metrics::Telemetry,
     ancestors: AncestorKinds,
+    returns: crate::returns::Returns,
 }
 
 impl Pipeline {
@@ -72,6 +77,7 @@ impl Pipeline {
             metrics: Metrics::default(),
             telemetry: Default::default(),
             ancestors: AncestorKinds::default(),
+            returns: Default::default(),
         }
     }
 
@@ -268,7 +274,12 @@ impl Pipeline {
             }
             Ok(Record::Exit(x)) => self.exit(&x),
             Ok(Record::Connect(c)) => self.connect(&c),
-            Ok(Record::Syscall(c)) => self.syscall(&c),
+            Ok(Record::Syscall(c)) => self.syscall(c),
+            Ok(Record::SyscallReturn(r)) => {
+                if let Some(joined) = self.returns.join(&r) {
+                    self.syscall(joined);
+                }
+            }
             Err(e) => {
                 self.metrics.decode_errors += 1;
                 self.telemetry.error("event_decode_failed");
@@ -460,7 +471,19 @@ impl Pipeline {
     }
 
     /// A syscall record: policy events for the selectors that posted.
-    fn syscall(&mut self, r: &SyscallRecord) {
+    /// A syscall record (or one joined with its return): events for the
+    /// hits that do not wait for the return; the record is held for those
+    /// that do.
+    fn syscall(&mut self, mut r: SyscallRecord) {
+        if r.ret.is_none() && r.header.returning != 0 {
+            let now = r.header.hits & !r.header.returning;
+            self.returns.hold(r.clone());
+            r.header.hits = now;
+            if now == 0 {
+                return;
+            }
+        }
+        let r = &r;
         let c = &r.header;
         let Some(process) = self.cache.by_pid(c.pid) else {
             self.miss();
@@ -480,7 +503,10 @@ impl Pipeline {
         };
         self.post_hits(
             c.hits,
-            Table::Sys(c.nr),
+            Table::Sys {
+                nr: c.nr,
+                ret: r.ret,
+            },
             subject,
             &time,
             build::syscall_arg(r),
@@ -501,13 +527,15 @@ impl Pipeline {
             let metas = match table {
                 Table::Exec => &self.meta,
                 Table::Net => &self.net_meta,
-                Table::Sys(_) => &self.sys_meta,
+                Table::Sys { .. } => &self.sys_meta,
             };
             let Some(mut meta) = metas.get(bit).cloned() else {
                 tracing::warn!(selector = bit, ?table, "hit on an unknown selector");
                 continue;
             };
-            if let (Table::Sys(nr), HookPoint::Kprobe { function }) = (&table, &mut meta.point) {
+            if let (Table::Sys { nr, .. }, HookPoint::Kprobe { function }) =
+                (&table, &mut meta.point)
+            {
                 // A kprobe on a list: the event names the syscall.
                 if function == crate::policy::syscalls::LIST_CALL {
                     *function = crate::policy::syscalls::function_name(*nr).unwrap_or_default();
@@ -529,7 +557,12 @@ impl Pipeline {
                     }
                     _ => (process, subject.parent.clone()),
                 };
-                let ev = build::policy_event(&meta, shown, parent, args);
+                let mut ev = build::policy_event(&meta, shown, parent, args);
+                if let (Table::Sys { ret: Some(v), .. }, Some(ty), Event::ProcessKprobe(k)) =
+                    (&table, meta.return_type, &mut ev)
+                {
+                    k.return_ = Some(build::int_argument(*v, ty));
+                }
                 self.emit(ev, time.to_string());
             }
             self.think(On::Policy, process, Some((action, &meta.policy_name)), time);

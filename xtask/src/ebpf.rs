@@ -62,7 +62,7 @@ pub fn build() -> Result<()> {
         // Loop bodies called as global functions by the compat programs
         // (sensor-ebpf/src/looping.rs): exported, their BTF linkage stays
         // global and the verifier checks each once.
-        "-Clink-arg=--export=snsr_loop_path,snsr_loop_exec_selector,snsr_loop_net_binaries,snsr_loop_connect_selector,snsr_loop_loader_byte,snsr_loop_sys_binaries,snsr_loop_sys_selector,snsr_loop_sys_arg,snsr_loop_sys_lineage",
+        "-Clink-arg=--export=snsr_loop_path,snsr_loop_exec_selector,snsr_loop_net_binaries,snsr_loop_connect_selector,snsr_loop_loader_byte,snsr_loop_sys_binaries,snsr_loop_sys_selector,snsr_loop_sys_arg,snsr_loop_sys_lineage,snsr_loop_sys_return",
     ]
     .join("\x1f");
     let mut cmd = Command::new("/usr/bin/cargo");

@@ -8,6 +8,7 @@
 //! strings and buffers the policy reads from user memory (`user`), and
 //! sends its signal, which lands before the syscall returns to user space.
 mod lineage;
+pub mod ret;
 mod user;
 
 use aya_ebpf::{
@@ -20,13 +21,15 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SyscallEvent, INT_VALUES,
-    MAX_ARG_FILTERS, MAX_PID_FILTERS, MAX_SELECTORS, STR_KEY_LEN, SYSCALL_ARGS, SYSCALL_NRS,
-    SYS_BLOB_MAX, SYS_DATA_CAP,
+    int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SysReturning,
+    SyscallEvent, INT_VALUES, MAX_ARG_FILTERS, MAX_PID_FILTERS, MAX_SELECTORS, STR_KEY_LEN,
+    SYSCALL_ARGS, SYSCALL_NRS, SYS_BLOB_MAX, SYS_DATA_CAP,
 };
 
 use crate::kernel::read;
-use crate::maps::{count_lost, wakeup_flags, EVENTS, PROCS, SYS_EVAL, SYS_NRS, SYS_SELECTORS};
+use crate::maps::{
+    count_lost, wakeup_flags, EVENTS, PROCS, SYS_EVAL, SYS_NRS, SYS_RETURNING, SYS_SELECTORS,
+};
 
 const HEADER: usize = core::mem::size_of::<SyscallEvent>();
 
@@ -119,6 +122,7 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         read: 0,
         truncated: 0,
         _pad: 0,
+        returning: 0,
     };
     for (i, off) in ARG_REGS.iter().enumerate() {
         ev.event.args[i] = read::<u64>(regs, *off).unwrap_or(0);
@@ -144,6 +148,16 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_callback, snsr_loop_sys_selector);
     if ev.event.hits == 0 {
         return None;
+    }
+    if ev.event.returning != 0 {
+        let waiting = SysReturning {
+            mask: ev.event.returning,
+            bank,
+            nr: nr as u32,
+        };
+        if SYS_RETURNING.insert(&pid_tgid, &waiting, 0).is_err() {
+            count_lost(kind::SYSCALL);
+        }
     }
     let signal = ev.event.signal;
     let used = if ev.used > SYS_DATA_CAP as u64 {
@@ -191,7 +205,7 @@ fn less(f: &IntFilter, a: u64, b: u64) -> bool {
 }
 
 #[inline(always)]
-fn int_matches(f: &IntFilter, args: &[u64; SYSCALL_ARGS]) -> bool {
+pub(crate) fn int_matches(f: &IntFilter, args: &[u64; SYSCALL_ARGS]) -> bool {
     let Some(raw) = args.get(f.arg as usize) else {
         return false;
     };
@@ -312,6 +326,9 @@ fn eval_selector(index: u64) -> i64 {
     }
     ev.hooks_done |= hook_bit;
     ev.event.hits |= bit;
+    if sel.returns != 0 {
+        ev.event.returning |= bit;
+    }
     if sel.signal != 0 && ev.event.signal != 9 {
         ev.event.signal = sel.signal;
     }

@@ -167,16 +167,21 @@ pub fn syscall_arg(r: &SyscallRecord) -> impl Fn(EventArg) -> Option<Argument> +
             SysArg::Number => s.nr as u64,
             SysArg::Reg(r) => *s.args.get(r as usize)?,
         };
-        Some(match ty {
-            IntType::Int => Argument::IntArg(raw as u32 as i32),
-            IntType::Uint32 => Argument::UintArg(raw as u32),
-            IntType::Uint64 | IntType::SizeT => Argument::SizeArg(raw.to_string()),
-            IntType::Long => Argument::LongArg((raw as i64).to_string()),
-            IntType::Syscall64 => Argument::SyscallId(SyscallIdArg {
-                id: raw as u32,
-                abi: "x64".into(),
-            }),
-        })
+        Some(int_argument(raw, ty))
+    }
+}
+
+/// A raw register (or return value) as its type shows it.
+pub fn int_argument(raw: u64, ty: IntType) -> Argument {
+    match ty {
+        IntType::Int => Argument::IntArg(raw as u32 as i32),
+        IntType::Uint32 => Argument::UintArg(raw as u32),
+        IntType::Uint64 | IntType::SizeT => Argument::SizeArg(raw.to_string()),
+        IntType::Long => Argument::LongArg((raw as i64).to_string()),
+        IntType::Syscall64 => Argument::SyscallId(SyscallIdArg {
+            id: raw as u32,
+            abi: "x64".into(),
+        }),
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Process {
     /// `--enable-process-cred`; boxed, as `pod`, since most runs go without.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_credentials: Option<Box<super::creds::ProcessCredentials>>,
+    /// Set-ID executions, raised privileges, unnamed binaries; boxed, as
+    /// most execs have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_properties: Option<Box<super::binary::BinaryProperties>>,
     /// A container's init or one of its descendants (Tetragon's); `None`
     /// where unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@
 //! event (`compact`), and to the gRPC `GetEvents` streams (`stream`);
 //! which event kinds carry `ancestors` (`ancestors`).
 pub mod ancestors;
+pub mod binary;
 pub mod build;
 pub mod compact;
 pub mod creds;

@@ -99,29 +99,35 @@ impl Kernel {
         Ok(())
     }
 
-    /// The syscall policies' program, in this kernel's form.
-    fn syscall_program_name(&self) -> &'static str {
+    /// Program `p` in this kernel's form.
+    fn on_demand_name(&self, p: OnDemand) -> &'static str {
+        let (modern, compat) = p.names();
         match self.plan.exec {
-            probe::Form::Modern => "snsr_syscall",
-            _ => "snsr_syscall_compat",
+            probe::Form::Modern => modern,
+            _ => compat,
         }
     }
 
-    /// Attaches the syscall policies' program on the raw `sys_enter`
-    /// tracepoint while a syscall policy is loaded (`on`), and detaches it
-    /// otherwise: attached, it costs every syscall on the node a program
-    /// run (`cargo xtask bench syscall`), which no one should pay for
-    /// policies they do not have. In a pinned set the link is pinned too,
-    /// so enforcement outlives the daemon as for every other program; an
-    /// adopted set's daemon attaches the program pinned in `programs/`.
+    /// The syscall policies' program on `sys_enter` (see [`Kernel::on_demand`]).
     pub fn syscall_program(&mut self, on: bool) -> Result<(), LoadError> {
-        let name = self.syscall_program_name();
+        self.on_demand(OnDemand::SysEnter, on)
+    }
+
+    /// Attaches program `p` while the loaded policies need it (`on`), and
+    /// detaches it otherwise: attached, the syscall programs cost every
+    /// syscall on the node a program run (`cargo xtask bench syscall`),
+    /// which no one should pay for policies they do not have. In a pinned
+    /// set the link is pinned too, so enforcement outlives the daemon as
+    /// for every other program; an adopted set's daemon attaches the
+    /// program pinned in `programs/`.
+    pub fn on_demand(&mut self, p: OnDemand, on: bool) -> Result<(), LoadError> {
+        let name = self.on_demand_name(p);
         let at = self.links.iter().position(|(n, _)| n == name);
         match (on, at) {
             (true, None) => {
                 let link = match self.ebpf.is_some() {
-                    true => self.raw_tracepoint(name, "sys_enter")?,
-                    false => self.pinned_raw_tracepoint(name, "sys_enter")?,
+                    true => self.raw_tracepoint(name, p.point())?,
+                    false => self.pinned_raw_tracepoint(name, p.point())?,
                 };
                 let link = match &self.set {
                     Some(set) => {
@@ -138,21 +144,25 @@ impl Kernel {
                 self.links.push((name.to_string(), link));
                 tracing::info!(
                     program = name,
-                    "syscall policies loaded: sys_enter program attached"
+                    point = p.point(),
+                    "{}: program attached",
+                    p.what()
                 );
             }
             (false, Some(i)) => {
                 if let Some(set) = &self.set {
                     let path = set.links().join(name);
                     if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(error = %e, path = %path.display(), "unpinning the syscall link");
+                        tracing::warn!(error = %e, path = %path.display(), "unpinning an on-demand link");
                     }
                 }
                 // Dropping the last reference detaches it.
                 self.links.remove(i);
                 tracing::info!(
                     program = name,
-                    "no syscall policy left: sys_enter program detached"
+                    point = p.point(),
+                    "no longer {}: program detached",
+                    p.what()
                 );
             }
             _ => {}
@@ -160,28 +170,31 @@ impl Kernel {
         Ok(())
     }
 
-    /// Pins the programs a set keeps without a link (the syscall
-    /// policies' program, loaded here if no policy attached it yet), so
-    /// that an adopting daemon can attach them.
+    /// Pins the programs a set keeps without a link (the on-demand ones,
+    /// loaded here if no policy attached them yet), so that an adopting
+    /// daemon can attach them.
     pub(super) fn pin_programs(&mut self, set: &pin::SetDir) -> Result<(), LoadError> {
         if self.ebpf.is_none() {
             return Ok(());
         }
-        let name = self.syscall_program_name();
-        let dir = set.programs();
-        let path = dir.join(name);
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pinning {
-            what: format!("program {name}"),
-            path: path.display().to_string(),
-            source: e,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| failed(e.into()))?;
-        let p: &mut RawTracePoint = self.program(name)?;
-        if p.fd().is_err() {
-            p.load()
-                .map_err(|source| LoadError::Program { name, source })?;
+        for p in OnDemand::ALL {
+            let name = self.on_demand_name(p);
+            let dir = set.programs();
+            let path = dir.join(name);
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Pinning {
+                what: format!("program {name}"),
+                path: path.display().to_string(),
+                source: e,
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| failed(e.into()))?;
+            let prog: &mut RawTracePoint = self.program(name)?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|source| LoadError::Program { name, source })?;
+            }
+            prog.pin(&path).map_err(|e| failed(e.into()))?;
         }
-        p.pin(&path).map_err(|e| failed(e.into()))
+        Ok(())
     }
 
     /// Attaches program `name`, pinned in the adopted set's `programs/`,
@@ -269,6 +282,41 @@ const SOCK_PROGRAMS: [[&str; 3]; 4] = [
 
 /// The quarantine's packet-socket guard (`syscalls:sys_enter_socket`), and
 /// its form for kernels before 5.15 (raw `sys_enter`).
+/// Programs attached only while the loaded policies need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDemand {
+    /// Syscall policies, on `sys_enter`.
+    SysEnter,
+    /// Syscall hooks with `return: true`, on `sys_exit`.
+    SysExit,
+}
+
+impl OnDemand {
+    pub const ALL: [OnDemand; 2] = [OnDemand::SysEnter, OnDemand::SysExit];
+
+    /// (modern, compat) program names.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            OnDemand::SysEnter => ("snsr_syscall", "snsr_syscall_compat"),
+            OnDemand::SysExit => ("snsr_sys_return", "snsr_sys_return_compat"),
+        }
+    }
+
+    fn point(self) -> &'static str {
+        match self {
+            OnDemand::SysEnter => "sys_enter",
+            OnDemand::SysExit => "sys_exit",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            OnDemand::SysEnter => "syscall policies loaded",
+            OnDemand::SysExit => "syscall hooks wait for returns",
+        }
+    }
+}
+
 const SOCKET_GUARD: &str = "snsr_q_socket";
 const SOCKET_GUARD_RAW: &str = "snsr_q_socket_raw";
 

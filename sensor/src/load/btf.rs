@@ -256,6 +256,14 @@ impl Btf {
             ns_inum: o("ns_common", "inum")?,
             cred_user_ns: o("cred", "user_ns")?,
             user_ns_common: o("user_namespace", "ns")?,
+            file_f_inode: o("file", "f_inode")?,
+            inode_i_mode: o("inode", "i_mode")?,
+            inode_i_uid: o("inode", "i_uid")?,
+            inode_i_gid: o("inode", "i_gid")?,
+            inode_i_nlink: o("inode", "__i_nlink")?,
+            inode_i_ino: o("inode", "i_ino")?,
+            cred_cap_ambient: o("cred", "cap_ambient")?,
+            _pad_offsets: 0,
         })
     }
 

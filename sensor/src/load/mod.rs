@@ -8,6 +8,7 @@
 //! `probe` finds what the running kernel offers, and so which form of each
 //! program is attached.
 mod attach;
+pub use attach::OnDemand;
 pub mod btf;
 mod mounts;
 pub mod pin;

@@ -191,7 +191,8 @@ impl Kernel {
             grace,
         });
         self.prune_hash::<u64, u8>("SCOPE_CGROUPS", |id| scope.contains(id))?;
-        self.syscall_program(c.config.n_sys_selectors != 0)
+        self.syscall_program(c.config.n_sys_selectors != 0)?;
+        self.on_demand(super::OnDemand::SysExit, c.sys_returns())
     }
 
     /// Empties the bank switched away from once its grace period is over

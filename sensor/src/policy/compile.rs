@@ -26,6 +26,8 @@ pub struct SelectorMeta {
     pub args: Vec<EventArg>,
     /// Whether events carry the hook's return value (`returnArg`).
     pub return_arg: bool,
+    /// A syscall hook's return (`return: true`), as this type.
+    pub return_type: Option<super::IntType>,
     /// The policy's actions, as written (and as events report them).
     pub actions: Actions,
     /// Monitor mode: the kernel carried out none of them.
@@ -111,6 +113,7 @@ fn meta(policy: &Policy, hook: &Hook, sel: &Selector) -> SelectorMeta {
         point: hook.point.clone(),
         args: hook.args.clone(),
         return_arg: hook.return_arg,
+        return_type: hook.return_type,
         actions: sel.actions,
         monitor: policy.mode == Mode::Monitor,
         message: hook.message.clone(),

@@ -9,7 +9,7 @@ use sensor_common::{
 };
 
 use super::compile::{Compiled, StrKey};
-use super::{EventArg, Hook, Selector, StrOp, UserRead};
+use super::{EventArg, Hook, IntMatch, Selector, StrOp, UserRead};
 
 /// String values of syscall filters: per key, the selectors that hold it.
 #[derive(Debug, Default)]
@@ -65,6 +65,11 @@ fn arg_key(reg: u8, value: &[u8]) -> (u32, StrKey) {
 }
 
 impl Compiled {
+    /// Whether a syscall hook waits for returns (the `sys_exit` program).
+    pub fn sys_returns(&self) -> bool {
+        self.sys_selectors.iter().any(|s| s.returns != 0)
+    }
+
     /// Adds syscall selector `sel` of `hook`; an error is the reason two
     /// hooks on one syscall cannot share it.
     pub(super) fn add_sys(
@@ -90,28 +95,13 @@ impl Compiled {
             }
         }
         for (i, m) in sel.ints.iter().enumerate() {
-            let (width32, signed) = m.ty.shape();
-            let mut values = [0u64; INT_VALUES];
-            for (v, raw) in values.iter_mut().zip(&m.values) {
-                // As the kernel reads the argument: a 32-bit value's low
-                // half, sign-extended if signed.
-                *v = match (width32, signed) {
-                    (true, true) => *raw as u32 as i32 as i64 as u64,
-                    (true, false) => *raw as u32 as u64,
-                    _ => *raw,
-                };
-            }
-            ss.filters[i] = IntFilter {
-                arg: m.reg,
-                op: m.op,
-                n: m.values.len() as u8,
-                width32: width32 as u8,
-                signed: signed as u8,
-                _pad: [0; 3],
-                values,
-            };
+            ss.filters[i] = int_filter(m);
         }
         ss.n_filters = sel.ints.len() as u8;
+        ss.returns = hook.return_type.is_some() as u8;
+        if let Some(m) = &sel.ret {
+            ss.ret = int_filter(m);
+        }
         for (i, m) in sel.strs.iter().enumerate() {
             ss.strs[i] = ArgStrFilter {
                 arg: m.reg,
@@ -177,6 +167,30 @@ impl Compiled {
         self.sys_selectors.push(ss);
         self.sys_binaries.push(sel.binaries.clone());
         Ok(())
+    }
+}
+
+/// An integer filter as the kernel compares it.
+fn int_filter(m: &IntMatch) -> IntFilter {
+    let (width32, signed) = m.ty.shape();
+    let mut values = [0u64; INT_VALUES];
+    for (v, raw) in values.iter_mut().zip(&m.values) {
+        // As the kernel reads the argument: a 32-bit value's low half,
+        // sign-extended if signed.
+        *v = match (width32, signed) {
+            (true, true) => *raw as u32 as i32 as i64 as u64,
+            (true, false) => *raw as u32 as u64,
+            _ => *raw,
+        };
+    }
+    IntFilter {
+        arg: m.reg,
+        op: m.op,
+        n: m.values.len() as u8,
+        width32: width32 as u8,
+        signed: signed as u8,
+        _pad: [0; 3],
+        values,
     }
 }
 

@@ -197,6 +197,9 @@ pub struct Hook {
     pub syscalls: Vec<u32>,
     /// `returnArg` (an `int`): events carry the hook's return value.
     pub return_arg: bool,
+    /// A syscall hook with `return: true`: its events wait for the
+    /// syscall's return, shown in `return` as this type.
+    pub return_type: Option<IntType>,
     pub selectors: Vec<Selector>,
     pub message: Option<String>,
     pub tags: Vec<String>,
@@ -301,6 +304,8 @@ pub struct Selector {
     pub strs: Vec<ArgStrMatch>,
     /// `matchPIDs` (syscall hooks), ANDed.
     pub pids: Vec<PidMatch>,
+    /// `matchReturnArgs` on a syscall's return value (as register 0).
+    pub ret: Option<IntMatch>,
     /// The syscall numbers the selector's filters on the number admit
     /// (syscall hooks; `None`: every number of its hook).
     pub numbers: Option<std::collections::BTreeSet<u32>>,
@@ -318,6 +323,7 @@ impl Selector {
             ints: Vec::new(),
             strs: Vec::new(),
             pids: Vec::new(),
+            ret: None,
             numbers: None,
             actions: Actions::POST,
         }

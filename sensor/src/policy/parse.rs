@@ -381,6 +381,7 @@ fn hook(
             s,
             &declared,
             None,
+            None,
             &format!("{at}.selectors[{i}]"),
         )?);
     }
@@ -404,6 +405,7 @@ fn hook(
         args: declared.into_iter().map(|(_, a)| a).collect(),
         syscalls: Vec::new(),
         return_arg: false,
+        return_type: None,
         selectors: parsed,
         message,
         tags,

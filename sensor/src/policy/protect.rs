@@ -140,6 +140,7 @@ mod tests {
             ints: Vec::new(),
             strs: Vec::new(),
             pids: Vec::new(),
+            ret: None,
             numbers: None,
             actions: Actions {
                 signal: kill.then_some(9),

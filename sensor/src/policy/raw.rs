@@ -146,7 +146,8 @@ pub struct RawSelector {
     #[serde(rename = "matchPIDs", default)]
     pub match_pids: Vec<RawMatchPid>,
     pub match_data: Option<Value>,
-    pub match_return_args: Option<Value>,
+    #[serde(default)]
+    pub match_return_args: Vec<RawMatchArg>,
     pub match_parent_binaries: Option<Value>,
     pub match_namespaces: Option<Value>,
     pub match_capabilities: Option<Value>,

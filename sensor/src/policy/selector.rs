@@ -8,21 +8,23 @@ use super::parse::{err, unsupported, Result};
 use super::raw::*;
 use super::syscall_hooks::{self, Lists};
 use super::{
-    limits, Actions, ArgStrMatch, BinaryMatch, EventArg, Selector, StrMatch, StrOp, SysArg,
-    UserRead,
+    limits, Actions, ArgStrMatch, BinaryMatch, EventArg, IntType, Selector, StrMatch, StrOp,
+    SysArg, UserRead,
 };
 
 /// `lists`: the policy's `lists`, given for a syscall hook (whose
-/// selectors take integer filters and NotifyEnforcer).
+/// selectors take integer filters and NotifyEnforcer); `ret`: the return
+/// value's type, for a syscall hook with `return: true`
+/// (`matchReturnArgs`).
 pub fn selector(
     s: RawSelector,
     declared: &[(u32, EventArg)],
     lists: Option<&Lists>,
+    ret: Option<IntType>,
     at: &str,
 ) -> Result<Selector> {
     for (name, v) in [
         ("matchData", &s.match_data),
-        ("matchReturnArgs", &s.match_return_args),
         ("matchParentBinaries", &s.match_parent_binaries),
         ("matchNamespaces", &s.match_namespaces),
         ("matchCapabilities", &s.match_capabilities),
@@ -91,6 +93,8 @@ pub fn selector(
             )
         }
     };
+    let ret_filter =
+        syscall_hooks::return_filter(s.match_return_args, ret, &format!("{at}.matchReturnArgs"))?;
     let (mut path, mut net, mut ints, mut strs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut numbers: Option<BTreeSet<u32>> = None;
     for (i, m) in s.match_args.into_iter().enumerate() {
@@ -150,6 +154,7 @@ pub fn selector(
         ints,
         strs,
         pids,
+        ret: ret_filter,
         numbers,
         actions: actions(s.match_actions, lists.is_some(), at)?,
     })

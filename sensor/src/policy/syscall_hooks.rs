@@ -130,14 +130,22 @@ pub fn syscall_kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
             None => return err(format!("{at}.call"), "not an x86_64 syscall"),
         },
     };
-    let not_yet =
-        "a syscall's return value is not reported yet (sys_exit is not hooked for policies)";
-    if k.return_ == Some(true) {
-        return err(format!("{at}.return"), not_yet);
-    }
-    if k.return_arg.is_some() {
-        return err(format!("{at}.returnArg"), not_yet);
-    }
+    let return_type = match (k.return_ == Some(true), k.return_arg.as_ref()) {
+        (false, None) => None,
+        (true, Some(v)) => Some(return_type(v, &format!("{at}.returnArg"))?),
+        (true, None) => {
+            return err(
+                format!("{at}.returnArg"),
+                "return: true needs returnArg (its type, at index 0)",
+            )
+        }
+        (false, Some(_)) => {
+            return err(
+                format!("{at}.returnArg"),
+                "a syscall's return value is reported with return: true",
+            )
+        }
+    };
     kprobe_extras(&k, at)?;
     let mut declared = Vec::new();
     for (i, a) in k.args.iter().enumerate() {
@@ -166,16 +174,59 @@ pub fn syscall_kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
         _ => syscalls::LIST_CALL.to_string(),
     };
     let point = HookPoint::Kprobe { function };
-    finish(
+    let mut hook = finish(
         point,
         numbers,
         declared,
         k.selectors,
         k.message,
         k.tags,
-        lists,
+        (lists, return_type),
         at,
-    )
+    )?;
+    hook.return_type = return_type;
+    Ok(hook)
+}
+
+/// `returnArg` of a syscall: index 0, an integer type.
+fn return_type(v: &serde_yaml::Value, at: &str) -> Result<IntType> {
+    if !matches!(v.get("index").map(|i| i.as_u64()), None | Some(Some(0))) {
+        return err(format!("{at}.index"), "the return value is index 0");
+    }
+    let name = v.get("type").and_then(|t| t.as_str()).unwrap_or("int");
+    match IntType::parse(name) {
+        Some(IntType::Syscall64) | None => err(
+            format!("{at}.type"),
+            format!("type `{name}` does not fit a syscall's return value; expected int, uint32, uint64, size_t or long"),
+        ),
+        Some(t) => Ok(t),
+    }
+}
+
+/// `matchReturnArgs` of a syscall hook with `return: true` (`ret` its
+/// type): one filter on index 0, compared in the kernel at the return.
+pub fn return_filter(
+    raw: Vec<RawMatchArg>,
+    ret: Option<IntType>,
+    at: &str,
+) -> Result<Option<IntMatch>> {
+    let Some(m) = raw.first() else {
+        return Ok(None);
+    };
+    let Some(ty) = ret else {
+        return err(
+            at,
+            "matchReturnArgs applies to a syscall hook with return: true",
+        );
+    };
+    if raw.len() > 1 {
+        return err(at, "at most one entry (the return value is index 0)");
+    }
+    match (m.index, m.args.as_deref()) {
+        (Some(0), None) | (None, Some([0])) | (None, None) => {}
+        _ => return err(format!("{at}[0].index"), "the return value is index 0"),
+    }
+    int_filter(m, 0, ty, &format!("{at}[0]")).map(Some)
 }
 
 /// `raw_syscalls/sys_enter` (argument 4 the number; 5, the argument
@@ -236,7 +287,7 @@ pub fn syscall_tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<H
         t.selectors,
         t.message,
         t.tags,
-        lists,
+        (lists, None),
         at,
     )
 }
@@ -249,7 +300,7 @@ fn finish(
     selectors: Vec<RawSelector>,
     message: Option<String>,
     tags: Vec<String>,
-    lists: &Lists,
+    (lists, ret): (&Lists, Option<IntType>),
     at: &str,
 ) -> Result<Hook> {
     hook_limits(selectors.len(), message.as_ref(), &tags, at)?;
@@ -259,6 +310,7 @@ fn finish(
             s,
             &declared,
             Some(lists),
+            ret,
             &format!("{at}.selectors[{i}]"),
         )?);
     }
@@ -273,6 +325,7 @@ fn finish(
         args: declared.into_iter().map(|(_, a)| a).collect(),
         syscalls,
         return_arg: false,
+        return_type: None,
         selectors: parsed,
         message,
         tags,

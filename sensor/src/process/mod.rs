@@ -268,6 +268,10 @@ impl ProcessCache {
             process_credentials: crate::export::creds::ProcessCredentials::from_kernel(&h.creds)
                 .map(Box::new),
             ns: crate::export::ns::Namespaces::from_inums(&h.ns).map(Box::new),
+            binary_properties: crate::export::binary::BinaryProperties::of(
+                &h.binary, h.uid, h.gid, &rec.path,
+            )
+            .map(Box::new),
             // Tetragon's: a container's init (PID 1 in its namespace) and
             // everything it starts.
             in_init_tree: Some(
@@ -360,6 +364,7 @@ mod tests {
                 ns: Default::default(),
                 nspid: 0,
                 _pad: 0,
+                binary: Default::default(),
             },
             path: path.into(),
             args: vec![path.into(), "a b".into(), "c".into()],

@@ -40,6 +40,7 @@ pub const CHECKS: &[Check] = &[
                 "exec_event_carries_the_login_uid",
                 "enable_process_cred_puts_the_credentials_in_events",
                 "enable_process_ns_puts_the_namespaces_in_events",
+                "binary_properties_report_set_user_id_and_memfd_execs",
                 "exit_reports_status_and_signal",
             ],
         },
@@ -96,7 +97,7 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "syscall policies (Post, lists, kill, strings, PIDs)",
+        name: "syscall policies (Post, lists, kill, strings, PIDs, returns)",
         run: Run::Tests {
             target: "syscalls",
             names: &[
@@ -108,6 +109,7 @@ pub const CHECKS: &[Check] = &[
                 "an_adopted_set_attaches_its_pinned_syscall_program_and_it_outlives_the_daemon",
                 "strings_from_user_memory_are_posted_and_matched_in_the_kernel",
                 "match_pids_follows_the_lineage_in_the_pid_namespace",
+                "a_hook_with_return_posts_at_the_return_and_filters_on_it",
             ],
         },
     },
