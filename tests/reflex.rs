@@ -427,3 +427,51 @@ spec:
     );
     assert_eq!(k["return"]["int_arg"], 0, "{e}");
 }
+
+/// Tetragon's `examples/tracingpolicy/process-exec/process-exec-elf-begin.yaml`
+/// (its comments left out): every exec posts the ELF binary that will run
+/// (for a script, its interpreter) in `file_arg`, with the calling
+/// process.
+#[test]
+fn tetragons_elf_begin_example_reports_the_binary_that_runs() {
+    if !can_run("tetragons_elf_begin_example_reports_the_binary_that_runs") {
+        return;
+    }
+    let example = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "process-exec-elf-begin"
+spec:
+  kprobes:
+  - call: "security_bprm_creds_from_file"
+    syscall: false
+    args:
+    - index: 0
+      type: "nop"
+    - index: 1
+      type: "file"
+"#;
+    let dir = TempDir::new();
+    let file = policy_file(&dir, "p.yaml", example);
+    let script = dir.path().join("script.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &file, "--enforce-cgroup", &scope]);
+    assert_eq!(cg.exit_code(script.to_str().unwrap()), Some(0));
+    let sh = resolved("/bin/sh");
+    let e = daemon.wait_for("the script's exec", |e| {
+        body(e, "process_kprobe").is_some_and(|k| {
+            k["policy_name"] == "process-exec-elf-begin"
+                && k["args"][0]["file_arg"]["path"] == sh.as_str()
+        })
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "security_bprm_creds_from_file");
+    // One argument: the nop is not reported.
+    assert_eq!(k["args"].as_array().map(Vec::len), Some(1), "{e}");
+    // The caller: this test's child before its exec.
+    let me = std::fs::read_link("/proc/self/exe").unwrap();
+    assert_eq!(k["process"]["binary"], me.to_string_lossy().as_ref(), "{e}");
+}

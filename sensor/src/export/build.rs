@@ -8,8 +8,8 @@ use base64::Engine;
 use sensor_common::ConnectEvent;
 
 use super::event::{
-    Argument, BinprmArg, Event, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint, SockArg,
-    SockaddrArg, SyscallIdArg, TruncatedBytesArg,
+    Argument, BinprmArg, Event, FileArg, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint,
+    SockArg, SockaddrArg, SyscallIdArg, TruncatedBytesArg,
 };
 use crate::decode::SyscallRecord;
 use crate::policy::{EventArg, HookPoint, IntType, SelectorMeta, SysArg, UserRead};
@@ -130,6 +130,9 @@ pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
             path: path.to_string(),
         })),
         EventArg::PathString => Some(Argument::StringArg(path.to_string())),
+        EventArg::File => Some(Argument::FileArg(FileArg {
+            path: path.to_string(),
+        })),
         _ => None,
     }
 }

@@ -32,6 +32,7 @@ fn path_of(args: &[Argument]) -> String {
             Argument::SyscallId(s) => s.id.to_string(),
             Argument::BytesArg(b) => b.clone(),
             Argument::TruncatedBytesArg(t) => t.bytes_arg.clone(),
+            Argument::FileArg(f) => f.path.clone(),
         })
         .next()
         .unwrap_or_default()

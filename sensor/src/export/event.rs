@@ -250,6 +250,13 @@ pub enum Argument {
     /// protojson writes bytes as base64.
     BytesArg(String),
     TruncatedBytesArg(TruncatedBytesArg),
+    FileArg(FileArg),
+}
+
+/// `KprobeFile`: its path (mount, flags and permission are not filled).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileArg {
+    pub path: String,
 }
 
 /// `KprobeTruncatedBytes`: the bytes kept, and how many there were.

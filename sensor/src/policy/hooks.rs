@@ -39,6 +39,19 @@ const SOCKADDR1: ArgDef = ArgDef {
     arg: EventArg::Sockaddr,
 };
 
+/// `security_bprm_creds_from_file(bprm, file)`: the bprm is not
+/// reported (`nop`), the file is the binary that will run.
+const NOP0: ArgDef = ArgDef {
+    index: 0,
+    types: &["nop"],
+    arg: EventArg::Nop,
+};
+const FILE1: ArgDef = ArgDef {
+    index: 1,
+    types: &["file"],
+    arg: EventArg::File,
+};
+
 const ADDRLEN2: ArgDef = ArgDef {
     index: 2,
     types: &["int"],
@@ -54,6 +67,16 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[BINPRM],
             binaries_of_new_image: false,
             overrides: true,
+        },
+    ),
+    (
+        "security_bprm_creds_from_file",
+        HookDef {
+            family: HookFamily::Exec,
+            function: "security_bprm_creds_from_file",
+            args: &[NOP0, FILE1],
+            binaries_of_new_image: false,
+            overrides: false,
         },
     ),
     (

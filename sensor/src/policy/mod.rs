@@ -156,6 +156,10 @@ pub enum EventArg {
     LinuxBinprm,
     /// `string_arg`: the binary being executed.
     PathString,
+    /// `file_arg {path}`: the binary being executed.
+    File,
+    /// Declared and not reported (Tetragon's `nop`).
+    Nop,
     /// `sock_arg`: the connecting socket.
     Sock,
     /// `sockaddr_arg`: the destination address.

@@ -112,7 +112,15 @@ pub fn selector(
             );
         };
         match arg {
-            EventArg::LinuxBinprm | EventArg::PathString => path.push(path_filter(m, &f)?),
+            EventArg::LinuxBinprm | EventArg::PathString | EventArg::File => {
+                path.push(path_filter(m, &f)?)
+            }
+            EventArg::Nop => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} is declared nop: not read, so not filtered on"),
+                )
+            }
             EventArg::Sock | EventArg::Sockaddr => {
                 net.push(net_filter(m, arg == EventArg::Sockaddr, &f)?)
             }

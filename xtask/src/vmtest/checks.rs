@@ -52,6 +52,7 @@ pub const CHECKS: &[Check] = &[
             names: &[
                 "shipped_reflex_kills_curl_in_scope_only",
                 "a_path_too_deep_to_resolve_fails_closed",
+                "tetragons_elf_begin_example_reports_the_binary_that_runs",
             ],
         },
     },
