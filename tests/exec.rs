@@ -179,6 +179,21 @@ fn enable_process_cred_puts_the_credentials_in_events() {
     assert!(effective.contains(&"CAP_SYS_ADMIN"), "{echo}");
 }
 
+/// Runs Python `code` in the cgroup, which must succeed and exec `echo
+/// marker`; that exec's event.
+fn python_echoes(daemon: &Daemon, cg: &TestCgroup, code: &str, marker: &str) -> serde_json::Value {
+    let st = cg
+        .command("/usr/bin/python3")
+        .args(["-c", code])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    daemon.wait_for("echo exec", |e| {
+        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker)
+    })
+}
+
 /// The inode number of this process's namespace `kind`, and of PID 1's
 /// (`None` where PID 1 hides it, as some sandboxes do; the daemon then
 /// calls no namespace the host's).
@@ -200,19 +215,12 @@ fn enable_process_ns_puts_the_namespaces_in_events() {
     let daemon = Daemon::start(&["--enable-process-ns"]);
     let marker = format!("ns-{}", std::process::id());
     // A UTS and a network namespace of its own, then the exec.
-    let st = cg
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x04000000 | 0x40000000) == 0; os.execv('/bin/echo', ['echo', '{marker}'])"),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{st:?}");
-    let echo = daemon.wait_for("echo exec", |e| {
-        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
-    });
+    let echo = python_echoes(
+        &daemon,
+        &cg,
+        &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x04000000 | 0x40000000) == 0; os.execv('/bin/echo', ['echo', '{marker}'])"),
+        &marker,
+    );
     let ns = &echo["process_exec"]["process"]["ns"];
     let parent = &echo["process_exec"]["parent"]["ns"];
     for kind in ["uts", "net"] {
@@ -235,19 +243,12 @@ fn enable_process_ns_puts_the_namespaces_in_events() {
     // in_init_tree: the PID 1 of a new PID namespace and what it starts
     // are in its tree, whatever this machine's own PID 1.
     let marker = format!("init-tree-{}", std::process::id());
-    let st = cg
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x20000000) == 0\nif os.fork() == 0: os.execv('/bin/sh', ['sh', '-c', '/bin/echo {marker}; true'])\nos.wait()"),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{st:?}");
-    let echo = daemon.wait_for("echo in the PID namespace", |e| {
-        body(e, "process_exec").is_some_and(|b| b["process"]["arguments"] == marker.as_str())
-    });
+    let echo = python_echoes(
+        &daemon,
+        &cg,
+        &format!("import ctypes, os; assert ctypes.CDLL(None).unshare(0x20000000) == 0\nif os.fork() == 0: os.execv('/bin/sh', ['sh', '-c', '/bin/echo {marker}; true'])\nos.wait()"),
+        &marker,
+    );
     assert_eq!(
         echo["process_exec"]["parent"]["in_init_tree"], true,
         "{echo}"

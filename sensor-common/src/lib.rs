@@ -132,7 +132,9 @@ pub struct BinaryInfo {
     pub cap_ambient: u64,
     /// Non-zero when the fields were read.
     pub valid: u32,
-    pub _pad: u32,
+    /// `bprm->per_clear`: the personality flags the kernel clears for a
+    /// privileged exec (set-ID, or capabilities gained); 0 for any other.
+    pub per_clear: u32,
 }
 
 /// Namespaces an exec record carries, by index in [`ExecEvent::ns`], in
@@ -544,7 +546,7 @@ pub struct KernelOffsets {
     pub inode_i_nlink: u32,
     pub inode_i_ino: u32,
     pub cred_cap_ambient: u32,
-    pub _pad_offsets: u32,
+    pub binprm_per_clear: u32,
 }
 
 #[cfg(feature = "user")]

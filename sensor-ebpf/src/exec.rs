@@ -25,20 +25,21 @@ const HEADER: usize = core::mem::size_of::<ExecEvent>();
 // later), so the attachment can be pinned and outlive the daemon; a classic
 // tracepoint's perf event cannot be pinned before 5.15.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn snsr_exec(_ctx: RawTracePointContext) -> i32 {
-    let _ = try_exec::<true>();
+pub fn snsr_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = try_exec::<true>(ctx.arg(2));
     0
 }
 
 /// The same program for kernels without `bpf_loop` (see `looping`).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn snsr_exec_compat(_ctx: RawTracePointContext) -> i32 {
-    let _ = try_exec::<false>();
+pub fn snsr_exec_compat(ctx: RawTracePointContext) -> i32 {
+    let _ = try_exec::<false>(ctx.arg(2));
     0
 }
 
 #[inline(always)]
-fn try_exec<const MODERN: bool>() -> Result<(), i32> {
+/// `bprm`: the tracepoint's `struct linux_binprm *`.
+fn try_exec<const MODERN: bool>(bprm: *const u8) -> Result<(), i32> {
     let scratch = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let pscratch = PATH_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
@@ -69,7 +70,7 @@ fn try_exec<const MODERN: bool>() -> Result<(), i32> {
     let mm = read_ptr(task, off!(task_mm))?;
 
     ev.binary = read_ptr(mm, off!(mm_exe_file))
-        .map(|f| binary_info(task, f))
+        .map(|f| binary_info(task, f, bprm))
         .unwrap_or_default();
 
     // The binary: mm->exe_file->f_path, resolved in the kernel.
@@ -225,9 +226,10 @@ fn read_creds(task: *const u8) -> Creds {
     }
 }
 
-/// The executed file's inode and the credentials the exec gave.
+/// The executed file's inode, the credentials the exec gave, and whether
+/// the kernel judged the exec privileged (`bprm->per_clear`).
 #[inline(always)]
-fn binary_info(task: *const u8, file: *const u8) -> BinaryInfo {
+fn binary_info(task: *const u8, file: *const u8, bprm: *const u8) -> BinaryInfo {
     let Ok(inode) = read_ptr(file, off!(file_f_inode)) else {
         return BinaryInfo::default();
     };
@@ -252,7 +254,7 @@ fn binary_info(task: *const u8, file: *const u8) -> BinaryInfo {
         cap_permitted: read::<u64>(cred, off!(cred_cap_permitted)).unwrap_or(0),
         cap_ambient: read::<u64>(cred, off!(cred_cap_ambient)).unwrap_or(0),
         valid: (ids != 0) as u32,
-        _pad: 0,
+        per_clear: read::<u32>(bprm, off!(binprm_per_clear)).unwrap_or(0),
     }
 }
 

@@ -70,7 +70,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_nlink: 0,
     inode_i_ino: 0,
     cred_cap_ambient: 0,
-    _pad_offsets: 0,
+    binprm_per_clear: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

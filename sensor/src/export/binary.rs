@@ -1,10 +1,13 @@
 //! Tetragon's `binary_properties`: a set-user-ID or set-group-ID
 //! execution, the privileges an exec raised, and the inode of a binary
-//! that no file system names (memfd, deleted). Tetragon compares the
-//! credentials before and after the exec; the exec record carries the
-//! ones after and the file's mode and owner, which say the same: a
-//! set-user-ID exec leaves the effective uid at the file's owner and the
-//! real uid where it was.
+//! that no file system names (memfd, deleted). As in Tetragon, an exec is
+//! privileged only when the kernel cleared personality flags for it
+//! (`bprm->per_clear`: set-ID, or capabilities gained). Tetragon then
+//! compares the credentials before and after the exec; the exec record
+//! carries the ones after and the file's mode and owner, which say the
+//! same: a set-user-ID exec leaves the effective uid at the file's owner
+//! and the real uid where it was, and capabilities a privileged exec
+//! gave without one came from the file.
 use sensor_common::BinaryInfo;
 use serde::{Deserialize, Serialize};
 
@@ -46,19 +49,21 @@ impl BinaryProperties {
         if b.valid == 0 {
             return None;
         }
-        let setuid =
-            (b.mode & S_ISUID != 0 && b.euid != uid && b.euid == b.file_uid).then_some(b.euid);
+        let privileged = b.per_clear != 0;
+        let setuid = (privileged && b.mode & S_ISUID != 0 && b.euid != uid && b.euid == b.file_uid)
+            .then_some(b.euid);
         // A set-group-ID file without group execute is mandatory locking,
         // not set-group-ID.
-        let setgid = (b.mode & S_ISGID != 0
+        let setgid = (privileged
+            && b.mode & S_ISGID != 0
             && b.mode & S_IXGRP != 0
             && b.egid != gid
             && b.egid == b.file_gid)
             .then_some(b.egid);
         let mut privileges_changed = Vec::new();
-        // Capabilities that neither a set-user-ID root file nor ambient
-        // ones explain came from the file's capability sets.
-        if b.euid != 0 && b.cap_permitted != 0 && b.cap_ambient == 0 {
+        // Capabilities a privileged exec gave that no set-user-ID root
+        // file nor ambient set explains came from the file's sets.
+        if privileged && setuid.is_none() && b.cap_permitted != 0 && b.cap_ambient == 0 {
             privileges_changed.push("PRIVILEGES_RAISED_EXEC_FILE_CAP".to_string());
         }
         if setuid == Some(0) && uid != 0 {
@@ -96,6 +101,7 @@ mod tests {
             file_uid: owner,
             euid,
             valid: 1,
+            per_clear: (mode & S_ISUID != 0) as u32,
             ..Default::default()
         }
     }
@@ -118,6 +124,10 @@ mod tests {
     fn file_capabilities_and_unnamed_files_are_reported() {
         let mut b = info(0o100755, 0, 1000);
         b.cap_permitted = 1 << 13;
+        // Not privileged in the kernel's eyes (a user namespace's root
+        // keeping what it had): nothing raised.
+        assert!(BinaryProperties::of(&b, 1000, 1000, "/x").is_none());
+        b.per_clear = 1;
         let p = BinaryProperties::of(&b, 1000, 1000, "/x").unwrap();
         assert_eq!(p.privileges_changed, ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]);
         b.cap_ambient = 1 << 13;

@@ -263,7 +263,7 @@ impl Btf {
             inode_i_nlink: o("inode", "__i_nlink")?,
             inode_i_ino: o("inode", "i_ino")?,
             cred_cap_ambient: o("cred", "cap_ambient")?,
-            _pad_offsets: 0,
+            binprm_per_clear: o("linux_binprm", "per_clear")?,
         })
     }
 
