@@ -177,6 +177,18 @@ fn enable_process_cred_puts_the_credentials_in_events() {
         .filter_map(|c| c.as_str())
         .collect();
     assert!(effective.contains(&"CAP_SYS_ADMIN"), "{echo}");
+    // Both in this test's user namespace: from the kernel with its level
+    // and owner, from /proc with its inode only.
+    let (mine, host) = ns_inums("user");
+    let u = &c["user_ns"];
+    assert_eq!(u["ns"]["inum"], mine, "{echo}");
+    assert_eq!(
+        u["ns"]["is_host"].as_bool().unwrap_or(false),
+        host == Some(mine),
+        "{echo}"
+    );
+    assert!(u["level"].is_u64() && u["uid"].is_u64(), "{echo}");
+    assert_eq!(parent["user_ns"]["ns"]["inum"], mine, "{echo}");
 }
 
 /// Runs Python `code` in the cgroup, which must succeed and exec `echo

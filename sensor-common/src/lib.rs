@@ -179,6 +179,19 @@ pub struct Creds {
     pub cap_permitted: u64,
     pub cap_effective: u64,
     pub cap_inheritable: u64,
+    /// The credentials' user namespace.
+    pub user_ns: UserNs,
+}
+
+/// A user namespace (`struct user_namespace`): its nesting level (0: the
+/// host's), its owner and group, and its inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserNs {
+    pub level: u32,
+    pub owner: u32,
+    pub group: u32,
+    pub inum: u32,
 }
 
 /// A new process (not a thread), from `sched_process_fork`.
@@ -334,8 +347,8 @@ pub struct NetValueKey {
 }
 
 // The kernel and the daemon read these byte for byte: no implicit padding.
-const _: () = assert!(core::mem::size_of::<Creds>() == 64);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 64 + 4 * NS_KINDS + 8 + 56);
+const _: () = assert!(core::mem::size_of::<Creds>() == 80);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 80 + 4 * NS_KINDS + 8 + 56);
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// How a string filter is looked up.
@@ -547,6 +560,11 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub cred_cap_ambient: u32,
     pub binprm_per_clear: u32,
+    /// `struct user_namespace`'s level, owner and group.
+    pub user_ns_level: u32,
+    pub user_ns_owner: u32,
+    pub user_ns_group: u32,
+    pub _pad_offsets: u32,
 }
 
 #[cfg(feature = "user")]

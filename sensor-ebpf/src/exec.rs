@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    exec_flags, kind, ns_kind, pod_wakeups, BinaryInfo, Creds, ExecEvent, ARGS_MAX, NS_KINDS,
-    PATH_MAX, POD_BIT,
+    exec_flags, kind, ns_kind, pod_wakeups, BinaryInfo, Creds, ExecEvent, UserNs, ARGS_MAX,
+    NS_KINDS, PATH_MAX, POD_BIT,
 };
 
 use crate::kernel::{off, read, read_ptr};
@@ -223,6 +223,14 @@ fn read_creds(task: *const u8) -> Creds {
         cap_permitted: read::<u64>(cred, off!(cred_cap_permitted)).unwrap_or(0),
         cap_effective: read::<u64>(cred, off!(cred_cap_effective)).unwrap_or(0),
         cap_inheritable: read::<u64>(cred, off!(cred_cap_inheritable)).unwrap_or(0),
+        user_ns: read_ptr(cred, off!(cred_user_ns))
+            .map(|ns| UserNs {
+                level: read::<u32>(ns, off!(user_ns_level)).unwrap_or(0),
+                owner: read::<u32>(ns, off!(user_ns_owner)).unwrap_or(0),
+                group: read::<u32>(ns, off!(user_ns_group)).unwrap_or(0),
+                inum: read::<u32>(ns, off!(user_ns_common) + off!(ns_inum)).unwrap_or(0),
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -71,6 +71,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     cred_cap_ambient: 0,
     binprm_per_clear: 0,
+    user_ns_level: 0,
+    user_ns_owner: 0,
+    user_ns_group: 0,
+    _pad_offsets: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

@@ -1,8 +1,8 @@
 //! Tetragon's `process_credentials` (`--enable-process-cred`): the ids,
 //! securebits and capability sets of a process, from the exec record (the
 //! kernel's `struct cred` of the new image) or, for processes older than
-//! the daemon, from `/proc/PID/status`.
-use sensor_common::Creds;
+//! the daemon, from `/proc/PID/status` and `/proc/PID/ns/user`.
+use sensor_common::{Creds, UserNs};
 use serde::{Deserialize, Serialize};
 
 /// Capability names by number (`CapabilitiesType`).
@@ -62,7 +62,7 @@ const SECUREBITS: [&str; 8] = [
     "SecBitNoCapAmbientRaiseLocked",
 ];
 
-/// Tetragon's `ProcessCredentials`, without `user_ns`.
+/// Tetragon's `ProcessCredentials`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcessCredentials {
     pub uid: u32,
@@ -76,6 +76,41 @@ pub struct ProcessCredentials {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub securebits: Vec<String>,
     pub caps: Capabilities,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ns: Option<UserNamespace>,
+}
+
+/// Tetragon's `UserNamespace`. Level and owner are known from the kernel
+/// only (not for processes found in /proc).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UserNamespace {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    pub ns: super::ns::Namespace,
+}
+
+impl UserNamespace {
+    fn from_kernel(u: &UserNs) -> Option<UserNamespace> {
+        (u.inum != 0).then(|| UserNamespace {
+            level: Some(u.level as i32),
+            uid: Some(u.owner),
+            gid: Some(u.group),
+            ns: super::ns::Namespace::of_user(u.inum),
+        })
+    }
+
+    /// A process's user namespace from its `/proc/PID` directory.
+    pub fn from_proc(dir: &std::path::Path) -> Option<UserNamespace> {
+        let inum = super::ns::user_inum(dir)?;
+        Some(UserNamespace {
+            ns: super::ns::Namespace::of_user(inum),
+            ..Default::default()
+        })
+    }
 }
 
 /// Tetragon's `Capabilities`: the names of the set bits.
@@ -123,6 +158,7 @@ impl ProcessCredentials {
                 effective: names(effective, &CAPS),
                 inheritable: names(inheritable, &CAPS),
             },
+            user_ns: None,
         }
     }
 
@@ -131,7 +167,10 @@ impl ProcessCredentials {
     pub fn from_kernel(c: &Creds) -> Option<ProcessCredentials> {
         (c.valid != 0).then(|| {
             let caps = [c.cap_permitted, c.cap_effective, c.cap_inheritable];
-            Self::build(c.ids, c.securebits as u64, caps)
+            ProcessCredentials {
+                user_ns: UserNamespace::from_kernel(&c.user_ns),
+                ..Self::build(c.ids, c.securebits as u64, caps)
+            }
         })
     }
 
@@ -181,6 +220,12 @@ mod tests {
             cap_permitted: (1 << 21) | (1 << 39),
             cap_effective: 1 << 21,
             cap_inheritable: 0,
+            user_ns: UserNs {
+                level: 1,
+                owner: 1000,
+                group: 100,
+                inum: 4026532000,
+            },
         };
         let k = ProcessCredentials::from_kernel(&c).unwrap();
         assert_eq!((k.uid, k.euid, k.suid, k.fsuid), (1000, 0, 1001, 0));
@@ -188,6 +233,11 @@ mod tests {
         assert_eq!(k.securebits, ["SecBitNoRoot", "SecBitNoSetUidFixup"]);
         assert_eq!(k.caps.permitted, ["CAP_SYS_ADMIN", "CAP_BPF"]);
         assert_eq!(k.caps.effective, ["CAP_SYS_ADMIN"]);
+        let u = k.user_ns.as_ref().unwrap();
+        assert_eq!(
+            (u.level, u.uid, u.gid, u.ns.inum),
+            (Some(1), Some(1000), Some(100), 4026532000)
+        );
         assert!(ProcessCredentials::from_kernel(&Creds::default()).is_none());
 
         let status = "Name:\tx\nUid:\t1000\t0\t1001\t0\nGid:\t100\t102\t101\t103\nCapInh:\t0000000000000000\nCapPrm:\t0000008000200000\nCapEff:\t0000000000200000\n";

@@ -99,6 +99,21 @@ impl Namespaces {
     }
 }
 
+impl Namespace {
+    /// User namespace `inum`, marked if it is the host's.
+    pub fn of_user(inum: u32) -> Namespace {
+        Namespace {
+            inum,
+            is_host: host()[sensor_common::ns_kind::USER] == inum,
+        }
+    }
+}
+
+/// The inode number of the user namespace of the process at `dir`.
+pub fn user_inum(dir: &Path) -> Option<u32> {
+    Some(read_inums(dir)[sensor_common::ns_kind::USER]).filter(|&i| i != 0)
+}
+
 /// The host's namespaces: PID 1's, read once.
 fn host() -> &'static [u32; NS_KINDS] {
     static HOST: OnceLock<[u32; NS_KINDS]> = OnceLock::new();

@@ -264,6 +264,10 @@ impl Btf {
             inode_i_ino: o("inode", "i_ino")?,
             cred_cap_ambient: o("cred", "cap_ambient")?,
             binprm_per_clear: o("linux_binprm", "per_clear")?,
+            user_ns_level: o("user_namespace", "level")?,
+            user_ns_owner: o("user_namespace", "owner")?,
+            user_ns_group: o("user_namespace", "group")?,
+            _pad_offsets: 0,
         })
     }
 

@@ -77,7 +77,12 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(crate::export::event::AUID_UNSET),
-        creds: crate::export::creds::ProcessCredentials::from_status(&status),
+        creds: crate::export::creds::ProcessCredentials::from_status(&status).map(|c| {
+            crate::export::creds::ProcessCredentials {
+                user_ns: crate::export::creds::UserNamespace::from_proc(dir),
+                ..c
+            }
+        }),
         ns: crate::export::ns::Namespaces::from_proc(dir),
         nspid: status
             .lines()
