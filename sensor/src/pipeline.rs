@@ -470,7 +470,6 @@ impl Pipeline {
         );
     }
 
-    /// A syscall record: policy events for the selectors that posted.
     /// A syscall record (or one joined with its return): events for the
     /// hits that do not wait for the return; the record is held for those
     /// that do.

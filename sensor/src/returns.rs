@@ -10,8 +10,9 @@ use sensor_common::SyscallReturn;
 
 use crate::decode::SyscallRecord;
 
-/// Records held at most.
-const MAX_HELD: usize = 4096;
+/// Records held at most: each can carry 8 KiB of user memory, and one
+/// whose return is on its way waits for a single drain of the ring.
+const MAX_HELD: usize = 1024;
 
 #[derive(Default)]
 pub struct Returns {
