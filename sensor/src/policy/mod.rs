@@ -4,8 +4,9 @@
 //! sensor implements, `selector` and `net` for selectors), and compiling
 //! loaded policies into the kernel's selector tables (`compile`), after
 //! `kernel` has checked them against what the running kernel can enforce.
-//! `syscalls` names x86_64's syscalls for the syscall family, whose tables
-//! `compile_sys` builds.
+//! The syscall family has its own rooms: `syscall_hooks` and
+//! `syscall_filters` parse it, `syscalls` names x86_64's syscalls, and
+//! `compile_sys` builds its tables.
 mod compile;
 mod compile_sys;
 mod hooks;
@@ -16,6 +17,7 @@ pub mod protect;
 mod raw;
 mod selector;
 mod selector_labels;
+mod syscall_filters;
 mod syscall_hooks;
 pub mod syscalls;
 

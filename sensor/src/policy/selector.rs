@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use super::net::{self, NetMatch};
 use super::parse::{err, unsupported, Result};
 use super::raw::*;
-use super::syscall_hooks::{self, Lists};
+use super::syscall_filters;
+use super::syscall_hooks::Lists;
 use super::{
     limits, Actions, ArgStrMatch, BinaryMatch, EventArg, IntType, Selector, StrMatch, StrOp,
     SysArg, UserRead,
@@ -84,7 +85,7 @@ pub fn selector(
         );
     }
     let pids = match lists {
-        Some(_) => syscall_hooks::pid_filters(s.match_pids, &format!("{at}.matchPIDs"))?,
+        Some(_) => syscall_filters::pid_filters(s.match_pids, &format!("{at}.matchPIDs"))?,
         None if s.match_pids.is_empty() => Vec::new(),
         None => {
             return err(
@@ -94,7 +95,7 @@ pub fn selector(
         }
     };
     let ret_filter =
-        syscall_hooks::return_filter(s.match_return_args, ret, &format!("{at}.matchReturnArgs"))?;
+        syscall_filters::return_filter(s.match_return_args, ret, &format!("{at}.matchReturnArgs"))?;
     let (mut path, mut net, mut ints, mut strs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut numbers: Option<BTreeSet<u32>> = None;
     for (i, m) in s.match_args.into_iter().enumerate() {
@@ -131,14 +132,14 @@ pub fn selector(
                 )
             }
             EventArg::Syscall(SysArg::Number, _) => {
-                let set = syscall_hooks::number_filter(&m, lists.unwrap_or(&Lists::new()), &f)?;
+                let set = syscall_filters::number_filter(&m, lists.unwrap_or(&Lists::new()), &f)?;
                 numbers = Some(match numbers {
                     Some(n) => n.intersection(&set).copied().collect(),
                     None => set,
                 });
             }
             EventArg::Syscall(SysArg::Reg(reg), ty) => {
-                ints.push(syscall_hooks::int_filter(&m, reg, ty, &f)?)
+                ints.push(syscall_filters::int_filter(&m, reg, ty, &f)?)
             }
             EventArg::SyscallUser {
                 reg,
