@@ -1,7 +1,8 @@
 //! Tetragon's `process_credentials` (`--enable-process-cred`): the ids,
 //! securebits and capability sets of a process, from the exec record (the
 //! kernel's `struct cred` of the new image) or, for processes older than
-//! the daemon, from `/proc/PID/status` and `/proc/PID/ns/user`.
+//! the daemon, from `/proc/PID/status` (and their user namespace from
+//! `/proc/PID/ns`, read with the others).
 use sensor_common::{Creds, UserNs};
 use serde::{Deserialize, Serialize};
 
@@ -103,13 +104,13 @@ impl UserNamespace {
         })
     }
 
-    /// A process's user namespace from its `/proc/PID` directory.
-    pub fn from_proc(dir: &std::path::Path) -> Option<UserNamespace> {
-        let inum = super::ns::user_inum(dir)?;
-        Some(UserNamespace {
-            ns: super::ns::Namespace::of_user(inum),
+    /// A user namespace known by its inode only (a process found in
+    /// /proc).
+    pub fn of(ns: super::ns::Namespace) -> UserNamespace {
+        UserNamespace {
+            ns,
             ..Default::default()
-        })
+        }
     }
 }
 

@@ -109,11 +109,6 @@ impl Namespace {
     }
 }
 
-/// The inode number of the user namespace of the process at `dir`.
-pub fn user_inum(dir: &Path) -> Option<u32> {
-    Some(read_inums(dir)[sensor_common::ns_kind::USER]).filter(|&i| i != 0)
-}
-
 /// The host's namespaces: PID 1's, read once.
 fn host() -> &'static [u32; NS_KINDS] {
     static HOST: OnceLock<[u32; NS_KINDS]> = OnceLock::new();

@@ -68,6 +68,12 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect();
     let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let ns = crate::export::ns::Namespaces::from_proc(dir);
+    // The credentials' user namespace is the process's, already read.
+    let user_ns = ns
+        .as_ref()
+        .and_then(|n| n.user)
+        .map(crate::export::creds::UserNamespace::of);
     Some(ProcEntry {
         pid,
         ppid,
@@ -77,13 +83,9 @@ fn read_entry(dir: &Path, pid: u32, ns_per_tick: u64, cgroup_root: &Path) -> Opt
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(crate::export::event::AUID_UNSET),
-        creds: crate::export::creds::ProcessCredentials::from_status(&status).map(|c| {
-            crate::export::creds::ProcessCredentials {
-                user_ns: crate::export::creds::UserNamespace::from_proc(dir),
-                ..c
-            }
-        }),
-        ns: crate::export::ns::Namespaces::from_proc(dir),
+        creds: crate::export::creds::ProcessCredentials::from_status(&status)
+            .map(|c| crate::export::creds::ProcessCredentials { user_ns, ..c }),
+        ns,
         nspid: status
             .lines()
             .find_map(|l| l.strip_prefix("NSpid:"))
