@@ -173,6 +173,14 @@ pub fn task_scopes<const MODERN: bool>() -> u64 {
     }
 }
 
+/// Whether a selector's `matchBinaries` (`f`) admits a process whose
+/// binary-set membership bits are `member` (the selector's is `bit`):
+/// no filter admits all, In needs the bit, NotIn its absence.
+#[inline(always)]
+pub fn binaries_admit(f: StrFilter, member: u64, bit: u64) -> bool {
+    f.kind == match_kind::NONE || (member & bit != 0) != (f.negate != 0)
+}
+
 /// Whether a selector with `scope` applies to a task in `scopes`.
 #[inline(always)]
 pub fn scope_applies(scope: u8, scopes: u64) -> bool {
@@ -243,15 +251,13 @@ fn eval_selector(index: u64) -> i64 {
     if (e.lsm == 0 && sel.errno != 0) || (e.lsm != 0 && sel.binaries_of_new_image != 0) {
         return 0;
     }
-    if sel.binaries.kind != match_kind::NONE {
-        let member = if sel.binaries_of_new_image != 0 {
-            e.state.bin_in | e.state.follow
-        } else {
-            e.caller.bin_in | if sel.follow != 0 { e.caller.follow } else { 0 }
-        };
-        if (member & bit != 0) == (sel.binaries.negate != 0) {
-            return 0;
-        }
+    let member = if sel.binaries_of_new_image != 0 {
+        e.state.bin_in | e.state.follow
+    } else {
+        e.caller.bin_in | if sel.follow != 0 { e.caller.follow } else { 0 }
+    };
+    if !binaries_admit(sel.binaries, member, bit) {
+        return 0;
     }
     for a in 0..MAX_ARG_FILTERS {
         if a >= sel.n_args as usize {

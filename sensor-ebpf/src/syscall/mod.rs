@@ -289,16 +289,13 @@ fn eval_selector(index: u64) -> i64 {
     if ev.hooks_done & hook_bit != 0 || !crate::reflex::scope_applies(sel.scope, ev.scopes) {
         return 0;
     }
-    if sel.binaries.kind != match_kind::NONE {
-        let member = ev.state.sys_bin_in
-            | if sel.follow != 0 {
-                ev.state.sys_follow
-            } else {
-                0
-            };
-        if (member & bit != 0) == (sel.binaries.negate != 0) {
-            return 0;
-        }
+    let follow = if sel.follow != 0 {
+        ev.state.sys_follow
+    } else {
+        0
+    };
+    if !crate::reflex::binaries_admit(sel.binaries, ev.state.sys_bin_in | follow, bit) {
+        return 0;
     }
     for a in 0..MAX_ARG_FILTERS {
         if a >= sel.n_filters as usize {
