@@ -251,12 +251,39 @@ pub const BUDGET_BURST: u64 = 1_000;
 /// index `NET_SELECTOR_BASE + i`, apart from exec selectors.
 pub const NET_SELECTOR_BASE: u8 = 64;
 
-/// Which socket hook saw a connect record.
+/// Which socket hook saw a network record.
 pub mod sock_op {
     pub const CONNECT4: u8 = 1;
     pub const CONNECT6: u8 = 2;
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
+    /// A TCP socket released by its last close (`tcp_close`).
+    pub const CLOSE: u8 = 5;
+    /// A TCP socket starting to listen (`inet_csk_listen_start`).
+    pub const LISTEN: u8 = 6;
+    /// A send on a TCP socket (`tcp_sendmsg`).
+    pub const SEND: u8 = 7;
+}
+
+/// Which records a network selector is evaluated on: one bit per hook
+/// class, so that a `tcp_close` selector never acts on a connect.
+pub mod net_ops {
+    /// Connects and unconnected sends (the cgroup socket-address hooks).
+    pub const CONNECT: u8 = 1 << 0;
+    pub const CLOSE: u8 = 1 << 1;
+    pub const LISTEN: u8 = 1 << 2;
+    pub const SEND: u8 = 1 << 3;
+
+    /// The class of a record of socket operation `op` (a `sock_op`).
+    #[inline(always)]
+    pub const fn of(op: u8) -> u8 {
+        match op {
+            super::sock_op::CLOSE => CLOSE,
+            super::sock_op::LISTEN => LISTEN,
+            super::sock_op::SEND => SEND,
+            _ => CONNECT,
+        }
+    }
 }
 
 /// An outbound connect or unconnected send, from the cgroup socket hooks,
@@ -292,6 +319,9 @@ pub struct ConnectEvent {
     /// Non-zero: denied because the process's pod is quarantined.
     pub quarantined: u8,
     pub _pad: [u8; 3],
+    /// The size a send asked for (`tcp_sendmsg`'s argument 2).
+    pub size: u32,
+    pub _pad2: u32,
 }
 
 /// What a network filter tests.
@@ -329,7 +359,8 @@ pub struct NetSelector {
     pub filters: [NetFilter; MAX_ARG_FILTERS],
     /// As [`ExecSelector::scope`].
     pub scope: u8,
-    pub _pad: u8,
+    /// The records it is evaluated on ([`net_ops`]).
+    pub ops: u8,
 }
 
 /// Address set key: selector, slot, family (4 or 6), then the address.
@@ -349,7 +380,8 @@ pub struct NetValueKey {
 // The kernel and the daemon read these byte for byte: no implicit padding.
 const _: () = assert!(core::mem::size_of::<Creds>() == 80);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 80 + 4 * NS_KINDS + 8 + 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 104);
 
 /// How a string filter is looked up.
 pub mod match_kind {
@@ -461,6 +493,11 @@ pub struct Config {
     /// Non-zero: exec records carry the namespaces
     /// (`--enable-process-ns`).
     pub process_ns: u32,
+    /// The classes of network hooks ([`net_ops`]) this bank's selectors
+    /// are on: the close, listen and send programs return at once
+    /// without theirs.
+    pub net_ops: u32,
+    pub _pad_cfg: u32,
 }
 
 /// Values of [`Config::connect_records`].
@@ -564,6 +601,29 @@ pub struct KernelOffsets {
     pub user_ns_level: u32,
     pub user_ns_owner: u32,
     pub user_ns_group: u32,
+    /// `struct sock` (its `sock_common` first): family, state, local port
+    /// (host order), remote port (network order), IPv4 and IPv6 local and
+    /// remote addresses (the IPv6 ones 0 in a kernel without IPv6),
+    /// protocol and type.
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_protocol: u32,
+    pub sk_type: u32,
+    /// From a file descriptor to its socket: task->files->fdt, the
+    /// table's size and array, file->private_data (a socket file's
+    /// `struct socket`) and socket->sk.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
     pub _pad_offsets: u32,
 }
 

@@ -23,10 +23,12 @@ mod loader;
 mod looping;
 mod lsm;
 mod maps;
+mod netsel;
 mod path;
 mod quarantine;
 mod reflex;
 mod signals;
+mod sock;
 mod syscall;
 
 #[cfg(not(test))]

@@ -74,6 +74,22 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     user_ns_level: 0,
     user_ns_owner: 0,
     user_ns_group: 0,
+    sk_family: 0,
+    sk_state: 0,
+    sk_num: 0,
+    sk_dport: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_protocol: 0,
+    sk_type: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
     _pad_offsets: 0,
 };
 
@@ -222,9 +238,9 @@ pub static NET_ADDR: LpmTrie<[u8; NET_ADDR_KEY_LEN], u8> = LpmTrie::with_max_ent
 #[map]
 pub static NET_VALUE: HashMap<NetValueKey, u8> = HashMap::with_max_entries(16384, 0);
 
-/// State of the connect selector loop (see `connect::NetEval`).
+/// State of the network selector loop (see `netsel::NetEval`).
 #[map]
-pub static NET_EVAL: PerCpuArray<crate::connect::NetEval> = PerCpuArray::with_max_entries(1, 0);
+pub static NET_EVAL: PerCpuArray<crate::netsel::NetEval> = PerCpuArray::with_max_entries(1, 0);
 
 /// Signals the compat connect programs decided, by pid_tgid of the thread
 /// in the syscall; `signals` sends them as the syscall returns.

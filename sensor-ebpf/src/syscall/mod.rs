@@ -7,6 +7,7 @@
 //! A matching selector posts a record with the raw arguments, and the
 //! strings and buffers the policy reads from user memory (`user`), and
 //! sends its signal, which lands before the syscall returns to user space.
+//! The send syscalls also feed `tcp_sendmsg` hooks (`sock::on_send`).
 mod lineage;
 pub mod ret;
 mod user;
@@ -40,7 +41,7 @@ const STR_POSTFIX_HITS: usize = 2;
 
 /// Where x86_64's `pt_regs` holds the six syscall arguments: di, si, dx,
 /// r10, r8, r9.
-const ARG_REGS: [u32; SYSCALL_ARGS] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
+pub(crate) const ARG_REGS: [u32; SYSCALL_ARGS] = [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8];
 
 /// `sys_enter(struct pt_regs *regs, long id)`; modern form (`bpf_loop`).
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -90,6 +91,10 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let cfg = crate::maps::config()?;
+    if crate::sock::is_send(nr) {
+        // `tcp_sendmsg` hooks ride on this program (see `sock`).
+        let _ = crate::sock::on_send::<MODERN>(nr, ctx.arg(0), cfg);
+    }
     if cfg.n_sys_selectors == 0 {
         return None;
     }

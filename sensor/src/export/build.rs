@@ -139,8 +139,9 @@ pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
 
 /// The arguments of a connect hook: `sock_arg`, or `sockaddr_arg` with the
 /// destination, as the policy declared them.
-pub fn connect_arg(sock: &SockArg) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+pub fn connect_arg(sock: &SockArg, size: u32) -> impl Fn(EventArg) -> Option<Argument> + '_ {
     move |arg| match arg {
+        EventArg::SendSize => Some(Argument::IntArg(size as i32)),
         EventArg::Sock => Some(Argument::SockArg(sock.clone())),
         EventArg::Sockaddr => Some(Argument::SockaddrArg(SockaddrArg {
             family: sock.family.clone(),

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use aya::programs::links::FdLink;
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, RawTracePoint,
-    TracePoint,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+    RawTracePoint, TracePoint,
 };
 
 use super::{pin, probe, Kernel, LoadError};
@@ -39,6 +39,11 @@ impl Kernel {
             probe::Form::Compat => 2,
         };
         v.extend(SOCK_PROGRAMS.iter().map(|forms| forms[form]));
+        v.push(if form == 2 {
+            "snsr_sock_release_compat"
+        } else {
+            "snsr_sock_release"
+        });
         v.extend(["snsr_q_egress", "snsr_q_ingress"]);
         v
     }
@@ -65,6 +70,9 @@ impl Kernel {
                 "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
                 "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
                 "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
+                "snsr_sock_release" | "snsr_sock_release_compat" => {
+                    self.sock_release(name, &root)?
+                }
                 _ => self.sock_addr(name, &root)?,
             };
             self.links.push((name.to_string(), link));
@@ -230,6 +238,19 @@ impl Kernel {
         FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
     }
 
+    fn sock_release(
+        &mut self,
+        name: &'static str,
+        root: &std::fs::File,
+    ) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let p: &mut CgroupSock = self.program(name)?;
+        p.load().map_err(err)?;
+        let id = p.attach(root, CgroupAttachMode::Single).map_err(err)?;
+        let link = p.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
+    }
+
     fn skb(
         &mut self,
         name: &'static str,
@@ -285,20 +306,23 @@ const SOCK_PROGRAMS: [[&str; 3]; 4] = [
 /// Programs attached only while the loaded policies need them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDemand {
-    /// Syscall policies, on `sys_enter`.
+    /// Syscall policies and `tcp_sendmsg` hooks, on `sys_enter`.
     SysEnter,
     /// Syscall hooks with `return: true`, on `sys_exit`.
     SysExit,
+    /// `inet_csk_listen_start` hooks, on `inet_sock_set_state`.
+    SockState,
 }
 
 impl OnDemand {
-    pub const ALL: [OnDemand; 2] = [OnDemand::SysEnter, OnDemand::SysExit];
+    pub const ALL: [OnDemand; 3] = [OnDemand::SysEnter, OnDemand::SysExit, OnDemand::SockState];
 
     /// (modern, compat) program names.
     fn names(self) -> (&'static str, &'static str) {
         match self {
             OnDemand::SysEnter => ("snsr_syscall", "snsr_syscall_compat"),
             OnDemand::SysExit => ("snsr_sys_return", "snsr_sys_return_compat"),
+            OnDemand::SockState => ("snsr_sock_state", "snsr_sock_state_compat"),
         }
     }
 
@@ -306,6 +330,7 @@ impl OnDemand {
         match self {
             OnDemand::SysEnter => "sys_enter",
             OnDemand::SysExit => "sys_exit",
+            OnDemand::SockState => "inet_sock_set_state",
         }
     }
 
@@ -313,6 +338,7 @@ impl OnDemand {
         match self {
             OnDemand::SysEnter => "syscall policies loaded",
             OnDemand::SysExit => "syscall hooks wait for returns",
+            OnDemand::SockState => "listen hooks loaded",
         }
     }
 }

@@ -203,6 +203,8 @@ impl Btf {
     /// Every offset the kernel programs read.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let o = |s: &str, m: &str| self.member_offset(s, m);
+        // `struct sock` begins with its `sock_common`.
+        let sk = |m: &str| Ok::<u32, BtfError>(o("sock", "__sk_common")? + o("sock_common", m)?);
         Ok(KernelOffsets {
             task_pid: o("task_struct", "pid")?,
             task_tgid: o("task_struct", "tgid")?,
@@ -267,6 +269,22 @@ impl Btf {
             user_ns_level: o("user_namespace", "level")?,
             user_ns_owner: o("user_namespace", "owner")?,
             user_ns_group: o("user_namespace", "group")?,
+            sk_family: sk("skc_family")?,
+            sk_state: sk("skc_state")?,
+            sk_num: sk("skc_num")?,
+            sk_dport: sk("skc_dport")?,
+            sk_rcv_saddr: sk("skc_rcv_saddr")?,
+            sk_daddr: sk("skc_daddr")?,
+            sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr").unwrap_or(0),
+            sk_v6_daddr: sk("skc_v6_daddr").unwrap_or(0),
+            sk_protocol: o("sock", "sk_protocol")?,
+            sk_type: o("sock", "sk_type")?,
+            task_files: o("task_struct", "files")?,
+            files_fdt: o("files_struct", "fdt")?,
+            fdt_max_fds: o("fdtable", "max_fds")?,
+            fdt_fd: o("fdtable", "fd")?,
+            file_private_data: o("file", "private_data")?,
+            socket_sk: o("socket", "sk")?,
             _pad_offsets: 0,
         })
     }

@@ -10,8 +10,8 @@ use std::hash::Hash;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError};
 use aya::Pod;
 use sensor_common::{
-    net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, SysNr, SysSelector,
-    MAX_SELECTORS, NET_ADDR_KEY_LEN, STR_KEY_LEN, SYSCALL_NRS,
+    net_ops, net_selector, str_selector, Config, ExecSelector, NetSelector, NetValueKey, SysNr,
+    SysSelector, MAX_SELECTORS, NET_ADDR_KEY_LEN, STR_KEY_LEN, SYSCALL_NRS,
 };
 
 use super::{map_err, Kernel, LoadError};
@@ -191,8 +191,10 @@ impl Kernel {
             grace,
         });
         self.prune_hash::<u64, u8>("SCOPE_CGROUPS", |id| scope.contains(id))?;
-        self.syscall_program(c.config.n_sys_selectors != 0)?;
-        self.on_demand(super::OnDemand::SysExit, c.sys_returns())
+        let net = |class: u8| c.config.net_ops & class as u32 != 0;
+        self.syscall_program(c.config.n_sys_selectors != 0 || net(net_ops::SEND))?;
+        self.on_demand(super::OnDemand::SysExit, c.sys_returns())?;
+        self.on_demand(super::OnDemand::SockState, net(net_ops::LISTEN))
     }
 
     /// Empties the bank switched away from once its grace period is over

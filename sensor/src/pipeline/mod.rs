@@ -5,7 +5,7 @@
 //! bytes.
 use std::sync::Arc;
 
-use sensor_common::{ConnectEvent, ExitEvent};
+use sensor_common::{net_ops, ConnectEvent, ExitEvent};
 
 use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
@@ -417,7 +417,8 @@ impl Pipeline {
             .collect()
     }
 
-    /// A connect record: shown to the brain, and policy events for the
+    /// A network record (connect, send, listen, close): a connect is
+    /// shown to the brain; every record gives policy events for the
     /// selectors that posted.
     fn connect(&mut self, c: &ConnectEvent) {
         let Some(process) = self.cache.by_pid(c.pid) else {
@@ -427,7 +428,8 @@ impl Pipeline {
             }
             return;
         };
-        if self.brain.wants(On::Connect) {
+        let connect = net_ops::of(c.op) == net_ops::CONNECT;
+        if connect && self.brain.wants(On::Connect) {
             let time = self.cache.rfc3339(c.ktime);
             self.think(On::Connect, &process, None, &time);
         }
@@ -447,7 +449,7 @@ impl Pipeline {
             Table::Net,
             subject,
             &time,
-            build::connect_arg(&sock),
+            build::connect_arg(&sock, c.size),
         );
     }
 

@@ -181,7 +181,7 @@ impl Compiled {
                             if c.net_selectors.len() >= MAX_SELECTORS {
                                 return Err(limit(file, "connect selectors"));
                             }
-                            c.add_net(hook_id, &enforced(sel, policy.mode), scope);
+                            c.add_net(hook_id, hook.net_ops, &enforced(sel, policy.mode), scope);
                             c.net_meta.push(meta(policy, hook, sel));
                         }
                         HookFamily::Syscall => {
@@ -242,12 +242,14 @@ impl Compiled {
         self.binaries.push(sel.binaries.clone());
     }
 
-    fn add_net(&mut self, hook_id: u32, sel: &Selector, scope: u8) {
+    fn add_net(&mut self, hook_id: u32, ops: u8, sel: &Selector, scope: u8) {
         let index = self.net_selectors.len();
         let id = index as u8;
+        self.config.net_ops |= ops as u32;
         let mut ns = NetSelector {
             hook: hook_id,
             scope,
+            ops,
             signal: sel.actions.signal.unwrap_or(0),
             errno: sel.actions.errno.unwrap_or(0),
             ..Default::default()

@@ -1,5 +1,7 @@
 //! The hooks this sensor implements, by the names Tetragon policies use:
 //! which reflex each maps onto and which arguments it exposes.
+use sensor_common::net_ops;
+
 use super::{EventArg, HookFamily};
 
 /// One argument a hook exposes: its index in the policy's `args` and the
@@ -21,6 +23,12 @@ pub struct HookDef {
     /// exec happens (BPF-LSM `bprm_check_security`); not hooks that act
     /// once the new image is in place.
     pub overrides: bool,
+    /// For a network hook, the records its selectors are evaluated on
+    /// (a `net_ops` bit); 0 for the others.
+    pub net_op: u8,
+    /// Whether Sigkill and Signal can be sent from the kernel program
+    /// this hook runs on.
+    pub signals: bool,
 }
 
 const BINPRM: ArgDef = ArgDef {
@@ -58,6 +66,13 @@ const ADDRLEN2: ArgDef = ArgDef {
     arg: EventArg::AddrLen,
 };
 
+/// `tcp_sendmsg(sk, msg, size)`: the size the caller asked to send.
+const SIZE2: ArgDef = ArgDef {
+    index: 2,
+    types: &["int"],
+    arg: EventArg::SendSize,
+};
+
 pub const KPROBES: &[(&str, HookDef)] = &[
     (
         "security_bprm_check",
@@ -67,6 +82,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[BINPRM],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: 0,
+            signals: true,
         },
     ),
     (
@@ -77,6 +94,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[NOP0, FILE1],
             binaries_of_new_image: false,
             overrides: false,
+            net_op: 0,
+            signals: true,
         },
     ),
     (
@@ -91,6 +110,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             }],
             binaries_of_new_image: false,
             overrides: false,
+            net_op: 0,
+            signals: true,
         },
     ),
     (
@@ -105,6 +126,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             }],
             binaries_of_new_image: false,
             overrides: false,
+            net_op: 0,
+            signals: true,
         },
     ),
     (
@@ -115,6 +138,46 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[SOCK],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: net_ops::CONNECT,
+            signals: true,
+        },
+    ),
+    (
+        "tcp_close",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "tcp_close",
+            args: &[SOCK],
+            binaries_of_new_image: false,
+            overrides: false,
+            net_op: net_ops::CLOSE,
+            // The release hook is a cgroup program, which cannot send a
+            // signal on every kernel; a close is reported.
+            signals: false,
+        },
+    ),
+    (
+        "tcp_sendmsg",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "tcp_sendmsg",
+            args: &[SOCK, SIZE2],
+            binaries_of_new_image: false,
+            overrides: false,
+            net_op: net_ops::SEND,
+            signals: true,
+        },
+    ),
+    (
+        "inet_csk_listen_start",
+        HookDef {
+            family: HookFamily::Connect,
+            function: "inet_csk_listen_start",
+            args: &[SOCK],
+            binaries_of_new_image: false,
+            overrides: false,
+            net_op: net_ops::LISTEN,
+            signals: true,
         },
     ),
     (
@@ -125,6 +188,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[SOCK, SOCKADDR1, ADDRLEN2],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: net_ops::CONNECT,
+            signals: true,
         },
     ),
     (
@@ -135,6 +200,8 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             args: &[SOCKADDR1],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: net_ops::CONNECT,
+            signals: true,
         },
     ),
 ];
@@ -148,6 +215,8 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             args: &[BINPRM],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: 0,
+            signals: true,
         },
     ),
     (
@@ -158,6 +227,8 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             args: &[SOCK, SOCKADDR1],
             binaries_of_new_image: false,
             overrides: true,
+            net_op: net_ops::CONNECT,
+            signals: true,
         },
     ),
 ];
@@ -174,6 +245,8 @@ pub const EXEC_TRACEPOINT: HookDef = HookDef {
     }],
     binaries_of_new_image: true,
     overrides: false,
+    net_op: 0,
+    signals: true,
 };
 
 pub fn names(table: &[(&str, HookDef)]) -> String {

@@ -20,6 +20,7 @@ mod selector_labels;
 mod syscall_filters;
 mod syscall_hooks;
 pub mod syscalls;
+mod tracking;
 
 pub use selector_labels::LabelSelector;
 
@@ -170,6 +171,8 @@ pub enum EventArg {
     /// `sockaddr_in` or `sockaddr_in6`: the cgroup hook sees the address,
     /// not the length the caller passed).
     AddrLen,
+    /// `int_arg`: the size a `tcp_sendmsg` caller asked to send.
+    SendSize,
     /// An integer argument of a syscall.
     Syscall(SysArg, IntType),
     /// A syscall argument copied from the caller's memory (register `reg`).
@@ -196,6 +199,9 @@ pub struct Hook {
     pub family: HookFamily,
     /// Whether matchBinaries tests the image after exec (a tracepoint there).
     pub binaries_of_new_image: bool,
+    /// For a network hook, the records its selectors act on (a
+    /// `sensor_common::net_ops` bit).
+    pub net_ops: u8,
     /// Declared arguments, in declaration order.
     pub args: Vec<EventArg>,
     /// The syscall numbers a syscall hook is on (one for a `sys_*` kprobe,

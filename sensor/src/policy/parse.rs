@@ -8,6 +8,7 @@ use super::raw::*;
 use super::selector::selector;
 use super::syscall_hooks::{enforcers, syscall_kprobe, syscall_lists, syscall_tracepoint, Lists};
 use super::syscalls;
+use super::tracking;
 use super::{limits, EventArg, Hook, HookPoint, Mode, Policy, Selector};
 
 /// An error at a field path, before the file name is attached.
@@ -129,7 +130,13 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     let mode = options(s.options.as_ref())?;
     let mut hooks = Vec::new();
     for (i, k) in raw.spec.kprobes.into_iter().enumerate() {
-        hooks.push(kprobe(k, &lists, &format!("spec.kprobes[{i}]"))?);
+        let at = format!("spec.kprobes[{i}]");
+        if tracking::is_tracking(&k.call) {
+            // Checked, and left out: see `tracking`.
+            tracking::check(&k, &at)?;
+            continue;
+        }
+        hooks.push(kprobe(k, &lists, &at)?);
     }
     for (i, t) in raw.spec.tracepoints.into_iter().enumerate() {
         hooks.push(tracepoint(t, &lists, &format!("spec.tracepoints[{i}]"))?);
@@ -138,7 +145,10 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
         hooks.push(lsm(l, &format!("spec.lsmhooks[{i}]"))?);
     }
     if hooks.is_empty() {
-        return err("spec", "no kprobes, tracepoints or lsmhooks");
+        return err(
+            "spec",
+            "no kprobes, tracepoints or lsmhooks (socket-tracking hooks alone report nothing)",
+        );
     }
     // Pod-scoped policies cannot reach the host's processes; monitor mode
     // acts on none.
@@ -387,9 +397,19 @@ fn hook(
     }
     if !def.overrides {
         if let Some(i) = parsed.iter().position(|s| s.actions.errno.is_some()) {
+            let why = if def.family == super::HookFamily::Exec {
+                "Override on exec needs the hook that runs before the exec: kprobe security_bprm_check or lsmhook bprm_check_security; use Sigkill here"
+            } else {
+                "Override is not possible on this hook here (the call cannot be made to fail); Override a connect on tcp_connect or security_socket_connect"
+            };
+            return err(format!("{at}.selectors[{i}].matchActions"), why);
+        }
+    }
+    if !def.signals {
+        if let Some(i) = parsed.iter().position(|s| s.actions.signal.is_some()) {
             return err(
                 format!("{at}.selectors[{i}].matchActions"),
-                "Override on exec needs the hook that runs before the exec: kprobe security_bprm_check or lsmhook bprm_check_security; use Sigkill here",
+                format!("{} is reported here, not acted on: its kernel hook (cgroup sock_release) cannot send a signal on every kernel; use Sigkill on tcp_connect or tcp_sendmsg", def.function),
             );
         }
     }
@@ -402,6 +422,7 @@ fn hook(
         point,
         family: def.family,
         binaries_of_new_image: def.binaries_of_new_image,
+        net_ops: def.net_op,
         args: declared.into_iter().map(|(_, a)| a).collect(),
         syscalls: Vec::new(),
         return_arg: false,

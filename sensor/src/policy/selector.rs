@@ -131,6 +131,12 @@ pub fn selector(
                     format!("argument {index} (the address length) is reported, not filtered on; filter on the address (argument 1)"),
                 )
             }
+            EventArg::SendSize => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} (the size sent) is reported, not filtered on; filter on the socket (argument 0)"),
+                )
+            }
             EventArg::Syscall(SysArg::Number, _) => {
                 let set = syscall_filters::number_filter(&m, lists.unwrap_or(&Lists::new()), &f)?;
                 numbers = Some(match numbers {

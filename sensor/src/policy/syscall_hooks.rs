@@ -295,6 +295,7 @@ fn finish(
         syscalls,
         return_arg: false,
         return_type: None,
+        net_ops: 0,
         selectors: parsed,
         message,
         tags,

@@ -1,0 +1,243 @@
+//! A TCP socket's life past its connect, for Tetragon's `tcp_close`,
+//! `inet_csk_listen_start` and `tcp_sendmsg` hooks, each on a hook every
+//! kernel from 5.10 has and each in the context of the task that acts
+//! (kprobes are missing on some kernels, this one included):
+//! - the last close, on the cgroup `sock_release` hook (`inet_release`,
+//!   which calls `tcp_close`);
+//! - listen, on the `inet_sock_set_state` tracepoint as the socket enters
+//!   LISTEN (`inet_csk_listen_start` does that first);
+//! - sends, from `sys_enter` on the send syscalls, with the descriptor
+//!   resolved to its socket (`tcp_sendmsg` runs inside them).
+//! The socket is read from the kernel's `struct sock` at offsets from
+//! BTF; the network selectors (`netsel`) decide, and only a hit is sent.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_user, bpf_send_signal},
+    macros::{cgroup_sock, raw_tracepoint},
+    programs::{RawTracePointContext, SockContext},
+};
+use sensor_common::{net_ops, sock_op, Config, ConnectEvent};
+
+use crate::kernel::{off, read, read_ptr};
+use crate::netsel::{AF_INET, AF_INET6};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_LISTEN: u64 = 10;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// x86_64 syscall numbers of the calls that reach `tcp_sendmsg`.
+const NR_WRITE: u64 = 1;
+const NR_WRITEV: u64 = 20;
+const NR_SENDTO: u64 = 44;
+const NR_SENDMSG: u64 = 46;
+const NR_SENDMMSG: u64 = 307;
+/// iovecs summed for a send's size.
+const MAX_IOVECS: usize = 8;
+
+#[cgroup_sock(sock_release)]
+pub fn snsr_sock_release(ctx: SockContext) -> i32 {
+    let _ = on_release::<true>(&ctx);
+    1
+}
+
+#[cgroup_sock(sock_release)]
+pub fn snsr_sock_release_compat(ctx: SockContext) -> i32 {
+    let _ = on_release::<false>(&ctx);
+    1
+}
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn snsr_sock_state(ctx: RawTracePointContext) -> i32 {
+    let _ = on_state::<true>(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn snsr_sock_state_compat(ctx: RawTracePointContext) -> i32 {
+    let _ = on_state::<false>(&ctx);
+    0
+}
+
+fn wants(cfg: &Config, class: u8) -> bool {
+    cfg.net_ops & class as u32 != 0
+}
+
+#[inline(always)]
+fn on_release<const MODERN: bool>(ctx: &SockContext) -> Option<()> {
+    let cfg = *crate::maps::config()?;
+    // SAFETY: the context the kernel handed us.
+    if !wants(&cfg, net_ops::CLOSE) || unsafe { (*ctx.sock).protocol } != IPPROTO_TCP as u32 {
+        return None;
+    }
+    let ev = crate::netsel::start(sock_op::CLOSE, &cfg)?;
+    // The context is the kernel's `struct sock`, but this hook may not
+    // read its source address and port through it. Stored in a map and
+    // read back, the pointer is a plain number, read like any other
+    // kernel pointer (this needs CAP_PERFMON, which the daemon has).
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe { core::ptr::write_volatile(&mut ev.sk, ctx.sock as u64) };
+    let sk = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
+    read_sock(sk, &mut ev.event)?;
+    crate::netsel::subject::<MODERN>(ev, &cfg);
+    crate::netsel::evaluate::<MODERN>(ev);
+    // Signals are refused on this hook when the policy loads.
+    if ev.event.hits != 0 {
+        crate::netsel::output(&ev.event, true);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
+    let cfg = *crate::maps::config()?;
+    if !wants(&cfg, net_ops::LISTEN) || ctx.arg::<u64>(2) as u32 as u64 != TCP_LISTEN {
+        return None;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    judge::<MODERN>(sock_op::LISTEN, sk, 0, &cfg)
+}
+
+/// Whether syscall `nr` can reach `tcp_sendmsg`.
+#[inline(always)]
+pub fn is_send(nr: u64) -> bool {
+    matches!(
+        nr,
+        NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG | NR_SENDMMSG
+    )
+}
+
+/// A send syscall (`is_send`) by the current task, from `sys_enter`
+/// while a `tcp_sendmsg` hook is loaded; `regs` holds its arguments.
+#[inline(always)]
+pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Option<()> {
+    if !wants(cfg, net_ops::SEND) {
+        return None;
+    }
+    let arg = |i: usize| read::<u64>(regs, crate::syscall::ARG_REGS[i]).unwrap_or(0);
+    let sk = socket_of(arg(0))?;
+    let size = match nr {
+        NR_WRITE | NR_SENDTO => arg(2),
+        NR_WRITEV => iov_size(arg(1), arg(2)),
+        // A `user_msghdr` has its iovec array 16 bytes in and the count
+        // after it; `sendmmsg` is reported with its first message's size.
+        _ => {
+            let msg = arg(1);
+            let iov = user::<u64>(msg + 16).unwrap_or(0);
+            let n = user::<u64>(msg + 24).unwrap_or(0);
+            iov_size(iov, n)
+        }
+    };
+    judge::<MODERN>(sock_op::SEND, sk, size.min(u32::MAX as u64) as u32, cfg)
+}
+
+/// Evaluates a record of `op` on TCP socket `sk`; a hit is sent, and its
+/// signal too (these hooks are tracing programs, which can send one).
+#[inline(always)]
+fn judge<const MODERN: bool>(op: u8, sk: *const u8, size: u32, cfg: &Config) -> Option<()> {
+    if (bpf_tgid() as u32) == cfg.sensor_tgid {
+        return None;
+    }
+    let ev = crate::netsel::start(op, cfg)?;
+    read_sock(sk, &mut ev.event)?;
+    if ev.event.protocol != IPPROTO_TCP {
+        return None;
+    }
+    ev.event.size = size;
+    crate::netsel::subject::<MODERN>(ev, cfg);
+    crate::netsel::evaluate::<MODERN>(ev);
+    let e = &ev.event;
+    if e.hits != 0 {
+        crate::netsel::output(e, true);
+    }
+    if e.signal != 0 {
+        // SAFETY: signals the current task, the one acting on the socket.
+        unsafe { bpf_send_signal(e.signal) };
+    }
+    Some(())
+}
+
+fn bpf_tgid() -> u64 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32
+}
+
+fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: probe_read_user checks the address; a bad one is an error.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The bytes of the first `MAX_IOVECS` of `n` iovecs at `iov`.
+#[inline(always)]
+fn iov_size(iov: u64, n: u64) -> u64 {
+    let mut total = 0u64;
+    for i in 0..MAX_IOVECS {
+        if i as u64 >= n {
+            break;
+        }
+        // An iovec is {base, len}, 16 bytes.
+        total += user::<u64>(iov + i as u64 * 16 + 8).unwrap_or(0);
+    }
+    total
+}
+
+/// The `struct sock` of the current task's descriptor `fd`, if it is a
+/// socket: task->files->fdt->fd[fd], a file whose inode is a socket,
+/// whose `struct socket` (private_data) holds the sock.
+#[inline(always)]
+fn socket_of(fd: u64) -> Option<*const u8> {
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files = read_ptr(task, off!(task_files)).ok()?;
+    let fdt = read_ptr(files, off!(files_fdt)).ok()?;
+    let max = read::<u32>(fdt, off!(fdt_max_fds)).ok()?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let array = read_ptr(fdt, off!(fdt_fd)).ok()?;
+    let file = read_ptr(array.wrapping_add(fd as usize * 8), 0).ok()?;
+    if file.is_null() {
+        return None;
+    }
+    let inode = read_ptr(file, off!(file_f_inode)).ok()?;
+    let mode = read::<u16>(inode, off!(inode_i_mode)).ok()?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket = read_ptr(file, off!(file_private_data)).ok()?;
+    let sk = read_ptr(socket, off!(socket_sk)).ok()?;
+    (!sk.is_null()).then_some(sk)
+}
+
+/// Fills the record's family, addresses, ports, type and protocol from
+/// `struct sock`. An IPv6 socket talking to an IPv4-mapped address is
+/// reported (and matched) as IPv4, as the connect hooks do; its IPv4
+/// addresses are the ones the kernel keeps for it.
+#[inline(always)]
+fn read_sock(sk: *const u8, e: &mut ConnectEvent) -> Option<()> {
+    let family = read::<u16>(sk, off!(sk_family)).ok()?;
+    e.protocol = read::<u16>(sk, off!(sk_protocol)).ok()?;
+    e.sock_type = read::<u16>(sk, off!(sk_type)).ok()?;
+    e.sport = read::<u16>(sk, off!(sk_num)).ok()?;
+    e.dport = u16::from_be(read::<u16>(sk, off!(sk_dport)).ok()?);
+    let v4 = |e: &mut ConnectEvent| -> Option<()> {
+        e.family = AF_INET;
+        e.saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off!(sk_rcv_saddr)).ok()?);
+        e.daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off!(sk_daddr)).ok()?);
+        Some(())
+    };
+    match family {
+        AF_INET => v4(e),
+        AF_INET6 if off!(sk_v6_daddr) != 0 => {
+            let d = read::<[u8; 16]>(sk, off!(sk_v6_daddr)).ok()?;
+            if d[..10] == [0; 10] && d[10] == 0xff && d[11] == 0xff {
+                e.mapped = 1;
+                return v4(e);
+            }
+            e.family = AF_INET6;
+            e.daddr = d;
+            e.saddr = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr)).ok()?;
+            Some(())
+        }
+        _ => None,
+    }
+}

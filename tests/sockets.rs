@@ -1,0 +1,378 @@
+//! A TCP socket's life past its connect, with Tetragon's own examples as
+//! shipped (comments left out): `tcp-connect.yaml` and
+//! `tcp-connect-with-selectors.yaml` (connect, send, close) and
+//! `tcp-listen.yaml` (listen, with its socket-tracking hooks). Clients run
+//! in the test's cgroup, to which each daemon is scoped.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::netns::{ip, Backend, PORT};
+use common::*;
+
+const TCP_CONNECT: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "connect"
+spec:
+  kprobes:
+  - call: "tcp_connect"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+  - call: "tcp_close"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+  - call: "tcp_sendmsg"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    - index: 2
+      type: int
+"#;
+
+const TCP_CONNECT_WITH_SELECTORS: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "connect"
+spec:
+  kprobes:
+  - call: "tcp_connect"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "DAddr"
+        values:
+        - "127.0.0.1/8"
+        - "192.168.0.0/16"
+  - call: "tcp_close"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "DAddr"
+        values:
+        - "127.0.0.1/8"
+        - "192.168.0.0/16"
+  - call: "tcp_sendmsg"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    - index: 2
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "DAddr"
+        values:
+        - "127.0.0.1/8"
+        - "192.168.0.0/16"
+"#;
+
+const TCP_LISTEN: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "tcp-listen"
+spec:
+  kprobes:
+  - call: "sk_alloc"
+    syscall: false
+    return: true
+    args:
+    - index: 1
+      type: int
+      label: "family"
+    returnArg:
+      index: 0
+      type: "sock"
+    returnArgAction: "TrackSock"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Equal"
+        values:
+        - "2"
+        - "10"
+      matchActions:
+      - action: "NoPost"
+  - call: "__sk_free"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Family"
+        values:
+        - "2"
+        - "10"
+      matchActions:
+      - action: "UntrackSock"
+        argSock: 0
+      - action: "NoPost"
+  - call: "inet_csk_listen_start"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "SPort"
+        values:
+        - "1337"
+        - "31337"
+"#;
+
+/// Connects to `host:port`, sends an HTTP request (by `sendmsg` of two
+/// buffers, 18 bytes, or by `write` of it whole), prints the local port,
+/// reads the answer and closes.
+const CLIENT: &str = r#"
+import os, socket, sys
+host, port, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=5)
+if how == "sendmsg":
+    s.sendmsg([b"GET / HTTP/1.0\r\n", b"\r\n"])
+else:
+    os.write(s.fileno(), b"GET / HTTP/1.0\r\n\r\n")
+print(s.getsockname()[1], flush=True)
+s.recv(65536)
+s.close()
+"#;
+
+fn daemon_with(policy_yaml: &str) -> (Daemon, TestCgroup, TempDir) {
+    let dir = TempDir::new();
+    let policy = policy_file(&dir, "p.yaml", policy_yaml);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    (daemon, cg, dir)
+}
+
+/// Runs the client in the cgroup; returns its local port.
+fn client(cg: &TestCgroup, host: &str, port: u16, how: &str) -> u64 {
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", CLIENT, host, &port.to_string(), how])
+        .output()
+        .expect("running the client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the client prints its port")
+}
+
+/// A one-shot server on 127.0.0.1 that answers whatever it reads.
+fn loopback_server() -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1");
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let mut buf = [0u8; 256];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+        }
+    });
+    (port, t)
+}
+
+fn kprobes(daemon: &Daemon, function: &str) -> Vec<serde_json::Value> {
+    daemon
+        .events()
+        .into_iter()
+        .filter_map(|e| body(&e, "process_kprobe").cloned())
+        .filter(|k| k["function_name"] == function)
+        .collect()
+}
+
+fn sock(k: &serde_json::Value) -> &serde_json::Value {
+    &k["args"][0]["sock_arg"]
+}
+
+#[test]
+fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
+    if !can_run("tetragons_tcp_connect_example_reports_connect_send_and_close") {
+        return;
+    }
+    let backend = Backend::start();
+    let (daemon, cg, _d) = daemon_with(TCP_CONNECT);
+    let sport = client(&cg, &backend.v4, PORT, "sendmsg");
+    assert_eq!(backend.requests(), 1);
+    let python = resolved("/usr/bin/python3");
+    let ours = |k: &serde_json::Value| {
+        k["process"]["binary"] == python.as_str() && sock(k)["daddr"] == backend.v4.as_str()
+    };
+    eventually("connect, send and close events", || {
+        ["tcp_connect", "tcp_sendmsg", "tcp_close"]
+            .iter()
+            .all(|f| kprobes(&daemon, f).iter().any(ours))
+    });
+    let connect = kprobes(&daemon, "tcp_connect");
+    let connect = connect.iter().find(|k| ours(k)).unwrap();
+    assert_eq!(sock(connect)["dport"], PORT);
+
+    let sends = kprobes(&daemon, "tcp_sendmsg");
+    let send = sends.iter().find(|k| ours(k)).unwrap();
+    let s = sock(send);
+    assert_eq!(s["family"], "AF_INET");
+    assert_eq!(s["type"], "SOCK_STREAM");
+    assert_eq!(s["protocol"], "IPPROTO_TCP");
+    assert_eq!(s["dport"], PORT);
+    assert_eq!(s["sport"], sport, "the source port the kernel chose");
+    assert_eq!(s["saddr"], format!("10.203.{}.1", backend.k));
+    assert_eq!(
+        send["args"][1]["int_arg"], 18,
+        "two buffers of 16 and 2 bytes"
+    );
+    assert_eq!(send["action"], "KPROBE_ACTION_POST");
+    // The client's writes to its stdout pipe are not sends on a socket.
+    assert!(sends
+        .iter()
+        .all(|k| sock(k)["daddr"] == backend.v4.as_str()));
+
+    let closes = kprobes(&daemon, "tcp_close");
+    let close = closes.iter().find(|k| ours(k)).unwrap();
+    assert_eq!(sock(close)["sport"], sport);
+    assert_eq!(sock(close)["dport"], PORT);
+    assert_eq!(sock(close)["saddr"], format!("10.203.{}.1", backend.k));
+    assert!(
+        close["parent"]["exec_id"].is_string(),
+        "the closing process's lineage"
+    );
+}
+
+#[test]
+fn tetragons_tcp_connect_with_selectors_example_reports_loopback_only() {
+    if !can_run("tetragons_tcp_connect_with_selectors_example_reports_loopback_only") {
+        return;
+    }
+    let backend = Backend::start();
+    let (daemon, cg, _d) = daemon_with(TCP_CONNECT_WITH_SELECTORS);
+    // Outside 127.0.0.0/8 and 192.168.0.0/16: nothing.
+    client(&cg, &backend.v4, PORT, "write");
+    let (port, server) = loopback_server();
+    let sport = client(&cg, "127.0.0.1", port, "write");
+    server.join().unwrap();
+    let to_loopback = |k: &serde_json::Value| sock(k)["daddr"] == "127.0.0.1";
+    eventually("the loopback connection's three events", || {
+        ["tcp_connect", "tcp_sendmsg", "tcp_close"]
+            .iter()
+            .all(|f| kprobes(&daemon, f).iter().any(to_loopback))
+    });
+    let send = kprobes(&daemon, "tcp_sendmsg");
+    let send = send.iter().find(|k| to_loopback(k)).unwrap();
+    assert_eq!(send["args"][1]["int_arg"], 18, "one write of 18 bytes");
+    assert_eq!(sock(send)["sport"], sport);
+    assert_eq!(sock(send)["dport"], port);
+    std::thread::sleep(Duration::from_millis(500));
+    let all: Vec<_> = ["tcp_connect", "tcp_sendmsg", "tcp_close"]
+        .iter()
+        .flat_map(|f| kprobes(&daemon, f))
+        .collect();
+    assert!(
+        all.iter().all(to_loopback),
+        "only loopback connections posted: {all:?}"
+    );
+}
+
+/// A network namespace of the test's own, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let ns = format!("snsr-listen-{}", std::process::id());
+        ip(&["netns", "add", &ns]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        Netns(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn tetragons_tcp_listen_example_reports_listens_on_its_ports() {
+    if !can_run("tetragons_tcp_listen_example_reports_listens_on_its_ports") {
+        return;
+    }
+    let ns = Netns::new();
+    let (daemon, cg, _d) = daemon_with(TCP_LISTEN);
+    // Three listens in a namespace of the test's own (no port is taken
+    // there): IPv4 31337 and IPv6 1337 match SPort, 8081 does not.
+    let script = r#"
+import socket
+for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "0.0.0.0", 31337), (socket.AF_INET6, "::", 1337)]:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((addr, port))
+    s.listen()
+    s.close()
+"#;
+    let out = cg
+        .command("ip")
+        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", script])
+        .output()
+        .expect("running the listener");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("two listen events", || {
+        kprobes(&daemon, "inet_csk_listen_start").len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let listens = kprobes(&daemon, "inet_csk_listen_start");
+    let mut seen: Vec<(String, u64)> = listens
+        .iter()
+        .map(|k| {
+            (
+                sock(k)["family"].as_str().unwrap_or_default().to_string(),
+                sock(k)["sport"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("AF_INET".to_string(), 31337),
+            ("AF_INET6".to_string(), 1337)
+        ],
+        "{listens:?}"
+    );
+    let v4 = listens.iter().find(|k| sock(k)["sport"] == 31337).unwrap();
+    assert_eq!(sock(v4)["saddr"], "0.0.0.0");
+    assert_eq!(sock(v4)["protocol"], "IPPROTO_TCP");
+    assert_eq!(
+        v4["process"]["binary"],
+        resolved("/usr/bin/python3"),
+        "the listening process"
+    );
+    // The tracking hooks post nothing.
+    assert!(kprobes(&daemon, "sk_alloc").is_empty());
+    assert!(kprobes(&daemon, "__sk_free").is_empty());
+}
