@@ -461,13 +461,14 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
         "spec.kprobes[0].selectors[0].matchPIDs",
         "syscall hooks only",
     );
+    // An fd's path takes the string operators, not the integer ones.
     refused(
         &syscall(
             "[{index: 0, type: fd}]",
-            "    - matchActions: [{action: Post}]\n",
+            "    - matchArgs: [{index: 0, operator: GT, values: [\"1\"]}]\n",
         ),
-        "spec.kprobes[0].args[0].type",
-        "resolved to its file",
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "does not apply to a string",
     );
     refused(
         &syscall(
@@ -589,5 +590,68 @@ fn syscall_policies_refuse_what_cannot_be_done_here() {
         &syscall(int, "    - matchActions: [{action: Sigkill}]\n"),
         "spec.kprobes[0].selectors[0]",
         "would reach",
+    );
+}
+
+fn sock_hook(call: &str, extra_args: &str, selectors: &str) -> String {
+    format!("{HEAD}  kprobes:\n  - call: {call}\n    syscall: false\n    args: [{{index: 0, type: sock}}{extra_args}]\n    selectors:\n{selectors}")
+}
+
+#[test]
+fn socket_life_hooks_refuse_what_their_kernel_hooks_cannot_do() {
+    refused(
+        &sock_hook("tcp_close", "", "    - matchActions: [{action: Sigkill}]\n"),
+        "selectors[0].matchActions",
+        "cannot send a signal",
+    );
+    for call in ["tcp_close", "tcp_sendmsg", "inet_csk_listen_start"] {
+        refused(
+            &sock_hook(
+                call,
+                "",
+                "    - matchActions: [{action: Override, argError: -1}]\n",
+            ),
+            "selectors[0].matchActions",
+            "Override is not possible on this hook",
+        );
+    }
+    refused(
+        &sock_hook(
+            "tcp_sendmsg",
+            ", {index: 2, type: int}",
+            "    - matchArgs: [{index: 2, operator: GT, values: [\"100\"]}]\n",
+        ),
+        "matchArgs[0].index",
+        "the size sent) is reported, not filtered on",
+    );
+    // A send's signal is sent from a tracing program: accepted.
+    passes(&sock_hook(
+        "tcp_sendmsg",
+        "",
+        "    - matchArgs: [{index: 0, operator: DPort, values: [\"25\"]}]\n      matchActions: [{action: Sigkill}]\n",
+    ));
+}
+
+#[test]
+fn socket_tracking_hooks_load_only_when_they_post_nothing() {
+    let tracking = |actions: &str| {
+        format!("{HEAD}  kprobes:\n  - call: sk_alloc\n    syscall: false\n    return: true\n    args: [{{index: 1, type: int}}]\n    returnArg: {{index: 0, type: sock}}\n    returnArgAction: TrackSock\n    selectors:\n    - matchArgs: [{{index: 1, operator: Equal, values: [\"2\"]}}]\n{actions}  - call: tcp_connect\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n")
+    };
+    passes(&tracking("      matchActions: [{action: NoPost}]\n"));
+    refused(
+        &tracking(""),
+        "spec.kprobes[0].selectors",
+        "every selector has NoPost",
+    );
+    refused(
+        &tracking("      matchActions: [{action: NoPost}, {action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions[1].action",
+        "NoPost, TrackSock and UntrackSock only",
+    );
+    // Tracking hooks alone report nothing.
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: __sk_free\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    selectors:\n    - matchActions: [{{action: UntrackSock, argSock: 0}}, {{action: NoPost}}]\n"),
+        "spec",
+        "socket-tracking hooks alone report nothing",
     );
 }

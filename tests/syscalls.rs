@@ -895,3 +895,65 @@ fn a_hook_with_return_posts_at_the_return_and_filters_on_it() {
         .count();
     assert_eq!(n, 1, "{:?}", daemon.events());
 }
+
+/// `write(2)` with its descriptor as `fd`: resolved in the kernel to the
+/// file's path, reported as `file_arg` and matched by Prefix there.
+fn fd_policy(prefix: &str) -> String {
+    format!(
+        r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "fd-write"
+spec:
+  kprobes:
+  - call: "sys_write"
+    syscall: true
+    args:
+    - index: 0
+      type: "fd"
+    - index: 2
+      type: "size_t"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefix"
+        values:
+        - "{prefix}/"
+"#
+    )
+}
+
+#[test]
+fn an_fd_argument_is_resolved_to_its_file_and_matched_by_path() {
+    if !can_run("an_fd_argument_is_resolved_to_its_file_and_matched_by_path") {
+        return;
+    }
+    let files = TempDir::new();
+    let dir = std::fs::canonicalize(files.path()).unwrap();
+    let target = dir.join("watched.txt").to_string_lossy().into_owned();
+    let (daemon, cg, _d) = daemon_with(&[&fd_policy(&dir.to_string_lossy())]);
+    let st = python(
+        &cg,
+        &format!(
+            "import os\nfd = os.open('{target}', os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'abc')\nos.close(fd)\nd = os.open('/dev/null', os.O_WRONLY)\nos.write(d, b'x')\n"
+        ),
+    );
+    assert!(st.success(), "{st:?}");
+    let e = daemon.wait_for("the write event", |e| {
+        of_policy(e, "process_kprobe", "fd-write").is_some()
+    });
+    let k = &e["process_kprobe"];
+    assert_eq!(k["function_name"], "__x64_sys_write");
+    assert_eq!(k["args"][0]["file_arg"]["path"], target.as_str(), "{e}");
+    assert_eq!(k["args"][1]["size_arg"], "3", "{e}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for e in daemon.events() {
+        if let Some(k) = of_policy(&e, "process_kprobe", "fd-write") {
+            assert_eq!(
+                k["args"][0]["file_arg"]["path"],
+                target.as_str(),
+                "only writes under the prefix post: {e}"
+            );
+        }
+    }
+}

@@ -63,6 +63,9 @@ pub mod arg_read {
     pub const NONE: u8 = 0;
     /// A NUL-terminated string (`string`).
     pub const STRING: u8 = 1;
+    /// A file descriptor, resolved to its file's path (`fd`); a syscall
+    /// has at most one.
+    pub const FD: u8 = 2;
     /// A buffer (`char_buf`) whose size is argument `code - BUFFER`.
     pub const BUFFER: u8 = 0x10;
 }

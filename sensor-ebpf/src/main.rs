@@ -1,15 +1,16 @@
 //! Kernel programs of `sensor`, one module per hook family:
 //! `exec` (the exec event and the exec reflex), `lifecycle` (fork and exit),
 //! `lsm` (Override on exec through BPF-LSM, where the kernel has it),
-//! `connect` (connects and sends, and the connect reflex), `signals` (a
-//! connect reflex's signal on kernels whose cgroup programs cannot send one),
-//! `quarantine` (the node-local antibody), `syscall` (policies on
-//! syscalls, on the raw `sys_enter` tracepoint).
-//! Shared pieces: `reflex` evaluates compiled policy selectors, `path`
-//! resolves kernel paths, `cgroups` walks the current task's cgroups,
-//! `kernel` reads struct fields at offsets the loader found in BTF,
-//! `looping` builds each looping program for old and new verifiers, and
-//! `maps` declares everything userspace shares with these programs.
+//! `connect` (connects and sends, and the connect reflex), `sock` (a TCP
+//! socket's close, listen and sends), `signals` (a connect reflex's signal
+//! on kernels whose cgroup programs cannot send one), `quarantine` (the
+//! node-local antibody), `syscall` (policies on syscalls, on the raw
+//! `sys_enter` tracepoint).
+//! Shared pieces: `reflex` evaluates compiled exec selectors and `netsel`
+//! network ones, `path` resolves kernel paths, `cgroups` walks the current
+//! task's cgroups, `kernel` reads struct fields at offsets the loader found
+//! in BTF, `looping` builds each looping program for old and new verifiers,
+//! and `maps` declares everything userspace shares with these programs.
 #![no_std]
 #![no_main]
 

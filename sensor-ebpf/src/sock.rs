@@ -11,7 +11,7 @@
 //! The socket is read from the kernel's `struct sock` at offsets from
 //! BTF; the network selectors (`netsel`) decide, and only a hit is sent.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_user, bpf_send_signal},
+    helpers::{bpf_probe_read_user, bpf_send_signal},
     macros::{cgroup_sock, raw_tracepoint},
     programs::{RawTracePointContext, SockContext},
 };
@@ -111,7 +111,9 @@ pub fn is_send(nr: u64) -> bool {
 /// while a `tcp_sendmsg` hook is loaded; `regs` holds its arguments.
 #[inline(always)]
 pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Option<()> {
-    if !wants(cfg, net_ops::SEND) {
+    // The daemon's own sends are never matched: one that carries events
+    // (a gRPC client over TCP) would otherwise feed on itself.
+    if !wants(cfg, net_ops::SEND) || bpf_tgid() as u32 == cfg.sensor_tgid {
         return None;
     }
     let arg = |i: usize| read::<u64>(regs, crate::syscall::ARG_REGS[i]).unwrap_or(0);
@@ -135,9 +137,6 @@ pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Op
 /// signal too (these hooks are tracing programs, which can send one).
 #[inline(always)]
 fn judge<const MODERN: bool>(op: u8, sk: *const u8, size: u32, cfg: &Config) -> Option<()> {
-    if (bpf_tgid() as u32) == cfg.sensor_tgid {
-        return None;
-    }
     let ev = crate::netsel::start(op, cfg)?;
     read_sock(sk, &mut ev.event)?;
     if ev.event.protocol != IPPROTO_TCP {
@@ -181,23 +180,11 @@ fn iov_size(iov: u64, n: u64) -> u64 {
 }
 
 /// The `struct sock` of the current task's descriptor `fd`, if it is a
-/// socket: task->files->fdt->fd[fd], a file whose inode is a socket,
-/// whose `struct socket` (private_data) holds the sock.
+/// socket: a file whose inode is a socket, whose `struct socket`
+/// (private_data) holds the sock.
 #[inline(always)]
 fn socket_of(fd: u64) -> Option<*const u8> {
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files = read_ptr(task, off!(task_files)).ok()?;
-    let fdt = read_ptr(files, off!(files_fdt)).ok()?;
-    let max = read::<u32>(fdt, off!(fdt_max_fds)).ok()?;
-    if fd >= max as u64 {
-        return None;
-    }
-    let array = read_ptr(fdt, off!(fdt_fd)).ok()?;
-    let file = read_ptr(array.wrapping_add(fd as usize * 8), 0).ok()?;
-    if file.is_null() {
-        return None;
-    }
+    let file = crate::kernel::file_of_fd(fd)?;
     let inode = read_ptr(file, off!(file_f_inode)).ok()?;
     let mode = read::<u16>(inode, off!(inode_i_mode)).ok()?;
     if mode & S_IFMT != S_IFSOCK {

@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SysReturning,
+    arg_read, int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SysReturning,
     SyscallEvent, INT_VALUES, MAX_ARG_FILTERS, MAX_PID_FILTERS, MAX_SELECTORS, STR_KEY_LEN,
     SYSCALL_ARGS, SYSCALL_NRS, SYS_BLOB_MAX, SYS_DATA_CAP,
 };
@@ -67,6 +67,8 @@ pub struct SysEval {
     data: [u8; SYS_DATA_CAP + 2 * SYS_BLOB_MAX],
     /// Bytes of `data` in use.
     used: u64,
+    /// Where in `data` the `fd` argument's path is.
+    fd_off: u64,
     /// What this syscall number reads and which selectors apply.
     nr: SysNr,
     mask: u64,
@@ -145,6 +147,9 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     // SAFETY: ProcState is plain data.
     ev.state = unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default();
     if info.reads != [0; SYSCALL_ARGS] {
+        if let Some(i) = info.reads.iter().position(|r| *r == arg_read::FD) {
+            let _ = user::copy_fd::<MODERN>(ev, i);
+        }
         user::copy_all::<MODERN>();
     }
     if info.lineage != 0 {

@@ -1,6 +1,7 @@
 //! What a syscall policy reads from the caller's memory: string and buffer
-//! arguments, copied after the record's header, and for strings that a
-//! selector filters on, the lookups that say which selectors hold them.
+//! arguments, copied after the record's header, a descriptor's path
+//! (`fd`), and for strings and paths that a selector filters on, the
+//! lookups that say which selectors hold them.
 use aya_ebpf::helpers::generated::{
     bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str,
 };
@@ -9,7 +10,8 @@ use sensor_common::{
 };
 
 use super::{SysEval, STR_EQUAL_HITS, STR_POSTFIX_HITS, STR_PREFIX_HITS};
-use crate::maps::{SYS_EVAL, SYS_STR_EQUAL, SYS_STR_POSTFIX, SYS_STR_PREFIX};
+use crate::kernel::off;
+use crate::maps::{PATH_SCRATCH, SYS_EVAL, SYS_STR_EQUAL, SYS_STR_POSTFIX, SYS_STR_PREFIX};
 
 crate::looping::forms!(copy_arg, copy_callback, snsr_loop_sys_arg);
 
@@ -31,6 +33,15 @@ fn copy_arg(index: u64) -> i64 {
         return 0;
     }
     let bit = 1u8 << i;
+    if code == arg_read::FD {
+        // Copied by `copy_fd` before this loop; looked up here, where
+        // the verifier checks the lookup once.
+        if ev.event.read & bit != 0 && ev.nr.matched & bit != 0 {
+            let len = ev.event.lens[i] as usize;
+            look_up(ev, i, ev.fd_off as usize, len.saturating_sub(1));
+        }
+        return 0;
+    }
     let off = ev.used as usize & (SYS_DATA_CAP - 1);
     if off > SYS_DATA_CAP - SYS_BLOB_MAX {
         // No room left in the record: the argument is reported cut.
@@ -145,4 +156,56 @@ fn zero(data: &mut [u8; 256]) {
 #[inline(always)]
 pub fn copy_all<const MODERN: bool>() {
     crate::looping::repeat_all::<MODERN>(SYSCALL_ARGS as u32, copy_callback, snsr_loop_sys_arg);
+}
+
+/// Resolves descriptor argument `i` (the syscall's one `fd`) to its
+/// file's path, copied like a string (NUL-terminated, at most
+/// `SYS_BLOB_MAX` bytes with it; a longer path is cut and flagged). Run
+/// before `copy_all`, outside its loop (the path walk is a loop of its
+/// own); `copy_all` looks the path up.
+#[inline(always)]
+pub fn copy_fd<const MODERN: bool>(ev: &mut SysEval, i: usize) -> Option<()> {
+    let i = i % SYSCALL_ARGS;
+    let bit = 1u8 << i;
+    let file = crate::kernel::file_of_fd(ev.event.args[i])?;
+    let sp = PATH_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let scratch = unsafe { &mut *sp };
+    let path = file.wrapping_add(off!(file_f_path) as usize);
+    let r = crate::path::resolve::<MODERN>(path, scratch).ok()?;
+    let off = ev.used as usize & (SYS_DATA_CAP - 1);
+    if off > SYS_DATA_CAP - SYS_BLOB_MAX {
+        ev.event.truncated |= bit;
+        return None;
+    }
+    let len = r.len();
+    let n = if len > SYS_BLOB_MAX - 1 {
+        SYS_BLOB_MAX - 1
+    } else {
+        len
+    } & (SYS_BLOB_MAX - 1);
+    if n < len || r.truncated {
+        ev.event.truncated |= bit;
+    }
+    // SAFETY: off <= SYS_DATA_CAP - SYS_BLOB_MAX and n < SYS_BLOB_MAX fit
+    // `data`; the source is our own scratch.
+    unsafe {
+        bpf_probe_read_kernel(
+            ev.data.as_mut_ptr().add(off).cast(),
+            n as u32,
+            scratch
+                .buf
+                .as_ptr()
+                .add(r.start & (sensor_common::PATH_MAX - 1))
+                .cast(),
+        );
+    }
+    if let Some(b) = ev.data.get_mut((off + n) & (2 * SYS_DATA_CAP - 1)) {
+        *b = 0;
+    }
+    ev.event.lens[i] = (n + 1) as u16;
+    ev.event.read |= bit;
+    ev.fd_off = off as u64;
+    ev.used = (off + n + 1) as u64;
+    Some(())
 }

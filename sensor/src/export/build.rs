@@ -198,6 +198,12 @@ fn user_arg(r: &SyscallRecord, reg: u8, read: UserRead) -> Option<Argument> {
             let s = bytes.strip_suffix(&[0]).unwrap_or(bytes);
             Argument::StringArg(String::from_utf8_lossy(s).into_owned())
         }
+        UserRead::Fd => {
+            let s = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+            Argument::FileArg(FileArg {
+                path: String::from_utf8_lossy(s).into_owned(),
+            })
+        }
         UserRead::Buffer { size_reg } => {
             let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
             let size = r.header.args.get(size_reg as usize).copied().unwrap_or(0);

@@ -385,6 +385,7 @@ fn addr_key(selector: u8, slot: u8, addr: IpAddr, prefix: u8) -> (u32, AddrKey) 
 mod tests {
     use super::*;
     use crate::documents::{load_file, Loaded};
+    use sensor_common::net_ops;
 
     fn compile(yaml: &str) -> Compiled {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -399,6 +400,28 @@ mod tests {
     }
 
     const FOLLOW: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: f}\nspec:\n  kprobes:\n  - call: security_bprm_check\n    syscall: false\n    args: [{index: 0, type: linux_binprm}]\n    selectors:\n    - matchBinaries: [{operator: In, values: [/bin/sh], followChildren: true}]\n      matchArgs: [{index: 0, operator: Postfix, values: [/true]}]\n      matchActions: [{action: Sigkill}]\n";
+
+    #[test]
+    fn network_selectors_act_on_their_hooks_records_only() {
+        let hook = |call: &str| {
+            format!("  - call: {call}\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: DPort, values: [\"80\"]}}]\n")
+        };
+        let c = compile(&format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: n}}\nspec:\n  kprobes:\n{}{}{}",
+            hook("tcp_connect"),
+            hook("tcp_close"),
+            hook("tcp_sendmsg")
+        ));
+        let ops: Vec<u8> = c.net_selectors.iter().map(|s| s.ops).collect();
+        assert_eq!(ops, [net_ops::CONNECT, net_ops::CLOSE, net_ops::SEND]);
+        assert_eq!(
+            c.config.net_ops,
+            (net_ops::CONNECT | net_ops::CLOSE | net_ops::SEND) as u32,
+            "no listen selector: the listen program stays detached"
+        );
+        let hooks: Vec<u32> = c.net_selectors.iter().map(|s| s.hook).collect();
+        assert_eq!(hooks, [0, 1, 2], "first match is per hook");
+    }
 
     #[test]
     fn selector_tables_follow_the_policy() {

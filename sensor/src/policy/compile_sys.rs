@@ -202,6 +202,7 @@ fn reads(hook: &Hook) -> [u8; sensor_common::SYSCALL_ARGS] {
             out[*reg as usize] = match read {
                 UserRead::String => arg_read::STRING,
                 UserRead::Buffer { size_reg } => arg_read::BUFFER + size_reg,
+                UserRead::Fd => arg_read::FD,
             };
         }
     }
@@ -219,10 +220,18 @@ fn merge_reads(entry: &mut SysNr, reads: &[u8], nr: u32) -> Result<(), String> {
             _ => {
                 let name = super::syscalls::function_name(nr).unwrap_or_default();
                 return Err(format!(
-                    "argument {i} of {name} is read as a string by one loaded hook and as a char_buf (or with another size) by another"
+                    "argument {i} of {name} is read in two ways (string, char_buf, or fd) by the loaded hooks"
                 ));
             }
         }
+    }
+    // One path is resolved per call: the program walks it outside the
+    // loop over arguments.
+    if entry.reads.iter().filter(|r| **r == arg_read::FD).count() > 1 {
+        let name = super::syscalls::function_name(nr).unwrap_or_default();
+        return Err(format!(
+            "{name}: at most one argument of a syscall can be of type fd across the loaded hooks"
+        ));
     }
     Ok(())
 }
@@ -282,5 +291,14 @@ mod tests {
         let e = compile(&[write("a", s), write("b", b)]).unwrap_err();
         assert_eq!(e.field, "spec.kprobes[0]");
         assert!(e.reason.contains("argument 1 of __x64_sys_write"), "{e}");
+    }
+
+    #[test]
+    fn one_fd_per_syscall_across_hooks() {
+        let fd0 = "{index: 0, type: fd}";
+        let c = compile(&[write("a", fd0), write("b", fd0)]).unwrap();
+        assert_eq!(c.sys_nrs[1].reads, [arg_read::FD, 0, 0, 0, 0, 0]);
+        let e = compile(&[write("a", fd0), write("b", "{index: 1, type: fd}")]).unwrap_err();
+        assert!(e.reason.contains("at most one argument"), "{e}");
     }
 }

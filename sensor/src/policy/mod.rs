@@ -187,6 +187,9 @@ pub enum UserRead {
     /// `char_buf`: as many bytes as register `size_reg` says; `bytes_arg`,
     /// or `truncated_bytes_arg` when cut.
     Buffer { size_reg: u8 },
+    /// `fd`: a descriptor of the caller, resolved in the kernel to its
+    /// file's path; `file_arg {path}`.
+    Fd,
 }
 
 /// One hook of a policy, mapped onto the exec or the connect reflex.

@@ -197,6 +197,15 @@ fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
         return err(format!("{at}.return"), "return probes are not supported");
     }
     let return_arg = return_arg(k.return_arg.as_ref(), &format!("{at}.returnArg"))?;
+    if return_arg && def.net_op & !sensor_common::net_ops::CONNECT != 0 {
+        return err(
+            format!("{at}.returnArg"),
+            format!(
+                "{}'s return value is not known where this sensor sees the call",
+                def.function
+            ),
+        );
+    }
     kprobe_extras(&k, at)?;
     let point = HookPoint::Kprobe {
         function: def.function.to_string(),

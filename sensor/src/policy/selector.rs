@@ -149,7 +149,7 @@ pub fn selector(
             }
             EventArg::SyscallUser {
                 reg,
-                read: UserRead::String,
+                read: UserRead::String | UserRead::Fd,
             } => strs.push(ArgStrMatch {
                 reg,
                 set: path_filter(m, &f)?,

@@ -307,6 +307,7 @@ fn finish(
 fn sys_arg(a: &RawArg, reg: u8, f: &str) -> Result<EventArg> {
     let read = match a.type_.as_deref() {
         Some("string") => UserRead::String,
+        Some("fd") => UserRead::Fd,
         Some("char_buf") => {
             arg_options_but_size(a, f)?;
             let at = format!("{f}.sizeArgIndex");
@@ -326,7 +327,7 @@ fn sys_arg(a: &RawArg, reg: u8, f: &str) -> Result<EventArg> {
         }
         _ => return Ok(EventArg::Syscall(SysArg::Reg(reg), int_type(a, f, false)?)),
     };
-    if read == UserRead::String {
+    if matches!(read, UserRead::String | UserRead::Fd) {
         arg_options(a, f)?;
     }
     Ok(EventArg::SyscallUser { reg, read })
@@ -348,8 +349,6 @@ fn int_type(a: &RawArg, f: &str, number: bool) -> Result<IntType> {
             match name {
                 "string" | "char_buf" => format!("type `{name}` does not fit the syscall number"),
                 "char_iovec" | "const_buf" | "filename" | "path" | "file" => format!("type `{name}` is not supported for syscalls; user memory is copied as string or char_buf, and the integer types are int, uint32, uint64, size_t, long, syscall64"),
-                // Tetragon resolves a descriptor to its file (`file_arg`).
-                "fd" => "type `fd` (resolved to its file in Tetragon's events) is not supported yet for syscalls; `int` reports the number".to_string(),
                 _ => format!("type `{name}` does not fit a syscall argument; expected int, uint32, uint64, size_t, long or syscall64"),
             },
         ),

@@ -98,7 +98,18 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "syscall policies (Post, lists, kill, strings, PIDs, returns)",
+        name: "socket life (send, close, listen)",
+        run: Run::Tests {
+            target: "sockets",
+            names: &[
+                "tetragons_tcp_connect_example_reports_connect_send_and_close",
+                "tetragons_tcp_connect_with_selectors_example_reports_loopback_only",
+                "tetragons_tcp_listen_example_reports_listens_on_its_ports",
+            ],
+        },
+    },
+    Check {
+        name: "syscall policies (Post, lists, kill, strings, fds, PIDs, returns)",
         run: Run::Tests {
             target: "syscalls",
             names: &[
@@ -111,6 +122,7 @@ pub const CHECKS: &[Check] = &[
                 "strings_from_user_memory_are_posted_and_matched_in_the_kernel",
                 "match_pids_follows_the_lineage_in_the_pid_namespace",
                 "a_hook_with_return_posts_at_the_return_and_filters_on_it",
+                "an_fd_argument_is_resolved_to_its_file_and_matched_by_path",
             ],
         },
     },
