@@ -115,6 +115,47 @@ fn syscalls(n: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// 64-byte `write()`s on a connected loopback TCP socket, `n` times, a
+/// reader draining the other end: every one is a send a `tcp_sendmsg`
+/// hook resolves.
+fn sends(n: usize) -> Result<Duration> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || {
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 65536];
+            while matches!(c.read(&mut buf), Ok(k) if k > 0) {}
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let msg = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        s.write_all(&msg)?;
+    }
+    let elapsed = start.elapsed();
+    drop(s);
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    Ok(elapsed)
+}
+
+/// A `tcp_sendmsg` policy that matches nothing the benchmark sends (port
+/// 1), so that every send is resolved and evaluated and none posts.
+const SEND_POLICY: &str = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bench-send}
+spec:
+  kprobes:
+  - call: tcp_sendmsg
+    syscall: false
+    args: [{index: 0, type: sock}, {index: 2, type: int}]
+    selectors:
+    - matchArgs: [{index: 0, operator: DPort, values: [\"1\"]}]
+";
+
 /// A syscall policy on a syscall the benchmark never makes.
 const SYSCALL_POLICY: &str = "apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -312,8 +353,33 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
                 },
             )
         }
+        Some("send") => {
+            let policy = root().join("target/bench-send-policy.yaml");
+            std::fs::write(&policy, SEND_POLICY)?;
+            let policies = ["--policy".to_string(), policy.display().to_string()];
+            compare(
+                sensor,
+                &policies,
+                &o,
+                &Workload {
+                    name: "64-byte writes on a loopback TCP socket",
+                    ops: o.ops.unwrap_or(500_000),
+                    run: sends,
+                    seen: ("syscall program runs", |_, programs| {
+                        programs
+                            .iter()
+                            .filter(|p| {
+                                p.contains("program=snsr_syscall")
+                                    || p.contains("program=\"snsr_syscall")
+                            })
+                            .map(|p| field(p, "runs"))
+                            .sum()
+                    }),
+                },
+            )
+        }
         _ => bail!(
-            "usage: cargo xtask bench exec|connect|syscall [--pairs N] [--ops N] [--no-stats]"
+            "usage: cargo xtask bench exec|connect|syscall|send [--pairs N] [--ops N] [--no-stats]"
         ),
     }
 }

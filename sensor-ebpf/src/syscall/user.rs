@@ -15,7 +15,8 @@ use crate::maps::{PATH_SCRATCH, SYS_EVAL, SYS_STR_EQUAL, SYS_STR_POSTFIX, SYS_ST
 
 crate::looping::forms!(copy_arg, copy_callback, snsr_loop_sys_arg);
 
-/// Copies argument `index` if the policies read it from user memory.
+/// Copies argument `index` if the policies read it from user memory, and
+/// looks a string (or an `fd`'s path) up if a selector filters on it.
 #[inline(always)]
 fn copy_arg(index: u64) -> i64 {
     let Some(ep) = SYS_EVAL.get_ptr_mut(0) else {
@@ -23,7 +24,9 @@ fn copy_arg(index: u64) -> i64 {
     };
     // SAFETY: per-CPU scratch owned by this program run.
     let ev = unsafe { &mut *ep };
-    let i = index as usize;
+    // Masked, not only compared: a bound learned from a comparison does
+    // not reach a copy the compiler spilled before it on 5.10.
+    let i = index as usize & 7;
     if i >= SYSCALL_ARGS {
         return 1;
     }
@@ -33,20 +36,36 @@ fn copy_arg(index: u64) -> i64 {
         return 0;
     }
     let bit = 1u8 << i;
-    if code == arg_read::FD {
-        // Copied by `copy_fd` before this loop; looked up here, where
-        // the verifier checks the lookup once.
-        if ev.event.read & bit != 0 && ev.nr.matched & bit != 0 {
-            let len = ev.event.lens[i] as usize;
-            look_up(ev, i, ev.fd_off as usize, len.saturating_sub(1));
+    // One call of `look_up` in this body: 5.10's verifier walks its
+    // reversing loop once per call site.
+    let (off, len) = if code == arg_read::FD {
+        // Copied by `copy_fd` before this loop.
+        if ev.event.read & bit == 0 {
+            return 0;
         }
-        return 0;
+        (ev.fd_off as usize, ev.event.lens[i] as usize)
+    } else {
+        match copy_user(ev, i, code, bit) {
+            Some(at) => at,
+            None => return 0,
+        }
+    };
+    if code < arg_read::BUFFER && ev.nr.matched & bit != 0 {
+        // The string without its NUL.
+        look_up(ev, i, off, len.saturating_sub(1));
     }
+    0
+}
+
+/// Copies string or buffer argument `i` after the data in use; returns
+/// where it landed and its length.
+#[inline(always)]
+fn copy_user(ev: &mut SysEval, i: usize, code: u8, bit: u8) -> Option<(usize, usize)> {
     let off = ev.used as usize & (SYS_DATA_CAP - 1);
     if off > SYS_DATA_CAP - SYS_BLOB_MAX {
         // No room left in the record: the argument is reported cut.
         ev.event.truncated |= bit;
-        return 0;
+        return None;
     }
     let src = ev.event.args[i] as *const core::ffi::c_void;
     // SAFETY: off <= SYS_DATA_CAP - SYS_BLOB_MAX, and `data` has
@@ -56,7 +75,7 @@ fn copy_arg(index: u64) -> i64 {
         // SAFETY: the helper checks the user address.
         let r = unsafe { bpf_probe_read_user_str(dst, SYS_BLOB_MAX as u32, src) };
         if r <= 0 {
-            return 0;
+            return None;
         }
         let n = r as usize & (2 * SYS_BLOB_MAX - 1);
         if n >= SYS_BLOB_MAX {
@@ -75,18 +94,14 @@ fn copy_arg(index: u64) -> i64 {
         } & (2 * SYS_BLOB_MAX - 1);
         // SAFETY: the helper checks the user address; n fits the slack.
         if unsafe { bpf_probe_read_user(dst, n as u32, src) } != 0 {
-            return 0;
+            return None;
         }
         n
     };
     ev.event.lens[i] = n as u16;
     ev.event.read |= bit;
     ev.used = (off + n) as u64;
-    if code == arg_read::STRING && ev.nr.matched & bit != 0 {
-        // The string without its NUL.
-        look_up(ev, i, off, n.saturating_sub(1));
-    }
-    0
+    Some((off, n))
 }
 
 /// Which selectors hold string argument `i` (`len` bytes at `data[off..]`)
