@@ -491,7 +491,7 @@ fn sigterm_detaches_every_program() {
     // exec, fork, exit, connect4/6, sendmsg4/6 and the quarantine filters,
     // plus what this kernel's path needs (the LSM exec hook, the compat
     // connect programs' signal sender), as `sensor probe --load` lists them;
-    // not the syscall programs, attached only for syscall policies.
+    // not the programs attached on demand (syscall policies, listen hooks).
     let probe = Command::new(SENSOR)
         .args(["probe", "--load"])
         .output()
@@ -502,7 +502,11 @@ fn sigterm_detaches_every_program() {
         .find_map(|l| l.strip_prefix("programs verified and attached: "))
         .expect("probe --load lists the programs")
         .split(", ")
-        .filter(|p| !p.starts_with("snsr_syscall") && !p.starts_with("snsr_sys_return"))
+        .filter(|p| {
+            !["snsr_syscall", "snsr_sys_return", "snsr_sock_state"]
+                .iter()
+                .any(|on_demand| p.starts_with(on_demand))
+        })
         .count();
     assert!(chosen >= 9, "{text}");
     assert_eq!(daemon.program_ids.len(), chosen, "{text}");

@@ -264,6 +264,18 @@ fn field(line: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs of the kernel programs whose names start with `prefix` (each
+/// form of it), from the daemon's program lines.
+fn runs_of(programs: &[String], prefix: &str) -> u64 {
+    programs
+        .iter()
+        .filter(|p| {
+            p.contains(&format!("program={prefix}")) || p.contains(&format!("program=\"{prefix}"))
+        })
+        .map(|p| field(p, "runs"))
+        .sum()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -311,14 +323,7 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
                     ops: o.ops.unwrap_or(20_000),
                     run: connects,
                     seen: ("connect program runs", |_, programs| {
-                        programs
-                            .iter()
-                            .filter(|p| {
-                                p.contains("program=snsr_connect4")
-                                    || p.contains("program=\"snsr_connect4")
-                            })
-                            .map(|p| field(p, "runs"))
-                            .sum()
+                        runs_of(programs, "snsr_connect4")
                     }),
                 },
             )
@@ -341,14 +346,7 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
                     ops: o.ops.unwrap_or(2_000_000),
                     run: syscalls,
                     seen: ("syscall program runs", |_, programs| {
-                        programs
-                            .iter()
-                            .filter(|p| {
-                                p.contains("program=snsr_syscall")
-                                    || p.contains("program=\"snsr_syscall")
-                            })
-                            .map(|p| field(p, "runs"))
-                            .sum()
+                        runs_of(programs, "snsr_syscall")
                     }),
                 },
             )
@@ -366,14 +364,7 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
                     ops: o.ops.unwrap_or(500_000),
                     run: sends,
                     seen: ("syscall program runs", |_, programs| {
-                        programs
-                            .iter()
-                            .filter(|p| {
-                                p.contains("program=snsr_syscall")
-                                    || p.contains("program=\"snsr_syscall")
-                            })
-                            .map(|p| field(p, "runs"))
-                            .sum()
+                        runs_of(programs, "snsr_syscall")
                     }),
                 },
             )
