@@ -376,3 +376,46 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
     assert!(kprobes(&daemon, "sk_alloc").is_empty());
     assert!(kprobes(&daemon, "__sk_free").is_empty());
 }
+
+#[test]
+fn sigkill_on_tcp_sendmsg_kills_the_sender_before_the_call_returns() {
+    if !can_run("sigkill_on_tcp_sendmsg_kills_the_sender_before_the_call_returns") {
+        return;
+    }
+    let backend = Backend::start();
+    let policy = format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: kill-sender}}
+spec:
+  kprobes:
+  - call: tcp_sendmsg
+    syscall: false
+    args: [{{index: 0, type: sock}}, {{index: 2, type: int}}]
+    selectors:
+    - matchArgs: [{{index: 0, operator: DAddr, values: [{}]}}]
+      matchActions: [{{action: Sigkill}}]
+",
+        backend.cidr4()
+    );
+    let (daemon, cg, _d) = daemon_with(&policy);
+    // The connect is allowed; the first send kills the client: it prints
+    // nothing after it.
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", CLIENT, &backend.v4, &PORT.to_string(), "write"])
+        .output()
+        .expect("running the client");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert!(out.stdout.is_empty(), "killed before its next line");
+    let e = daemon.wait_for("the kill event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["function_name"] == "tcp_sendmsg")
+    });
+    assert_eq!(e["process_kprobe"]["action"], "KPROBE_ACTION_SIGKILL");
+    assert_eq!(e["process_kprobe"]["args"][1]["int_arg"], 18);
+    // Another destination is not the policy's: the same client lives.
+    let (port, server) = loopback_server();
+    client(&cg, "127.0.0.1", port, "write");
+    server.join().unwrap();
+}

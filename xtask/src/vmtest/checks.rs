@@ -98,13 +98,14 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "socket life (send, close, listen)",
+        name: "socket life (send, close, listen, kill on send)",
         run: Run::Tests {
             target: "sockets",
             names: &[
                 "tetragons_tcp_connect_example_reports_connect_send_and_close",
                 "tetragons_tcp_connect_with_selectors_example_reports_loopback_only",
                 "tetragons_tcp_listen_example_reports_listens_on_its_ports",
+                "sigkill_on_tcp_sendmsg_kills_the_sender_before_the_call_returns",
             ],
         },
     },
