@@ -241,6 +241,7 @@ fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
     assert_eq!(s["dport"], PORT);
     assert_eq!(s["sport"], sport, "the source port the kernel chose");
     assert_eq!(s["saddr"], format!("10.203.{}.1", backend.k));
+    assert_eq!(s["state"], "TCP_ESTABLISHED");
     assert_eq!(
         send["args"][1]["int_arg"], 18,
         "two buffers of 16 and 2 bytes"
@@ -256,6 +257,12 @@ fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
     assert_eq!(sock(close)["sport"], sport);
     assert_eq!(sock(close)["dport"], PORT);
     assert_eq!(sock(close)["saddr"], format!("10.203.{}.1", backend.k));
+    // Open, or half-closed by the server that answered first.
+    let state = sock(close)["state"].as_str().unwrap_or_default();
+    assert!(
+        ["TCP_ESTABLISHED", "TCP_CLOSE_WAIT"].contains(&state),
+        "{close}"
+    );
     assert!(
         close["parent"]["exec_id"].is_string(),
         "the closing process's lineage"
@@ -367,6 +374,8 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
     let v4 = listens.iter().find(|k| sock(k)["sport"] == 31337).unwrap();
     assert_eq!(sock(v4)["saddr"], "0.0.0.0");
     assert_eq!(sock(v4)["protocol"], "IPPROTO_TCP");
+    // As Tetragon's kprobe reads it at the call: not listening yet.
+    assert_eq!(sock(v4)["state"], "TCP_CLOSE");
     assert_eq!(
         v4["process"]["binary"],
         resolved("/usr/bin/python3"),

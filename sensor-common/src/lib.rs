@@ -318,7 +318,10 @@ pub struct ConnectEvent {
     pub errno: u32,
     /// Non-zero: denied because the process's pod is quarantined.
     pub quarantined: u8,
-    pub _pad: [u8; 3],
+    /// The TCP state (`TCP_ESTABLISHED` is 1) where the record was read
+    /// from `struct sock`; 0 for the connect hooks, which do not see it.
+    pub state: u8,
+    pub _pad: [u8; 2],
     /// The size a send asked for (`tcp_sendmsg`'s argument 2).
     pub size: u32,
     pub _pad2: u32,

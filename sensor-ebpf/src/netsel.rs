@@ -63,7 +63,8 @@ pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
         quarantined: 0,
         signal: 0,
         errno: 0,
-        _pad: [0; 3],
+        state: 0,
+        _pad: [0; 2],
         size: 0,
         _pad2: 0,
     };

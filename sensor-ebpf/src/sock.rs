@@ -205,6 +205,7 @@ fn read_sock(sk: *const u8, e: &mut ConnectEvent) -> Option<()> {
     e.protocol = read::<u16>(sk, off!(sk_protocol)).ok()?;
     e.sock_type = read::<u16>(sk, off!(sk_type)).ok()?;
     e.sport = read::<u16>(sk, off!(sk_num)).ok()?;
+    e.state = read::<u8>(sk, off!(sk_state)).ok()?;
     e.dport = u16::from_be(read::<u16>(sk, off!(sk_dport)).ok()?);
     let v4 = |e: &mut ConnectEvent| -> Option<()> {
         e.family = AF_INET;

@@ -61,7 +61,28 @@ pub fn sock_arg(c: &ConnectEvent) -> SockArg {
         daddr: addr(c.family, &c.daddr),
         sport: c.sport as u32,
         dport: c.dport as u32,
+        state: tcp_state_name(c.state).into(),
     }
+}
+
+/// Tetragon's names of the kernel's TCP states; "" for 0 (not read).
+fn tcp_state_name(state: u8) -> &'static str {
+    const NAMES: [&str; 13] = [
+        "",
+        "TCP_ESTABLISHED",
+        "TCP_SYN_SENT",
+        "TCP_SYN_RECV",
+        "TCP_FIN_WAIT1",
+        "TCP_FIN_WAIT2",
+        "TCP_TIME_WAIT",
+        "TCP_CLOSE",
+        "TCP_CLOSE_WAIT",
+        "TCP_LAST_ACK",
+        "TCP_LISTEN",
+        "TCP_CLOSING",
+        "TCP_NEW_SYN_RECV",
+    ];
+    NAMES.get(state as usize).copied().unwrap_or("")
 }
 
 /// The Tetragon policy event for a selector hit.

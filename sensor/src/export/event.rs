@@ -288,6 +288,9 @@ pub struct SockArg {
     pub sport: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dport: u32,
+    /// The TCP state (`TCP_ESTABLISHED`), where the hook reads it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 /// `KprobeSockaddr`.
