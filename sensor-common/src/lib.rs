@@ -627,7 +627,12 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    pub _pad_offsets: u32,
+    /// Non-zero when `sock_common` starts as every kernel from 5.10 lays
+    /// it out (remote and local IPv4 address, hash, remote and local
+    /// port, family, state) and `sk_type` and `sk_protocol` are side by
+    /// side (in either order): the socket is then read in two copies
+    /// instead of eight.
+    pub sk_packed: u32,
 }
 
 #[cfg(feature = "user")]

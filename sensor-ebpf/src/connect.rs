@@ -131,6 +131,8 @@ fn try_sock<const MODERN: bool, const SIGNAL: bool>(ctx: &SockAddrContext, op: u
     let sa = unsafe { &*ctx.sock_addr };
     let cfg = crate::maps::config().copied().unwrap_or_default();
     let ev = crate::netsel::start(op, &cfg)?;
+    // A routine connect may be sent too (its budget reads time and cgroup).
+    crate::netsel::stamp(&mut ev.event);
     ev.event.sock_type = sa.type_ as u16;
     ev.event.protocol = sa.protocol as u16;
     read_addresses(sa, op, &mut ev.event);

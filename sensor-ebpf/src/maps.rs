@@ -90,7 +90,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_private_data: 0,
     socket_sk: 0,
-    _pad_offsets: 0,
+    sk_packed: 0,
 };
 
 /// Every record to userspace. Resized by the loader.

@@ -36,7 +36,8 @@ pub struct NetEval {
 }
 
 /// Starts a record of socket operation `op` by the current task in the
-/// per-CPU scratch; addresses and ports are left for the caller to fill.
+/// per-CPU scratch; addresses and ports are left for the caller to fill,
+/// and the uid, time and cgroup for `stamp`, when the record is sent.
 #[inline(always)]
 pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
     let ep = NET_EVAL.get_ptr_mut(0)?;
@@ -47,9 +48,9 @@ pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
         kind: kind::CONNECT,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        ktime: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        uid: 0,
+        ktime: 0,
+        cgroup_id: 0,
         hits: 0,
         saddr: [0; 16],
         daddr: [0; 16],
@@ -72,6 +73,15 @@ pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
     ev.bank = cfg.bank as u64 & 1;
     ev.hooks_done = 0;
     Some(ev)
+}
+
+/// The uid, time and cgroup of a record that is (or may be) sent.
+#[inline(always)]
+pub fn stamp(e: &mut ConnectEvent) {
+    e.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: helpers without arguments.
+    e.ktime = unsafe { bpf_ktime_get_ns() };
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
 /// Reads what the selectors test about the task: its scope, its pod

@@ -83,6 +83,7 @@ fn on_release<const MODERN: bool>(ctx: &SockContext) -> Option<()> {
     crate::netsel::evaluate::<MODERN>(ev);
     // Signals are refused on this hook when the policy loads.
     if ev.event.hits != 0 {
+        crate::netsel::stamp(&mut ev.event);
         crate::netsel::output(&ev.event, true);
     }
     Some(())
@@ -145,8 +146,9 @@ fn judge<const MODERN: bool>(op: u8, sk: *const u8, size: u32, cfg: &Config) -> 
     ev.event.size = size;
     crate::netsel::subject::<MODERN>(ev, cfg);
     crate::netsel::evaluate::<MODERN>(ev);
-    let e = &ev.event;
+    let e = &mut ev.event;
     if e.hits != 0 {
+        crate::netsel::stamp(e);
         crate::netsel::output(e, true);
     }
     if e.signal != 0 {
@@ -195,25 +197,59 @@ fn socket_of(fd: u64) -> Option<*const u8> {
     (!sk.is_null()).then_some(sk)
 }
 
-/// Fills the record's family, addresses, ports, type and protocol from
-/// `struct sock`. An IPv6 socket talking to an IPv4-mapped address is
+/// `sock_common`'s head where `KernelOffsets::sk_packed` says so.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Head {
+    daddr: [u8; 4],
+    saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+    state: u8,
+    _reuse: u8,
+}
+
+/// Fills the record's family, addresses, ports, state, type and protocol
+/// from `struct sock`. An IPv6 socket talking to an IPv4-mapped address is
 /// reported (and matched) as IPv4, as the connect hooks do; its IPv4
 /// addresses are the ones the kernel keeps for it.
 #[inline(always)]
 fn read_sock(sk: *const u8, e: &mut ConnectEvent) -> Option<()> {
-    let family = read::<u16>(sk, off!(sk_family)).ok()?;
-    e.protocol = read::<u16>(sk, off!(sk_protocol)).ok()?;
-    e.sock_type = read::<u16>(sk, off!(sk_type)).ok()?;
-    e.sport = read::<u16>(sk, off!(sk_num)).ok()?;
-    e.state = read::<u8>(sk, off!(sk_state)).ok()?;
-    e.dport = u16::from_be(read::<u16>(sk, off!(sk_dport)).ok()?);
-    let v4 = |e: &mut ConnectEvent| -> Option<()> {
+    let h = if off!(sk_packed) != 0 {
+        let (t, p) = (off!(sk_type), off!(sk_protocol));
+        let pair = read::<[u16; 2]>(sk, if t < p { t } else { p }).ok()?;
+        (e.sock_type, e.protocol) = if t < p {
+            (pair[0], pair[1])
+        } else {
+            (pair[1], pair[0])
+        };
+        read::<Head>(sk, off!(sk_daddr)).ok()?
+    } else {
+        e.sock_type = read::<u16>(sk, off!(sk_type)).ok()?;
+        e.protocol = read::<u16>(sk, off!(sk_protocol)).ok()?;
+        Head {
+            daddr: read(sk, off!(sk_daddr)).ok()?,
+            saddr: read(sk, off!(sk_rcv_saddr)).ok()?,
+            _hash: 0,
+            dport: read(sk, off!(sk_dport)).ok()?,
+            num: read(sk, off!(sk_num)).ok()?,
+            family: read(sk, off!(sk_family)).ok()?,
+            state: read(sk, off!(sk_state)).ok()?,
+            _reuse: 0,
+        }
+    };
+    e.sport = h.num;
+    e.state = h.state;
+    e.dport = u16::from_be(h.dport);
+    let v4 = |e: &mut ConnectEvent| {
         e.family = AF_INET;
-        e.saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off!(sk_rcv_saddr)).ok()?);
-        e.daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off!(sk_daddr)).ok()?);
+        e.saddr[..4].copy_from_slice(&h.saddr);
+        e.daddr[..4].copy_from_slice(&h.daddr);
         Some(())
     };
-    match family {
+    match h.family {
         AF_INET => v4(e),
         AF_INET6 if off!(sk_v6_daddr) != 0 => {
             let d = read::<[u8; 16]>(sk, off!(sk_v6_daddr)).ok()?;

@@ -205,7 +205,7 @@ impl Btf {
         let o = |s: &str, m: &str| self.member_offset(s, m);
         // `struct sock` begins with its `sock_common`.
         let sk = |m: &str| Ok::<u32, BtfError>(o("sock", "__sk_common")? + o("sock_common", m)?);
-        Ok(KernelOffsets {
+        let mut k = KernelOffsets {
             task_pid: o("task_struct", "pid")?,
             task_tgid: o("task_struct", "tgid")?,
             task_real_parent: o("task_struct", "real_parent")?,
@@ -285,8 +285,10 @@ impl Btf {
             fdt_fd: o("fdtable", "fd")?,
             file_private_data: o("file", "private_data")?,
             socket_sk: o("socket", "sk")?,
-            _pad_offsets: 0,
-        })
+            sk_packed: 0,
+        };
+        k.sk_packed = packed_sock(&k) as u32;
+        Ok(k)
     }
 
     /// The offset of `struct cred`'s eight ids, read as one array: uid
@@ -297,6 +299,18 @@ impl Btf {
         let fsgid = self.member_offset("cred", "fsgid")?;
         Ok(if fsgid == uid + 28 { uid } else { 0 })
     }
+}
+
+/// Whether the kernel programs may read `sock_common`'s head in one copy
+/// (see `KernelOffsets::sk_packed`).
+fn packed_sock(k: &KernelOffsets) -> bool {
+    let d = k.sk_daddr;
+    k.sk_rcv_saddr == d + 4
+        && k.sk_dport == d + 12
+        && k.sk_num == d + 14
+        && k.sk_family == d + 16
+        && k.sk_state == d + 18
+        && k.sk_protocol.abs_diff(k.sk_type) == 2
 }
 
 #[cfg(test)]
@@ -318,6 +332,7 @@ mod tests {
         assert_eq!(o.qstr_name, 8);
         assert!(o.task_tgid > o.task_pid.saturating_sub(8));
         assert!(o.task_pid > 0 && o.mm_arg_end == o.mm_arg_start + 8);
+        assert_eq!(o.sk_packed, 1, "sock_common as every kernel lays it out");
     }
 
     #[test]
