@@ -34,6 +34,16 @@ pub(super) enum Table {
 }
 
 impl Pipeline {
+    /// The subject of a hit whose process is the one that acted, with
+    /// its parent from the cache.
+    pub(super) fn acting<'a>(&self, process: &'a Process) -> Subject<'a> {
+        Subject {
+            process,
+            parent: self.cache.parent_of(process).as_deref().cloned(),
+            caller: None,
+        }
+    }
+
     /// A syscall record (or one joined with its return): events for the
     /// hits that do not wait for the return; the record is held for those
     /// that do.
@@ -57,13 +67,8 @@ impl Pipeline {
             );
             return;
         };
-        let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(c.ktime);
-        let subject = Subject {
-            process: &process,
-            parent,
-            caller: None,
-        };
+        let subject = self.acting(&process);
         self.post_hits(
             c.hits,
             Table::Sys {

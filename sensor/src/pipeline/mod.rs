@@ -314,13 +314,8 @@ impl Pipeline {
             tracing::warn!(pid = r.header.pid, binary = %r.path, "exec refused for an unknown process");
             return;
         };
-        let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(r.header.ktime);
-        let subject = Subject {
-            process: &process,
-            parent,
-            caller: None,
-        };
+        let subject = self.acting(&process);
         self.post_hits(
             r.header.hits,
             Table::Exec,
@@ -436,14 +431,9 @@ impl Pipeline {
         if c.hits == 0 {
             return;
         }
-        let parent = self.cache.parent_of(&process).as_deref().cloned();
         let time = self.cache.rfc3339(c.ktime);
         let sock = build::sock_arg(c);
-        let subject = Subject {
-            process: &process,
-            parent,
-            caller: None,
-        };
+        let subject = self.acting(&process);
         self.post_hits(
             c.hits,
             Table::Net,
