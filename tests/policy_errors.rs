@@ -633,25 +633,62 @@ fn socket_life_hooks_refuse_what_their_kernel_hooks_cannot_do() {
 }
 
 #[test]
-fn socket_tracking_hooks_load_only_when_they_post_nothing() {
-    let tracking = |actions: &str| {
-        format!("{HEAD}  kprobes:\n  - call: sk_alloc\n    syscall: false\n    return: true\n    args: [{{index: 1, type: int}}]\n    returnArg: {{index: 0, type: sock}}\n    returnArgAction: TrackSock\n    selectors:\n    - matchArgs: [{{index: 1, operator: Equal, values: [\"2\"]}}]\n{actions}  - call: tcp_connect\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n")
+fn socket_lifecycle_hooks_report_and_refuse_what_they_cannot_do() {
+    let alloc = |actions: &str| {
+        format!("{HEAD}  kprobes:\n  - call: sk_alloc\n    syscall: false\n    return: true\n    args: [{{index: 1, type: int}}]\n    returnArg: {{index: 0, type: sock}}\n    returnArgAction: TrackSock\n    selectors:\n    - matchArgs: [{{index: 1, operator: Equal, values: [\"2\"]}}]\n{actions}")
     };
-    passes(&tracking("      matchActions: [{action: NoPost}]\n"));
+    // Socket creation posts; tracking actions are accepted.
+    passes(&alloc(""));
+    passes(&alloc("      matchActions: [{action: NoPost}]\n"));
     refused(
-        &tracking(""),
-        "spec.kprobes[0].selectors",
-        "every selector has NoPost",
+        &alloc("      matchActions: [{action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions",
+        "cannot send a signal",
     );
     refused(
-        &tracking("      matchActions: [{action: NoPost}, {action: Sigkill}]\n"),
-        "spec.kprobes[0].selectors[0].matchActions[1].action",
-        "NoPost, TrackSock and UntrackSock only",
+        &alloc("").replace("TrackSock", "UntrackSock"),
+        "spec.kprobes[0].returnArgAction",
+        "only TrackSock applies",
     );
-    // Tracking hooks alone report nothing.
     refused(
-        &format!("{HEAD}  kprobes:\n  - call: __sk_free\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    selectors:\n    - matchActions: [{{action: UntrackSock, argSock: 0}}, {{action: NoPost}}]\n"),
-        "spec",
-        "socket-tracking hooks alone report nothing",
+        &alloc("").replace("operator: Equal", "operator: NotEqual"),
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "expected Equal",
+    );
+    refused(
+        &alloc("").replace("type: sock}", "type: int}"),
+        "spec.kprobes[0].returnArg.type",
+        "expected sock",
+    );
+    let state = |sel: &str| {
+        format!("{HEAD}  kprobes:\n  - call: tcp_set_state\n    syscall: false\n    args: [{{index: 0, type: sock}}, {{index: 1, type: int}}]\n    selectors:\n{sel}")
+    };
+    passes(&state("    - matchArgs:\n      - {index: 0, operator: State, values: [TCP_SYN_RECV]}\n      - {index: 1, operator: NotEqual, values: [\"1\", TCP_CLOSE]}\n"));
+    refused(
+        &state("    - matchArgs: [{index: 0, operator: State, values: [TCP_SYN_RECEIVED]}]\n"),
+        "spec.kprobes[0].selectors[0].matchArgs[0].values[0]",
+        "not a TCP state",
+    );
+    refused(
+        &state("    - matchActions: [{action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions",
+        "softirq",
+    );
+    refused(
+        &state("    - matchArgs: [{index: 1, operator: GT, values: [\"1\"]}]\n"),
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "Equal or NotEqual",
+    );
+    // The connect hooks do not see the state.
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: tcp_connect\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    selectors:\n    - matchArgs: [{{index: 0, operator: State, values: [TCP_SYN_SENT]}}]\n"),
+        "spec.kprobes[0].selectors[0].matchArgs",
+        "does not see the socket's TCP state",
+    );
+    // TrackSock applies only where a socket is returned.
+    refused(
+        &format!("{HEAD}  kprobes:\n  - call: tcp_close\n    syscall: false\n    args: [{{index: 0, type: sock}}]\n    returnArgAction: TrackSock\n"),
+        "spec.kprobes[0].returnArgAction",
+        "does not return a socket",
     );
 }

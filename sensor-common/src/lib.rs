@@ -263,6 +263,11 @@ pub mod sock_op {
     pub const LISTEN: u8 = 6;
     /// A send on a TCP socket (`tcp_sendmsg`).
     pub const SEND: u8 = 7;
+    /// An IP socket created by `socket()` (`sk_alloc`).
+    pub const ALLOC: u8 = 8;
+    /// A TCP socket changing state (`tcp_set_state`, and on the same
+    /// tracepoint `tcp_create_openreq_child` and `inet_csk_listen_start`).
+    pub const STATE: u8 = 9;
 }
 
 /// Which records a network selector is evaluated on: one bit per hook
@@ -273,14 +278,27 @@ pub mod net_ops {
     pub const CLOSE: u8 = 1 << 1;
     pub const LISTEN: u8 = 1 << 2;
     pub const SEND: u8 = 1 << 3;
+    /// `sk_alloc`: a socket created.
+    pub const ALLOC: u8 = 1 << 4;
+    /// `__sk_free`: a socket released by its last close, any protocol.
+    pub const FREE: u8 = 1 << 5;
+    /// `tcp_set_state`: a TCP state change made by `tcp_set_state`.
+    pub const STATE: u8 = 1 << 6;
+    /// `tcp_create_openreq_child`: a listener's child created (LISTEN to
+    /// SYN_RECV).
+    pub const OPENREQ: u8 = 1 << 7;
 
-    /// The class of a record of socket operation `op` (a `sock_op`).
+    /// The class of a record of socket operation `op` (a `sock_op`); a
+    /// record can be of more classes than its op's (a release is both a
+    /// `tcp_close` and a `__sk_free`): see `ConnectEvent::classes`.
     #[inline(always)]
     pub const fn of(op: u8) -> u8 {
         match op {
             super::sock_op::CLOSE => CLOSE,
             super::sock_op::LISTEN => LISTEN,
             super::sock_op::SEND => SEND,
+            super::sock_op::ALLOC => ALLOC,
+            super::sock_op::STATE => STATE,
             _ => CONNECT,
         }
     }
@@ -321,7 +339,10 @@ pub struct ConnectEvent {
     /// The TCP state (`TCP_ESTABLISHED` is 1) where the record was read
     /// from `struct sock`; 0 for the connect hooks, which do not see it.
     pub state: u8,
-    pub _pad: [u8; 2],
+    /// The state a TCP socket enters (`tcp_set_state`'s argument 1).
+    pub new_state: u8,
+    /// The hook classes the selectors were evaluated for ([`net_ops`]).
+    pub classes: u8,
     /// The size a send asked for (`tcp_sendmsg`'s argument 2).
     pub size: u32,
     pub _pad2: u32,
@@ -337,6 +358,10 @@ pub mod net_kind {
     pub const SPORT_PRIV: u8 = 6;
     pub const PROTOCOL: u8 = 7;
     pub const FAMILY: u8 = 8;
+    /// The socket's TCP state (Tetragon's `State` operator).
+    pub const STATE: u8 = 9;
+    /// The state a TCP socket enters (`tcp_set_state`'s argument 1).
+    pub const NEW_STATE: u8 = 10;
 }
 
 /// One network filter of a connect selector.

@@ -36,7 +36,7 @@ pub struct NetEval {
 }
 
 /// Starts a record of socket operation `op` by the current task in the
-/// per-CPU scratch; addresses and ports are left for the caller to fill,
+/// per-CPU scratch, of `op`'s class (a caller may widen `classes`); addresses and ports are left for the caller to fill,
 /// and the uid, time and cgroup for `stamp`, when the record is sent.
 #[inline(always)]
 pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
@@ -65,7 +65,8 @@ pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
         signal: 0,
         errno: 0,
         state: 0,
-        _pad: [0; 2],
+        new_state: 0,
+        classes: net_ops::of(op),
         size: 0,
         _pad2: 0,
     };
@@ -164,6 +165,8 @@ fn filter_matches(f: NetFilter, e: &ConnectEvent, sel: u8, slot: u8) -> bool {
         net_kind::SPORT_PRIV => e.sport < 1024,
         net_kind::PROTOCOL => value_in(sel, slot, e.protocol as u32),
         net_kind::FAMILY => value_in(sel, slot, e.family as u32),
+        net_kind::STATE => value_in(sel, slot, e.state as u32),
+        net_kind::NEW_STATE => value_in(sel, slot, e.new_state as u32),
         _ => false,
     };
     hit != (f.negate != 0)
@@ -190,7 +193,7 @@ fn eval_selector(index: u64) -> i64 {
     let bit = 1u64 << s;
     let key_sel = net_selector(s as u8, bank);
     let hook_bit = 1u64 << (sel.hook & 63);
-    if sel.ops & net_ops::of(ev.event.op) == 0
+    if sel.ops & ev.event.classes == 0
         || ev.hooks_done & hook_bit != 0
         || !crate::reflex::scope_applies(sel.scope, ev.scopes)
     {

@@ -1,11 +1,18 @@
-//! A TCP socket's life past its connect, for Tetragon's `tcp_close`,
-//! `inet_csk_listen_start` and `tcp_sendmsg` hooks, each on a hook every
-//! kernel from 5.10 has and each in the context of the task that acts
-//! (kprobes are missing on some kernels, this one included):
+//! A socket's life past its connect, for Tetragon's `sk_alloc`,
+//! `tcp_close`, `__sk_free`, `inet_csk_listen_start`, `tcp_set_state`,
+//! `tcp_create_openreq_child` and `tcp_sendmsg` hooks, each on a hook
+//! every kernel from 5.10 has (kprobes are missing on some kernels, this
+//! one included):
+//! - creation, on the cgroup `sock_create` hook (`inet_create`, after
+//!   `sk_alloc`), in the creating task's context;
 //! - the last close, on the cgroup `sock_release` hook (`inet_release`,
-//!   which calls `tcp_close`);
-//! - listen, on the `inet_sock_set_state` tracepoint as the socket enters
-//!   LISTEN (`inet_csk_listen_start` does that first);
+//!   which calls `tcp_close`), in the closing task's context;
+//! - TCP state changes, on the `inet_sock_set_state` tracepoint: LISTEN
+//!   (`inet_csk_listen_start` does that first), a listener's child being
+//!   cloned (LISTEN to SYN_RECV, in `tcp_create_openreq_child`), and the
+//!   others (`tcp_set_state`). Many run in softirq, in whichever task the
+//!   packet interrupted, as Tetragon's kprobes report them too; so these
+//!   records never signal;
 //! - sends, from `sys_enter` on the send syscalls, with the descriptor
 //!   resolved to its socket (`tcp_sendmsg` runs inside them).
 //! The socket is read from the kernel's `struct sock` at offsets from
@@ -21,6 +28,7 @@ use crate::kernel::{off, read, read_ptr};
 use crate::netsel::{AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_RECV: u64 = 3;
 const TCP_LISTEN: u64 = 10;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -34,15 +42,28 @@ const NR_SENDMMSG: u64 = 307;
 /// iovecs summed for a send's size.
 const MAX_IOVECS: usize = 8;
 
+/// Returns 1: creation is reported, never refused.
+#[cgroup_sock(sock_create)]
+pub fn snsr_sock_create(ctx: SockContext) -> i32 {
+    let _ = on_sock::<true>(&ctx, sock_op::ALLOC);
+    1
+}
+
+#[cgroup_sock(sock_create)]
+pub fn snsr_sock_create_compat(ctx: SockContext) -> i32 {
+    let _ = on_sock::<false>(&ctx, sock_op::ALLOC);
+    1
+}
+
 #[cgroup_sock(sock_release)]
 pub fn snsr_sock_release(ctx: SockContext) -> i32 {
-    let _ = on_release::<true>(&ctx);
+    let _ = on_sock::<true>(&ctx, sock_op::CLOSE);
     1
 }
 
 #[cgroup_sock(sock_release)]
 pub fn snsr_sock_release_compat(ctx: SockContext) -> i32 {
-    let _ = on_release::<false>(&ctx);
+    let _ = on_sock::<false>(&ctx, sock_op::CLOSE);
     1
 }
 
@@ -63,25 +84,35 @@ fn wants(cfg: &Config, class: u8) -> bool {
     cfg.net_ops & class as u32 != 0
 }
 
+/// A socket created (`op` ALLOC: `sk_alloc`) or released by its last
+/// close (CLOSE: `__sk_free` for any protocol, and `tcp_close` for TCP),
+/// on a cgroup sock hook, in the acting task's context.
 #[inline(always)]
-fn on_release<const MODERN: bool>(ctx: &SockContext) -> Option<()> {
+fn on_sock<const MODERN: bool>(ctx: &SockContext, op: u8) -> Option<()> {
     let cfg = *crate::maps::config()?;
     // SAFETY: the context the kernel handed us.
-    if !wants(&cfg, net_ops::CLOSE) || unsafe { (*ctx.sock).protocol } != IPPROTO_TCP as u32 {
+    let tcp = unsafe { (*ctx.sock).protocol } == IPPROTO_TCP as u32;
+    let classes = match op {
+        sock_op::ALLOC => net_ops::ALLOC,
+        _ if tcp => net_ops::CLOSE | net_ops::FREE,
+        _ => net_ops::FREE,
+    } & cfg.net_ops as u8;
+    if classes == 0 {
         return None;
     }
-    let ev = crate::netsel::start(sock_op::CLOSE, &cfg)?;
-    // The context is the kernel's `struct sock`, but this hook may not
-    // read its source address and port through it. Stored in a map and
-    // read back, the pointer is a plain number, read like any other
-    // kernel pointer (this needs CAP_PERFMON, which the daemon has).
+    let ev = crate::netsel::start(op, &cfg)?;
+    ev.event.classes = classes;
+    // The context is the kernel's `struct sock`, but these hooks may not
+    // read its addresses and ports through it. Stored in a map and read
+    // back, the pointer is a plain number, read like any other kernel
+    // pointer (this needs CAP_PERFMON, which the daemon has).
     // SAFETY: per-CPU scratch owned by this program run.
     unsafe { core::ptr::write_volatile(&mut ev.sk, ctx.sock as u64) };
     let sk = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
     read_sock(sk, &mut ev.event)?;
     crate::netsel::subject::<MODERN>(ev, &cfg);
     crate::netsel::evaluate::<MODERN>(ev);
-    // Signals are refused on this hook when the policy loads.
+    // Signals are refused on these hooks when the policy loads.
     if ev.event.hits != 0 {
         crate::netsel::stamp(&mut ev.event);
         crate::netsel::output(&ev.event, true);
@@ -89,14 +120,30 @@ fn on_release<const MODERN: bool>(ctx: &SockContext) -> Option<()> {
     Some(())
 }
 
+/// `inet_sock_set_state(sk, oldstate, newstate)`: each change is of the
+/// classes whose hook makes it, and `sk` still holds the old state.
 #[inline(always)]
 fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     let cfg = *crate::maps::config()?;
-    if !wants(&cfg, net_ops::LISTEN) || ctx.arg::<u64>(2) as u32 as u64 != TCP_LISTEN {
+    let old = ctx.arg::<u64>(1) as u32 as u64;
+    let new = ctx.arg::<u64>(2) as u32 as u64;
+    let classes = if new == TCP_LISTEN {
+        net_ops::LISTEN
+    } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        net_ops::OPENREQ
+    } else {
+        net_ops::STATE
+    } & cfg.net_ops as u8;
+    if classes == 0 {
         return None;
     }
+    let op = if classes == net_ops::LISTEN {
+        sock_op::LISTEN
+    } else {
+        sock_op::STATE
+    };
     let sk: *const u8 = ctx.arg(0);
-    judge::<MODERN>(sock_op::LISTEN, sk, 0, &cfg)
+    judge::<MODERN>(op, classes, sk, new as u32, &cfg)
 }
 
 /// Whether syscall `nr` can reach `tcp_sendmsg`.
@@ -131,19 +178,32 @@ pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Op
             iov_size(iov, n)
         }
     };
-    judge::<MODERN>(sock_op::SEND, sk, size.min(u32::MAX as u64) as u32, cfg)
+    let size = size.min(u32::MAX as u64) as u32;
+    judge::<MODERN>(sock_op::SEND, net_ops::SEND, sk, size, cfg)
 }
 
-/// Evaluates a record of `op` on TCP socket `sk`; a hit is sent, and its
+/// Evaluates a record of `op` (of `classes`) on TCP socket `sk`; `value`
+/// is a send's size or a state change's new state. A hit is sent, and its
 /// signal too (these hooks are tracing programs, which can send one).
 #[inline(always)]
-fn judge<const MODERN: bool>(op: u8, sk: *const u8, size: u32, cfg: &Config) -> Option<()> {
+fn judge<const MODERN: bool>(
+    op: u8,
+    classes: u8,
+    sk: *const u8,
+    value: u32,
+    cfg: &Config,
+) -> Option<()> {
     let ev = crate::netsel::start(op, cfg)?;
+    ev.event.classes = classes;
     read_sock(sk, &mut ev.event)?;
     if ev.event.protocol != IPPROTO_TCP {
         return None;
     }
-    ev.event.size = size;
+    if op == sock_op::SEND {
+        ev.event.size = value;
+    } else {
+        ev.event.new_state = value as u8;
+    }
     crate::netsel::subject::<MODERN>(ev, cfg);
     crate::netsel::evaluate::<MODERN>(ev);
     let e = &mut ev.event;

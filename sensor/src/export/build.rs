@@ -12,7 +12,7 @@ use super::event::{
     SockArg, SockaddrArg, SyscallIdArg, TruncatedBytesArg,
 };
 use crate::decode::SyscallRecord;
-use crate::policy::{EventArg, HookPoint, IntType, SelectorMeta, SysArg, UserRead};
+use crate::policy::{EventArg, HookPoint, IntType, ReturnArg, SelectorMeta, SysArg, UserRead};
 
 fn family_name(f: u16) -> &'static str {
     match f {
@@ -67,22 +67,8 @@ pub fn sock_arg(c: &ConnectEvent) -> SockArg {
 
 /// Tetragon's names of the kernel's TCP states; "" for 0 (not read).
 fn tcp_state_name(state: u8) -> &'static str {
-    const NAMES: [&str; 13] = [
-        "",
-        "TCP_ESTABLISHED",
-        "TCP_SYN_SENT",
-        "TCP_SYN_RECV",
-        "TCP_FIN_WAIT1",
-        "TCP_FIN_WAIT2",
-        "TCP_TIME_WAIT",
-        "TCP_CLOSE",
-        "TCP_CLOSE_WAIT",
-        "TCP_LAST_ACK",
-        "TCP_LISTEN",
-        "TCP_CLOSING",
-        "TCP_NEW_SYN_RECV",
-    ];
-    NAMES.get(state as usize).copied().unwrap_or("")
+    let i = (state as usize).wrapping_sub(1);
+    crate::policy::TCP_STATES.get(i).copied().unwrap_or("")
 }
 
 /// The Tetragon policy event for a selector hit.
@@ -105,7 +91,7 @@ pub fn policy_event(
             args,
             // The hook returned what its Override says, where the kernel
             // carried one out; otherwise it let the call go on.
-            return_: meta.return_arg.then(|| {
+            return_: (meta.return_arg == ReturnArg::Int).then(|| {
                 let errno = match meta.monitor {
                     true => 0,
                     false => meta.actions.errno.unwrap_or(0),
@@ -160,9 +146,23 @@ pub fn binary_arg(path: &str) -> impl Fn(EventArg) -> Option<Argument> + '_ {
 
 /// The arguments of a connect hook: `sock_arg`, or `sockaddr_arg` with the
 /// destination, as the policy declared them.
-pub fn connect_arg(sock: &SockArg, size: u32) -> impl Fn(EventArg) -> Option<Argument> + '_ {
+pub fn connect_arg<'a>(
+    sock: &'a SockArg,
+    c: &'a ConnectEvent,
+) -> impl Fn(EventArg) -> Option<Argument> + 'a {
     move |arg| match arg {
-        EventArg::SendSize => Some(Argument::IntArg(size as i32)),
+        EventArg::SendSize => Some(Argument::IntArg(c.size as i32)),
+        EventArg::SockFamily => Some(Argument::IntArg(c.family as i32)),
+        EventArg::NewState => Some(Argument::IntArg(c.new_state as i32)),
+        // The socket a hook returns: the one created (`sk_alloc`), or the
+        // listener's child in the state it is cloned into.
+        EventArg::ReturnSock => Some(Argument::SockArg(SockArg {
+            state: match c.new_state {
+                0 => sock.state.clone(),
+                s => tcp_state_name(s).into(),
+            },
+            ..sock.clone()
+        })),
         EventArg::Sock => Some(Argument::SockArg(sock.clone())),
         EventArg::Sockaddr => Some(Argument::SockaddrArg(SockaddrArg {
             family: sock.family.clone(),

@@ -39,10 +39,10 @@ impl Kernel {
             probe::Form::Compat => 2,
         };
         v.extend(SOCK_PROGRAMS.iter().map(|forms| forms[form]));
-        v.push(if form == 2 {
-            "snsr_sock_release_compat"
+        v.extend(if form == 2 {
+            ["snsr_sock_create_compat", "snsr_sock_release_compat"]
         } else {
-            "snsr_sock_release"
+            ["snsr_sock_create", "snsr_sock_release"]
         });
         v.extend(["snsr_q_egress", "snsr_q_ingress"]);
         v
@@ -70,9 +70,10 @@ impl Kernel {
                 "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
                 "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
                 "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
-                "snsr_sock_release" | "snsr_sock_release_compat" => {
-                    self.sock_release(name, &root)?
-                }
+                "snsr_sock_create"
+                | "snsr_sock_create_compat"
+                | "snsr_sock_release"
+                | "snsr_sock_release_compat" => self.cgroup_sock(name, &root)?,
                 _ => self.sock_addr(name, &root)?,
             };
             self.links.push((name.to_string(), link));
@@ -238,7 +239,8 @@ impl Kernel {
         FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
     }
 
-    fn sock_release(
+    /// A cgroup sock program, on the hook its section names.
+    fn cgroup_sock(
         &mut self,
         name: &'static str,
         root: &std::fs::File,
@@ -310,7 +312,8 @@ pub enum OnDemand {
     SysEnter,
     /// Syscall hooks with `return: true`, on `sys_exit`.
     SysExit,
-    /// `inet_csk_listen_start` hooks, on `inet_sock_set_state`.
+    /// `inet_csk_listen_start`, `tcp_set_state` and
+    /// `tcp_create_openreq_child` hooks, on `inet_sock_set_state`.
     SockState,
 }
 
@@ -338,7 +341,7 @@ impl OnDemand {
         match self {
             OnDemand::SysEnter => "syscall policies loaded",
             OnDemand::SysExit => "syscall hooks wait for returns",
-            OnDemand::SockState => "listen hooks loaded",
+            OnDemand::SockState => "TCP state hooks loaded",
         }
     }
 }

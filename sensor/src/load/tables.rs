@@ -194,7 +194,10 @@ impl Kernel {
         let net = |class: u8| c.config.net_ops & class as u32 != 0;
         self.syscall_program(c.config.n_sys_selectors != 0 || net(net_ops::SEND))?;
         self.on_demand(super::OnDemand::SysExit, c.sys_returns())?;
-        self.on_demand(super::OnDemand::SockState, net(net_ops::LISTEN))
+        self.on_demand(
+            super::OnDemand::SockState,
+            net(net_ops::LISTEN | net_ops::STATE | net_ops::OPENREQ),
+        )
     }
 
     /// Empties the bank switched away from once its grace period is over

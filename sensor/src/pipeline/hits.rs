@@ -8,7 +8,7 @@ use crate::brain::On;
 use crate::decode::SyscallRecord;
 use crate::export::build;
 use crate::export::event::{Argument, Event, Process};
-use crate::policy::{EventArg, HookPoint};
+use crate::policy::{EventArg, HookPoint, ReturnArg};
 
 /// Whom a record's policy events are about: the process, and for an exec
 /// the caller too (the image before it, with its parent), which the exec
@@ -130,6 +130,9 @@ impl Pipeline {
                     (&table, meta.return_type, &mut ev)
                 {
                     k.return_ = Some(build::int_argument(*v, ty));
+                }
+                if let (ReturnArg::Sock, Event::ProcessKprobe(k)) = (meta.return_arg, &mut ev) {
+                    k.return_ = arg(EventArg::ReturnSock);
                 }
                 self.emit(ev, time.to_string());
             }

@@ -439,7 +439,7 @@ impl Pipeline {
             Table::Net,
             subject,
             &time,
-            build::connect_arg(&sock, c.size),
+            build::connect_arg(&sock, c),
         );
     }
 

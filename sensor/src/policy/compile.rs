@@ -24,8 +24,8 @@ pub struct SelectorMeta {
     pub policy_name: String,
     pub point: HookPoint,
     pub args: Vec<EventArg>,
-    /// Whether events carry the hook's return value (`returnArg`).
-    pub return_arg: bool,
+    /// What events carry as the hook's return value (`returnArg`).
+    pub return_arg: super::ReturnArg,
     /// A syscall hook's return (`return: true`), as this type.
     pub return_type: Option<super::IntType>,
     /// The policy's actions, as written (and as events report them).
@@ -314,6 +314,15 @@ impl Compiled {
                 NetMatch::Family(fs) => {
                     self.net_values.extend(fs.iter().map(|f| value(*f as u32)));
                     (net_kind::FAMILY, false)
+                }
+                NetMatch::State(ss) => {
+                    self.net_values.extend(ss.iter().map(|s| value(*s as u32)));
+                    (net_kind::STATE, false)
+                }
+                NetMatch::NewState { negate, states } => {
+                    self.net_values
+                        .extend(states.iter().map(|s| value(*s as u32)));
+                    (net_kind::NEW_STATE, *negate)
                 }
             };
             ns.filters[i] = NetFilter {

@@ -29,6 +29,9 @@ pub struct HookDef {
     /// Whether Sigkill and Signal can be sent from the kernel program
     /// this hook runs on.
     pub signals: bool,
+    /// Whether the hook returns a socket (`return: true` with a `sock`
+    /// `returnArg`): `sk_alloc` and `tcp_create_openreq_child`.
+    pub returns_sock: bool,
 }
 
 const BINPRM: ArgDef = ArgDef {
@@ -73,6 +76,49 @@ const SIZE2: ArgDef = ArgDef {
     arg: EventArg::SendSize,
 };
 
+/// `sk_alloc(net, family, priority, prot, kern)`: the family asked for.
+const FAMILY1: ArgDef = ArgDef {
+    index: 1,
+    types: &["int"],
+    arg: EventArg::SockFamily,
+};
+
+/// `tcp_set_state(sk, state)`: the state the socket enters.
+const NEW_STATE1: ArgDef = ArgDef {
+    index: 1,
+    types: &["int"],
+    arg: EventArg::NewState,
+};
+
+/// A hook on a cgroup sock program, which reports and never signals.
+const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u8) -> HookDef {
+    HookDef {
+        family: HookFamily::Connect,
+        function,
+        args,
+        binaries_of_new_image: false,
+        overrides: false,
+        net_op,
+        signals: false,
+        returns_sock: net_op == net_ops::ALLOC,
+    }
+}
+
+/// A hook on TCP state changes, many made in softirq, where the current
+/// task is whichever the packet interrupted: reported, never signalled.
+const fn tcp_state(function: &'static str, args: &'static [ArgDef], net_op: u8) -> HookDef {
+    HookDef {
+        family: HookFamily::Connect,
+        function,
+        args,
+        binaries_of_new_image: false,
+        overrides: false,
+        net_op,
+        signals: false,
+        returns_sock: net_op == net_ops::OPENREQ,
+    }
+}
+
 pub const KPROBES: &[(&str, HookDef)] = &[
     (
         "security_bprm_check",
@@ -84,6 +130,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: 0,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -96,6 +143,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: false,
             net_op: 0,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -112,6 +160,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: false,
             net_op: 0,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -128,6 +177,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: false,
             net_op: 0,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -140,21 +190,28 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: net_ops::CONNECT,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
         "tcp_close",
-        HookDef {
-            family: HookFamily::Connect,
-            function: "tcp_close",
-            args: &[SOCK],
-            binaries_of_new_image: false,
-            overrides: false,
-            net_op: net_ops::CLOSE,
-            // The release hook is a cgroup program, which cannot send a
-            // signal on every kernel; a close is reported.
-            signals: false,
-        },
+        cgroup_sock("tcp_close", &[SOCK], net_ops::CLOSE),
+    ),
+    (
+        "sk_alloc",
+        cgroup_sock("sk_alloc", &[FAMILY1], net_ops::ALLOC),
+    ),
+    (
+        "__sk_free",
+        cgroup_sock("__sk_free", &[SOCK], net_ops::FREE),
+    ),
+    (
+        "tcp_set_state",
+        tcp_state("tcp_set_state", &[SOCK, NEW_STATE1], net_ops::STATE),
+    ),
+    (
+        "tcp_create_openreq_child",
+        tcp_state("tcp_create_openreq_child", &[SOCK], net_ops::OPENREQ),
     ),
     (
         "tcp_sendmsg",
@@ -166,6 +223,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: false,
             net_op: net_ops::SEND,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -178,6 +236,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: false,
             net_op: net_ops::LISTEN,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -190,6 +249,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: net_ops::CONNECT,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -202,6 +262,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: net_ops::CONNECT,
             signals: true,
+            returns_sock: false,
         },
     ),
 ];
@@ -217,6 +278,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: 0,
             signals: true,
+            returns_sock: false,
         },
     ),
     (
@@ -229,6 +291,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             overrides: true,
             net_op: net_ops::CONNECT,
             signals: true,
+            returns_sock: false,
         },
     ),
 ];
@@ -247,6 +310,7 @@ pub const EXEC_TRACEPOINT: HookDef = HookDef {
     overrides: false,
     net_op: 0,
     signals: true,
+    returns_sock: false,
 };
 
 pub fn names(table: &[(&str, HookDef)]) -> String {

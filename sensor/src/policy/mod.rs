@@ -15,16 +15,16 @@ mod net;
 mod parse;
 pub mod protect;
 mod raw;
+mod returns;
 mod selector;
 mod selector_labels;
 mod syscall_filters;
 mod syscall_hooks;
 pub mod syscalls;
-mod tracking;
 
 pub use selector_labels::LabelSelector;
 
-pub use net::NetMatch;
+pub use net::{NetMatch, TCP_STATES};
 
 pub use compile::{Compiled, Scope, SelectorMeta};
 pub use compile_sys::SysStrings;
@@ -173,6 +173,13 @@ pub enum EventArg {
     AddrLen,
     /// `int_arg`: the size a `tcp_sendmsg` caller asked to send.
     SendSize,
+    /// `int_arg`: the family `sk_alloc` was asked for.
+    SockFamily,
+    /// `int_arg`: the state `tcp_set_state` moves the socket to.
+    NewState,
+    /// `sock_arg` in `return`: the socket a hook returns (not declared in
+    /// `args`; asked for by [`ReturnArg::Sock`]).
+    ReturnSock,
     /// An integer argument of a syscall.
     Syscall(SysArg, IntType),
     /// A syscall argument copied from the caller's memory (register `reg`).
@@ -210,14 +217,26 @@ pub struct Hook {
     /// The syscall numbers a syscall hook is on (one for a `sys_*` kprobe,
     /// all for `raw_syscalls/sys_enter`); empty for the other families.
     pub syscalls: Vec<u32>,
-    /// `returnArg` (an `int`): events carry the hook's return value.
-    pub return_arg: bool,
+    /// `returnArg`: what events carry in `return`.
+    pub return_arg: ReturnArg,
     /// A syscall hook with `return: true`: its events wait for the
     /// syscall's return, shown in `return` as this type.
     pub return_type: Option<IntType>,
     pub selectors: Vec<Selector>,
     pub message: Option<String>,
     pub tags: Vec<String>,
+}
+
+/// A hook's `returnArg`, as events show it in `return`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReturnArg {
+    #[default]
+    None,
+    /// `int_arg`: zero, or the errno of an Override the kernel carried out.
+    Int,
+    /// `sock_arg`: the socket the hook returns (`sk_alloc`,
+    /// `tcp_create_openreq_child`).
+    Sock,
 }
 
 /// A string operator with its value set.

@@ -82,10 +82,18 @@ pub enum NetMatch {
     },
     Protocol(Vec<u8>),
     Family(Vec<u16>),
+    /// The socket's TCP state (`State` on a `sock`).
+    State(Vec<u8>),
+    /// The state `tcp_set_state` moves to (`Equal` / `NotEqual` on its
+    /// argument 1).
+    NewState {
+        negate: bool,
+        states: Vec<u8>,
+    },
 }
 
 /// Operators that apply to a `sock` / `socket` argument.
-pub const SOCK_OPERATORS: &str = "DAddr, NotDAddr, SAddr, NotSAddr, DPort, NotDPort, SPort, NotSPort, DPortPriv, NotDPortPriv, SPortPriv, NotSportPriv, Protocol, Family";
+pub const SOCK_OPERATORS: &str = "DAddr, NotDAddr, SAddr, NotSAddr, DPort, NotDPort, SPort, NotSPort, DPortPriv, NotDPortPriv, SPortPriv, NotSportPriv, Protocol, Family, State";
 /// Operators that apply to a `sockaddr` argument (its address is the destination).
 pub const SOCKADDR_OPERATORS: &str =
     "SAddr, NotSAddr, SPort, NotSPort, SPortPriv, NotSportPriv, Family";
@@ -111,8 +119,37 @@ fn family(v: &str) -> Result<u16, String> {
         // Tetragon's examples list it; the connect hooks here see IP
         // sockets only, so it matches nothing (the README says so).
         "AF_UNIX" => Ok(1),
+        _ => v
+            .parse()
+            .map_err(|_| format!("`{v}` is not a family (AF_INET, AF_INET6, AF_UNIX or a number)")),
+    }
+}
+
+/// The kernel's TCP states, by Tetragon's names (`TCP_ESTABLISHED` is 1).
+pub const TCP_STATES: [&str; 12] = [
+    "TCP_ESTABLISHED",
+    "TCP_SYN_SENT",
+    "TCP_SYN_RECV",
+    "TCP_FIN_WAIT1",
+    "TCP_FIN_WAIT2",
+    "TCP_TIME_WAIT",
+    "TCP_CLOSE",
+    "TCP_CLOSE_WAIT",
+    "TCP_LAST_ACK",
+    "TCP_LISTEN",
+    "TCP_CLOSING",
+    "TCP_NEW_SYN_RECV",
+];
+
+/// A TCP state by name or number.
+pub fn tcp_state(v: &str) -> Result<u8, String> {
+    if let Some(i) = TCP_STATES.iter().position(|n| *n == v) {
+        return Ok(i as u8 + 1);
+    }
+    match v.parse::<u8>() {
+        Ok(n @ 1..=12) => Ok(n),
         _ => Err(format!(
-            "`{v}` is not a family (AF_INET, AF_INET6 or AF_UNIX)"
+            "`{v}` is not a TCP state (TCP_ESTABLISHED ... TCP_NEW_SYN_RECV, or 1 to 12)"
         )),
     }
 }
@@ -169,12 +206,17 @@ pub fn parse(
             all(&|v| protocol(v).map(|_| ()))?;
             NetMatch::Protocol(values.iter().filter_map(|v| protocol(v).ok()).collect())
         }
+        ("State", false) => {
+            all(&|v| tcp_state(v).map(|_| ()))?;
+            NetMatch::State(values.iter().filter_map(|v| tcp_state(v).ok()).collect())
+        }
         ("Family", _) => {
             all(&|v| family(v).map(|_| ()))?;
             NetMatch::Family(values.iter().filter_map(|v| family(v).ok()).collect())
         }
         (
-            "DAddr" | "NotDAddr" | "DPort" | "NotDPort" | "DPortPriv" | "NotDPortPriv" | "Protocol",
+            "DAddr" | "NotDAddr" | "DPort" | "NotDPort" | "DPortPriv" | "NotDPortPriv" | "Protocol"
+            | "State",
             true,
         ) => {
             return Err((None, format!("operator `{operator}` does not apply to a sockaddr argument; expected {SOCKADDR_OPERATORS}")))
@@ -234,5 +276,15 @@ mod tests {
             Some(1)
         );
         assert_eq!(parse("Equal", &v(&["x"]), false).unwrap(), None);
+        assert_eq!(
+            parse("State", &v(&["TCP_SYN_RECV", "10"]), false).unwrap(),
+            Some(NetMatch::State(vec![3, 10]))
+        );
+        assert_eq!(
+            parse("State", &v(&["TCP_SYN_RECV", "SYN"]), false)
+                .unwrap_err()
+                .0,
+            Some(1)
+        );
     }
 }

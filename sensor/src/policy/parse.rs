@@ -5,11 +5,12 @@
 use super::hooks::{self, HookDef};
 use super::protect;
 use super::raw::*;
+use super::returns;
 use super::selector::selector;
 use super::syscall_hooks::{enforcers, syscall_kprobe, syscall_lists, syscall_tracepoint, Lists};
 use super::syscalls;
-use super::tracking;
-use super::{limits, EventArg, Hook, HookPoint, Mode, Policy, Selector};
+use super::{limits, EventArg, Hook, HookPoint, Mode, NetMatch, Policy, Selector};
+use sensor_common::net_ops;
 
 /// An error at a field path, before the file name is attached.
 #[derive(Debug)]
@@ -131,11 +132,6 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
     let mut hooks = Vec::new();
     for (i, k) in raw.spec.kprobes.into_iter().enumerate() {
         let at = format!("spec.kprobes[{i}]");
-        if tracking::is_tracking(&k.call) {
-            // Checked, and left out: see `tracking`.
-            tracking::check(&k, &at)?;
-            continue;
-        }
         hooks.push(kprobe(k, &lists, &at)?);
     }
     for (i, t) in raw.spec.tracepoints.into_iter().enumerate() {
@@ -145,10 +141,7 @@ pub fn policy(raw: RawPolicy) -> Result<Policy> {
         hooks.push(lsm(l, &format!("spec.lsmhooks[{i}]"))?);
     }
     if hooks.is_empty() {
-        return err(
-            "spec",
-            "no kprobes, tracepoints or lsmhooks (socket-tracking hooks alone report nothing)",
-        );
+        return err("spec", "no kprobes, tracepoints or lsmhooks");
     }
     // Pod-scoped policies cannot reach the host's processes; monitor mode
     // acts on none.
@@ -193,19 +186,7 @@ fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
             ),
         );
     };
-    if k.return_ == Some(true) {
-        return err(format!("{at}.return"), "return probes are not supported");
-    }
-    let return_arg = return_arg(k.return_arg.as_ref(), &format!("{at}.returnArg"))?;
-    if return_arg && def.net_op & !sensor_common::net_ops::CONNECT != 0 {
-        return err(
-            format!("{at}.returnArg"),
-            format!(
-                "{}'s return value is not known where this sensor sees the call",
-                def.function
-            ),
-        );
-    }
+    let return_arg = returns::of(&k, def, at)?;
     kprobe_extras(&k, at)?;
     let point = HookPoint::Kprobe {
         function: def.function.to_string(),
@@ -213,25 +194,6 @@ fn kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
     let mut h = hook(point, def, k.args, k.selectors, k.message, k.tags, at)?;
     h.return_arg = return_arg;
     Ok(h)
-}
-
-/// `returnArg`: the hook's return value, an `int` (what these hooks
-/// return: zero, or the errno of an Override).
-fn return_arg(v: Option<&serde_yaml::Value>, at: &str) -> Result<bool> {
-    let Some(v) = v else {
-        return Ok(false);
-    };
-    let ty = v.get("type").and_then(|t| t.as_str()).unwrap_or("auto");
-    if !matches!(ty, "int" | "auto") {
-        return err(
-            format!("{at}.type"),
-            format!("type `{ty}` does not fit the return value; expected int"),
-        );
-    }
-    match v.get("index").map(|i| i.as_u64()) {
-        None | Some(Some(0)) => Ok(true),
-        _ => err(format!("{at}.index"), "the return value is index 0"),
-    }
 }
 
 fn tracepoint(t: RawTracepoint, lists: &Lists, at: &str) -> Result<Hook> {
@@ -284,12 +246,8 @@ fn lsm(l: RawLsmHook, at: &str) -> Result<Hook> {
 }
 
 /// Refuses the kprobe fields this sensor does not implement.
+/// (`returnArgAction` is checked with the return: see `returns`.)
 pub fn kprobe_extras(k: &RawKprobe, at: &str) -> Result<()> {
-    unsupported(
-        &k.return_arg_action,
-        format!("{at}.returnArgAction"),
-        "returnArgAction",
-    )?;
     unsupported(&k.data, format!("{at}.data"), "data")?;
     unsupported(&k.ignore, format!("{at}.ignore"), "ignore")?;
     Ok(())
@@ -418,7 +376,16 @@ fn hook(
         if let Some(i) = parsed.iter().position(|s| s.actions.signal.is_some()) {
             return err(
                 format!("{at}.selectors[{i}].matchActions"),
-                format!("{} is reported here, not acted on: its kernel hook (cgroup sock_release) cannot send a signal on every kernel; use Sigkill on tcp_connect or tcp_sendmsg", def.function),
+                format!("{} is reported here, not acted on: {}; use Sigkill on tcp_connect or tcp_sendmsg", def.function, no_signal_why(def)),
+            );
+        }
+    }
+    if def.net_op == net_ops::CONNECT {
+        let state = |m: &NetMatch| matches!(m, NetMatch::State(_));
+        if let Some(i) = parsed.iter().position(|s| s.net.iter().any(state)) {
+            return err(
+                format!("{at}.selectors[{i}].matchArgs"),
+                format!("State: {}'s kernel hook does not see the socket's TCP state; it is read on tcp_close, tcp_sendmsg, inet_csk_listen_start, tcp_set_state and tcp_create_openreq_child", def.function),
             );
         }
     }
@@ -434,12 +401,21 @@ fn hook(
         net_ops: def.net_op,
         args: declared.into_iter().map(|(_, a)| a).collect(),
         syscalls: Vec::new(),
-        return_arg: false,
+        return_arg: super::ReturnArg::None,
         return_type: None,
         selectors: parsed,
         message,
         tags,
     })
+}
+
+/// Why a hook that reports cannot signal.
+fn no_signal_why(def: &HookDef) -> &'static str {
+    if def.net_op & (net_ops::STATE | net_ops::OPENREQ) != 0 {
+        "TCP state changes are mostly made in softirq, where the current task is whichever the packet interrupted, not the socket's owner"
+    } else {
+        "its kernel hook (a cgroup sock program) cannot send a signal on every kernel"
+    }
 }
 
 #[cfg(test)]

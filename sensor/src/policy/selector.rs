@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::net::{self, NetMatch};
-use super::parse::{err, unsupported, Result};
+use super::parse::{err, unsupported, FieldError, Result};
 use super::raw::*;
 use super::syscall_filters;
 use super::syscall_hooks::Lists;
@@ -131,6 +131,12 @@ pub fn selector(
                     format!("argument {index} (the address length) is reported, not filtered on; filter on the address (argument 1)"),
                 )
             }
+            EventArg::SockFamily | EventArg::NewState => net.push(int_net_filter(m, arg, &f)?),
+            // Never declared in `args`: filtering on a return is refused
+            // with matchReturnArgs.
+            EventArg::ReturnSock => {
+                return err(format!("{f}.index"), "the return value is not an argument")
+            }
             EventArg::SendSize => {
                 return err(
                     format!("{f}.index"),
@@ -233,6 +239,53 @@ fn path_filter(m: RawMatchArg, f: &str) -> Result<StrMatch> {
     values(op, m.values, f)
 }
 
+/// `Equal` / `NotEqual` on an `int` a network hook reads from the socket:
+/// `sk_alloc`'s family (as `Family`) or `tcp_set_state`'s new state.
+fn int_net_filter(m: RawMatchArg, arg: EventArg, f: &str) -> Result<NetMatch> {
+    let negate = match m.operator.as_str() {
+        "Equal" => false,
+        "NotEqual" if arg == EventArg::NewState => true,
+        op => {
+            let allowed = if arg == EventArg::NewState {
+                "Equal or NotEqual"
+            } else {
+                "Equal"
+            };
+            return err(
+                format!("{f}.operator"),
+                format!("operator `{op}` does not apply to this argument; expected {allowed}"),
+            );
+        }
+    };
+    if m.values.is_empty() || m.values.len() > limits::VALUES_PER_FILTER {
+        return err(
+            format!("{f}.values"),
+            format!("1 to {} values", limits::VALUES_PER_FILTER),
+        );
+    }
+    let mut numbers = Vec::new();
+    for (i, v) in m.values.iter().enumerate() {
+        let n = if arg == EventArg::NewState {
+            net::tcp_state(v).map(u16::from)
+        } else {
+            v.parse::<u16>()
+                .map_err(|_| format!("`{v}` is not a family number (AF_INET is 2)"))
+        };
+        numbers.push(n.map_err(|e| FieldError {
+            field: format!("{f}.values[{i}]"),
+            reason: e,
+        })?);
+    }
+    Ok(if arg == EventArg::NewState {
+        NetMatch::NewState {
+            negate,
+            states: numbers.into_iter().map(|n| n as u8).collect(),
+        }
+    } else {
+        NetMatch::Family(numbers)
+    })
+}
+
 fn net_filter(m: RawMatchArg, sockaddr: bool, f: &str) -> Result<NetMatch> {
     if m.values.is_empty() && !m.operator.contains("PortPriv") && !m.operator.contains("portPriv") {
         return err(format!("{f}.values"), "must not be empty");
@@ -313,6 +366,8 @@ fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
         match a.action.to_ascii_lowercase().as_str() {
             "post" => {}
             "nopost" => out.post = false,
+            // Socket tracking changes nothing here: see `returns`.
+            "tracksock" | "untracksock" => {}
             "sigkill" => out.signal = Some(libc::SIGKILL as u32),
             "signal" => match a.arg_sig {
                 Some(sig @ 1..=64) => {
@@ -389,8 +444,6 @@ fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
             | "followfd"
             | "unfollowfd"
             | "copyfd"
-            | "tracksock"
-            | "untracksock"
             | "notifyenforcer"
             | "cleanupenforcernotification"
             | "set" => {

@@ -142,6 +142,11 @@ pub fn syscall_kprobe(k: RawKprobe, lists: &Lists, at: &str) -> Result<Hook> {
         }
     };
     kprobe_extras(&k, at)?;
+    super::parse::unsupported(
+        &k.return_arg_action,
+        format!("{at}.returnArgAction"),
+        "returnArgAction",
+    )?;
     let mut declared = Vec::new();
     for (i, a) in k.args.iter().enumerate() {
         let f = format!("{at}.args[{i}]");
@@ -293,7 +298,7 @@ fn finish(
         binaries_of_new_image: false,
         args: declared.into_iter().map(|(_, a)| a).collect(),
         syscalls,
-        return_arg: false,
+        return_arg: super::ReturnArg::None,
         return_type: None,
         net_ops: 0,
         selectors: parsed,
