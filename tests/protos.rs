@@ -156,7 +156,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
 /// `exec`'s process and parent (and ancestors) trying to run `binary`.
 fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::Envelope {
     use sensor::export::event::{Envelope, Event, Process};
-    use sensor::policy::{Actions, EventArg, HookPoint, SelectorMeta};
+    use sensor::policy::{Actions, EventArg, HookPoint, ReturnArg, SelectorMeta};
     let process: Process = serde_json::from_value(exec["process"].clone()).unwrap();
     let parent: Process = serde_json::from_value(exec["parent"].clone()).unwrap();
     let ancestors: Vec<Process> = serde_json::from_value(exec["ancestors"].clone()).unwrap();
@@ -166,7 +166,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
             hook: "bprm_check_security".into(),
         },
         args: vec![EventArg::LinuxBinprm],
-        return_arg: false,
+        return_arg: ReturnArg::None,
         return_type: None,
         actions: Actions {
             post: true,
