@@ -98,7 +98,7 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "socket life (send, close, listen, kill on send)",
+        name: "socket life (create, send, accept, state, close, listen, kill on send)",
         run: Run::Tests {
             target: "sockets",
             names: &[
@@ -106,6 +106,7 @@ pub const CHECKS: &[Check] = &[
                 "tetragons_tcp_connect_with_selectors_example_reports_loopback_only",
                 "tetragons_tcp_listen_example_reports_listens_on_its_ports",
                 "sigkill_on_tcp_sendmsg_kills_the_sender_before_the_call_returns",
+                "tetragons_tcp_accept_example_reports_sockets_children_and_state_changes",
             ],
         },
     },
