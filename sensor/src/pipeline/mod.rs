@@ -419,7 +419,12 @@ impl Pipeline {
         let Some(process) = self.cache.by_pid(c.pid) else {
             if c.hits != 0 {
                 self.miss();
-                tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
+                // A TCP state change in softirq that interrupted the idle
+                // task has no process to name; it is counted, not logged,
+                // because on a busy node it is most of them.
+                if c.pid != 0 {
+                    tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
+                }
             }
             return;
         };

@@ -433,6 +433,38 @@ mod tests {
     }
 
     #[test]
+    fn state_filters_compile_to_their_value_sets() {
+        let c = compile("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: s}\nspec:\n  kprobes:\n  - call: tcp_set_state\n    syscall: false\n    args: [{index: 0, type: sock}, {index: 1, type: int}]\n    selectors:\n    - matchArgs:\n      - {index: 0, operator: State, values: [TCP_SYN_RECV]}\n      - {index: 1, operator: NotEqual, values: [TCP_CLOSE, \"1\"]}\n  - call: sk_alloc\n    syscall: false\n    args: [{index: 1, type: int}]\n    selectors:\n    - matchArgs: [{index: 1, operator: Equal, values: [\"10\"]}]\n");
+        let s = c.net_selectors[0];
+        assert_eq!(s.ops, net_ops::STATE);
+        let kinds: Vec<(u8, u8)> = s.filters[..s.n_filters as usize]
+            .iter()
+            .map(|f| (f.kind, f.negate))
+            .collect();
+        assert_eq!(kinds, [(net_kind::STATE, 0), (net_kind::NEW_STATE, 1)]);
+        let values = |sel: u8, slot: u8| {
+            let mut v: Vec<u32> = c
+                .net_values
+                .iter()
+                .filter(|k| k.selector == sel && k.slot == slot)
+                .map(|k| k.value)
+                .collect();
+            v.sort();
+            v
+        };
+        let (s0, s1) = (
+            sensor_common::net_selector(0, 0),
+            sensor_common::net_selector(1, 0),
+        );
+        assert_eq!(values(s0, 1), [3], "TCP_SYN_RECV");
+        assert_eq!(values(s0, 2), [1, 7], "TCP_ESTABLISHED and TCP_CLOSE");
+        assert_eq!(c.net_selectors[1].ops, net_ops::ALLOC);
+        assert_eq!(c.net_selectors[1].filters[0].kind, net_kind::FAMILY);
+        assert_eq!(values(s1, 1), [10]);
+        assert_eq!(c.config.net_ops, (net_ops::STATE | net_ops::ALLOC) as u32);
+    }
+
+    #[test]
     fn selector_tables_follow_the_policy() {
         let c = compile(FOLLOW);
         assert_eq!(c.selectors.len(), 1);
