@@ -57,6 +57,9 @@ pub mod kind {
     /// (`return: true`): a [`SyscallReturn`]. Its losses count as
     /// `SYSCALL`'s.
     pub const SYSCALL_RETURN: u32 = 8;
+    /// A packet a packet hook's selectors matched: a [`PacketEvent`]. Its
+    /// losses count as `CONNECT`'s.
+    pub const PACKET: u32 = 9;
 }
 
 /// Slot of the kernel's `LOST` counters (beside the record kinds) that
@@ -265,6 +268,8 @@ pub mod sock_op {
     pub const SEND: u8 = 7;
     /// An IP socket created by `socket()` (`sk_alloc`).
     pub const ALLOC: u8 = 8;
+    /// A packet, in or out: a [`PacketEvent`](super::PacketEvent).
+    pub const PACKET: u8 = 10;
     /// A TCP socket changing state (`tcp_set_state`, and on the same
     /// tracepoint `tcp_create_openreq_child` and `inet_csk_listen_start`).
     pub const STATE: u8 = 9;
@@ -274,25 +279,31 @@ pub mod sock_op {
 /// class, so that a `tcp_close` selector never acts on a connect.
 pub mod net_ops {
     /// Connects and unconnected sends (the cgroup socket-address hooks).
-    pub const CONNECT: u8 = 1 << 0;
-    pub const CLOSE: u8 = 1 << 1;
-    pub const LISTEN: u8 = 1 << 2;
-    pub const SEND: u8 = 1 << 3;
+    pub const CONNECT: u16 = 1 << 0;
+    pub const CLOSE: u16 = 1 << 1;
+    pub const LISTEN: u16 = 1 << 2;
+    pub const SEND: u16 = 1 << 3;
     /// `sk_alloc`: a socket created.
-    pub const ALLOC: u8 = 1 << 4;
+    pub const ALLOC: u16 = 1 << 4;
     /// `__sk_free`: a socket released by its last close, any protocol.
-    pub const FREE: u8 = 1 << 5;
+    pub const FREE: u16 = 1 << 5;
     /// `tcp_set_state`: a TCP state change made by `tcp_set_state`.
-    pub const STATE: u8 = 1 << 6;
+    pub const STATE: u16 = 1 << 6;
     /// `tcp_create_openreq_child`: a listener's child created (LISTEN to
     /// SYN_RECV).
-    pub const OPENREQ: u8 = 1 << 7;
+    pub const OPENREQ: u16 = 1 << 7;
+    /// A packet received by a socket (the cgroup ingress hook, in
+    /// `sk_filter_trim_cap`).
+    pub const PACKET_IN: u16 = 1 << 8;
+    /// A packet a socket sends (the cgroup egress hook, in `ip_output`,
+    /// `ip_mc_output` and `ip6_output`).
+    pub const PACKET_OUT: u16 = 1 << 9;
 
     /// The class of a record of socket operation `op` (a `sock_op`); a
     /// record can be of more classes than its op's (a release is both a
     /// `tcp_close` and a `__sk_free`): see `ConnectEvent::classes`.
     #[inline(always)]
-    pub const fn of(op: u8) -> u8 {
+    pub const fn of(op: u8) -> u16 {
         match op {
             super::sock_op::CLOSE => CLOSE,
             super::sock_op::LISTEN => LISTEN,
@@ -341,11 +352,37 @@ pub struct ConnectEvent {
     pub state: u8,
     /// The state a TCP socket enters (`tcp_set_state`'s argument 1).
     pub new_state: u8,
-    /// The hook classes the selectors were evaluated for ([`net_ops`]).
-    pub classes: u8,
-    /// The size a send asked for (`tcp_sendmsg`'s argument 2).
+    pub _pad: u8,
+    /// The size a send asked for (`tcp_sendmsg`'s argument 2); a packet's
+    /// length.
     pub size: u32,
-    pub _pad2: u32,
+    /// The hook classes the selectors were evaluated for ([`net_ops`]).
+    pub classes: u16,
+    pub _pad2: u16,
+}
+
+/// A packet a packet hook's selectors matched (`kind::PACKET`). `net`
+/// is the packet as a network record: its addresses, ports and protocol
+/// (what the `skb` operators test) and in `size` its length; the owner is
+/// the socket's creator. The socket the packet belongs to follows, as
+/// `bpf_sock` shows it (addresses in network order, ports in host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEvent {
+    pub net: ConnectEvent,
+    pub sk_saddr: [u8; 16],
+    pub sk_daddr: [u8; 16],
+    pub sk_sport: u16,
+    pub sk_dport: u16,
+    pub sk_family: u16,
+    pub sk_type: u16,
+    pub sk_protocol: u16,
+    pub sk_state: u8,
+    /// 0 in, 1 out (`BPF_CGROUP_INET_INGRESS`, `_EGRESS`).
+    pub direction: u8,
+    pub mark: u32,
+    pub priority: u32,
+    pub hash: u32,
 }
 
 /// What a network filter tests.
@@ -388,7 +425,7 @@ pub struct NetSelector {
     /// As [`ExecSelector::scope`].
     pub scope: u8,
     /// The records it is evaluated on ([`net_ops`]).
-    pub ops: u8,
+    pub ops: u16,
 }
 
 /// Address set key: selector, slot, family (4 or 6), then the address.
@@ -410,6 +447,7 @@ const _: () = assert!(core::mem::size_of::<Creds>() == 80);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 80 + 4 * NS_KINDS + 8 + 56);
 const _: () = assert!(core::mem::size_of::<Config>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 160);
 
 /// How a string filter is looked up.
 pub mod match_kind {

@@ -1,14 +1,58 @@
-//! The current task's cgroup and its ancestors, each tested against a map.
+//! A cgroup and its ancestors, each tested against a map: the current
+//! task's, or (for packets, which arrive in any task's context) the
+//! cgroup of the socket a packet belongs to (`OfSkb`).
 //! Modern kernels give the ids by level through
 //! `bpf_get_current_ancestor_cgroup_id`; where a program type lacks that
 //! helper (tracing programs on 5.10 in the kernel matrix), the same ids
 //! come from walking task->cgroups->dfl_cgrp up through cgroup->self.parent
 //! at offsets from BTF. Only the set of ids matters to the callers, not
 //! their order.
+use aya_ebpf::bindings::__sk_buff;
+use aya_ebpf::helpers::generated::bpf_skb_ancestor_cgroup_id;
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task};
 use sensor_common::MAX_CGROUP_LEVEL;
 
 use crate::kernel::{off, read, read_ptr};
+
+/// Whose cgroups a test walks.
+pub trait Cgroups {
+    /// Calls `f` with each id, the cgroup's own first, until `f` returns
+    /// true; returns whether one did.
+    fn any(&self, f: impl FnMut(u64) -> bool) -> bool;
+}
+
+/// The current task's, with the helper or by walking (see [`any`]).
+pub struct Current<const HELPER: bool>;
+
+impl<const HELPER: bool> Cgroups for Current<HELPER> {
+    #[inline(always)]
+    fn any(&self, f: impl FnMut(u64) -> bool) -> bool {
+        any::<HELPER>(f)
+    }
+}
+
+/// Those of the socket a packet (`__sk_buff`) belongs to.
+pub struct OfSkb(pub *mut __sk_buff);
+
+impl Cgroups for OfSkb {
+    #[inline(always)]
+    fn any(&self, mut f: impl FnMut(u64) -> bool) -> bool {
+        // Ancestor levels count from the root; the socket's own cgroup is
+        // the deepest, so the walk goes from the root down and stops at
+        // the first level the socket's cgroup does not have.
+        for level in 0..MAX_CGROUP_LEVEL {
+            // SAFETY: the skb of the calling program's context.
+            let id = unsafe { bpf_skb_ancestor_cgroup_id(self.0.cast(), level as i32) };
+            if id == 0 {
+                return false;
+            }
+            if f(id) {
+                return true;
+            }
+        }
+        false
+    }
+}
 
 /// Calls `f` with the id of the current task's cgroup and of each ancestor
 /// until `f` returns true; returns whether one did.

@@ -25,6 +25,7 @@ mod looping;
 mod lsm;
 mod maps;
 mod netsel;
+mod packet;
 mod path;
 mod quarantine;
 mod reflex;

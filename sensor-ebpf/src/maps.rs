@@ -238,9 +238,21 @@ pub static NET_ADDR: LpmTrie<[u8; NET_ADDR_KEY_LEN], u8> = LpmTrie::with_max_ent
 #[map]
 pub static NET_VALUE: HashMap<NetValueKey, u8> = HashMap::with_max_entries(16384, 0);
 
+/// A packet record being built (see `packet`): too large for the stack
+/// beside the selector loop's state.
+#[map]
+pub static PACKET: PerCpuArray<sensor_common::PacketEvent> = PerCpuArray::with_max_entries(1, 0);
+
 /// State of the network selector loop (see `netsel::NetEval`).
 #[map]
 pub static NET_EVAL: PerCpuArray<crate::netsel::NetEval> = PerCpuArray::with_max_entries(1, 0);
+
+/// The creator (tgid) of each socket made while the sensor runs, by socket
+/// cookie: who a packet is attributed to (`packet`). Written on socket
+/// creation, removed on release; LRU, so that sockets the release hook
+/// never saw (a child never accepted) age out.
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Signals the compat connect programs decided, by pid_tgid of the thread
 /// in the syscall; `signals` sends them as the syscall returns.

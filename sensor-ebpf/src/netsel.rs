@@ -40,10 +40,15 @@ pub struct NetEval {
 /// and the uid, time and cgroup for `stamp`, when the record is sent.
 #[inline(always)]
 pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
+    start_as(op, cfg, bpf_get_current_pid_tgid())
+}
+
+/// As [`start`], for the thread `pid_tgid` (a packet's, by its socket).
+#[inline(always)]
+pub fn start_as(op: u8, cfg: &Config, pid_tgid: u64) -> Option<&'static mut NetEval> {
     let ep = NET_EVAL.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch owned by this program run.
     let ev = unsafe { &mut *ep };
-    let pid_tgid = bpf_get_current_pid_tgid();
     ev.event = ConnectEvent {
         kind: kind::CONNECT,
         pid: (pid_tgid >> 32) as u32,
@@ -66,9 +71,10 @@ pub fn start(op: u8, cfg: &Config) -> Option<&'static mut NetEval> {
         errno: 0,
         state: 0,
         new_state: 0,
+        _pad: 0,
         classes: net_ops::of(op),
-        size: 0,
         _pad2: 0,
+        size: 0,
     };
     ev.n = cfg.n_net_selectors as u64;
     ev.bank = cfg.bank as u64 & 1;
@@ -89,9 +95,16 @@ pub fn stamp(e: &mut ConnectEvent) {
 /// scopes and its process state.
 #[inline(always)]
 pub fn subject<const MODERN: bool>(ev: &mut NetEval, cfg: &Config) {
-    ev.scoped_in = crate::reflex::in_scope::<MODERN>(cfg) as u64;
+    subject_of(ev, cfg, &crate::cgroups::Current::<MODERN>)
+}
+
+/// As [`subject`], with the scopes of the cgroups `of` walks and the
+/// process state of the record's pid.
+#[inline(always)]
+pub fn subject_of(ev: &mut NetEval, cfg: &Config, of: &impl crate::cgroups::Cgroups) {
+    ev.scoped_in = crate::reflex::in_scope_of(cfg, of) as u64;
     ev.scopes = if cfg.n_scopes != 0 {
-        crate::reflex::task_scopes::<MODERN>()
+        crate::reflex::scopes_of(of)
     } else {
         0
     };

@@ -153,9 +153,15 @@ fn zero(data: &mut [u8; 256]) {
 /// root's entry (`POD_UNKNOWN`) counts only if no pod's entry was met.
 #[inline(always)]
 pub fn task_scopes<const MODERN: bool>() -> u64 {
+    scopes_of(&crate::cgroups::Current::<MODERN>)
+}
+
+/// As [`task_scopes`], for the cgroups `of` walks.
+#[inline(always)]
+pub fn scopes_of(of: &impl crate::cgroups::Cgroups) -> u64 {
     let mut own = 0u64;
     let mut unknown = 0u64;
-    crate::cgroups::any::<MODERN>(|id| {
+    of.any(|id| {
         // SAFETY: plain u64 value.
         if let Some(b) = unsafe { POD_SCOPES.get(&id) } {
             if *b & POD_UNKNOWN != 0 {
@@ -190,11 +196,17 @@ pub fn scope_applies(scope: u8, scopes: u64) -> bool {
 /// Whether the current task is under one of the scope cgroups.
 #[inline(always)]
 pub fn in_scope<const MODERN: bool>(cfg: &Config) -> bool {
+    in_scope_of(cfg, &crate::cgroups::Current::<MODERN>)
+}
+
+/// As [`in_scope`], for the cgroups `of` walks.
+#[inline(always)]
+pub fn in_scope_of(cfg: &Config, of: &impl crate::cgroups::Cgroups) -> bool {
     if cfg.scoped == 0 {
         return true;
     }
     // SAFETY: presence test on a u8 value.
-    crate::cgroups::any::<MODERN>(|id| unsafe { SCOPE_CGROUPS.get(&id) }.is_some())
+    of.any(|id| unsafe { SCOPE_CGROUPS.get(&id) }.is_some())
 }
 
 /// State carried through the selector loop. It lives in a map so that the

@@ -18,13 +18,14 @@
 //! The socket is read from the kernel's `struct sock` at offsets from
 //! BTF; the network selectors (`netsel`) decide, and only a hit is sent.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_send_signal},
+    helpers::{bpf_probe_read_user, bpf_send_signal, generated::bpf_get_socket_cookie},
     macros::{cgroup_sock, raw_tracepoint},
     programs::{RawTracePointContext, SockContext},
 };
 use sensor_common::{net_ops, sock_op, Config, ConnectEvent};
 
 use crate::kernel::{off, read, read_ptr};
+use crate::maps::SOCK_OWNERS;
 use crate::netsel::{AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u16 = 6;
@@ -80,7 +81,7 @@ pub fn snsr_sock_state_compat(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-fn wants(cfg: &Config, class: u8) -> bool {
+fn wants(cfg: &Config, class: u16) -> bool {
     cfg.net_ops & class as u32 != 0
 }
 
@@ -90,13 +91,14 @@ fn wants(cfg: &Config, class: u8) -> bool {
 #[inline(always)]
 fn on_sock<const MODERN: bool>(ctx: &SockContext, op: u8) -> Option<()> {
     let cfg = *crate::maps::config()?;
+    track_owner(ctx, op);
     // SAFETY: the context the kernel handed us.
     let tcp = unsafe { (*ctx.sock).protocol } == IPPROTO_TCP as u32;
     let classes = match op {
         sock_op::ALLOC => net_ops::ALLOC,
         _ if tcp => net_ops::CLOSE | net_ops::FREE,
         _ => net_ops::FREE,
-    } & cfg.net_ops as u8;
+    } & cfg.net_ops as u16;
     if classes == 0 {
         return None;
     }
@@ -120,6 +122,21 @@ fn on_sock<const MODERN: bool>(ctx: &SockContext, op: u8) -> Option<()> {
     Some(())
 }
 
+/// Keeps `SOCK_OWNERS`: the creator of each socket made while the sensor
+/// runs, by socket cookie, for the packet hooks (a packet arrives in any
+/// task's context, and `cgroup_skb` programs cannot ask for the current
+/// task on every kernel). One map update per socket created or released.
+#[inline(always)]
+fn track_owner(ctx: &SockContext, op: u8) {
+    // SAFETY: the context's socket, as the helper takes it.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    if op == sock_op::ALLOC {
+        let _ = SOCK_OWNERS.insert(&cookie, &(bpf_tgid() as u32), 0);
+    } else {
+        let _ = SOCK_OWNERS.remove(&cookie);
+    }
+}
+
 /// `inet_sock_set_state(sk, oldstate, newstate)`: each change is of the
 /// classes whose hook makes it, and `sk` still holds the old state.
 #[inline(always)]
@@ -133,7 +150,7 @@ fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         net_ops::OPENREQ
     } else {
         net_ops::STATE
-    } & cfg.net_ops as u8;
+    } & cfg.net_ops as u16;
     if classes == 0 {
         return None;
     }
@@ -188,7 +205,7 @@ pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Op
 #[inline(always)]
 fn judge<const MODERN: bool>(
     op: u8,
-    classes: u8,
+    classes: u16,
     sk: *const u8,
     value: u32,
     cfg: &Config,
@@ -276,7 +293,7 @@ struct Head {
 /// reported (and matched) as IPv4, as the connect hooks do; its IPv4
 /// addresses are the ones the kernel keeps for it.
 #[inline(always)]
-fn read_sock(sk: *const u8, e: &mut ConnectEvent) -> Option<()> {
+pub fn read_sock(sk: *const u8, e: &mut ConnectEvent) -> Option<()> {
     let h = if off!(sk_packed) != 0 {
         let (t, p) = (off!(sk_type), off!(sk_protocol));
         let pair = read::<[u16; 2]>(sk, if t < p { t } else { p }).ok()?;

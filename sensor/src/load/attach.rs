@@ -55,6 +55,7 @@ impl Kernel {
     /// that coexist with other programs there (Cilium's). Every attachment
     /// is a bpf link, so that [`Kernel::pin`] can keep it.
     pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoadError> {
+        self.cgroup_root = Some(cgroup_root.to_path_buf());
         let root = std::fs::File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
             path: cgroup_root.display().to_string(),
             source,
@@ -134,9 +135,10 @@ impl Kernel {
         let at = self.links.iter().position(|(n, _)| n == name);
         match (on, at) {
             (true, None) => {
-                let link = match self.ebpf.is_some() {
-                    true => self.raw_tracepoint(name, p.point())?,
-                    false => self.pinned_raw_tracepoint(name, p.point())?,
+                let link = match (p.skb(), self.ebpf.is_some()) {
+                    (None, true) => self.raw_tracepoint(name, p.point())?,
+                    (None, false) => self.pinned_raw_tracepoint(name, p.point())?,
+                    (Some(ty), _) => self.root_skb(name, ty)?,
                 };
                 let link = match &self.set {
                     Some(set) => {
@@ -196,10 +198,18 @@ impl Kernel {
                 source: e,
             };
             std::fs::create_dir_all(&dir).map_err(|e| failed(e.into()))?;
+            let load = |source| LoadError::Program { name, source };
+            if p.skb().is_some() {
+                let prog: &mut CgroupSkb = self.program(name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(load)?;
+                }
+                prog.pin(&path).map_err(|e| failed(e.into()))?;
+                continue;
+            }
             let prog: &mut RawTracePoint = self.program(name)?;
             if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.load().map_err(load)?;
             }
             prog.pin(&path).map_err(|e| failed(e.into()))?;
         }
@@ -218,6 +228,40 @@ impl Kernel {
         let mut p = RawTracePoint::from_pin(set.programs().join(name)).map_err(err)?;
         let id = p.attach(point).map_err(err)?;
         Ok(p.take_link(id).map_err(err)?.into())
+    }
+
+    /// Attaches packet program `name` at the cgroup v2 root the kernel
+    /// side was attached under: loaded here, or pinned in an adopted set's
+    /// `programs/`.
+    fn root_skb(
+        &mut self,
+        name: &'static str,
+        ty: CgroupSkbAttachType,
+    ) -> Result<FdLink, LoadError> {
+        let err = |source| LoadError::Program { name, source };
+        let root_path = self
+            .cgroup_root
+            .clone()
+            .ok_or(LoadError::Missing("the cgroup v2 root (attach first)"))?;
+        let root = std::fs::File::open(&root_path).map_err(|source| LoadError::Cgroup {
+            path: root_path.display().to_string(),
+            source,
+        })?;
+        let mut pinned;
+        let p: &mut CgroupSkb = match self.ebpf.is_some() {
+            true => self.program(name)?,
+            false => {
+                let set = self.set.as_ref().ok_or(LoadError::Missing(name))?;
+                pinned = CgroupSkb::from_pin(set.programs().join(name), ty).map_err(err)?;
+                &mut pinned
+            }
+        };
+        if p.fd().is_err() {
+            p.load().map_err(err)?;
+        }
+        let id = p.attach(&root, ty, CgroupAttachMode::Single).map_err(err)?;
+        let link = p.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
     }
 
     fn raw_tracepoint(&mut self, name: &'static str, point: &str) -> Result<FdLink, LoadError> {
@@ -315,10 +359,30 @@ pub enum OnDemand {
     /// `inet_csk_listen_start`, `tcp_set_state` and
     /// `tcp_create_openreq_child` hooks, on `inet_sock_set_state`.
     SockState,
+    /// Packet hooks on packets received, on `cgroup_skb` ingress.
+    PacketIn,
+    /// Packet hooks on packets sent, on `cgroup_skb` egress.
+    PacketOut,
 }
 
 impl OnDemand {
-    pub const ALL: [OnDemand; 3] = [OnDemand::SysEnter, OnDemand::SysExit, OnDemand::SockState];
+    pub const ALL: [OnDemand; 5] = [
+        OnDemand::SysEnter,
+        OnDemand::SysExit,
+        OnDemand::SockState,
+        OnDemand::PacketIn,
+        OnDemand::PacketOut,
+    ];
+
+    /// For the packet programs, the cgroup hook they attach to (at the
+    /// cgroup v2 root); the others are raw tracepoints.
+    fn skb(self) -> Option<CgroupSkbAttachType> {
+        match self {
+            OnDemand::PacketIn => Some(CgroupSkbAttachType::Ingress),
+            OnDemand::PacketOut => Some(CgroupSkbAttachType::Egress),
+            _ => None,
+        }
+    }
 
     /// (modern, compat) program names.
     fn names(self) -> (&'static str, &'static str) {
@@ -326,6 +390,8 @@ impl OnDemand {
             OnDemand::SysEnter => ("snsr_syscall", "snsr_syscall_compat"),
             OnDemand::SysExit => ("snsr_sys_return", "snsr_sys_return_compat"),
             OnDemand::SockState => ("snsr_sock_state", "snsr_sock_state_compat"),
+            OnDemand::PacketIn => ("snsr_pkt_in", "snsr_pkt_in_compat"),
+            OnDemand::PacketOut => ("snsr_pkt_out", "snsr_pkt_out_compat"),
         }
     }
 
@@ -334,6 +400,8 @@ impl OnDemand {
             OnDemand::SysEnter => "sys_enter",
             OnDemand::SysExit => "sys_exit",
             OnDemand::SockState => "inet_sock_set_state",
+            OnDemand::PacketIn => "cgroup_skb/ingress",
+            OnDemand::PacketOut => "cgroup_skb/egress",
         }
     }
 
@@ -342,6 +410,8 @@ impl OnDemand {
             OnDemand::SysEnter => "syscall policies loaded",
             OnDemand::SysExit => "syscall hooks wait for returns",
             OnDemand::SockState => "TCP state hooks loaded",
+            OnDemand::PacketIn => "hooks on packets received loaded",
+            OnDemand::PacketOut => "hooks on packets sent loaded",
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct Kernel {
     /// The pinned set this kernel side lives in, once pinned or adopted:
     /// links made later are pinned there too.
     set: Option<pin::SetDir>,
+    /// The cgroup v2 root the socket and packet programs attach at (known
+    /// from [`Kernel::attach`] on).
+    cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// The sizes of the maps an operator may set.
@@ -176,6 +179,7 @@ impl Kernel {
             plan: plan.clone(),
             retired: None,
             set: None,
+            cgroup_root: None,
         })
     }
 
@@ -205,6 +209,7 @@ impl Kernel {
             plan: plan.clone(),
             retired: None,
             set: Some(set.clone()),
+            cgroup_root: None,
         };
         let missing: Vec<&str> = k
             .expected_programs()

@@ -191,13 +191,15 @@ impl Kernel {
             grace,
         });
         self.prune_hash::<u64, u8>("SCOPE_CGROUPS", |id| scope.contains(id))?;
-        let net = |class: u8| c.config.net_ops & class as u32 != 0;
+        let net = |class: u16| c.config.net_ops & class as u32 != 0;
         self.syscall_program(c.config.n_sys_selectors != 0 || net(net_ops::SEND))?;
         self.on_demand(super::OnDemand::SysExit, c.sys_returns())?;
         self.on_demand(
             super::OnDemand::SockState,
             net(net_ops::LISTEN | net_ops::STATE | net_ops::OPENREQ),
-        )
+        )?;
+        self.on_demand(super::OnDemand::PacketIn, net(net_ops::PACKET_IN))?;
+        self.on_demand(super::OnDemand::PacketOut, net(net_ops::PACKET_OUT))
     }
 
     /// Empties the bank switched away from once its grace period is over

@@ -242,7 +242,7 @@ impl Compiled {
         self.binaries.push(sel.binaries.clone());
     }
 
-    fn add_net(&mut self, hook_id: u32, ops: u8, sel: &Selector, scope: u8) {
+    fn add_net(&mut self, hook_id: u32, ops: u16, sel: &Selector, scope: u8) {
         let index = self.net_selectors.len();
         let id = index as u8;
         self.config.net_ops |= ops as u32;
@@ -421,7 +421,7 @@ mod tests {
             hook("tcp_close"),
             hook("tcp_sendmsg")
         ));
-        let ops: Vec<u8> = c.net_selectors.iter().map(|s| s.ops).collect();
+        let ops: Vec<u16> = c.net_selectors.iter().map(|s| s.ops).collect();
         assert_eq!(ops, [net_ops::CONNECT, net_ops::CLOSE, net_ops::SEND]);
         assert_eq!(
             c.config.net_ops,

@@ -25,7 +25,7 @@ pub struct HookDef {
     pub overrides: bool,
     /// For a network hook, the records its selectors are evaluated on
     /// (a `net_ops` bit); 0 for the others.
-    pub net_op: u8,
+    pub net_op: u16,
     /// Whether Sigkill and Signal can be sent from the kernel program
     /// this hook runs on.
     pub signals: bool,
@@ -91,7 +91,7 @@ const NEW_STATE1: ArgDef = ArgDef {
 };
 
 /// A hook on a cgroup sock program, which reports and never signals.
-const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u8) -> HookDef {
+const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u16) -> HookDef {
     HookDef {
         family: HookFamily::Connect,
         function,
@@ -106,7 +106,7 @@ const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u8
 
 /// A hook on TCP state changes, many made in softirq, where the current
 /// task is whichever the packet interrupted: reported, never signalled.
-const fn tcp_state(function: &'static str, args: &'static [ArgDef], net_op: u8) -> HookDef {
+const fn tcp_state(function: &'static str, args: &'static [ArgDef], net_op: u16) -> HookDef {
     HookDef {
         family: HookFamily::Connect,
         function,

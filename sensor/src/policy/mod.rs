@@ -211,7 +211,7 @@ pub struct Hook {
     pub binaries_of_new_image: bool,
     /// For a network hook, the records its selectors act on (a
     /// `sensor_common::net_ops` bit).
-    pub net_ops: u8,
+    pub net_ops: u16,
     /// Declared arguments, in declaration order.
     pub args: Vec<EventArg>,
     /// The syscall numbers a syscall hook is on (one for a `sys_*` kprobe,

@@ -1,0 +1,182 @@
+//! Packets, for Tetragon's packet hooks: `__cgroup_bpf_run_filter_skb`
+//! (both ways), `sk_filter_trim_cap` (in), `ip_output`, `ip_mc_output` and
+//! `ip6_output` (out). Each runs in the kernel's `cgroup_skb` hooks, which
+//! those functions call, on programs at the cgroup v2 root attached only
+//! while such a hook is loaded. A packet arrives in whichever task's
+//! context the kernel handles it (softirq for most received ones), so it
+//! is attributed by its socket: the socket's cgroup decides the scopes,
+//! and its creator (`SOCK_OWNERS`, kept by `sock`) is the process. The
+//! network selectors (`netsel`) test the packet's own addresses, ports and
+//! protocol; only a hit is sent, with the socket as well.
+use aya_ebpf::{
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use sensor_common::{kind, net_ops, sock_op, Config, ConnectEvent, PacketEvent};
+
+use crate::maps::{count_lost, wakeup_flags, EVENTS, PACKET, SOCK_OWNERS};
+use crate::netsel::{AF_INET, AF_INET6};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+const IN: u8 = 0;
+const OUT: u8 = 1;
+
+/// Every program returns 1: packets are reported, never dropped here.
+#[cgroup_skb(ingress)]
+pub fn snsr_pkt_in(ctx: SkBuffContext) -> i32 {
+    let _ = on_packet::<true>(&ctx, IN);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn snsr_pkt_in_compat(ctx: SkBuffContext) -> i32 {
+    let _ = on_packet::<false>(&ctx, IN);
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn snsr_pkt_out(ctx: SkBuffContext) -> i32 {
+    let _ = on_packet::<true>(&ctx, OUT);
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn snsr_pkt_out_compat(ctx: SkBuffContext) -> i32 {
+    let _ = on_packet::<false>(&ctx, OUT);
+    1
+}
+
+#[inline(always)]
+fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<()> {
+    let cfg: Config = *crate::maps::config()?;
+    let class = if direction == IN {
+        net_ops::PACKET_IN
+    } else {
+        net_ops::PACKET_OUT
+    };
+    if cfg.net_ops & class as u32 == 0 {
+        return None;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's socket field, typed by the verifier as a
+    // nullable socket pointer; a packet without a full socket (forwarded,
+    // or a kernel reply for a request or time-wait socket) has no owner.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a socket pointer from the context, checked above.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    // SAFETY: the helper takes the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // SAFETY: plain u32 value.
+    let owner = unsafe { SOCK_OWNERS.get(&cookie) }.copied().unwrap_or(0);
+    if owner != 0 && owner == cfg.sensor_tgid {
+        // The daemon's own packets (events it exports) never feed on
+        // themselves.
+        return None;
+    }
+    let rec = PACKET.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let rec = unsafe { &mut *rec };
+    let ev = crate::netsel::start_as(sock_op::PACKET, &cfg, (owner as u64) << 32 | owner as u64)?;
+    // The socket, read as the other hooks read it (through a pointer
+    // stored in the scratch map and read back as a number, as
+    // `sock::on_sock` does for the same reason).
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe { core::ptr::write_volatile(&mut ev.sk, full as u64) };
+    let skp = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
+    crate::sock::read_sock(skp, &mut ev.event)?;
+    keep_socket(rec, &ev.event);
+    rec.direction = direction;
+    // SAFETY: fields of the program's own context.
+    unsafe {
+        rec.mark = (*skb).mark;
+        rec.priority = (*skb).priority;
+        rec.hash = (*skb).hash;
+    }
+    let e = &mut ev.event;
+    e.classes = class;
+    e.size = ctx.skb.len();
+    read_packet(ctx, e)?;
+    crate::netsel::subject_of(ev, &cfg, &crate::cgroups::OfSkb(skb));
+    crate::netsel::evaluate::<MODERN>(ev);
+    if ev.event.hits == 0 {
+        return Some(());
+    }
+    let e = &mut ev.event;
+    e.uid = ctx.skb.get_socket_uid();
+    // SAFETY: helpers on the program's own context.
+    e.ktime = unsafe { bpf_ktime_get_ns() };
+    e.cgroup_id = unsafe { bpf_skb_cgroup_id(skb.cast()) };
+    e.kind = kind::PACKET;
+    rec.net = *e;
+    if EVENTS
+        .output::<PacketEvent>(rec, wakeup_flags(false))
+        .is_err()
+    {
+        count_lost(kind::CONNECT);
+    }
+    Some(())
+}
+
+/// Copies the socket's view (read into `e`) into the record's socket.
+#[inline(always)]
+fn keep_socket(rec: &mut PacketEvent, e: &ConnectEvent) {
+    rec.sk_saddr = e.saddr;
+    rec.sk_daddr = e.daddr;
+    rec.sk_sport = e.sport;
+    rec.sk_dport = e.dport;
+    rec.sk_family = e.family;
+    rec.sk_type = e.sock_type;
+    rec.sk_protocol = e.protocol;
+    rec.sk_state = e.state;
+}
+
+/// Replaces the record's addresses, ports, family and protocol with the
+/// packet's (its IP header, and for TCP and UDP the ports after it).
+/// IPv6 extension headers are not walked: a packet that has them shows
+/// its first next-header value as the protocol, and no ports.
+#[inline(always)]
+fn read_packet(ctx: &SkBuffContext, e: &mut ConnectEvent) -> Option<()> {
+    e.saddr = [0; 16];
+    e.daddr = [0; 16];
+    e.sport = 0;
+    e.dport = 0;
+    e.mapped = 0;
+    let l4 = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let vihl = ctx.load::<u8>(0).ok()?;
+            e.protocol = ctx.load::<u8>(9).ok()? as u16;
+            e.saddr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(12).ok()?);
+            e.daddr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(16).ok()?);
+            e.family = AF_INET;
+            usize::from(vihl & 0xf) * 4
+        }
+        ETH_P_IPV6 => {
+            e.protocol = ctx.load::<u8>(6).ok()? as u16;
+            e.saddr = ctx.load::<[u8; 16]>(8).ok()?;
+            e.daddr = ctx.load::<[u8; 16]>(24).ok()?;
+            e.family = AF_INET6;
+            40
+        }
+        _ => return None,
+    };
+    if e.protocol == IPPROTO_TCP || e.protocol == IPPROTO_UDP {
+        if let Ok(ports) = ctx.load::<[u8; 4]>(l4) {
+            e.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            e.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+    }
+    Some(())
+}
