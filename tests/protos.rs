@@ -173,6 +173,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
             signal: None,
             errno: Some(1),
             notify: false,
+            rate_limit: None,
         },
         monitor: false,
         message: Some("denied".into()),

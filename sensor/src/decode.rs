@@ -1,7 +1,8 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
 use sensor_common::{
-    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, SyscallEvent, SyscallReturn, SYSCALL_ARGS,
+    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, PacketEvent, SyscallEvent, SyscallReturn,
+    SYSCALL_ARGS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +14,8 @@ pub enum Record {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
+    /// A packet a packet hook matched, with its socket.
+    Packet(PacketEvent),
     Syscall(SyscallRecord),
     /// The return of a syscall whose hooks wait for it.
     SyscallReturn(SyscallReturn),
@@ -107,6 +110,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
         kind::CONNECT => Ok(Record::Connect(read(kind, bytes)?)),
+        kind::PACKET => Ok(Record::Packet(read(kind, bytes)?)),
         kind::SYSCALL => {
             let header: SyscallEvent = read(kind, bytes)?;
             let data = &bytes[size_of::<SyscallEvent>()..];

@@ -5,11 +5,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use base64::Engine;
-use sensor_common::ConnectEvent;
+use sensor_common::{ConnectEvent, PacketEvent};
 
 use super::event::{
     Argument, BinprmArg, Event, FileArg, Process, ProcessKprobe, ProcessLsm, ProcessTracepoint,
-    SockArg, SockaddrArg, SyscallIdArg, TruncatedBytesArg,
+    SkbArg, SockArg, SockaddrArg, SyscallIdArg, TruncatedBytesArg,
 };
 use crate::decode::SyscallRecord;
 use crate::policy::{EventArg, HookPoint, IntType, ReturnArg, SelectorMeta, SysArg, UserRead};
@@ -48,6 +48,50 @@ fn addr(family: u16, bytes: &[u8; 16]) -> String {
         Ipv6Addr::from(*bytes).to_string()
     } else {
         Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+    }
+}
+
+/// Tetragon's `sock_arg` for a packet's socket, and its `skb_arg`.
+pub fn packet_args(p: &PacketEvent) -> (SockArg, SkbArg) {
+    let n = &p.net;
+    let sock = SockArg {
+        family: family_name(p.sk_family).into(),
+        type_: sock_type_name(p.sk_type),
+        protocol: protocol_name(p.sk_protocol),
+        saddr: addr(p.sk_family, &p.sk_saddr),
+        daddr: addr(p.sk_family, &p.sk_daddr),
+        sport: p.sk_sport as u32,
+        dport: p.sk_dport as u32,
+        state: tcp_state_name(p.sk_state).into(),
+    };
+    let skb = SkbArg {
+        hash: p.hash,
+        len: n.size,
+        priority: p.priority,
+        mark: p.mark,
+        saddr: addr(n.family, &n.saddr),
+        daddr: addr(n.family, &n.daddr),
+        sport: n.sport as u32,
+        dport: n.dport as u32,
+        proto: n.protocol as u32,
+        protocol: protocol_name(n.protocol),
+        family: family_name(n.family).into(),
+    };
+    (sock, skb)
+}
+
+/// The arguments of a packet hook: its socket, the packet, and for
+/// `__cgroup_bpf_run_filter_skb` the direction (0 in, 1 out).
+pub fn packet_arg<'a>(
+    sock: &'a SockArg,
+    skb: &'a SkbArg,
+    direction: u8,
+) -> impl Fn(EventArg) -> Option<Argument> + 'a {
+    move |arg| match arg {
+        EventArg::Sock => Some(Argument::SockArg(sock.clone())),
+        EventArg::Skb => Some(Argument::SkbArg(skb.clone())),
+        EventArg::PacketDirection => Some(Argument::IntArg(direction as i32)),
+        _ => None,
     }
 }
 

@@ -25,6 +25,15 @@ fn path_of(args: &[Argument]) -> String {
                     endpoint(&s.daddr, s.dport)
                 )
             }
+            Argument::SkbArg(s) => {
+                let proto = s.protocol.trim_start_matches("IPPROTO_").to_lowercase();
+                format!(
+                    "{proto} packet {} -> {} ({} bytes)",
+                    endpoint(&s.saddr, s.sport),
+                    endpoint(&s.daddr, s.dport),
+                    s.len
+                )
+            }
             Argument::SockaddrArg(s) => endpoint(&s.addr, s.port),
             Argument::IntArg(n) => n.to_string(),
             Argument::UintArg(n) => n.to_string(),

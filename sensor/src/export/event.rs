@@ -240,6 +240,7 @@ pub enum Argument {
     StringArg(String),
     LinuxBinprmArg(BinprmArg),
     SockArg(SockArg),
+    SkbArg(SkbArg),
     SockaddrArg(SockaddrArg),
     IntArg(i32),
     UintArg(u32),
@@ -291,6 +292,31 @@ pub struct SockArg {
     /// The TCP state (`TCP_ESTABLISHED`), where the hook reads it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
+}
+
+/// `KprobeSkb`: a packet's IP header and ports, and what the kernel
+/// keeps with it. `proto` is the protocol's number, `protocol` its name.
+/// (`sec_path_len` and `sec_path_olen`, IPsec state, are not read.)
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SkbArg {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hash: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub len: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mark: u32,
+    pub saddr: String,
+    pub daddr: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sport: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dport: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proto: u32,
+    pub protocol: String,
+    pub family: String,
 }
 
 /// `KprobeSockaddr`.

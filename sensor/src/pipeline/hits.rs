@@ -118,7 +118,15 @@ impl Pipeline {
                 meta.monitor,
             );
             if meta.actions.post {
-                let args = meta.args.iter().filter_map(|a| arg(*a)).collect();
+                let args: Vec<Argument> = meta.args.iter().filter_map(|a| arg(*a)).collect();
+                if let Some(limit) = &meta.actions.rate_limit {
+                    let selector = format!("{}/{table:?}/{bit}", meta.policy_name);
+                    let now = std::time::Instant::now();
+                    if !self.rate.admit(selector, process.pid, &args, limit, now) {
+                        self.think(On::Policy, process, Some((action, &meta.policy_name)), time);
+                        continue;
+                    }
+                }
                 let (shown, parent) = match (&meta.point, &subject.caller) {
                     (HookPoint::Kprobe { .. } | HookPoint::Lsm { .. }, Some((c, p))) => {
                         (&**c, p.clone())

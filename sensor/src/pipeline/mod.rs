@@ -5,13 +5,14 @@
 //! bytes.
 use std::sync::Arc;
 
-use sensor_common::{net_ops, ConnectEvent, ExitEvent};
+use sensor_common::{net_ops, ConnectEvent, ExitEvent, PacketEvent};
 
 use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
 use crate::decode::{decode, ExecRecord, Record};
 
 mod hits;
+mod rate;
 use crate::enrich::Enricher;
 use crate::export::ancestors::AncestorKinds;
 use crate::export::build;
@@ -39,6 +40,7 @@ pub struct Pipeline {
     telemetry: crate::metrics::Telemetry,
     ancestors: AncestorKinds,
     returns: crate::returns::Returns,
+    rate: rate::Limiter,
 }
 
 impl Pipeline {
@@ -59,6 +61,7 @@ impl Pipeline {
             telemetry: Default::default(),
             ancestors: AncestorKinds::default(),
             returns: Default::default(),
+            rate: Default::default(),
         }
     }
 
@@ -255,6 +258,7 @@ impl Pipeline {
             }
             Ok(Record::Exit(x)) => self.exit(&x),
             Ok(Record::Connect(c)) => self.connect(&c),
+            Ok(Record::Packet(p)) => self.packet(&p),
             Ok(Record::Syscall(c)) => self.syscall(c),
             Ok(Record::SyscallReturn(r)) => {
                 if let Some(joined) = self.returns.join(&r) {
@@ -416,16 +420,7 @@ impl Pipeline {
     /// shown to the brain; every record gives policy events for the
     /// selectors that posted.
     fn connect(&mut self, c: &ConnectEvent) {
-        let Some(process) = self.cache.by_pid(c.pid) else {
-            if c.hits != 0 {
-                self.miss();
-                // A TCP state change in softirq that interrupted the idle
-                // task has no process to name; it is counted, not logged,
-                // because on a busy node it is most of them.
-                if c.pid != 0 {
-                    tracing::warn!(pid = c.pid, "connect policy hit from an unknown process");
-                }
-            }
+        let Some(process) = self.network_process(c) else {
             return;
         };
         let connect = net_ops::of(c.op) == net_ops::CONNECT;
@@ -446,6 +441,36 @@ impl Pipeline {
             &time,
             build::connect_arg(&sock, c),
         );
+    }
+
+    /// A packet a packet hook matched: policy events for the selectors
+    /// that posted, naming its socket's creator.
+    fn packet(&mut self, p: &PacketEvent) {
+        let c = &p.net;
+        let Some(process) = self.network_process(c) else {
+            return;
+        };
+        let time = self.cache.rfc3339(c.ktime);
+        let (sock, skb) = build::packet_args(p);
+        let subject = self.acting(&process);
+        let args = build::packet_arg(&sock, &skb, p.direction);
+        self.post_hits(c.hits, Table::Net, subject, &time, args);
+    }
+
+    /// The process a network record names. Pid 0 has none: a TCP state
+    /// change in softirq that interrupted the idle task, or a packet of a
+    /// socket made before the sensor started (its creator is not known).
+    /// Those hits are counted, not logged, because on a busy node they can
+    /// be many.
+    fn network_process(&mut self, c: &ConnectEvent) -> Option<Arc<Process>> {
+        let process = self.cache.by_pid(c.pid);
+        if process.is_none() && c.hits != 0 {
+            self.miss();
+            if c.pid != 0 {
+                tracing::warn!(pid = c.pid, "network policy hit from an unknown process");
+            }
+        }
+        process
     }
 
     fn exit(&mut self, x: &ExitEvent) {

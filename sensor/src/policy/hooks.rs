@@ -32,7 +32,30 @@ pub struct HookDef {
     /// Whether the hook returns a socket (`return: true` with a `sock`
     /// `returnArg`): `sk_alloc` and `tcp_create_openreq_child`.
     pub returns_sock: bool,
+    /// For a packet hook, the packets its function sees of all those the
+    /// packet programs see.
+    pub packets: Packets,
 }
+
+/// Which packets a packet hook sees, as filters its selectors get on top
+/// of their own: the packet programs see every packet a socket sends or
+/// receives, and `ip_output` only the IPv4 ones sent to a unicast address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packets {
+    /// Not a packet hook, or one that sees them all.
+    None,
+    /// IPv4 to a unicast address (`ip_output`).
+    Ip4Unicast,
+    /// IPv4 to a multicast or the broadcast address (`ip_mc_output`).
+    Ip4Multicast,
+    /// IPv6 (`ip6_output`).
+    Ip6,
+}
+
+/// The destinations `ip_mc_output` sends to instead of `ip_output` (a
+/// subnet's directed broadcast is routed as broadcast too, and is not
+/// told apart here).
+pub const MULTICAST4: [&str; 2] = ["224.0.0.0/4", "255.255.255.255/32"];
 
 const BINPRM: ArgDef = ArgDef {
     index: 0,
@@ -101,6 +124,7 @@ const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u1
         net_op,
         signals: false,
         returns_sock: net_op == net_ops::ALLOC,
+        packets: Packets::None,
     }
 }
 
@@ -116,10 +140,101 @@ const fn tcp_state(function: &'static str, args: &'static [ArgDef], net_op: u16)
         net_op,
         signals: false,
         returns_sock: net_op == net_ops::OPENREQ,
+        packets: Packets::None,
+    }
+}
+
+/// A packet hook's socket and packet: `(sk, skb, ...)` or, for the
+/// output functions, `(net, sk, skb)`.
+const SOCK1: ArgDef = ArgDef {
+    index: 1,
+    types: &["sock", "socket"],
+    arg: EventArg::Sock,
+};
+const SKB1: ArgDef = ArgDef {
+    index: 1,
+    types: &["skb"],
+    arg: EventArg::Skb,
+};
+const SKB2: ArgDef = ArgDef {
+    index: 2,
+    types: &["skb"],
+    arg: EventArg::Skb,
+};
+/// `__cgroup_bpf_run_filter_skb`'s attach type: 0 in, 1 out.
+const DIRECTION2: ArgDef = ArgDef {
+    index: 2,
+    types: &["int"],
+    arg: EventArg::PacketDirection,
+};
+
+/// A packet hook: reported, never signalled (a packet is handled in any
+/// task's context, softirq for most received ones).
+const fn packet(
+    function: &'static str,
+    args: &'static [ArgDef],
+    net_op: u16,
+    packets: Packets,
+) -> HookDef {
+    HookDef {
+        family: HookFamily::Connect,
+        function,
+        args,
+        binaries_of_new_image: false,
+        overrides: false,
+        net_op,
+        signals: false,
+        returns_sock: false,
+        packets,
     }
 }
 
 pub const KPROBES: &[(&str, HookDef)] = &[
+    (
+        "__cgroup_bpf_run_filter_skb",
+        packet(
+            "__cgroup_bpf_run_filter_skb",
+            &[SOCK, SKB1, DIRECTION2],
+            net_ops::PACKET_IN | net_ops::PACKET_OUT,
+            Packets::None,
+        ),
+    ),
+    (
+        "sk_filter_trim_cap",
+        packet(
+            "sk_filter_trim_cap",
+            &[SOCK, SKB1],
+            net_ops::PACKET_IN,
+            Packets::None,
+        ),
+    ),
+    (
+        "ip_output",
+        packet(
+            "ip_output",
+            &[SOCK1, SKB2],
+            net_ops::PACKET_OUT,
+            Packets::Ip4Unicast,
+        ),
+    ),
+    (
+        "ip_mc_output",
+        packet(
+            "ip_mc_output",
+            &[SOCK1, SKB2],
+            net_ops::PACKET_OUT,
+            Packets::Ip4Multicast,
+        ),
+    ),
+    (
+        "ip6_output",
+        packet(
+            "ip6_output",
+            &[SOCK1, SKB2],
+            net_ops::PACKET_OUT,
+            Packets::Ip6,
+        ),
+    ),
     (
         "security_bprm_check",
         HookDef {
@@ -131,6 +246,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: 0,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -144,6 +260,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: 0,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -161,6 +278,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: 0,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -178,6 +296,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: 0,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -191,6 +310,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: net_ops::CONNECT,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -224,6 +344,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: net_ops::SEND,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -237,6 +358,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: net_ops::LISTEN,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -250,6 +372,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: net_ops::CONNECT,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -263,6 +386,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
             net_op: net_ops::CONNECT,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
 ];
@@ -279,6 +403,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             net_op: 0,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
     (
@@ -292,6 +417,7 @@ pub const LSM_HOOKS: &[(&str, HookDef)] = &[
             net_op: net_ops::CONNECT,
             signals: true,
             returns_sock: false,
+            packets: Packets::None,
         },
     ),
 ];
@@ -311,6 +437,7 @@ pub const EXEC_TRACEPOINT: HookDef = HookDef {
     net_op: 0,
     signals: true,
     returns_sock: false,
+    packets: Packets::None,
 };
 
 pub fn names(table: &[(&str, HookDef)]) -> String {

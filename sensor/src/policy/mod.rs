@@ -177,6 +177,11 @@ pub enum EventArg {
     SockFamily,
     /// `int_arg`: the state `tcp_set_state` moves the socket to.
     NewState,
+    /// `skb_arg`: a packet (the packet hooks).
+    Skb,
+    /// `int_arg`: a packet's direction, 0 in and 1 out
+    /// (`__cgroup_bpf_run_filter_skb`'s argument 2).
+    PacketDirection,
     /// `sock_arg` in `return`: the socket a hook returns (not declared in
     /// `args`; asked for by [`ReturnArg::Sock`]).
     ReturnSock,
@@ -305,6 +310,27 @@ pub struct Actions {
     pub errno: Option<u32>,
     /// NotifyEnforcer (syscall hooks): `signal` is its argSig.
     pub notify: bool,
+    /// Post's `rateLimit`: repeats within the window are not posted.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Post's `rateLimit` and `rateLimitScope`: an event is not posted again
+/// within `window` for the same selector, the same arguments and the
+/// same scope (Tetragon's semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub window: std::time::Duration,
+    pub scope: RateScope,
+}
+
+/// Whose repeats a rate limit counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// Tetragon's default, per thread. Records here name processes, so a
+    /// thread's repeats are counted with its process's.
+    Thread,
+    Process,
+    Global,
 }
 
 impl Actions {
@@ -313,6 +339,7 @@ impl Actions {
         signal: None,
         errno: None,
         notify: false,
+        rate_limit: None,
     };
 
     /// Tetragon's `KprobeAction` name for the event's `action`.

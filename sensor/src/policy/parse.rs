@@ -393,6 +393,23 @@ fn hook(
         // A hook without selectors posts every call, as in Tetragon.
         parsed.push(Selector::post_all());
     }
+    if def.packets != hooks::Packets::None {
+        for (i, s) in parsed.iter_mut().enumerate() {
+            s.net.extend(packets_seen(def.packets));
+            if s.net.len() > limits::MAX_ARG_FILTERS {
+                return err(
+                    format!("{at}.selectors[{i}].matchArgs"),
+                    format!(
+                        "{} filters with the {} that {} implies; at most {}",
+                        s.net.len(),
+                        if def.packets == hooks::Packets::Ip6 { "one" } else { "two" },
+                        def.function,
+                        limits::MAX_ARG_FILTERS
+                    ),
+                );
+            }
+        }
+    }
     Ok(Hook {
         field: at.to_string(),
         point,
@@ -409,9 +426,42 @@ fn hook(
     })
 }
 
+/// The filters that narrow the packets the packet programs see to those
+/// a packet hook's function sees.
+fn packets_seen(p: hooks::Packets) -> Vec<NetMatch> {
+    let multicast = || {
+        hooks::MULTICAST4
+            .iter()
+            .filter_map(|n| super::net::IpNet::parse(n).ok())
+            .collect()
+    };
+    match p {
+        hooks::Packets::None => Vec::new(),
+        hooks::Packets::Ip4Unicast => vec![
+            NetMatch::Family(vec![2]),
+            NetMatch::Addr {
+                dest: true,
+                negate: true,
+                nets: multicast(),
+            },
+        ],
+        hooks::Packets::Ip4Multicast => vec![
+            NetMatch::Family(vec![2]),
+            NetMatch::Addr {
+                dest: true,
+                negate: false,
+                nets: multicast(),
+            },
+        ],
+        hooks::Packets::Ip6 => vec![NetMatch::Family(vec![10])],
+    }
+}
+
 /// Why a hook that reports cannot signal.
 fn no_signal_why(def: &HookDef) -> &'static str {
-    if def.net_op & (net_ops::STATE | net_ops::OPENREQ) != 0 {
+    if def.net_op & (net_ops::PACKET_IN | net_ops::PACKET_OUT) != 0 {
+        "a packet is handled in whichever task's context the kernel is in (softirq for most received ones), not its socket owner's"
+    } else if def.net_op & (net_ops::STATE | net_ops::OPENREQ) != 0 {
         "TCP state changes are mostly made in softirq, where the current task is whichever the packet interrupted, not the socket's owner"
     } else {
         "its kernel hook (a cgroup sock program) cannot send a signal on every kernel"

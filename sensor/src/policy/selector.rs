@@ -9,7 +9,8 @@ use super::raw::*;
 use super::syscall_filters;
 use super::syscall_hooks::Lists;
 use super::{
-    limits, Actions, ArgStrMatch, BinaryMatch, EventArg, IntType, Selector, StrMatch, StrOp,
+    limits, Actions, ArgStrMatch, BinaryMatch, EventArg, IntType, RateLimit, RateScope, Selector,
+    StrMatch, StrOp,
     SysArg, UserRead,
 };
 
@@ -122,8 +123,30 @@ pub fn selector(
                     format!("argument {index} is declared nop: not read, so not filtered on"),
                 )
             }
+            EventArg::Sock if declared.iter().any(|(_, a)| *a == EventArg::Skb) => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} (the packet's socket) is reported, not filtered on: a packet hook's selectors test the packet; filter on the skb argument"),
+                )
+            }
             EventArg::Sock | EventArg::Sockaddr => {
                 net.push(net_filter(m, arg == EventArg::Sockaddr, &f)?)
+            }
+            EventArg::Skb => {
+                let n = net_filter(m, false, &f)?;
+                if matches!(n, NetMatch::State(_)) {
+                    return err(
+                        format!("{f}.operator"),
+                        "State does not apply to a packet; it applies to a sock argument of the TCP hooks",
+                    );
+                }
+                net.push(n)
+            }
+            EventArg::PacketDirection => {
+                return err(
+                    format!("{f}.index"),
+                    format!("argument {index} (the direction) is reported, not filtered on; hook sk_filter_trim_cap for packets in, ip_output or ip6_output for packets out"),
+                )
             }
             EventArg::AddrLen => {
                 return err(
@@ -350,13 +373,65 @@ fn values(op: StrOp, values: Vec<String>, at: &str) -> Result<StrMatch> {
 
 /// `syscall`: the selector is on a syscall hook, where NotifyEnforcer
 /// sends its `argSig`.
+/// Post's `rateLimit` (seconds, or with an `s`, `m` or `h` suffix) and
+/// `rateLimitScope` (`thread`, `process` or `global`).
+fn rate_limit(a: &RawAction, f: &str) -> Result<Option<RateLimit>> {
+    let Some(v) = &a.rate_limit else {
+        if a.rate_limit_scope.is_some() {
+            return err(format!("{f}.rateLimitScope"), "needs rateLimit");
+        }
+        return Ok(None);
+    };
+    if !a.action.eq_ignore_ascii_case("post") {
+        return err(format!("{f}.rateLimit"), "applies only to Post");
+    }
+    let text = match v {
+        serde_yaml::Value::String(s) => s.trim().to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c @ ('s' | 'm' | 'h'))) => (&text[..i], c),
+        _ => (text.as_str(), 's'),
+    };
+    let window = match digits.parse::<u64>() {
+        Ok(n @ 1..) => n * match unit {
+            'm' => 60,
+            'h' => 3600,
+            _ => 1,
+        },
+        _ => {
+            return err(
+                format!("{f}.rateLimit"),
+                format!("`{text}` is not a time period (a positive number of seconds, or with an s, m or h suffix)"),
+            )
+        }
+    };
+    let scope = match a.rate_limit_scope.as_ref().map(|s| s.as_str()) {
+        None | Some(Some("thread")) => RateScope::Thread,
+        Some(Some("process")) => RateScope::Process,
+        Some(Some("global")) => RateScope::Global,
+        _ => {
+            return err(
+                format!("{f}.rateLimitScope"),
+                "expected thread, process or global",
+            )
+        }
+    };
+    Ok(Some(RateLimit {
+        window: std::time::Duration::from_secs(window),
+        scope,
+    }))
+}
+
 fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
     let mut out = Actions::POST;
     for (i, a) in raw.into_iter().enumerate() {
         let f = format!("{at}.matchActions[{i}]");
+        if let Some(r) = rate_limit(&a, &f)? {
+            out.rate_limit = Some(r);
+        }
         for (name, v) in [
-            ("rateLimit", &a.rate_limit),
-            ("rateLimitScope", &a.rate_limit_scope),
             ("kernelStackTrace", &a.kernel_stack_trace),
             ("userStackTrace", &a.user_stack_trace),
             ("imaHash", &a.ima_hash),
