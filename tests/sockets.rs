@@ -9,10 +9,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
-use common::netns::{ip, Backend, PORT};
+use common::netns::{Backend, LoopbackNs, PORT};
 use common::*;
 
 const TCP_CONNECT: &str = r#"apiVersion: cilium.io/v1alpha1
@@ -236,15 +235,6 @@ s.recv(65536)
 s.close()
 "#;
 
-fn daemon_with(policy_yaml: &str) -> (Daemon, TestCgroup, TempDir) {
-    let dir = TempDir::new();
-    let policy = policy_file(&dir, "p.yaml", policy_yaml);
-    let cg = TestCgroup::new();
-    let scope = cg.0.to_string_lossy().into_owned();
-    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
-    (daemon, cg, dir)
-}
-
 /// Runs the client in the cgroup; returns its local port.
 fn client(cg: &TestCgroup, host: &str, port: u16, how: &str) -> u64 {
     let out = cg
@@ -277,15 +267,6 @@ fn loopback_server() -> (u16, std::thread::JoinHandle<()>) {
     (port, t)
 }
 
-fn kprobes(daemon: &Daemon, function: &str) -> Vec<serde_json::Value> {
-    daemon
-        .events()
-        .into_iter()
-        .filter_map(|e| body(&e, "process_kprobe").cloned())
-        .filter(|k| k["function_name"] == function)
-        .collect()
-}
-
 fn sock(k: &serde_json::Value) -> &serde_json::Value {
     &k["args"][0]["sock_arg"]
 }
@@ -296,7 +277,7 @@ fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
         return;
     }
     let backend = Backend::start();
-    let (daemon, cg, _d) = daemon_with(TCP_CONNECT);
+    let (daemon, cg, _d) = daemon_in_own_cgroup(TCP_CONNECT);
     let sport = client(&cg, &backend.v4, PORT, "sendmsg");
     assert_eq!(backend.requests(), 1);
     let python = resolved("/usr/bin/python3");
@@ -306,13 +287,13 @@ fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
     eventually("connect, send and close events", || {
         ["tcp_connect", "tcp_sendmsg", "tcp_close"]
             .iter()
-            .all(|f| kprobes(&daemon, f).iter().any(ours))
+            .all(|f| kprobe_events(&daemon, f).iter().any(ours))
     });
-    let connect = kprobes(&daemon, "tcp_connect");
+    let connect = kprobe_events(&daemon, "tcp_connect");
     let connect = connect.iter().find(|k| ours(k)).unwrap();
     assert_eq!(sock(connect)["dport"], PORT);
 
-    let sends = kprobes(&daemon, "tcp_sendmsg");
+    let sends = kprobe_events(&daemon, "tcp_sendmsg");
     let send = sends.iter().find(|k| ours(k)).unwrap();
     let s = sock(send);
     assert_eq!(s["family"], "AF_INET");
@@ -332,7 +313,7 @@ fn tetragons_tcp_connect_example_reports_connect_send_and_close() {
         .iter()
         .all(|k| sock(k)["daddr"] == backend.v4.as_str()));
 
-    let closes = kprobes(&daemon, "tcp_close");
+    let closes = kprobe_events(&daemon, "tcp_close");
     let close = closes.iter().find(|k| ours(k)).unwrap();
     assert_eq!(sock(close)["sport"], sport);
     assert_eq!(sock(close)["dport"], PORT);
@@ -355,7 +336,7 @@ fn tetragons_tcp_connect_with_selectors_example_reports_loopback_only() {
         return;
     }
     let backend = Backend::start();
-    let (daemon, cg, _d) = daemon_with(TCP_CONNECT_WITH_SELECTORS);
+    let (daemon, cg, _d) = daemon_in_own_cgroup(TCP_CONNECT_WITH_SELECTORS);
     // Outside 127.0.0.0/8 and 192.168.0.0/16: nothing.
     client(&cg, &backend.v4, PORT, "write");
     let (port, server) = loopback_server();
@@ -365,9 +346,9 @@ fn tetragons_tcp_connect_with_selectors_example_reports_loopback_only() {
     eventually("the loopback connection's three events", || {
         ["tcp_connect", "tcp_sendmsg", "tcp_close"]
             .iter()
-            .all(|f| kprobes(&daemon, f).iter().any(to_loopback))
+            .all(|f| kprobe_events(&daemon, f).iter().any(to_loopback))
     });
-    let send = kprobes(&daemon, "tcp_sendmsg");
+    let send = kprobe_events(&daemon, "tcp_sendmsg");
     let send = send.iter().find(|k| to_loopback(k)).unwrap();
     assert_eq!(send["args"][1]["int_arg"], 18, "one write of 18 bytes");
     assert_eq!(sock(send)["sport"], sport);
@@ -375,7 +356,7 @@ fn tetragons_tcp_connect_with_selectors_example_reports_loopback_only() {
     std::thread::sleep(Duration::from_millis(500));
     let all: Vec<_> = ["tcp_connect", "tcp_sendmsg", "tcp_close"]
         .iter()
-        .flat_map(|f| kprobes(&daemon, f))
+        .flat_map(|f| kprobe_events(&daemon, f))
         .collect();
     assert!(
         all.iter().all(to_loopback),
@@ -383,31 +364,13 @@ fn tetragons_tcp_connect_with_selectors_example_reports_loopback_only() {
     );
 }
 
-/// A network namespace of the test's own, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let ns = format!("snsr-listen-{}", std::process::id());
-        ip(&["netns", "add", &ns]);
-        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
-        Netns(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn tetragons_tcp_listen_example_reports_listens_on_its_ports() {
     if !can_run("tetragons_tcp_listen_example_reports_listens_on_its_ports") {
         return;
     }
-    let ns = Netns::new();
-    let (daemon, cg, _d) = daemon_with(TCP_LISTEN);
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(TCP_LISTEN);
     // Three listens in a namespace of the test's own (no port is taken
     // there): IPv4 31337 and IPv6 1337 match SPort, 8081 does not.
     let script = r#"
@@ -429,10 +392,10 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
         String::from_utf8_lossy(&out.stderr)
     );
     eventually("two listen events", || {
-        kprobes(&daemon, "inet_csk_listen_start").len() >= 2
+        kprobe_events(&daemon, "inet_csk_listen_start").len() >= 2
     });
     std::thread::sleep(Duration::from_millis(500));
-    let listens = kprobes(&daemon, "inet_csk_listen_start");
+    let listens = kprobe_events(&daemon, "inet_csk_listen_start");
     let mut seen: Vec<(String, u64)> = listens
         .iter()
         .map(|k| {
@@ -462,8 +425,8 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
         "the listening process"
     );
     // The tracking hooks post nothing.
-    assert!(kprobes(&daemon, "sk_alloc").is_empty());
-    assert!(kprobes(&daemon, "__sk_free").is_empty());
+    assert!(kprobe_events(&daemon, "sk_alloc").is_empty());
+    assert!(kprobe_events(&daemon, "__sk_free").is_empty());
 }
 
 #[test]
@@ -487,7 +450,7 @@ spec:
 ",
         backend.cidr4()
     );
-    let (daemon, cg, _d) = daemon_with(&policy);
+    let (daemon, cg, _d) = daemon_in_own_cgroup(&policy);
     // The connect is allowed; the first send kills the client: it prints
     // nothing after it.
     let out = cg
@@ -514,8 +477,8 @@ fn tetragons_tcp_accept_example_reports_sockets_children_and_state_changes() {
     if !can_run("tetragons_tcp_accept_example_reports_sockets_children_and_state_changes") {
         return;
     }
-    let ns = Netns::new();
-    let (daemon, cg, _d) = daemon_with(TCP_ACCEPT);
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(TCP_ACCEPT);
     // One listener on 127.0.0.1:8080 in a namespace of the test's own, and
     // three connections to it, each accepted, used and closed.
     let script = r#"
@@ -551,14 +514,15 @@ print(" ".join(map(str, ports)))
         .collect();
     assert_eq!(ports.len(), 3, "{out:?}");
     eventually("every release reported", || {
-        kprobes(&daemon, "__sk_free").len() >= 7 && kprobes(&daemon, "tcp_close").len() >= 6
+        kprobe_events(&daemon, "__sk_free").len() >= 7
+            && kprobe_events(&daemon, "tcp_close").len() >= 6
     });
     std::thread::sleep(Duration::from_millis(500));
     let python = resolved("/usr/bin/python3");
 
     // sk_alloc: the listener and the three clients (an accepted socket is
     // cloned, not allocated), with the family asked for and the new socket.
-    let allocs = kprobes(&daemon, "sk_alloc");
+    let allocs = kprobe_events(&daemon, "sk_alloc");
     assert_eq!(allocs.len(), 4, "{allocs:?}");
     for k in &allocs {
         assert_eq!(k["args"][0]["int_arg"], 2, "{k}");
@@ -570,13 +534,13 @@ print(" ".join(map(str, ports)))
     }
     // __sk_free: every socket once (its second selector matches all): the
     // listener, still listening, the clients and the accepted sockets.
-    let frees = kprobes(&daemon, "__sk_free");
+    let frees = kprobe_events(&daemon, "__sk_free");
     assert_eq!(frees.len(), 7, "{frees:?}");
     let listening = |k: &&serde_json::Value| sock(k)["state"] == "TCP_LISTEN";
     assert_eq!(frees.iter().filter(listening).count(), 1, "{frees:?}");
     // tcp_close to 127.0.0.1: the clients and the accepted sockets, not
     // the listener (no destination).
-    let closes = kprobes(&daemon, "tcp_close");
+    let closes = kprobe_events(&daemon, "tcp_close");
     assert_eq!(closes.len(), 6, "{closes:?}");
     let mut to: Vec<u64> = closes
         .iter()
@@ -590,7 +554,7 @@ print(" ".join(map(str, ports)))
     // The handshake completes in softirq, in whichever task the packet
     // interrupted; on loopback that is mostly the connecting client, the
     // test's own process, so at least one of the three is seen here.
-    let children = kprobes(&daemon, "tcp_create_openreq_child");
+    let children = kprobe_events(&daemon, "tcp_create_openreq_child");
     assert!(!children.is_empty(), "a child reported");
     for k in &children {
         assert_eq!(sock(k)["state"], "TCP_LISTEN", "the listener: {k}");
@@ -600,7 +564,7 @@ print(" ".join(map(str, ports)))
         assert_eq!(ret["state"], "TCP_SYN_RECV", "the child: {k}");
         assert_eq!(ret["sport"], 8080, "{k}");
     }
-    let established = kprobes(&daemon, "tcp_set_state");
+    let established = kprobe_events(&daemon, "tcp_set_state");
     assert!(!established.is_empty(), "an accept reported");
     for k in &established {
         assert_eq!(sock(k)["state"], "TCP_SYN_RECV", "{k}");

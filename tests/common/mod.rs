@@ -591,6 +591,27 @@ pub fn copy_true(dir: &TempDir, name: &str) -> String {
 }
 
 /// Polls `f` every 20 ms until it returns true, for up to 10 s.
+/// The daemon with `policy_yaml`, enforcing in a cgroup of the test's own
+/// (returned with the directory holding the policy).
+pub fn daemon_in_own_cgroup(policy_yaml: &str) -> (Daemon, TestCgroup, TempDir) {
+    let dir = TempDir::new();
+    let policy = policy_file(&dir, "p.yaml", policy_yaml);
+    let cg = TestCgroup::new();
+    let scope = cg.0.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policy", &policy, "--enforce-cgroup", &scope]);
+    (daemon, cg, dir)
+}
+
+/// The daemon's `process_kprobe` events of `function` so far.
+pub fn kprobe_events(daemon: &Daemon, function: &str) -> Vec<Value> {
+    daemon
+        .events()
+        .into_iter()
+        .filter_map(|e| body(&e, "process_kprobe").cloned())
+        .filter(|k| k["function_name"] == function)
+        .collect()
+}
+
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
     eventually_within(what, Duration::from_secs(10), f)
 }

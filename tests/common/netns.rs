@@ -12,6 +12,27 @@ pub const PORT: u16 = 8080;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A network namespace of the test's own with only loopback, up; removed
+/// on drop.
+pub struct LoopbackNs(pub String);
+
+impl LoopbackNs {
+    pub fn new() -> LoopbackNs {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("snsr-lo-{}-{n}", std::process::id());
+        ip(&["netns", "add", &ns]);
+        let ns = LoopbackNs(ns);
+        ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for LoopbackNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// Runs `ip` with `args`, failing the test with its error.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");

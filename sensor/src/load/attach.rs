@@ -79,6 +79,9 @@ impl Kernel {
             };
             self.links.push((name.to_string(), link));
         }
+        for p in std::mem::take(&mut self.deferred) {
+            self.on_demand(p, true)?;
+        }
         if let Err(e) = self.socket_guard() {
             tracing::error!(error = %e, "packet-socket guard not attached: a quarantined pod can still open AF_PACKET sockets");
         }
@@ -131,6 +134,13 @@ impl Kernel {
     /// for every other program; an adopted set's daemon attaches the
     /// program pinned in `programs/`.
     pub fn on_demand(&mut self, p: OnDemand, on: bool) -> Result<(), LoadError> {
+        if p.skb().is_some() && self.cgroup_root.is_none() {
+            self.deferred.retain(|d| *d != p);
+            if on {
+                self.deferred.push(p);
+            }
+            return Ok(());
+        }
         let name = self.on_demand_name(p);
         let at = self.links.iter().position(|(n, _)| n == name);
         match (on, at) {

@@ -106,6 +106,9 @@ pub struct Kernel {
     /// The cgroup v2 root the socket and packet programs attach at (known
     /// from [`Kernel::attach`] on).
     cgroup_root: Option<std::path::PathBuf>,
+    /// Packet programs the policies asked for before [`Kernel::attach`]
+    /// gave the cgroup root; attached there.
+    deferred: Vec<OnDemand>,
 }
 
 /// The sizes of the maps an operator may set.
@@ -180,6 +183,7 @@ impl Kernel {
             retired: None,
             set: None,
             cgroup_root: None,
+            deferred: Vec::new(),
         })
     }
 
@@ -210,6 +214,7 @@ impl Kernel {
             retired: None,
             set: Some(set.clone()),
             cgroup_root: None,
+            deferred: Vec::new(),
         };
         let missing: Vec<&str> = k
             .expected_programs()

@@ -77,7 +77,10 @@ mod tests {
         assert!(!l.admit(sel(), 10, &a, &limit, t0 + Duration::from_secs(4)));
         assert!(l.admit(sel(), 11, &a, &limit, t0), "another process");
         assert!(l.admit(sel(), 10, &b, &limit, t0), "other arguments");
-        assert!(l.admit("p/f/1".into(), 10, &a, &limit, t0), "another selector");
+        assert!(
+            l.admit("p/f/1".into(), 10, &a, &limit, t0),
+            "another selector"
+        );
         assert!(l.admit(sel(), 10, &a, &limit, t0 + Duration::from_secs(5)));
         let global = RateLimit {
             scope: RateScope::Global,

@@ -402,7 +402,11 @@ fn hook(
                     format!(
                         "{} filters with the {} that {} implies; at most {}",
                         s.net.len(),
-                        if def.packets == hooks::Packets::Ip6 { "one" } else { "two" },
+                        if def.packets == hooks::Packets::Ip6 {
+                            "one"
+                        } else {
+                            "two"
+                        },
                         def.function,
                         limits::MAX_ARG_FILTERS
                     ),

@@ -10,8 +10,7 @@ use super::syscall_filters;
 use super::syscall_hooks::Lists;
 use super::{
     limits, Actions, ArgStrMatch, BinaryMatch, EventArg, IntType, RateLimit, RateScope, Selector,
-    StrMatch, StrOp,
-    SysArg, UserRead,
+    StrMatch, StrOp, SysArg, UserRead,
 };
 
 /// `lists`: the policy's `lists`, given for a syscall hook (whose

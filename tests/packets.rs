@@ -1,0 +1,353 @@
+//! Packets, with Tetragon's UDP examples as shipped (comments left out):
+//! `datagram.yaml` (every packet, both ways), `datagram-with-sock-tracking.yaml`
+//! (sockets created and freed, and loopback UDP packets, rate-limited) and
+//! `datagram_518.yaml` (the output and socket-filter functions). Each script
+//! runs in the test's cgroup, to which the daemon is scoped, inside a
+//! network namespace of the test's own.
+mod common;
+
+use std::time::Duration;
+
+use common::netns::LoopbackNs;
+use common::*;
+use serde_json::Value;
+
+const DATAGRAM: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "datagram"
+spec:
+  kprobes:
+  - call: "__cgroup_bpf_run_filter_skb"
+    syscall: false
+    args:
+      - index: 0
+        type: sock
+      - index: 1
+        type: skb
+      - index: 2
+        type: int
+
+"#;
+
+const DATAGRAM_WITH_SOCK_TRACKING: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "datagram"
+spec:
+  kprobes:
+  - call: "sk_alloc"
+    syscall: false
+    return: true
+    args:
+      - index: 1
+        type: int
+        label: "family"
+    returnArg:
+      index: 0
+      type: sock
+    returnArgAction: TrackSock
+    selectors:
+      - matchArgs:
+        - index: 1
+          operator: "Equal"
+          values:
+          - "2"
+  - call: "__sk_free"
+    syscall: false
+    args:
+      - index: 0
+        type: sock
+    selectors:
+      - matchActions:
+        - action: UntrackSock
+          argSock: 0
+  - call: "__cgroup_bpf_run_filter_skb"
+    syscall: false
+    args:
+      - index: 0
+        type: sock
+      - index: 1
+        type: skb
+      - index: 2
+        type: int
+        label: "send"
+    selectors:
+      - matchArgs:
+        - index: 1
+          operator: "DAddr"
+          values:
+          - "127.0.0.1/32"
+        - index: 1
+          operator: "Protocol"
+          values:
+          - "IPPROTO_UDP"
+        matchActions:
+        - action: Post
+          rateLimit: "5"
+
+"#;
+
+const DATAGRAM_518: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "datagram-518"
+spec:
+  kprobes:
+  - call: "sk_alloc"
+    syscall: false
+    return: true
+    args:
+      - index: 1
+        type: int
+    returnArg:
+      index: 0
+      type: sock
+    returnArgAction: TrackSock
+    selectors:
+      - matchArgs:
+        - index: 1
+          operator: "Equal"
+          values:
+          - "2"
+          - "10"
+  - call: "__sk_free"
+    syscall: false
+    args:
+      - index: 0
+        type: sock
+    selectors:
+      - matchArgs:
+        - index: 0
+          operator: "Family"
+          values:
+          - "2"
+          - "10"
+      - matchActions:
+        - action: UntrackSock
+  - call: "sk_filter_trim_cap"
+    syscall: false
+    args:
+    - index: 0
+      type: sock
+    - index: 1
+      type: skb
+      label: "datagram"
+    selectors:
+      - matchArgs:
+        - index: 1
+          operator: "Protocol"
+          values:
+          - "IPPROTO_UDP"
+        - index: 1
+          operator: "DAddr"
+          values:
+          - "127.0.0.1/32"
+          - "::1/128"
+  - call: "ip_output"
+    syscall: false
+    args:
+    - index: 1
+      type: sock
+      label: "sock"
+    - index: 2
+      type: skb
+      label: "datagram"
+    selectors:
+      - matchArgs:
+        - index: 2
+          operator: "Protocol"
+          values:
+          - "IPPROTO_UDP"
+        - index: 2
+          operator: "DAddr"
+          values:
+          - "127.0.0.1/32"
+          - "::1/128"
+  - call: "ip_mc_output"
+    syscall: false
+    args:
+    - index: 1
+      type: sock
+      label: "sock"
+    - index: 2
+      type: skb
+      label: "datagram"
+    selectors:
+      - matchArgs:
+        - index: 2
+          operator: "Protocol"
+          values:
+          - "IPPROTO_UDP"
+        - index: 2
+          operator: "DAddr"
+          values:
+          - "127.0.0.1/32"
+          - "::1/128"
+  - call: "ip6_output"
+    syscall: false
+    args:
+    - index: 1
+      type: sock
+      label: "sock"
+    - index: 2
+      type: skb
+      label: "datagram"
+    selectors:
+      - matchArgs:
+        - index: 2
+          operator: "Protocol"
+          values:
+          - "IPPROTO_UDP"
+        - index: 2
+          operator: "DAddr"
+          values:
+          - "127.0.0.1/32"
+          - "::1/128"
+
+"#;
+
+/// Sends `count` datagrams of 4 bytes from a client socket to a server
+/// socket on `addr` port 9999, each received; prints the client's port.
+const UDP: &str = r#"
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = socket.socket(family, socket.SOCK_DGRAM)
+server.bind((sys.argv[1], 9999))
+client = socket.socket(family, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    client.sendto(b"ping", (sys.argv[1], 9999))
+    server.recvfrom(16)
+print(client.getsockname()[1])
+client.close()
+server.close()
+"#;
+
+/// Runs `UDP` in the test's cgroup inside `ns`; returns the client's port.
+fn udp(cg: &TestCgroup, ns: &LoopbackNs, addr: &str, count: u32) -> u64 {
+    let out = cg
+        .command("ip")
+        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", UDP, addr])
+        .arg(count.to_string())
+        .output()
+        .expect("running the UDP script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the client's port")
+}
+
+/// The argument of kind `kind` (`sock_arg`, `skb_arg`, `int_arg`).
+fn arg<'a>(k: &'a Value, kind: &str) -> &'a Value {
+    k["args"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|x| x.get(kind)))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn tetragons_datagram_example_reports_a_packet_out_and_in() {
+    if !can_run("tetragons_datagram_example_reports_a_packet_out_and_in") {
+        return;
+    }
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(DATAGRAM);
+    let client = udp(&cg, &ns, "127.0.0.1", 1);
+    let f = "__cgroup_bpf_run_filter_skb";
+    eventually("both packets", || kprobe_events(&daemon, f).len() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let packets = kprobe_events(&daemon, f);
+    assert_eq!(packets.len(), 2, "one datagram, out then in: {packets:?}");
+    let python = resolved("/usr/bin/python3");
+    for (k, direction) in packets.iter().zip([1, 0]) {
+        assert_eq!(arg(k, "int_arg"), direction, "{k}");
+        let skb = arg(k, "skb_arg");
+        assert_eq!(skb["family"], "AF_INET", "{k}");
+        assert_eq!(skb["protocol"], "IPPROTO_UDP", "{k}");
+        assert_eq!(skb["proto"], 17, "{k}");
+        assert_eq!(skb["len"], 20 + 8 + 4, "IP, UDP and the payload: {k}");
+        assert_eq!(skb["saddr"], "127.0.0.1", "{k}");
+        assert_eq!(skb["sport"], client, "{k}");
+        assert_eq!(skb["dport"], 9999, "{k}");
+        assert_eq!(k["process"]["binary"], python, "the socket's creator");
+    }
+    // The socket each packet belongs to: the client's out, the server's in.
+    assert_eq!(arg(&packets[0], "sock_arg")["sport"], client);
+    assert_eq!(arg(&packets[1], "sock_arg")["sport"], 9999);
+    assert_eq!(arg(&packets[1], "sock_arg")["type"], "SOCK_DGRAM");
+}
+
+#[test]
+fn tetragons_datagram_with_sock_tracking_example_rate_limits_repeats() {
+    if !can_run("tetragons_datagram_with_sock_tracking_example_rate_limits_repeats") {
+        return;
+    }
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(DATAGRAM_WITH_SOCK_TRACKING);
+    udp(&cg, &ns, "127.0.0.1", 3);
+    eventually("both sockets freed", || {
+        kprobe_events(&daemon, "__sk_free").len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Two AF_INET sockets made and freed.
+    let allocs = kprobe_events(&daemon, "sk_alloc");
+    assert_eq!(allocs.len(), 2, "{allocs:?}");
+    assert!(allocs.iter().all(|k| arg(k, "int_arg") == 2), "{allocs:?}");
+    assert!(allocs
+        .iter()
+        .all(|k| k["return"]["sock_arg"]["type"] == "SOCK_DGRAM"));
+    assert_eq!(kprobe_events(&daemon, "__sk_free").len(), 2);
+    // Three identical datagrams to 127.0.0.1 within rateLimit's 5 s: one
+    // posted out, one in.
+    let packets = kprobe_events(&daemon, "__cgroup_bpf_run_filter_skb");
+    let ways: Vec<&Value> = packets.iter().map(|k| arg(k, "int_arg")).collect();
+    assert_eq!(ways, [1, 0], "{packets:?}");
+}
+
+#[test]
+fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_filter() {
+    if !can_run("tetragons_datagram_518_example_reports_each_output_function_and_the_socket_filter")
+    {
+        return;
+    }
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(DATAGRAM_518);
+    let v4 = udp(&cg, &ns, "127.0.0.1", 1);
+    let v6 = udp(&cg, &ns, "::1", 1);
+    eventually("four packets", || {
+        kprobe_events(&daemon, "sk_filter_trim_cap").len() >= 2
+            && kprobe_events(&daemon, "ip6_output").len() >= 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out4 = kprobe_events(&daemon, "ip_output");
+    assert_eq!(out4.len(), 1, "the IPv4 datagram: {out4:?}");
+    assert_eq!(arg(&out4[0], "skb_arg")["sport"], v4);
+    assert_eq!(arg(&out4[0], "skb_arg")["daddr"], "127.0.0.1");
+    let out6 = kprobe_events(&daemon, "ip6_output");
+    assert_eq!(out6.len(), 1, "the IPv6 datagram: {out6:?}");
+    assert_eq!(arg(&out6[0], "skb_arg")["family"], "AF_INET6");
+    assert_eq!(arg(&out6[0], "skb_arg")["daddr"], "::1");
+    assert_eq!(arg(&out6[0], "skb_arg")["sport"], v6);
+    assert_eq!(arg(&out6[0], "sock_arg")["family"], "AF_INET6");
+    let filtered = kprobe_events(&daemon, "sk_filter_trim_cap");
+    let mut senders: Vec<u64> = filtered
+        .iter()
+        .map(|k| arg(k, "skb_arg")["sport"].as_u64().unwrap_or(0))
+        .collect();
+    senders.sort();
+    let mut expected = vec![v4, v6];
+    expected.sort();
+    assert_eq!(senders, expected, "both received: {filtered:?}");
+    assert!(
+        kprobe_events(&daemon, "ip_mc_output").is_empty(),
+        "no multicast"
+    );
+    // Four sockets, AF_INET and AF_INET6, made and freed.
+    assert_eq!(kprobe_events(&daemon, "sk_alloc").len(), 4);
+    assert_eq!(kprobe_events(&daemon, "__sk_free").len(), 4);
+}
