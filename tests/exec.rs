@@ -491,7 +491,8 @@ fn sigterm_detaches_every_program() {
     // exec, fork, exit, connect4/6, sendmsg4/6 and the quarantine filters,
     // plus what this kernel's path needs (the LSM exec hook, the compat
     // connect programs' signal sender), as `sensor probe --load` lists them;
-    // not the programs attached on demand (syscall policies, listen hooks).
+    // not the programs attached on demand (syscall policies, TCP state
+    // and packet hooks).
     let probe = Command::new(SENSOR)
         .args(["probe", "--load"])
         .output()
@@ -503,9 +504,14 @@ fn sigterm_detaches_every_program() {
         .expect("probe --load lists the programs")
         .split(", ")
         .filter(|p| {
-            !["snsr_syscall", "snsr_sys_return", "snsr_sock_state"]
-                .iter()
-                .any(|on_demand| p.starts_with(on_demand))
+            ![
+                "snsr_syscall",
+                "snsr_sys_return",
+                "snsr_sock_state",
+                "snsr_pkt_",
+            ]
+            .iter()
+            .any(|on_demand| p.starts_with(on_demand))
         })
         .count();
     assert!(chosen >= 9, "{text}");

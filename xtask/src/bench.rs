@@ -142,6 +142,46 @@ fn sends(n: usize) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// `n` 64-byte datagrams on a connected loopback UDP socket, each read
+/// by a receiver thread (so each is one packet out and one in).
+fn datagrams(n: usize) -> Result<Duration> {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = rx.local_addr()?;
+    rx.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while rx.recv(&mut buf).is_ok() {}
+    });
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    tx.connect(addr)?;
+    let msg = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        // A full receive queue drops datagrams; the send still ran both
+        // programs' hooks on the way out, and the receiver keeps up.
+        tx.send(&msg)?;
+    }
+    let elapsed = start.elapsed();
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    Ok(elapsed)
+}
+
+/// A packet policy on both directions that matches nothing the benchmark
+/// sends (port 1), so that every packet is evaluated and none posts.
+const PACKET_POLICY: &str = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bench-packet}
+spec:
+  kprobes:
+  - call: __cgroup_bpf_run_filter_skb
+    syscall: false
+    args: [{index: 0, type: sock}, {index: 1, type: skb}, {index: 2, type: int}]
+    selectors:
+    - matchArgs: [{index: 1, operator: DPort, values: [\"1\"]}]
+";
+
 /// A `tcp_sendmsg` policy that matches nothing the benchmark sends (port
 /// 1), so that every send is resolved and evaluated and none posts.
 const SEND_POLICY: &str = "apiVersion: cilium.io/v1alpha1
@@ -369,8 +409,26 @@ pub fn main(sensor: &Path, args: &[String]) -> Result<()> {
                 },
             )
         }
+        Some("packet") => {
+            let policy = root().join("target/bench-packet-policy.yaml");
+            std::fs::write(&policy, PACKET_POLICY)?;
+            let policies = ["--policy".to_string(), policy.display().to_string()];
+            compare(
+                sensor,
+                &policies,
+                &o,
+                &Workload {
+                    name: "64-byte datagrams on a loopback UDP socket",
+                    ops: o.ops.unwrap_or(500_000),
+                    run: datagrams,
+                    seen: ("packet-out program runs", |_, programs| {
+                        runs_of(programs, "snsr_pkt_out")
+                    }),
+                },
+            )
+        }
         _ => bail!(
-            "usage: cargo xtask bench exec|connect|syscall|send [--pairs N] [--ops N] [--no-stats]"
+            "usage: cargo xtask bench exec|connect|syscall|send|packet [--pairs N] [--ops N] [--no-stats]"
         ),
     }
 }

@@ -111,6 +111,17 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "packets (in, out, by function, rate limit)",
+        run: Run::Tests {
+            target: "packets",
+            names: &[
+                "tetragons_datagram_example_reports_a_packet_out_and_in",
+                "tetragons_datagram_with_sock_tracking_example_rate_limits_repeats",
+                "tetragons_datagram_518_example_reports_each_output_function_and_the_socket_filter",
+            ],
+        },
+    },
+    Check {
         name: "syscall policies (Post, lists, kill, strings, fds, PIDs, returns)",
         run: Run::Tests {
             target: "syscalls",
