@@ -692,3 +692,82 @@ fn socket_lifecycle_hooks_report_and_refuse_what_they_cannot_do() {
         "does not return a socket",
     );
 }
+
+#[test]
+fn packet_hooks_filter_the_packet_and_only_report() {
+    let pkt = |call: &str, args: &str, sel: &str| {
+        format!("{HEAD}  kprobes:\n  - call: {call}\n    syscall: false\n    args: {args}\n    selectors:\n{sel}")
+    };
+    let skb = "[{index: 0, type: sock}, {index: 1, type: skb}, {index: 2, type: int}]";
+    let out = "[{index: 1, type: sock}, {index: 2, type: skb}]";
+    passes(&pkt(
+        "__cgroup_bpf_run_filter_skb",
+        skb,
+        "    - matchArgs: [{index: 1, operator: DAddr, values: [127.0.0.1/8]}, {index: 1, operator: Protocol, values: [IPPROTO_UDP]}]\n      matchActions: [{action: Post, rateLimit: 1m, rateLimitScope: global}]\n",
+    ));
+    refused(
+        &pkt("ip_output", out, "    - matchArgs: [{index: 2, operator: DPort, values: [\"53\"]}]\n      matchActions: [{action: Sigkill}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions",
+        "cgroup_skb",
+    );
+    refused(
+        &pkt(
+            "sk_filter_trim_cap",
+            "[{index: 0, type: sock}, {index: 1, type: skb}]",
+            "    - matchArgs: [{index: 0, operator: DPort, values: [\"53\"]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].index",
+        "filter on the skb argument",
+    );
+    refused(
+        &pkt(
+            "__cgroup_bpf_run_filter_skb",
+            skb,
+            "    - matchArgs: [{index: 2, operator: Equal, values: [\"1\"]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].index",
+        "the direction",
+    );
+    refused(
+        &pkt(
+            "__cgroup_bpf_run_filter_skb",
+            skb,
+            "    - matchArgs: [{index: 1, operator: State, values: [TCP_CLOSE]}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchArgs[0].operator",
+        "does not apply to a packet",
+    );
+    // ip_output implies IPv4 and a unicast destination: two filters more.
+    refused(
+        &pkt("ip_output", out, "    - matchArgs:\n      - {index: 2, operator: DPort, values: [\"53\"]}\n      - {index: 2, operator: SPort, values: [\"53\"]}\n      - {index: 2, operator: Protocol, values: [IPPROTO_UDP]}\n      - {index: 2, operator: SAddr, values: [10.0.0.0/8]}\n"),
+        "spec.kprobes[0].selectors[0].matchArgs",
+        "that ip_output implies",
+    );
+    let rate = |action: &str| {
+        pkt(
+            "__cgroup_bpf_run_filter_skb",
+            skb,
+            &format!("    - matchActions: [{action}]\n"),
+        )
+    };
+    refused(
+        &rate("{action: Post, rateLimit: 5d}"),
+        "spec.kprobes[0].selectors[0].matchActions[0].rateLimit",
+        "not a time period",
+    );
+    refused(
+        &rate("{action: Post, rateLimitScope: process}"),
+        "spec.kprobes[0].selectors[0].matchActions[0].rateLimitScope",
+        "needs rateLimit",
+    );
+    refused(
+        &rate("{action: NoPost, rateLimit: \"5\"}"),
+        "spec.kprobes[0].selectors[0].matchActions[0].rateLimit",
+        "applies only to Post",
+    );
+    refused(
+        &rate("{action: Post, rateLimit: \"5\", rateLimitScope: cluster}"),
+        "spec.kprobes[0].selectors[0].matchActions[0].rateLimitScope",
+        "thread, process or global",
+    );
+}

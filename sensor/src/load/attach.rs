@@ -134,14 +134,14 @@ impl Kernel {
     /// for every other program; an adopted set's daemon attaches the
     /// program pinned in `programs/`.
     pub fn on_demand(&mut self, p: OnDemand, on: bool) -> Result<(), LoadError> {
-        if p.skb().is_some() && self.cgroup_root.is_none() {
-            self.deferred.retain(|d| *d != p);
-            if on {
-                self.deferred.push(p);
-            }
+        let name = self.on_demand_name(p);
+        let attached = self.links.iter().any(|(n, _)| n == name);
+        self.deferred.retain(|d| *d != p);
+        if on && !attached && p.skb().is_some() && self.cgroup_root.is_none() {
+            // Attached by `attach`, which knows the cgroup root.
+            self.deferred.push(p);
             return Ok(());
         }
-        let name = self.on_demand_name(p);
         let at = self.links.iter().position(|(n, _)| n == name);
         match (on, at) {
             (true, None) => {
