@@ -344,6 +344,35 @@ impl std::fmt::Display for Features {
             form(plan.connect)
         )?;
         writeln!(f, "   security_socket_connect, socket_connect)")?;
+        writeln!(
+            f,
+            "  {:<44} cgroup sock_create and sock_release, {}",
+            "sockets (sk_alloc, __sk_free, tcp_close)",
+            form(plan.connect)
+        )?;
+        writeln!(
+            f,
+            "  {:<44} raw sock/inet_sock_set_state, {}, on demand",
+            "TCP states (inet_csk_listen_start,",
+            form(plan.exec)
+        )?;
+        writeln!(f, "   tcp_set_state, tcp_create_openreq_child)")?;
+        writeln!(
+            f,
+            "  {:<44} raw sys_enter and sys_exit, {}, on demand",
+            "syscalls (sys_*, tcp_sendmsg)",
+            form(plan.exec)
+        )?;
+        writeln!(
+            f,
+            "  {:<44} cgroup_skb ingress and egress, {}, on demand",
+            "packets (__cgroup_bpf_run_filter_skb,",
+            form(plan.exec)
+        )?;
+        writeln!(
+            f,
+            "   sk_filter_trim_cap, ip_output, ip_mc_output, ip6_output)"
+        )?;
         match plan.connect_errno_missing {
             None => writeln!(f, "  {:<44} any errno", "connect Override")?,
             Some(why) => writeln!(f, "  {:<44} EPERM only: {why}", "connect Override")?,
