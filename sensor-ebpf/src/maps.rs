@@ -247,10 +247,10 @@ pub static PACKET: PerCpuArray<sensor_common::PacketEvent> = PerCpuArray::with_m
 #[map]
 pub static NET_EVAL: PerCpuArray<crate::netsel::NetEval> = PerCpuArray::with_max_entries(1, 0);
 
-/// The creator (tgid) of each socket made while the sensor runs, by socket
-/// cookie: who a packet is attributed to (`packet`). Written on socket
-/// creation, removed on release; LRU, so that sockets the release hook
-/// never saw (a child never accepted) age out.
+/// The creator (tgid) of each socket made while packet hooks are loaded,
+/// by socket cookie: who a packet is attributed to (`packet`). Written on
+/// socket creation, removed on release (see `sock::track_owner`); LRU, so
+/// that sockets the release hook never saw age out.
 #[map]
 pub static SOCK_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 

@@ -90,21 +90,6 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<(
     // SAFETY: per-CPU scratch owned by this program run.
     let rec = unsafe { &mut *rec };
     let ev = crate::netsel::start_as(sock_op::PACKET, &cfg, (owner as u64) << 32 | owner as u64)?;
-    // The socket, read as the other hooks read it (through a pointer
-    // stored in the scratch map and read back as a number, as
-    // `sock::on_sock` does for the same reason).
-    // SAFETY: per-CPU scratch owned by this program run.
-    unsafe { core::ptr::write_volatile(&mut ev.sk, full as u64) };
-    let skp = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
-    crate::sock::read_sock(skp, &mut ev.event)?;
-    keep_socket(rec, &ev.event);
-    rec.direction = direction;
-    // SAFETY: fields of the program's own context.
-    unsafe {
-        rec.mark = (*skb).mark;
-        rec.priority = (*skb).priority;
-        rec.hash = (*skb).hash;
-    }
     let e = &mut ev.event;
     e.classes = class;
     e.size = ctx.skb.len();
@@ -114,7 +99,24 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<(
     if ev.event.hits == 0 {
         return Some(());
     }
+    // The socket, read only for a hit, as the other hooks read it
+    // (through a pointer stored in the scratch map and read back as a
+    // number, as `sock::on_sock` does for the same reason), into the
+    // record's network part, which the packet's then overwrites.
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe { core::ptr::write_volatile(&mut ev.sk, full as u64) };
+    let skp = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
+    crate::sock::read_sock(skp, &mut rec.net)?;
+    keep_socket(rec);
+    rec.direction = direction;
+    // SAFETY: fields of the program's own context.
+    unsafe {
+        rec.mark = (*skb).mark;
+        rec.priority = (*skb).priority;
+        rec.hash = (*skb).hash;
+    }
     let e = &mut ev.event;
+    e.sock_type = rec.sk_type;
     e.uid = ctx.skb.get_socket_uid();
     // SAFETY: helpers on the program's own context.
     e.ktime = unsafe { bpf_ktime_get_ns() };
@@ -130,9 +132,11 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<(
     Some(())
 }
 
-/// Copies the socket's view (read into `e`) into the record's socket.
+/// Copies the socket's view (read into the record's network part) into
+/// the record's socket.
 #[inline(always)]
-fn keep_socket(rec: &mut PacketEvent, e: &ConnectEvent) {
+fn keep_socket(rec: &mut PacketEvent) {
+    let e = rec.net;
     rec.sk_saddr = e.saddr;
     rec.sk_daddr = e.daddr;
     rec.sk_sport = e.sport;
@@ -155,18 +159,20 @@ fn read_packet(ctx: &SkBuffContext, e: &mut ConnectEvent) -> Option<()> {
     e.dport = 0;
     e.mapped = 0;
     let l4 = match u16::from_be(ctx.skb.protocol() as u16) {
+        // Each header in one copy: a helper call costs more than the bytes.
         ETH_P_IP => {
-            let vihl = ctx.load::<u8>(0).ok()?;
-            e.protocol = ctx.load::<u8>(9).ok()? as u16;
-            e.saddr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(12).ok()?);
-            e.daddr[..4].copy_from_slice(&ctx.load::<[u8; 4]>(16).ok()?);
+            let h = ctx.load::<[u8; 20]>(0).ok()?;
+            e.protocol = h[9] as u16;
+            e.saddr[..4].copy_from_slice(&h[12..16]);
+            e.daddr[..4].copy_from_slice(&h[16..20]);
             e.family = AF_INET;
-            usize::from(vihl & 0xf) * 4
+            usize::from(h[0] & 0xf) * 4
         }
         ETH_P_IPV6 => {
-            e.protocol = ctx.load::<u8>(6).ok()? as u16;
-            e.saddr = ctx.load::<[u8; 16]>(8).ok()?;
-            e.daddr = ctx.load::<[u8; 16]>(24).ok()?;
+            let h = ctx.load::<[u8; 40]>(0).ok()?;
+            e.protocol = h[6] as u16;
+            e.saddr.copy_from_slice(&h[8..24]);
+            e.daddr.copy_from_slice(&h[24..40]);
             e.family = AF_INET6;
             40
         }

@@ -91,7 +91,7 @@ fn wants(cfg: &Config, class: u16) -> bool {
 #[inline(always)]
 fn on_sock<const MODERN: bool>(ctx: &SockContext, op: u8) -> Option<()> {
     let cfg = *crate::maps::config()?;
-    track_owner(ctx, op);
+    track_owner(ctx, op, &cfg);
     // SAFETY: the context the kernel handed us.
     let tcp = unsafe { (*ctx.sock).protocol } == IPPROTO_TCP as u32;
     let classes = match op {
@@ -122,12 +122,18 @@ fn on_sock<const MODERN: bool>(ctx: &SockContext, op: u8) -> Option<()> {
     Some(())
 }
 
-/// Keeps `SOCK_OWNERS`: the creator of each socket made while the sensor
-/// runs, by socket cookie, for the packet hooks (a packet arrives in any
-/// task's context, and `cgroup_skb` programs cannot ask for the current
-/// task on every kernel). One map update per socket created or released.
+/// Keeps `SOCK_OWNERS`: the creator of each socket, by socket cookie, for
+/// the packet hooks (a packet arrives in any task's context, and
+/// `cgroup_skb` programs cannot ask for the current task on every kernel).
+/// Only while packet hooks are loaded: it costs a map update per socket
+/// created and per socket released, which no one else should pay. A
+/// cookie is never reused, so entries left from an earlier load name no
+/// other socket, and age out of the LRU map.
 #[inline(always)]
-fn track_owner(ctx: &SockContext, op: u8) {
+fn track_owner(ctx: &SockContext, op: u8, cfg: &Config) {
+    if cfg.net_ops & (net_ops::PACKET_IN | net_ops::PACKET_OUT) as u32 == 0 {
+        return;
+    }
     // SAFETY: the context's socket, as the helper takes it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     if op == sock_op::ALLOC {
