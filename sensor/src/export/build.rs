@@ -54,16 +54,17 @@ fn addr(family: u16, bytes: &[u8; 16]) -> String {
 /// Tetragon's `sock_arg` for a packet's socket, and its `skb_arg`.
 pub fn packet_args(p: &PacketEvent) -> (SockArg, SkbArg) {
     let n = &p.net;
-    let sock = SockArg {
-        family: family_name(p.sk_family).into(),
-        type_: sock_type_name(p.sk_type),
-        protocol: protocol_name(p.sk_protocol),
-        saddr: addr(p.sk_family, &p.sk_saddr),
-        daddr: addr(p.sk_family, &p.sk_daddr),
-        sport: p.sk_sport as u32,
-        dport: p.sk_dport as u32,
-        state: tcp_state_name(p.sk_state).into(),
-    };
+    let sock = sock_arg(&ConnectEvent {
+        family: p.sk_family,
+        sock_type: p.sk_type,
+        protocol: p.sk_protocol,
+        saddr: p.sk_saddr,
+        daddr: p.sk_daddr,
+        sport: p.sk_sport,
+        dport: p.sk_dport,
+        state: p.sk_state,
+        ..*n
+    });
     let skb = SkbArg {
         hash: p.hash,
         len: n.size,

@@ -113,37 +113,6 @@ const NEW_STATE1: ArgDef = ArgDef {
     arg: EventArg::NewState,
 };
 
-/// A hook on a cgroup sock program, which reports and never signals.
-const fn cgroup_sock(function: &'static str, args: &'static [ArgDef], net_op: u16) -> HookDef {
-    HookDef {
-        family: HookFamily::Connect,
-        function,
-        args,
-        binaries_of_new_image: false,
-        overrides: false,
-        net_op,
-        signals: false,
-        returns_sock: net_op == net_ops::ALLOC,
-        packets: Packets::None,
-    }
-}
-
-/// A hook on TCP state changes, many made in softirq, where the current
-/// task is whichever the packet interrupted: reported, never signalled.
-const fn tcp_state(function: &'static str, args: &'static [ArgDef], net_op: u16) -> HookDef {
-    HookDef {
-        family: HookFamily::Connect,
-        function,
-        args,
-        binaries_of_new_image: false,
-        overrides: false,
-        net_op,
-        signals: false,
-        returns_sock: net_op == net_ops::OPENREQ,
-        packets: Packets::None,
-    }
-}
-
 /// A packet hook's socket and packet: `(sk, skb, ...)` or, for the
 /// output functions, `(net, sk, skb)`.
 const SOCK1: ArgDef = ArgDef {
@@ -168,9 +137,10 @@ const DIRECTION2: ArgDef = ArgDef {
     arg: EventArg::PacketDirection,
 };
 
-/// A packet hook: reported, never signalled (a packet is handled in any
-/// task's context, softirq for most received ones).
-const fn packet(
+/// A network hook that reports and never acts: its kernel program cannot
+/// signal (a cgroup program) or runs where the current task is not the
+/// acting one (softirq); `parse` refuses such actions with the reason.
+const fn reports(
     function: &'static str,
     args: &'static [ArgDef],
     net_op: u16,
@@ -184,7 +154,7 @@ const fn packet(
         overrides: false,
         net_op,
         signals: false,
-        returns_sock: false,
+        returns_sock: net_op == net_ops::ALLOC || net_op == net_ops::OPENREQ,
         packets,
     }
 }
@@ -192,7 +162,7 @@ const fn packet(
 pub const KPROBES: &[(&str, HookDef)] = &[
     (
         "__cgroup_bpf_run_filter_skb",
-        packet(
+        reports(
             "__cgroup_bpf_run_filter_skb",
             &[SOCK, SKB1, DIRECTION2],
             net_ops::PACKET_IN | net_ops::PACKET_OUT,
@@ -201,7 +171,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
     (
         "sk_filter_trim_cap",
-        packet(
+        reports(
             "sk_filter_trim_cap",
             &[SOCK, SKB1],
             net_ops::PACKET_IN,
@@ -210,7 +180,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
     (
         "ip_output",
-        packet(
+        reports(
             "ip_output",
             &[SOCK1, SKB2],
             net_ops::PACKET_OUT,
@@ -219,7 +189,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
     (
         "ip_mc_output",
-        packet(
+        reports(
             "ip_mc_output",
             &[SOCK1, SKB2],
             net_ops::PACKET_OUT,
@@ -228,7 +198,7 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
     (
         "ip6_output",
-        packet(
+        reports(
             "ip6_output",
             &[SOCK1, SKB2],
             net_ops::PACKET_OUT,
@@ -315,23 +285,33 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
     (
         "tcp_close",
-        cgroup_sock("tcp_close", &[SOCK], net_ops::CLOSE),
+        reports("tcp_close", &[SOCK], net_ops::CLOSE, Packets::None),
     ),
     (
         "sk_alloc",
-        cgroup_sock("sk_alloc", &[FAMILY1], net_ops::ALLOC),
+        reports("sk_alloc", &[FAMILY1], net_ops::ALLOC, Packets::None),
     ),
     (
         "__sk_free",
-        cgroup_sock("__sk_free", &[SOCK], net_ops::FREE),
+        reports("__sk_free", &[SOCK], net_ops::FREE, Packets::None),
     ),
     (
         "tcp_set_state",
-        tcp_state("tcp_set_state", &[SOCK, NEW_STATE1], net_ops::STATE),
+        reports(
+            "tcp_set_state",
+            &[SOCK, NEW_STATE1],
+            net_ops::STATE,
+            Packets::None,
+        ),
     ),
     (
         "tcp_create_openreq_child",
-        tcp_state("tcp_create_openreq_child", &[SOCK], net_ops::OPENREQ),
+        reports(
+            "tcp_create_openreq_child",
+            &[SOCK],
+            net_ops::OPENREQ,
+            Packets::None,
+        ),
     ),
     (
         "tcp_sendmsg",
