@@ -17,6 +17,10 @@ const UPLOAD_RULE: &str = "apiVersion: sensor.io/v1alpha1\nkind: BrainRule\nmeta
 /// copied from user memory (a string; a buffer, whole and cut).
 const SYSCALLS: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: protos-syscalls}\nspec:\n  kprobes:\n  - call: sys_setuid\n    syscall: true\n    args: [{index: 0, type: int}]\n  - call: sys_mkdir\n    syscall: true\n    args: [{index: 0, type: string}]\n  - call: sys_write\n    syscall: true\n    args: [{index: 0, type: int}, {index: 1, type: char_buf, sizeArgIndex: 3}]\n    selectors:\n    - matchArgs: [{index: 0, operator: Equal, values: [\"9\"]}]\n  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_dup2\n    args: [{index: 4, type: syscall64}, {index: 5, type: uint32}, {index: 6, type: long}]\n  - subsystem: syscalls\n    event: sys_enter_dup\n    args: [{index: 4, type: uint64}, {index: 5, type: size_t}]\n";
 
+/// A socket hook that returns a socket and a packet hook, so that `return`
+/// as a `sock_arg` and `skb_arg` are parsed too.
+const SOCKETS: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: protos-sockets}\nspec:\n  kprobes:\n  - call: sk_alloc\n    syscall: false\n    return: true\n    args: [{index: 1, type: int}]\n    returnArg: {index: 0, type: sock}\n    returnArgAction: TrackSock\n  - call: __cgroup_bpf_run_filter_skb\n    syscall: false\n    args: [{index: 0, type: sock}, {index: 1, type: skb}, {index: 2, type: int}]\n    selectors:\n    - matchArgs: [{index: 1, operator: Protocol, values: [IPPROTO_UDP]}]\n";
+
 #[test]
 fn every_event_kind_parses_with_the_protos_strictly() {
     if !can_run("every_event_kind_parses_with_the_protos_strictly") {
@@ -42,6 +46,7 @@ fn every_event_kind_parses_with_the_protos_strictly() {
     );
     let rule = policy_file(&dir, "rule.yaml", UPLOAD_RULE);
     let syscalls = policy_file(&dir, "syscalls.yaml", SYSCALLS);
+    let sockets = policy_file(&dir, "sockets.yaml", SOCKETS);
     let scope = web.cg.0.to_string_lossy().into_owned();
     let kubeconfig = api.kubeconfig(dir.path());
     // Ancestors on every kind that can carry them, so that they are
@@ -58,6 +63,8 @@ fn every_event_kind_parses_with_the_protos_strictly() {
             &rule,
             "--policy",
             &syscalls,
+            "--policy",
+            &sockets,
             "--enforce-cgroup",
             &scope,
             "--enable-ancestors",
@@ -102,6 +109,25 @@ fn every_event_kind_parses_with_the_protos_strictly() {
                 .is_some_and(|a| a.iter().any(|x| x.get(arg).is_some()))
         });
     }
+    // A socket made and a datagram sent: `return` holds a socket, and a
+    // packet's arguments an skb.
+    let st = web
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('127.0.0.1', 9))",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    daemon.wait_for("a socket returned", |e| {
+        e["process_kprobe"]["return"]["sock_arg"].is_object()
+    });
+    daemon.wait_for("a packet", |e| {
+        e["process_kprobe"]["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.get("skb_arg").is_some()))
+    });
     web.sh("curl -s -o /dev/null --max-time 2 -d x http://127.0.0.1:1/; true");
     let want = [
         "process_exec",
