@@ -551,11 +551,10 @@ print(" ".join(map(str, ports)))
     expected.sort();
     assert_eq!(to, expected, "{closes:?}");
 
-    // The handshake completes in softirq, in whichever task the packet
-    // interrupted; on loopback that is mostly the connecting client, the
-    // test's own process, so at least one of the three is seen here.
+    // The handshake completes in softirq; each change names the socket's
+    // owner, the listening process (see the next test).
     let children = kprobe_events(&daemon, "tcp_create_openreq_child");
-    assert!(!children.is_empty(), "a child reported");
+    assert_eq!(children.len(), 3, "a child per connection: {children:?}");
     for k in &children {
         assert_eq!(sock(k)["state"], "TCP_LISTEN", "the listener: {k}");
         assert_eq!(sock(k)["sport"], 8080, "{k}");
@@ -565,7 +564,11 @@ print(" ".join(map(str, ports)))
         assert_eq!(ret["sport"], 8080, "{k}");
     }
     let established = kprobe_events(&daemon, "tcp_set_state");
-    assert!(!established.is_empty(), "an accept reported");
+    assert_eq!(
+        established.len(),
+        3,
+        "an accept per connection: {established:?}"
+    );
     for k in &established {
         assert_eq!(sock(k)["state"], "TCP_SYN_RECV", "{k}");
         assert_eq!(k["args"][1]["int_arg"], 1, "to TCP_ESTABLISHED: {k}");
@@ -573,4 +576,91 @@ print(" ".join(map(str, ports)))
         let peer = sock(k)["dport"].as_u64().unwrap_or(0);
         assert!(ports.contains(&peer), "a client's port: {k}");
     }
+}
+
+/// `tcp-accept.yaml`'s accept hooks alone.
+const ACCEPTS: &str = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: accepts}
+spec:
+  kprobes:
+  - call: tcp_set_state
+    syscall: false
+    args: [{index: 0, type: sock}, {index: 1, type: int}]
+    selectors:
+    - matchArgs:
+      - {index: 0, operator: State, values: [TCP_SYN_RECV]}
+      - {index: 1, operator: Equal, values: [\"1\"]}
+  - call: tcp_create_openreq_child
+    syscall: false
+    args: [{index: 0, type: sock}]
+";
+
+#[test]
+fn an_accept_made_in_another_tasks_context_names_the_listening_process() {
+    if !can_run("an_accept_made_in_another_tasks_context_names_the_listening_process") {
+        return;
+    }
+    use std::io::BufRead;
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(ACCEPTS);
+    // The server, in the test's cgroup, accepts three connections.
+    let server_script = r#"
+import socket
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+l.bind(("127.0.0.1", 8080))
+l.listen()
+print("ready", flush=True)
+for _ in range(3):
+    a, _ = l.accept()
+    a.recv(1)
+    a.close()
+l.close()
+"#;
+    let mut server = cg
+        .command("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "/usr/bin/python3",
+            "-c",
+            server_script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the server");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("its stdout"))
+        .read_line(&mut ready)
+        .expect("reading the server");
+    assert_eq!(ready.trim(), "ready");
+    // The clients run outside the test's cgroup, so out of the policy's
+    // scope; on loopback the server's side of each handshake runs in
+    // their context, not the server's.
+    let clients = r#"
+import socket
+for _ in range(3):
+    c = socket.create_connection(("127.0.0.1", 8080))
+    c.sendall(b"x")
+    c.close()
+"#;
+    let st = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", clients])
+        .status()
+        .expect("running the clients");
+    assert!(st.success());
+    assert!(server.wait().expect("the server").success());
+    let accepts = || kprobe_events(&daemon, "tcp_set_state");
+    eventually("three accepts", || accepts().len() >= 3);
+    let children = || kprobe_events(&daemon, "tcp_create_openreq_child");
+    eventually("three children", || children().len() >= 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = u64::from(server.id());
+    for k in accepts().iter().chain(children().iter()) {
+        assert_eq!(k["process"]["pid"], pid, "the listening process: {k}");
+        assert_eq!(sock(k)["sport"], 8080, "{k}");
+    }
+    assert_eq!(accepts().len(), 3);
+    assert_eq!(children().len(), 3);
 }

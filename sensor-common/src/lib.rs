@@ -696,7 +696,26 @@ pub struct KernelOffsets {
     /// side (in either order): the socket is then read in two copies
     /// instead of eight.
     pub sk_packed: u32,
+    /// `sock_common`'s network namespace (`skc_net`, a `possible_net_t`
+    /// whose one member is the pointer), and `sock`'s cgroup data, whose
+    /// first 8 bytes are the socket's cgroup v2 (a pointer, or on 5.10 a
+    /// pointer when its low two bits are clear); 0 where the kernel lacks
+    /// it.
+    pub sk_net: u32,
+    pub sk_cgrp_data: u32,
 }
+
+/// `TCP_OWNERS` key: a socket (`sk`, `port` 0) or a listening port
+/// (`net`'s pointer, the port with `LISTENER_PORT` set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OwnerKey {
+    pub at: u64,
+    pub port: u64,
+}
+
+/// Marks an [`OwnerKey`] of a listening port.
+pub const LISTENER_PORT: u64 = 1 << 32;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -54,6 +54,17 @@ impl Cgroups for OfSkb {
     }
 }
 
+/// Those of a kernel `struct cgroup` (a socket's, for a TCP state change
+/// made in softirq, where the current task is not the socket's owner).
+pub struct OfCgroup(pub *const u8);
+
+impl Cgroups for OfCgroup {
+    #[inline(always)]
+    fn any(&self, f: impl FnMut(u64) -> bool) -> bool {
+        !self.0.is_null() && walk_from(self.0, f)
+    }
+}
+
 /// Calls `f` with the id of the current task's cgroup and of each ancestor
 /// until `f` returns true; returns whether one did.
 #[inline(always)]
@@ -72,11 +83,18 @@ pub fn any<const HELPER: bool>(mut f: impl FnMut(u64) -> bool) -> bool {
         return false;
     }
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(mut cgrp) =
+    let Ok(cgrp) =
         read_ptr(task, off!(task_cgroups)).and_then(|cset| read_ptr(cset, off!(css_set_dfl_cgrp)))
     else {
         return false;
     };
+    walk_from(cgrp, f)
+}
+
+/// Calls `f` with the id of kernel cgroup `cgrp` and of each ancestor
+/// until `f` returns true; returns whether one did.
+#[inline(always)]
+fn walk_from(mut cgrp: *const u8, mut f: impl FnMut(u64) -> bool) -> bool {
     for _ in 0..MAX_CGROUP_LEVEL {
         let Ok(id) =
             read_ptr(cgrp, off!(cgroup_kn)).and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))

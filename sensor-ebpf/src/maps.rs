@@ -91,6 +91,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_private_data: 0,
     socket_sk: 0,
     sk_packed: 0,
+    sk_net: 0,
+    sk_cgrp_data: 0,
 };
 
 /// Every record to userspace. Resized by the loader.
@@ -253,6 +255,16 @@ pub static NET_EVAL: PerCpuArray<crate::netsel::NetEval> = PerCpuArray::with_max
 /// that sockets the release hook never saw age out.
 #[map]
 pub static SOCK_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The task (tgid) that owns a TCP socket, for the state changes the kernel
+/// makes in softirq, in whichever task a packet interrupted: by socket, for
+/// a socket that connected, and by network namespace and port for a
+/// listener, whose accepted children share its port. Kept by
+/// `sock::on_state` while `tcp_set_state` or `tcp_create_openreq_child`
+/// hooks are loaded; LRU, so that sockets it never saw close age out.
+#[map]
+pub static TCP_OWNERS: LruHashMap<sensor_common::OwnerKey, u32> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Signals the compat connect programs decided, by pid_tgid of the thread
 /// in the syscall; `signals` sends them as the syscall returns.

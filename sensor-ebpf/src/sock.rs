@@ -11,8 +11,9 @@
 //!   (`inet_csk_listen_start` does that first), a listener's child being
 //!   cloned (LISTEN to SYN_RECV, in `tcp_create_openreq_child`), and the
 //!   others (`tcp_set_state`). Many run in softirq, in whichever task the
-//!   packet interrupted, as Tetragon's kprobes report them too; so these
-//!   records never signal;
+//!   packet interrupted: a record names the socket's owner where it is
+//!   known (`TCP_OWNERS`: who listened on its port, or connected it), and
+//!   these records never signal;
 //! - sends, from `sys_enter` on the send syscalls, with the descriptor
 //!   resolved to its socket (`tcp_sendmsg` runs inside them).
 //! The socket is read from the kernel's `struct sock` at offsets from
@@ -22,14 +23,16 @@ use aya_ebpf::{
     macros::{cgroup_sock, raw_tracepoint},
     programs::{RawTracePointContext, SockContext},
 };
-use sensor_common::{net_ops, sock_op, Config, ConnectEvent};
+use sensor_common::{net_ops, sock_op, Config, ConnectEvent, OwnerKey, LISTENER_PORT};
 
 use crate::kernel::{off, read, read_ptr};
-use crate::maps::SOCK_OWNERS;
+use crate::maps::{SOCK_OWNERS, TCP_OWNERS};
 use crate::netsel::{AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_SENT: u64 = 2;
 const TCP_SYN_RECV: u64 = 3;
+const TCP_CLOSE: u64 = 7;
 const TCP_LISTEN: u64 = 10;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -148,8 +151,13 @@ fn track_owner(ctx: &SockContext, op: u8, cfg: &Config) {
 #[inline(always)]
 fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     let cfg = *crate::maps::config()?;
+    let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32 as u64;
     let new = ctx.arg::<u64>(2) as u32 as u64;
+    let tracking = cfg.net_ops & (net_ops::STATE | net_ops::OPENREQ) as u32 != 0;
+    if tracking {
+        remember_owner(sk, old, new);
+    }
     let classes = if new == TCP_LISTEN {
         net_ops::LISTEN
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
@@ -165,8 +173,79 @@ fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         sock_op::STATE
     };
-    let sk: *const u8 = ctx.arg(0);
-    judge::<MODERN>(op, classes, sk, new as u32, &cfg)
+    let owner = if tracking && classes & (net_ops::STATE | net_ops::OPENREQ) != 0 {
+        owner_of(sk)
+    } else {
+        0
+    };
+    judge::<MODERN>(op, classes, sk, new as u32, &cfg, owner)
+}
+
+/// `TCP_OWNERS`' keys for socket `sk`: its own, and its listening port's.
+#[inline(always)]
+fn owner_keys(sk: *const u8) -> (OwnerKey, OwnerKey) {
+    let net = read::<u64>(sk, off!(sk_net)).unwrap_or(0);
+    let port = read::<u16>(sk, off!(sk_num)).unwrap_or(0) as u64;
+    (
+        OwnerKey {
+            at: sk as u64,
+            port: 0,
+        },
+        OwnerKey {
+            at: net,
+            port: port | LISTENER_PORT,
+        },
+    )
+}
+
+/// Keeps `TCP_OWNERS` at the changes a task makes in its own context:
+/// `listen()` (LISTEN) and `connect()` (SYN_SENT) record it; the last
+/// change (CLOSE) forgets the socket and, for a listener, its port.
+#[inline(always)]
+fn remember_owner(sk: *const u8, old: u64, new: u64) {
+    let (own, listening) = owner_keys(sk);
+    let tgid = bpf_tgid() as u32;
+    match new {
+        TCP_LISTEN => {
+            let _ = TCP_OWNERS.insert(&listening, &tgid, 0);
+        }
+        TCP_SYN_SENT => {
+            let _ = TCP_OWNERS.insert(&own, &tgid, 0);
+        }
+        TCP_CLOSE => {
+            let _ = TCP_OWNERS.remove(&own);
+            if old == TCP_LISTEN {
+                let _ = TCP_OWNERS.remove(&listening);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The task that owns `sk`: the one that connected it, or for a listener's
+/// child the one listening on its port; 0 if neither is known (a socket
+/// older than the hooks), and the current task then stands in.
+#[inline(always)]
+fn owner_of(sk: *const u8) -> u32 {
+    let (own, listening) = owner_keys(sk);
+    // SAFETY: plain u32 values.
+    unsafe { TCP_OWNERS.get(&own).or_else(|| TCP_OWNERS.get(&listening)) }
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The cgroup v2 a socket was made in (null where the kernel does not
+/// say): its `sk_cgrp_data` starts with the pointer, which 5.10 tags in
+/// its low two bits when it holds other data instead.
+#[inline(always)]
+fn socket_cgroup(sk: *const u8) -> *const u8 {
+    if off!(sk_cgrp_data) == 0 {
+        return core::ptr::null();
+    }
+    match read::<u64>(sk, off!(sk_cgrp_data)) {
+        Ok(v) if v & 3 == 0 => v as *const u8,
+        _ => core::ptr::null(),
+    }
 }
 
 /// Whether syscall `nr` can reach `tcp_sendmsg`.
@@ -202,12 +281,14 @@ pub fn on_send<const MODERN: bool>(nr: u64, regs: *const u8, cfg: &Config) -> Op
         }
     };
     let size = size.min(u32::MAX as u64) as u32;
-    judge::<MODERN>(sock_op::SEND, net_ops::SEND, sk, size, cfg)
+    judge::<MODERN>(sock_op::SEND, net_ops::SEND, sk, size, cfg, 0)
 }
 
 /// Evaluates a record of `op` (of `classes`) on TCP socket `sk`; `value`
 /// is a send's size or a state change's new state. A hit is sent, and its
-/// signal too (these hooks are tracing programs, which can send one).
+/// signal too (these hooks are tracing programs, which can send one). A
+/// record of a socket's `owner` (non-zero) names it, and its scopes are
+/// the socket's cgroup's; otherwise the current task acts.
 #[inline(always)]
 fn judge<const MODERN: bool>(
     op: u8,
@@ -215,8 +296,13 @@ fn judge<const MODERN: bool>(
     sk: *const u8,
     value: u32,
     cfg: &Config,
+    owner: u32,
 ) -> Option<()> {
-    let ev = crate::netsel::start(op, cfg)?;
+    let ev = if owner != 0 {
+        crate::netsel::start_as(op, cfg, (owner as u64) << 32 | owner as u64)?
+    } else {
+        crate::netsel::start(op, cfg)?
+    };
     ev.event.classes = classes;
     read_sock(sk, &mut ev.event)?;
     if ev.event.protocol != IPPROTO_TCP {
@@ -227,7 +313,12 @@ fn judge<const MODERN: bool>(
     } else {
         ev.event.new_state = value as u8;
     }
-    crate::netsel::subject::<MODERN>(ev, cfg);
+    if owner != 0 {
+        let of = crate::cgroups::OfCgroup(socket_cgroup(sk));
+        crate::netsel::subject_of(ev, cfg, &of);
+    } else {
+        crate::netsel::subject::<MODERN>(ev, cfg);
+    }
     crate::netsel::evaluate::<MODERN>(ev);
     let e = &mut ev.event;
     if e.hits != 0 {

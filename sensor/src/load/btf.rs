@@ -286,6 +286,9 @@ impl Btf {
             file_private_data: o("file", "private_data")?,
             socket_sk: o("socket", "sk")?,
             sk_packed: 0,
+            sk_net: sk("skc_net")?,
+            // Only with CONFIG_SOCK_CGROUP_DATA (cgroup v2 sockets).
+            sk_cgrp_data: o("sock", "sk_cgrp_data").unwrap_or(0),
         };
         k.sk_packed = packed_sock(&k) as u32;
         Ok(k)

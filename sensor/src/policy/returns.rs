@@ -5,12 +5,11 @@
 //! policies track (`returnArgAction: TrackSock`).
 //!
 //! Tetragon tracks a socket so that events raised outside its owner's
-//! context can name the owner. Here tracking changes nothing: every record
-//! names the task the kernel raised it in (the acting task for creation,
-//! connect, send, listen and close; for state changes made in softirq,
-//! whichever task the packet interrupted, as Tetragon's kprobes do
-//! without tracking). TrackSock and UntrackSock are accepted and do
-//! nothing, and the README says so.
+//! context can name the owner. Here the owners are kept without it: the
+//! socket hooks run in the acting task's context, the packet hooks name a
+//! socket's creator, and TCP state changes made in softirq name the task
+//! that listened or connected (see `sock.rs` in `sensor-ebpf`). TrackSock
+//! and UntrackSock are accepted and do nothing, and the README says so.
 use super::hooks::HookDef;
 use super::parse::{err, Result};
 use super::raw::RawKprobe;

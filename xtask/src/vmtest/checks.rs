@@ -107,6 +107,7 @@ pub const CHECKS: &[Check] = &[
                 "tetragons_tcp_listen_example_reports_listens_on_its_ports",
                 "sigkill_on_tcp_sendmsg_kills_the_sender_before_the_call_returns",
                 "tetragons_tcp_accept_example_reports_sockets_children_and_state_changes",
+                "an_accept_made_in_another_tasks_context_names_the_listening_process",
             ],
         },
     },
