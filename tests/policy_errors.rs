@@ -771,3 +771,32 @@ fn packet_hooks_filter_the_packet_and_only_report() {
         "thread, process or global",
     );
 }
+
+#[test]
+fn ima_hash_is_computed_only_on_the_lsm_exec_hook() {
+    // `security_bprm_check` is a kprobe: Tetragon hashes in LSM hooks only.
+    refused(
+        &kprobe("    - matchActions: [{action: Post, imaHash: true}]\n"),
+        "spec.kprobes[0].selectors[0].matchActions",
+        "only on lsmhook bprm_check_security",
+    );
+    refused(
+        &syscall(
+            "[{index: 0, type: int}]",
+            "    - matchActions: [{action: Post, imaHash: true}]\n",
+        ),
+        "spec.kprobes[0].selectors[0].matchActions[0].imaHash",
+        "a syscall has no binary to hash",
+    );
+    let lsm = |action: &str| {
+        format!("{HEAD}  lsmhooks:\n  - hook: bprm_check_security\n    args: [{{index: 0, type: linux_binprm}}]\n    selectors:\n    - matchActions: [{action}]\n")
+    };
+    refused(
+        &lsm("{action: Post, imaHash: sha256}"),
+        "spec.lsmhooks[0].selectors[0].matchActions[0].imaHash",
+        "expected true or false",
+    );
+    // On paper it passes; whether this kernel can hash is decided at load.
+    passes(&lsm("{action: Post, imaHash: true}"));
+    passes(&lsm("{action: Post, imaHash: false}"));
+}

@@ -200,6 +200,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
             errno: Some(1),
             notify: false,
             rate_limit: None,
+            ima_hash: true,
         },
         monitor: false,
         message: Some("denied".into()),
@@ -213,6 +214,7 @@ fn lsm_event(exec: &serde_json::Value, binary: &str) -> sensor::export::event::E
     let mut event = sensor::export::build::policy_event(&meta, &process, Some(parent), args);
     if let Event::ProcessLsm(l) = &mut event {
         l.ancestors = ancestors;
+        l.ima_hash = Some(format!("sha256:{}", "ab".repeat(32)));
     }
     assert!(matches!(event, Event::ProcessLsm(_)));
     Envelope {

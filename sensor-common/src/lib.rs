@@ -48,8 +48,10 @@ pub mod kind {
     pub const FORK: u32 = 2;
     pub const EXIT: u32 = 3;
     pub const CONNECT: u32 = 4;
-    /// An exec refused by an Override selector: an [`ExecEvent`] of the
-    /// calling process, followed by the path of the binary it tried.
+    /// An exec hit decided in the BPF-LSM hook, before the exec (an
+    /// Override selector refused it, or a selector asked for the binary's
+    /// hash): an [`ExecEvent`] of the calling process, followed by the
+    /// path of the binary it tried.
     pub const EXEC_DENIED: u32 = 5;
     /// A syscall a syscall selector matched: a [`SyscallEvent`].
     pub const SYSCALL: u32 = 6;
@@ -60,6 +62,24 @@ pub mod kind {
     /// A packet a packet hook's selectors matched: a [`PacketEvent`]. Its
     /// losses count as `CONNECT`'s.
     pub const PACKET: u32 = 9;
+    /// An `EXEC_DENIED` record whose hit asked for the binary's IMA hash
+    /// (`imaHash`): an [`ImaDigest`], then the `EXEC_DENIED` record. Its
+    /// losses count as `EXEC`'s.
+    pub const EXEC_HASHED: u32 = 10;
+}
+
+/// Bytes of the largest digest IMA computes (SHA-512).
+pub const IMA_DIGEST_MAX: usize = 64;
+
+/// The binary's hash as `bpf_ima_file_hash` gave it: `algo` is the
+/// kernel's `enum hash_algo` (4 = SHA-256), or a negative errno when IMA
+/// could not hash the file; the digest's length follows from the algo.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImaDigest {
+    pub kind: u32,
+    pub algo: i32,
+    pub digest: [u8; IMA_DIGEST_MAX],
 }
 
 /// Slot of the kernel's `LOST` counters (beside the record kinds) that
@@ -448,6 +468,8 @@ const _: () = assert!(core::mem::size_of::<ExecEvent>() == 88 + 80 + 4 * NS_KIND
 const _: () = assert!(core::mem::size_of::<Config>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 160);
+const _: () = assert!(core::mem::size_of::<ImaDigest>() == 72);
+const _: () = assert!(core::mem::size_of::<ExecSelector>() == 32);
 
 /// How a string filter is looked up.
 pub mod match_kind {
@@ -492,6 +514,10 @@ pub struct ExecSelector {
     /// `bprm_check_security` program before the exec happens; the exec
     /// tracepoint skips such selectors.
     pub errno: u32,
+    /// Non-zero: Post with `imaHash`; decided in the BPF-LSM program too,
+    /// whose record waits for the binary's hash.
+    pub ima_hash: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Policy tables come in two banks: the daemon writes the bank not in use,
@@ -526,8 +552,8 @@ pub struct Config {
     pub scoped: u32,
     /// Non-zero when some selector uses Postfix (the reversed key is built only then).
     pub need_reversed: u32,
-    /// Exec selectors that Override (through BPF-LSM): without any, the
-    /// LSM program returns at once.
+    /// Exec selectors decided in the BPF-LSM hook (Override, `imaHash`):
+    /// without any, the LSM program returns at once.
     pub n_override: u32,
     /// Selectors whose `matchBinaries` has `followChildren`: bit i = selector i.
     pub follow_mask: u64,

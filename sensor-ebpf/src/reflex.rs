@@ -19,6 +19,8 @@ pub struct Verdict {
     pub signal: u32,
     /// Override: the errno the exec fails with (BPF-LSM only).
     pub errno: u32,
+    /// The hits that asked for the binary's IMA hash (BPF-LSM only).
+    pub ima: u64,
 }
 
 /// Lookup keys for one path: forward and reversed (in `KEY_SCRATCH`), and
@@ -222,9 +224,12 @@ pub struct Eval {
     hooks_done: u64,
     hits: u64,
     scopes: u64,
-    /// Non-zero in the BPF-LSM hook, before the exec: only Override
-    /// selectors act there, and only those that test the caller.
+    /// Non-zero in the BPF-LSM hook, before the exec: only the selectors
+    /// decided there (Override, `imaHash`) act, and only those that test
+    /// the caller.
     lsm: u64,
+    /// Hits whose selector asked for the binary's IMA hash.
+    ima: u64,
     /// The bank whose tables are read (see `sensor_common::BANKS`).
     bank: u64,
     signal: u32,
@@ -258,9 +263,10 @@ fn eval_selector(index: u64) -> i64 {
     if e.scoped_in == 0 || e.hooks_done & hook_bit != 0 || !scope_applies(sel.scope, e.scopes) {
         return 0;
     }
-    // Override selectors were decided in the LSM hook; a selector about the
-    // new image cannot be decided before it exists.
-    if (e.lsm == 0 && sel.errno != 0) || (e.lsm != 0 && sel.binaries_of_new_image != 0) {
+    // Override and imaHash selectors were decided in the LSM hook; a
+    // selector about the new image cannot be decided before it exists.
+    let at_bprm = sel.errno != 0 || sel.ima_hash != 0;
+    if (e.lsm == 0 && at_bprm) || (e.lsm != 0 && sel.binaries_of_new_image != 0) {
         return 0;
     }
     let member = if sel.binaries_of_new_image != 0 {
@@ -283,10 +289,16 @@ fn eval_selector(index: u64) -> i64 {
     if e.lsm != 0 {
         // The hook's first match is another action: the exec tracepoint
         // reports it once the exec happened.
-        if sel.errno != 0 {
+        if at_bprm {
             e.hits |= bit;
             if e.errno == 0 {
                 e.errno = sel.errno;
+            }
+            if sel.ima_hash != 0 {
+                e.ima |= bit;
+            }
+            if sel.signal != 0 && e.signal != 9 {
+                e.signal = sel.signal;
             }
         }
         return 0;
@@ -389,6 +401,7 @@ fn evaluate<const MODERN: bool>(
         hits: 0,
         scopes,
         lsm: lsm as u64,
+        ima: 0,
         bank: cfg.bank as u64 & 1,
         signal: 0,
         errno: 0,
@@ -401,11 +414,13 @@ const NONE: Verdict = Verdict {
     hits: 0,
     signal: 0,
     errno: 0,
+    ima: 0,
 };
 
-/// Evaluates the Override selectors for `tgid` about to execute the path in
-/// `path.buf[start..]` (BPF-LSM `bprm_check_security`): the errno the exec
-/// fails with, if one matches.
+/// Evaluates the selectors decided before the exec (Override, `imaHash`)
+/// for `tgid` about to execute the path in `path.buf[start..]` (BPF-LSM
+/// `bprm_check_security`): the errno the exec fails with, if one matches,
+/// and the signal, sent here to the caller.
 #[inline(always)]
 pub fn on_bprm_check<const MODERN: bool>(
     cfg: &Config,
@@ -418,13 +433,18 @@ pub fn on_bprm_check<const MODERN: bool>(
     if cfg.n_override == 0 {
         return NONE;
     }
-    match evaluate::<MODERN>(cfg, tgid, path, start, scopes, true, truncated) {
-        Some(e) => Verdict {
-            hits: e.hits,
-            signal: 0,
-            errno: e.errno,
-        },
-        None => NONE,
+    let Some(e) = evaluate::<MODERN>(cfg, tgid, path, start, scopes, true, truncated) else {
+        return NONE;
+    };
+    if e.signal != 0 {
+        // SAFETY: signals the current task, the caller of the exec.
+        unsafe { bpf_send_signal(e.signal) };
+    }
+    Verdict {
+        hits: e.hits,
+        signal: e.signal,
+        errno: e.errno,
+        ima: e.ima,
     }
 }
 
@@ -479,5 +499,6 @@ pub fn on_exec<const MODERN: bool>(
         hits: e.hits,
         signal: e.signal,
         errno: 0,
+        ima: 0,
     }
 }

@@ -1,16 +1,17 @@
 //! Ring buffer records to typed values. Every length the kernel wrote is
 //! checked against the record before it is trusted.
 use sensor_common::{
-    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, PacketEvent, SyscallEvent, SyscallReturn,
-    SYSCALL_ARGS,
+    kind, ConnectEvent, ExecEvent, ExitEvent, ForkEvent, ImaDigest, PacketEvent, SyscallEvent,
+    SyscallReturn, SYSCALL_ARGS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Exec(ExecRecord),
-    /// An exec refused by Override (BPF-LSM): the caller, and in `path`
-    /// the binary it was refused.
-    ExecDenied(ExecRecord),
+    /// An exec hit decided in the BPF-LSM hook, before the exec (refused
+    /// by Override, or posted with the binary's hash): the caller, and in
+    /// `path` the binary it tried; the hash where a selector asked for it.
+    ExecDenied(ExecRecord, Option<ImaHash>),
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
@@ -31,6 +32,53 @@ pub struct SyscallRecord {
     pub ret: Option<u64>,
 }
 
+/// A binary's IMA hash.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImaHash {
+    /// As Tetragon's `ima_hash` prints it: the algorithm, a colon, the
+    /// digest in hex (`sha256:9f86…`).
+    Digest(String),
+    /// IMA gave none: its negative errno, or an algorithm not known here.
+    Failed(i32),
+}
+
+/// The kernel's `enum hash_algo`, by value: its name and digest length.
+const HASH_ALGOS: [(&str, usize); 20] = [
+    ("md4", 16),
+    ("md5", 16),
+    ("sha1", 20),
+    ("rmd160", 20),
+    ("sha256", 32),
+    ("sha384", 48),
+    ("sha512", 64),
+    ("sha224", 28),
+    ("rmd128", 16),
+    ("rmd256", 32),
+    ("rmd320", 40),
+    ("wp256", 32),
+    ("wp384", 48),
+    ("wp512", 64),
+    ("tgr128", 16),
+    ("tgr160", 20),
+    ("tgr192", 24),
+    ("sm3", 32),
+    ("streebog256", 32),
+    ("streebog512", 64),
+];
+
+impl ImaHash {
+    fn of(d: &ImaDigest) -> ImaHash {
+        let Some((name, len)) = usize::try_from(d.algo).ok().and_then(|a| HASH_ALGOS.get(a)) else {
+            return ImaHash::Failed(d.algo);
+        };
+        let hex: String = d.digest[..*len]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ImaHash::Digest(format!("{name}:{hex}"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecRecord {
     pub header: ExecEvent,
@@ -46,6 +94,8 @@ pub enum DecodeError {
     Short { kind: u32, len: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("a hashed exec record holds a record of kind {0}, not an exec decided before it ran")]
+    Hashed(u32),
     #[error("syscall record's copies ({want} bytes) exceed its {len} data bytes")]
     SyscallLengths { want: usize, len: usize },
     #[error("exec record lengths ({path}+{args}+{cwd}) exceed its {len} data bytes")]
@@ -104,8 +154,18 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Ok(if kind == kind::EXEC {
                 Record::Exec(r)
             } else {
-                Record::ExecDenied(r)
+                Record::ExecDenied(r, None)
             })
+        }
+        kind::EXEC_HASHED => {
+            let digest: ImaDigest = read(kind, bytes)?;
+            let inner = &bytes[size_of::<ImaDigest>()..];
+            match decode(inner)? {
+                Record::ExecDenied(r, None) => {
+                    Ok(Record::ExecDenied(r, Some(ImaHash::of(&digest))))
+                }
+                _ => Err(DecodeError::Hashed(read::<u32>(kind, inner)?)),
+            }
         }
         kind::FORK => Ok(Record::Fork(read(kind, bytes)?)),
         kind::EXIT => Ok(Record::Exit(read(kind, bytes)?)),
@@ -148,8 +208,12 @@ mod tests {
     use super::*;
 
     fn exec_bytes(path: &[u8], args: &[u8], cwd: &[u8], claim_extra: u32) -> Vec<u8> {
+        record_bytes(kind::EXEC, path, args, cwd, claim_extra)
+    }
+
+    fn record_bytes(k: u32, path: &[u8], args: &[u8], cwd: &[u8], claim_extra: u32) -> Vec<u8> {
         let h = ExecEvent {
-            kind: kind::EXEC,
+            kind: k,
             pid: 7,
             tid: 7,
             ppid: 1,
@@ -207,5 +271,55 @@ mod tests {
         );
         assert_eq!(decode(&[77, 0, 0, 0]), Err(DecodeError::UnknownKind(77)));
         assert!(matches!(decode(&[1]), Err(DecodeError::Short { .. })));
+    }
+
+    fn hashed(algo: i32, inner: Vec<u8>) -> Vec<u8> {
+        let mut v = kind::EXEC_HASHED.to_ne_bytes().to_vec();
+        v.extend_from_slice(&algo.to_ne_bytes());
+        v.extend((0..64u8).map(|i| i + 0xa0));
+        v.extend(inner);
+        v
+    }
+
+    #[test]
+    fn a_hashed_exec_carries_the_digest_as_tetragon_prints_it() {
+        let denied = record_bytes(kind::EXEC_DENIED, b"/tmp/nop", b"", b"", 0);
+        let Record::ExecDenied(r, Some(ImaHash::Digest(h))) =
+            decode(&hashed(4, denied.clone())).unwrap()
+        else {
+            panic!("not a hashed exec")
+        };
+        assert_eq!(r.path, "/tmp/nop");
+        let hex: String = (0..32u8).map(|i| format!("{:02x}", i + 0xa0)).collect();
+        assert_eq!(h, format!("sha256:{hex}"));
+        let Ok(Record::ExecDenied(_, Some(ImaHash::Digest(h)))) =
+            decode(&hashed(1, denied.clone()))
+        else {
+            panic!("md5")
+        };
+        assert_eq!(h.len(), "md5:".len() + 32);
+        // IMA's refusal, and an algorithm beyond the table, carry no digest.
+        for algo in [-95, 20] {
+            assert_eq!(
+                decode(&hashed(algo, denied.clone())),
+                Ok(Record::ExecDenied(
+                    match decode(&denied).unwrap() {
+                        Record::ExecDenied(r, None) => r,
+                        _ => unreachable!(),
+                    },
+                    Some(ImaHash::Failed(algo))
+                ))
+            );
+        }
+        // Only an exec decided before it ran is hashed.
+        let exec = record_bytes(kind::EXEC, b"/tmp/nop", b"", b"", 0);
+        assert_eq!(
+            decode(&hashed(4, exec)),
+            Err(DecodeError::Hashed(kind::EXEC))
+        );
+        assert!(matches!(
+            decode(&hashed(4, Vec::new())),
+            Err(DecodeError::Short { .. })
+        ));
     }
 }

@@ -158,6 +158,7 @@ pub fn policy_event(
             args,
             action,
             tags,
+            ima_hash: None,
         }),
         HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
             process,

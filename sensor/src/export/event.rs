@@ -374,6 +374,9 @@ pub struct ProcessLsm {
     pub action: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The binary's IMA hash, `algorithm:hex` (Post's `imaHash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

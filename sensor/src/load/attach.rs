@@ -27,6 +27,11 @@ impl Kernel {
             v.push("snsr_signal_on_exit");
         }
         if self.plan.lsm {
+            // Before the selector program, so that it runs after it: a
+            // trampoline runs its newest program first (see `lsm.rs`).
+            if self.plan.ima_missing.is_none() {
+                v.push("snsr_lsm_ima");
+            }
             v.push(if modern_exec {
                 "snsr_lsm_bprm"
             } else {
@@ -68,7 +73,9 @@ impl Kernel {
                     self.raw_tracepoint(name, "sched_process_exec")?
                 }
                 "snsr_signal_on_exit" => self.raw_tracepoint(name, "sys_exit")?,
-                "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => self.lsm_program(name)?,
+                "snsr_lsm_ima" | "snsr_lsm_bprm" | "snsr_lsm_bprm_compat" => {
+                    self.lsm_program(name)?
+                }
                 "snsr_q_egress" => self.skb(name, &root, CgroupSkbAttachType::Egress)?,
                 "snsr_q_ingress" => self.skb(name, &root, CgroupSkbAttachType::Ingress)?,
                 "snsr_sock_create"
@@ -321,7 +328,8 @@ impl Kernel {
         FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })
     }
 
-    /// Loads BPF-LSM program `name` on `bprm_check_security` and attaches it.
+    /// Loads BPF-LSM program `name` on `bprm_check_security` and attaches
+    /// it (a sleepable one as such: the object's section says so).
     fn lsm_program(&mut self, name: &'static str) -> Result<FdLink, LoadError> {
         let err = |source| LoadError::Program { name, source };
         let btf = aya::Btf::from_sys_fs().map_err(|e| err(ProgramError::Btf(e)))?;

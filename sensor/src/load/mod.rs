@@ -152,6 +152,17 @@ pub fn preflight() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Entries of the map where an exec waits for its IMA hash: as many execs
+/// as may be hashed at once (one more is decided unhashed), and 1 where
+/// no hasher runs. Each holds a record with its path (about 4.5 KiB).
+fn ima_pending(plan: &probe::Plan) -> u32 {
+    if plan.ima_missing.is_none() {
+        64
+    } else {
+        1
+    }
+}
+
 impl Kernel {
     /// Checks the environment, loads the object with this kernel's offsets
     /// and maps of `sizes`. Nothing is attached yet; `plan` says which form
@@ -163,6 +174,7 @@ impl Kernel {
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", sizes.ring_bytes)
             .map_max_entries("PROCS", sizes.process_states)
+            .map_max_entries("IMA_PENDING", ima_pending(plan))
             .load(OBJECT)?;
         // Our maps move out of the object (their fds are already in the
         // programs' instructions); the data sections stay with it.

@@ -50,7 +50,12 @@ fn object_id(object: &[u8], plan: &Plan) -> String {
         Form::Deferred => b'd',
         Form::Compat => b'c',
     };
-    let forms = [form(plan.exec), form(plan.connect), plan.lsm as u8];
+    let forms = [
+        form(plan.exec),
+        form(plan.connect),
+        plan.lsm as u8,
+        plan.ima_missing.is_none() as u8,
+    ];
     // FNV-1a: stable across toolchains, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in object.iter().chain(forms.iter()) {
@@ -198,6 +203,7 @@ mod tests {
             lsm: false,
             connect_errno_missing: None,
             lsm_missing: None,
+            ima_missing: None,
         };
         let a = object_id(b"object one", &plan(Form::Modern));
         assert_eq!(a, object_id(b"object one", &plan(Form::Modern)));

@@ -29,6 +29,10 @@ pub struct Features {
     pub lsm_loads: bool,
     /// kprobes can be attached (the kprobe PMU exists).
     pub kprobes: bool,
+    /// `bpf_ima_file_hash` in sleepable LSM programs (5.18).
+    pub ima_helper: bool,
+    /// The kernel is built with IMA (`CONFIG_IMA`), which that helper asks.
+    pub ima_built: bool,
 }
 
 /// The form of a program family the loader takes.
@@ -55,6 +59,9 @@ pub struct Plan {
     /// Why a feature is off, for refusals and the probe table.
     pub connect_errno_missing: Option<&'static str>,
     pub lsm_missing: Option<&'static str>,
+    /// Why Post's `imaHash` cannot be computed here (the hasher program is
+    /// attached only where it can).
+    pub ima_missing: Option<&'static str>,
 }
 
 impl Features {
@@ -98,6 +105,15 @@ impl Features {
         } else {
             None
         };
+        let ima_missing = if lsm_missing.is_some() {
+            lsm_missing
+        } else if !self.ima_helper {
+            Some("this kernel has no bpf_ima_file_hash (Linux 5.18)")
+        } else if !self.ima_built {
+            Some("this kernel is built without IMA (CONFIG_IMA)")
+        } else {
+            None
+        };
         Plan {
             exec: if self.bpf_loop && self.ancestor_cgroup {
                 Form::Modern
@@ -108,6 +124,7 @@ impl Features {
             lsm: lsm_missing.is_none(),
             connect_errno_missing,
             lsm_missing,
+            ima_missing,
         }
     }
 
@@ -165,6 +182,10 @@ impl Features {
             lsm_loads: lsm_hook.is_some_and(lsm_program_loads),
             lsm_active: lsm_list.trim().split(',').any(|l| l == "bpf"),
             kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+            ima_helper: lsm_hook.is_some_and(|h| sleepable_lsm_helper(h, HELPER_IMA_FILE_HASH)),
+            ima_built: btf
+                .as_ref()
+                .is_some_and(|b| b.function_id("ima_file_hash").is_some()),
         }
     }
 }
@@ -194,6 +215,8 @@ const HELPER_ANCESTOR_CGROUP_ID: i32 = 123;
 const HELPER_RINGBUF_OUTPUT: i32 = 130;
 const HELPER_LOOP: i32 = 181;
 const HELPER_SET_RETVAL: i32 = 187;
+const HELPER_IMA_FILE_HASH: i32 = 193;
+const BPF_F_SLEEPABLE: u32 = 1 << 4;
 
 /// The head of `union bpf_attr` for `BPF_PROG_LOAD`, up to the fields used.
 #[repr(C)]
@@ -266,22 +289,42 @@ fn lsm_program_loads(hook: u32) -> bool {
     load(attr, &[0xb7, 0x95]).0
 }
 
+/// Whether a sleepable BPF-LSM program on the hook with BTF id `hook` may
+/// call helper `id` (the IMA helpers exist only there), read as
+/// [`helper`] reads its load.
+fn sleepable_lsm_helper(hook: u32, id: i32) -> bool {
+    let attr = ProgLoadAttr {
+        prog_type: PROG_LSM,
+        expected_attach_type: ATTACH_LSM_MAC,
+        attach_btf_id: hook,
+        prog_flags: BPF_F_SLEEPABLE,
+        ..Default::default()
+    };
+    helper_call(attr, id)
+}
+
 /// Whether programs of `prog_type` may call helper `id`: a program that
 /// calls it with zeroed arguments is loaded, and only the verifier's
 /// "unknown func" / "invalid func" (the helper does not exist) or "cannot
 /// use helper" (6.12: not for this program type) says it is missing; any
 /// other refusal is about the arguments, so the helper is there.
 fn helper(prog_type: u32, attach: u32, id: i32) -> bool {
-    // r1..r5 = 0; call id; r0 = 1; exit
-    let mut insns: Vec<u64> = (1..=5u64).map(|r| 0xb7 | (r << 8)).collect();
-    insns.push(0x85 | ((id as u32 as u64) << 32));
-    insns.push(0xb7 | (1u64 << 32));
-    insns.push(0x95);
     let attr = ProgLoadAttr {
         prog_type,
         expected_attach_type: attach,
         ..Default::default()
     };
+    helper_call(attr, id)
+}
+
+/// [`helper`] for a program described by `attr`.
+fn helper_call(attr: ProgLoadAttr, id: i32) -> bool {
+    // r1..r5 = 0; call id; r0 = 0; exit (0: an LSM program's verdict
+    // must be one)
+    let mut insns: Vec<u64> = (1..=5u64).map(|r| 0xb7 | (r << 8)).collect();
+    insns.push(0x85 | ((id as u32 as u64) << 32));
+    insns.push(0xb7);
+    insns.push(0x95);
     let (loaded, log) = load(attr, &insns);
     // No log at all: the load was refused before the verifier ran (no
     // privilege, or the program type is unknown), so nothing is known.
@@ -316,6 +359,8 @@ impl std::fmt::Display for Features {
             ("BPF-LSM active (lsm=...,bpf)", self.lsm_active),
             ("BPF-LSM programs load", self.lsm_loads),
             ("kprobes", self.kprobes),
+            ("bpf_ima_file_hash (5.18)", self.ima_helper),
+            ("IMA built in (CONFIG_IMA)", self.ima_built),
         ] {
             writeln!(f, "  {what:<44} {}", yes(have))?;
         }
@@ -385,6 +430,18 @@ impl std::fmt::Display for Features {
                 "exec Override (bprm_check_security)"
             )?,
         }
+        match plan.ima_missing {
+            None => writeln!(
+                f,
+                "  {:<44} sleepable BPF-LSM",
+                "exec imaHash (bprm_check_security)"
+            )?,
+            Some(why) => writeln!(
+                f,
+                "  {:<44} refused: {why}",
+                "exec imaHash (bprm_check_security)"
+            )?,
+        }
         Ok(())
     }
 }
@@ -406,6 +463,8 @@ mod tests {
             lsm_active: true,
             lsm_loads: true,
             kprobes: true,
+            ima_helper: true,
+            ima_built: true,
         }
     }
 
@@ -480,5 +539,22 @@ mod tests {
         }
         .plan();
         assert!(absent.lsm_missing.unwrap().contains("CONFIG_BPF_LSM"));
+        assert!(absent.ima_missing.unwrap().contains("CONFIG_BPF_LSM"));
+    }
+
+    #[test]
+    fn ima_hash_needs_lsm_the_helper_and_ima() {
+        assert_eq!(newest().plan().ima_missing, None);
+        let old = Features {
+            ima_helper: false,
+            ..newest()
+        };
+        assert!(old.plan().lsm);
+        assert!(old.plan().ima_missing.unwrap().contains("5.18"));
+        let without = Features {
+            ima_built: false,
+            ..newest()
+        };
+        assert!(without.plan().ima_missing.unwrap().contains("CONFIG_IMA"));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Pipeline;
 use crate::brain::On;
-use crate::decode::SyscallRecord;
+use crate::decode::{ImaHash, SyscallRecord};
 use crate::export::build;
 use crate::export::event::{Argument, Event, Process};
 use crate::policy::{EventArg, HookPoint, ReturnArg};
@@ -18,6 +18,8 @@ pub(super) struct Subject<'a> {
     pub process: &'a Process,
     pub parent: Option<Process>,
     pub caller: Option<(Arc<Process>, Option<Process>)>,
+    /// The binary's IMA hash, for the selectors that asked for it.
+    pub ima: Option<&'a ImaHash>,
 }
 
 /// Which selector table a record's hit bits index.
@@ -34,6 +36,27 @@ pub(super) enum Table {
 }
 
 impl Pipeline {
+    /// An event's `ima_hash`: none, counted and logged, when IMA could not
+    /// hash the binary or the record came unhashed (the kernel's map of
+    /// execs waiting for their hash was full).
+    fn ima_text(&self, ima: Option<&ImaHash>) -> Option<String> {
+        match ima {
+            Some(ImaHash::Digest(text)) => Some(text.clone()),
+            Some(ImaHash::Failed(code)) => {
+                self.telemetry.error("ima_hash_failed");
+                tracing::warn!(code, "IMA gave no hash for a binary (a negative errno, or an algorithm not known here)");
+                None
+            }
+            None => {
+                self.telemetry.error("ima_hash_failed");
+                tracing::warn!(
+                    "an exec came unhashed: too many execs waited for their hash at once"
+                );
+                None
+            }
+        }
+    }
+
     /// The subject of a hit whose process is the one that acted, with
     /// its parent from the cache.
     pub(super) fn acting<'a>(&self, process: &'a Process) -> Subject<'a> {
@@ -41,6 +64,7 @@ impl Pipeline {
             process,
             parent: self.cache.parent_of(process).as_deref().cloned(),
             caller: None,
+            ima: None,
         }
     }
 
@@ -141,6 +165,9 @@ impl Pipeline {
                 }
                 if let (ReturnArg::Sock, Event::ProcessKprobe(k)) = (meta.return_arg, &mut ev) {
                     k.return_ = arg(EventArg::ReturnSock);
+                }
+                if let (true, Event::ProcessLsm(l)) = (meta.actions.ima_hash, &mut ev) {
+                    l.ima_hash = self.ima_text(subject.ima);
                 }
                 self.emit(ev, time.to_string());
             }

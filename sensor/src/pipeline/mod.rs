@@ -9,7 +9,7 @@ use sensor_common::{net_ops, ConnectEvent, ExitEvent, PacketEvent};
 
 use crate::antibody::Decision;
 use crate::brain::{Brain, Observation, On};
-use crate::decode::{decode, ExecRecord, Record};
+use crate::decode::{decode, ExecRecord, ImaHash, Record};
 
 mod hits;
 mod rate;
@@ -252,7 +252,7 @@ impl Pipeline {
         self.telemetry.ringbuf_received.inc();
         match decode(bytes) {
             Ok(Record::Exec(r)) => self.exec(&r),
-            Ok(Record::ExecDenied(r)) => self.exec_denied(&r),
+            Ok(Record::ExecDenied(r, ima)) => self.exec_denied(&r, ima.as_ref()),
             Ok(Record::Fork(f)) => {
                 self.cache.fork(&f);
             }
@@ -300,6 +300,7 @@ impl Pipeline {
             process: &process,
             parent: parent_owned,
             caller,
+            ima: None,
         };
         self.post_hits(
             r.header.hits,
@@ -310,16 +311,20 @@ impl Pipeline {
         );
     }
 
-    /// An exec that Override refused: the policy event shows the caller,
-    /// which lives on, and the binary it was refused.
-    fn exec_denied(&mut self, r: &ExecRecord) {
+    /// An exec hit decided before the exec (Override refused it, or its
+    /// event carries the binary's hash): the policy event shows the
+    /// caller, and the binary it tried.
+    fn exec_denied(&mut self, r: &ExecRecord, ima: Option<&ImaHash>) {
         let Some(process) = self.cache.by_pid(r.header.pid) else {
             self.miss();
             tracing::warn!(pid = r.header.pid, binary = %r.path, "exec refused for an unknown process");
             return;
         };
         let time = self.cache.rfc3339(r.header.ktime);
-        let subject = self.acting(&process);
+        let subject = Subject {
+            ima,
+            ..self.acting(&process)
+        };
         self.post_hits(
             r.header.hits,
             Table::Exec,

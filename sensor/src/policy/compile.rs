@@ -222,9 +222,11 @@ impl Compiled {
             signal: sel.actions.signal.unwrap_or(0),
             binaries_of_new_image: hook.binaries_of_new_image as u8,
             errno: sel.actions.errno.unwrap_or(0),
+            // Only a posted event carries the hash.
+            ima_hash: (sel.actions.ima_hash && sel.actions.post) as u8,
             ..Default::default()
         };
-        if ks.errno != 0 {
+        if ks.errno != 0 || ks.ima_hash != 0 {
             self.config.n_override += 1;
         }
         if let Some(b) = &sel.binaries {

@@ -371,6 +371,10 @@ pub const KPROBES: &[(&str, HookDef)] = &[
     ),
 ];
 
+/// The hook whose Post may carry the binary's IMA hash (`imaHash`): it
+/// runs before the exec, where a sleepable program can hash the file.
+pub const IMA_HOOK: &str = "bprm_check_security";
+
 pub const LSM_HOOKS: &[(&str, HookDef)] = &[
     (
         "bprm_check_security",

@@ -22,6 +22,13 @@ pub fn fits_kernel(policies: &[(PathBuf, Policy)], plan: &Plan) -> Result<(), Po
                         reason: format!("Override on exec needs BPF-LSM: {why}; use Sigkill"),
                     });
                 }
+                if let (true, Some(why)) = (s.actions.ima_hash, plan.ima_missing) {
+                    return Err(PolicyError {
+                        file: file.clone(),
+                        field: format!("{}.selectors[{j}].matchActions", h.field),
+                        reason: format!("imaHash needs a sleepable BPF-LSM program calling bpf_ima_file_hash: {why}"),
+                    });
+                }
                 let errno = s.actions.errno.filter(|e| *e != EPERM);
                 if let (HookFamily::Connect, Some(e), Some(why)) =
                     (h.family, errno, plan.connect_errno_missing)

@@ -312,6 +312,9 @@ pub struct Actions {
     pub notify: bool,
     /// Post's `rateLimit`: repeats within the window are not posted.
     pub rate_limit: Option<RateLimit>,
+    /// Post's `imaHash`: the event carries the binary's IMA hash
+    /// (lsmhook `bprm_check_security` only).
+    pub ima_hash: bool,
 }
 
 /// Post's `rateLimit` and `rateLimitScope`: an event is not posted again
@@ -340,6 +343,7 @@ impl Actions {
         errno: None,
         notify: false,
         rate_limit: None,
+        ima_hash: false,
     };
 
     /// Tetragon's `KprobeAction` name for the event's `action`.

@@ -372,6 +372,14 @@ fn hook(
             return err(format!("{at}.selectors[{i}].matchActions"), why);
         }
     }
+    if def.function != hooks::IMA_HOOK {
+        if let Some(i) = parsed.iter().position(|s| s.actions.ima_hash) {
+            return err(
+                format!("{at}.selectors[{i}].matchActions"),
+                format!("imaHash: the binary is hashed only on lsmhook {} here (Tetragon hashes in LSM hooks only)", hooks::IMA_HOOK),
+            );
+        }
+    }
     if !def.signals {
         if let Some(i) = parsed.iter().position(|s| s.actions.signal.is_some()) {
             return err(

@@ -433,9 +433,19 @@ fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
         for (name, v) in [
             ("kernelStackTrace", &a.kernel_stack_trace),
             ("userStackTrace", &a.user_stack_trace),
-            ("imaHash", &a.ima_hash),
         ] {
             unsupported(v, format!("{f}.{name}"), name)?;
+        }
+        match &a.ima_hash {
+            None | Some(serde_yaml::Value::Bool(false)) => {}
+            Some(serde_yaml::Value::Bool(true)) if syscall => {
+                return err(
+                    format!("{f}.imaHash"),
+                    "imaHash: a syscall has no binary to hash (Tetragon hashes in LSM hooks only)",
+                )
+            }
+            Some(serde_yaml::Value::Bool(true)) => out.ima_hash = true,
+            Some(_) => return err(format!("{f}.imaHash"), "expected true or false"),
         }
         match a.action.to_ascii_lowercase().as_str() {
             "post" => {}

@@ -226,6 +226,7 @@ mod tests {
             lsm: false,
             connect_errno_missing: None,
             lsm_missing: Some("no BPF-LSM here"),
+            ima_missing: Some("no BPF-LSM here"),
         }
     }
 

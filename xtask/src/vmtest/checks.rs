@@ -194,6 +194,16 @@ pub const CHECKS: &[Check] = &[
             names: &["kprobe_security_bprm_check_override_goes_through_lsm"],
         },
     },
+    Check {
+        name: "LSM imaHash (lsm_bprm_check.yaml, Post only)",
+        run: Run::Tests {
+            target: "lsm",
+            names: &[
+                "lsm_bprm_check_yaml_refuses_the_exec_and_posts_the_binarys_ima_hash",
+                "a_posted_ima_hash_lets_the_exec_run",
+            ],
+        },
+    },
 ];
 
 impl Check {

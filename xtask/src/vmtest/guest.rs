@@ -17,10 +17,12 @@ use crate::root;
 /// Longest a guest may run before it counts as hung.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The command line the guests boot with: BPF-LSM on, a quiet console that
-/// still prints warnings (a soft lockup's stack is printed at that level).
+/// The command line the guests boot with: BPF-LSM on beside the LSMs a
+/// Debian node runs by default (`integrity` among them, which IMA uses
+/// before 6.9), a quiet console that still prints warnings (a soft
+/// lockup's stack is printed at that level).
 const APPEND: &str = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5 \
-                      lsm=lockdown,capability,landlock,yama,bpf";
+                      lsm=lockdown,capability,landlock,yama,integrity,bpf";
 
 /// Kernel modules the checks need: the test pods' veth pairs, and the
 /// socket diagnostics that tear down a quarantined pod's connections (a
