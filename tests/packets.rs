@@ -1,7 +1,8 @@
 //! Packets, with Tetragon's UDP examples as shipped (comments left out):
 //! `datagram.yaml` (every packet, both ways), `datagram-with-sock-tracking.yaml`
 //! (sockets created and freed, and loopback UDP packets, rate-limited) and
-//! `datagram_518.yaml` (the output and socket-filter functions). Each script
+//! `datagram_518.yaml` (the output and socket-filter functions) and
+//! `dns-only-specified-servers.yaml` (Sigkill on `ip_output`). Each script
 //! runs in the test's cgroup, to which the daemon is scoped, inside a
 //! network namespace of the test's own.
 mod common;
@@ -207,6 +208,69 @@ spec:
 
 "#;
 
+/// Tetragon's `dns-only-specified-servers.yaml`, as shipped (comments left
+/// out).
+const DNS_ONLY_SPECIFIED_SERVERS: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "dns-only-specified-servers"
+spec:
+  kprobes:
+  - call: "ip_output"
+    syscall: false
+    args:
+    - index: 2
+      type: "skb"
+    selectors:
+    - matchArgs:
+      - index: 2
+        operator: "Protocol"
+        values:
+        - "IPPROTO_TCP"
+        - "IPPROTO_UDP"
+      - index: 2
+        operator: "DPort"
+        values:
+        - "53"
+      - index: 2
+        operator: "NotDAddr"
+        values:
+        - "127.0.0.53"
+      matchActions:
+      - action: "Sigkill"
+"#;
+
+/// A DNS query over UDP to `addr` port 53 from a forked child, with a
+/// server there; the parent prints the child's pid, the signal that ended
+/// it (or minus its exit status), and whether the query arrived. A child
+/// whose send fails waits to be killed.
+const DNS_QUERY: &str = r#"
+import os, socket, sys, time
+addr = sys.argv[1]
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind((addr, 53))
+server.settimeout(1)
+pid = os.fork()
+if pid == 0:
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.sendto(b"query", (addr, 53))
+        print("sent", flush=True)
+        os._exit(0)
+    except OSError as e:
+        print("errno", e.errno, flush=True)
+    time.sleep(10)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+try:
+    server.recvfrom(16)
+    got = "received"
+except socket.timeout:
+    got = "nothing"
+end = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
+print(pid, end, got)
+"#;
+
 /// Sends `count` datagrams of 4 bytes from a client socket to a server
 /// socket on `addr` port 9999, each received; prints the client's port.
 const UDP: &str = r#"
@@ -350,4 +414,78 @@ fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_fi
     // Four sockets, AF_INET and AF_INET6, made and freed.
     assert_eq!(kprobe_events(&daemon, "sk_alloc").len(), 4);
     assert_eq!(kprobe_events(&daemon, "__sk_free").len(), 4);
+}
+
+/// Runs `DNS_QUERY` to `addr` in the test's cgroup inside `ns`: the
+/// child's report, its pid, how it ended and whether the query arrived.
+fn dns_query(cg: &TestCgroup, ns: &LoopbackNs, addr: &str) -> (String, u64, i32, String) {
+    let out = cg
+        .command("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "/usr/bin/python3",
+            "-c",
+            DNS_QUERY,
+            addr,
+        ])
+        .output()
+        .expect("running the DNS script");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let last: Vec<&str> = lines
+        .last()
+        .expect("the parent's line")
+        .split(' ')
+        .collect();
+    (
+        lines.first().copied().unwrap_or_default().to_string(),
+        last[0].parse().expect("pid"),
+        last[1].parse().expect("end"),
+        last[2].to_string(),
+    )
+}
+
+#[test]
+fn tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_sender() {
+    if !can_run("tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_sender")
+    {
+        return;
+    }
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(DNS_ONLY_SPECIFIED_SERVERS);
+
+    // The approved server: the query arrives and the sender lives.
+    let (said, _, end, got) = dns_query(&cg, &ns, "127.0.0.53");
+    assert_eq!((said.as_str(), end, got.as_str()), ("sent", 0, "received"));
+
+    // Any other: the query never leaves (the send fails with EPERM) and
+    // the sender is killed.
+    let (said, pid, end, got) = dns_query(&cg, &ns, "127.0.0.1");
+    assert_eq!(said, "errno 1", "the kernel dropped the packet");
+    assert_eq!(end, 9, "the sender was killed");
+    assert_eq!(got, "nothing");
+    let k = daemon.wait_for("the ip_output event", |e| {
+        body(e, "process_kprobe").is_some_and(|k| k["function_name"] == "ip_output")
+    });
+    let k = &k["process_kprobe"];
+    assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
+    assert_eq!(k["policy_name"], "dns-only-specified-servers");
+    assert_eq!(k["process"]["pid"], pid);
+    assert_eq!(k["process"]["binary"], resolved("/usr/bin/python3"));
+    let skb = arg(k, "skb_arg");
+    assert_eq!(skb["daddr"], "127.0.0.1");
+    assert_eq!(skb["dport"], 53);
+    assert_eq!(skb["protocol"], "IPPROTO_UDP");
+    assert_eq!(
+        kprobe_events(&daemon, "ip_output").len(),
+        1,
+        "the approved query was not matched"
+    );
 }

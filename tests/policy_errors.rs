@@ -705,10 +705,17 @@ fn packet_hooks_filter_the_packet_and_only_report() {
         skb,
         "    - matchArgs: [{index: 1, operator: DAddr, values: [127.0.0.1/8]}, {index: 1, operator: Protocol, values: [IPPROTO_UDP]}]\n      matchActions: [{action: Post, rateLimit: 1m, rateLimitScope: global}]\n",
     ));
+    // An outgoing packet can be dropped and its sender killed; a received
+    // one cannot be taken back.
+    passes(&pkt("ip_output", out, "    - matchArgs: [{index: 2, operator: DPort, values: [\"53\"]}]\n      matchActions: [{action: Sigkill}]\n"));
     refused(
-        &pkt("ip_output", out, "    - matchArgs: [{index: 2, operator: DPort, values: [\"53\"]}]\n      matchActions: [{action: Sigkill}]\n"),
+        &pkt(
+            "sk_filter_trim_cap",
+            "[{index: 0, type: sock}, {index: 1, type: skb}]",
+            "    - matchArgs: [{index: 1, operator: DPort, values: [\"53\"]}]\n      matchActions: [{action: Sigkill}]\n",
+        ),
         "spec.kprobes[0].selectors[0].matchActions",
-        "cgroup_skb",
+        "a received packet",
     );
     refused(
         &pkt(

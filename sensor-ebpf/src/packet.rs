@@ -7,7 +7,10 @@
 //! is attributed by its socket: the socket's cgroup decides the scopes,
 //! and its creator (`SOCK_OWNERS`, kept by `sock`) is the process. The
 //! network selectors (`netsel`) test the packet's own addresses, ports and
-//! protocol; only a hit is sent, with the socket as well.
+//! protocol; only a hit is sent, with the socket as well. A cgroup_skb
+//! program cannot signal, so a Sigkill or Signal on an outgoing packet is
+//! carried out in two steps: the packet is dropped here, before it leaves,
+//! and the daemon signals the socket's owner when it reads the record.
 use aya_ebpf::{
     helpers::{
         bpf_ktime_get_ns,
@@ -28,7 +31,8 @@ const IPPROTO_UDP: u16 = 17;
 const IN: u8 = 0;
 const OUT: u8 = 1;
 
-/// Every program returns 1: packets are reported, never dropped here.
+/// The programs return 1 (pass) for every packet but an outgoing one that
+/// a signalling selector matched, which they drop (0).
 #[cgroup_skb(ingress)]
 pub fn snsr_pkt_in(ctx: SkBuffContext) -> i32 {
     let _ = on_packet::<true>(&ctx, IN);
@@ -43,18 +47,26 @@ pub fn snsr_pkt_in_compat(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn snsr_pkt_out(ctx: SkBuffContext) -> i32 {
-    let _ = on_packet::<true>(&ctx, OUT);
-    1
+    pass(on_packet::<true>(&ctx, OUT))
 }
 
 #[cgroup_skb(egress)]
 pub fn snsr_pkt_out_compat(ctx: SkBuffContext) -> i32 {
-    let _ = on_packet::<false>(&ctx, OUT);
-    1
+    pass(on_packet::<false>(&ctx, OUT))
 }
 
+/// The verdict on an outgoing packet: dropped when its hit signals.
 #[inline(always)]
-fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<()> {
+fn pass(signal: Option<u32>) -> i32 {
+    match signal {
+        Some(s) if s != 0 => 0,
+        _ => 1,
+    }
+}
+
+/// Reports a packet its selectors matched; the signal they asked for.
+#[inline(always)]
+fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<u32> {
     let cfg: Config = *crate::maps::config()?;
     let class = if direction == IN {
         net_ops::PACKET_IN
@@ -97,14 +109,30 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<(
     crate::netsel::subject_of(ev, &cfg, &crate::cgroups::OfSkb(skb));
     crate::netsel::evaluate::<MODERN>(ev);
     if ev.event.hits == 0 {
-        return Some(());
+        return None;
     }
+    // The packet is dropped whether or not its record can be made.
+    let signal = ev.event.signal;
+    let _ = report(ctx, ev, full as u64, rec, direction);
+    Some(signal)
+}
+
+/// Sends the record of a packet the selectors matched, with its socket.
+#[inline(always)]
+fn report(
+    ctx: &SkBuffContext,
+    ev: &mut crate::netsel::NetEval,
+    full: u64,
+    rec: &mut PacketEvent,
+    direction: u8,
+) -> Option<()> {
+    let skb = ctx.skb.skb;
     // The socket, read only for a hit, as the other hooks read it
     // (through a pointer stored in the scratch map and read back as a
     // number, as `sock::on_sock` does for the same reason), into the
     // record's network part, which the packet's then overwrites.
     // SAFETY: per-CPU scratch owned by this program run.
-    unsafe { core::ptr::write_volatile(&mut ev.sk, full as u64) };
+    unsafe { core::ptr::write_volatile(&mut ev.sk, full) };
     let skp = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
     crate::sock::read_sock(skp, &mut rec.net)?;
     keep_socket(rec);
@@ -124,7 +152,7 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<(
     e.kind = kind::PACKET;
     rec.net = *e;
     if EVENTS
-        .output::<PacketEvent>(rec, wakeup_flags(false))
+        .output::<PacketEvent>(rec, wakeup_flags(e.signal != 0))
         .is_err()
     {
         count_lost(kind::CONNECT);

@@ -28,13 +28,18 @@ pub fn in_cgroup(dir: &Path) -> Vec<u32> {
 /// is no news, but a refusal (EPERM: the daemon lacks CAP_KILL for another
 /// user's process) leaves an attacker running, so it is logged.
 pub fn sigkill(pid: u32) -> bool {
+    signal(pid, libc::SIGKILL)
+}
+
+/// Sends `sig` to `pid`; false when it is gone or cannot be signalled.
+pub fn signal(pid: u32, sig: i32) -> bool {
     // SAFETY: kill(2) takes any pid; the callers name one they just read.
-    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+    if unsafe { libc::kill(pid as i32, sig) } == 0 {
         return true;
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::ESRCH) {
-        tracing::warn!(pid, %err, "could not kill a process (CAP_KILL missing?)");
+        tracing::warn!(pid, sig, %err, "could not signal a process (CAP_KILL missing?)");
     }
     false
 }

@@ -452,7 +452,11 @@ impl Pipeline {
     /// that posted, naming its socket's creator.
     fn packet(&mut self, p: &PacketEvent) {
         let c = &p.net;
-        let Some(process) = self.network_process(c) else {
+        let process = self.network_process(c);
+        if c.signal != 0 {
+            self.signal_sender(process.as_deref(), c.signal);
+        }
+        let Some(process) = process else {
             return;
         };
         let time = self.cache.rfc3339(c.ktime);
@@ -460,6 +464,27 @@ impl Pipeline {
         let subject = self.acting(&process);
         let args = build::packet_arg(&sock, &skb, p.direction);
         self.post_hits(c.hits, Table::Net, subject, &time, args);
+    }
+
+    /// The sender of a packet that a signalling selector dropped in the
+    /// kernel, signalled here (a cgroup_skb program cannot signal); a
+    /// protected binary, the daemon and init are spared, as by the
+    /// brain's kills.
+    fn signal_sender(&self, process: Option<&Process>, sig: u32) {
+        let Some(p) = process else {
+            self.telemetry.error("packet_sender_unknown");
+            tracing::warn!(
+                sig,
+                "a packet was dropped, but its sender is not known: no one signalled"
+            );
+            return;
+        };
+        let protected = crate::policy::protect::Protected::of_this_node();
+        if p.pid <= 1 || p.pid == std::process::id() || protected.covers(&p.binary) {
+            tracing::warn!(pid = p.pid, binary = %p.binary, "a packet's signal spares a protected process");
+            return;
+        }
+        crate::antibody::procs::signal(p.pid, sig as i32);
     }
 
     /// The process a network record names. Pid 0 has none: a TCP state

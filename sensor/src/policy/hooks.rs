@@ -26,8 +26,9 @@ pub struct HookDef {
     /// For a network hook, the records its selectors are evaluated on
     /// (a `net_ops` bit); 0 for the others.
     pub net_op: u16,
-    /// Whether Sigkill and Signal can be sent from the kernel program
-    /// this hook runs on.
+    /// Whether Sigkill and Signal are carried out on this hook: sent from
+    /// the kernel program it runs on, or, for an outgoing packet, the
+    /// packet dropped there and its sender signalled by the daemon.
     pub signals: bool,
     /// Whether the hook returns a socket (`return: true` with a `sock`
     /// `returnArg`): `sk_alloc` and `tcp_create_openreq_child`.
@@ -153,7 +154,7 @@ const fn reports(
         binaries_of_new_image: false,
         overrides: false,
         net_op,
-        signals: false,
+        signals: net_op == net_ops::PACKET_OUT,
         returns_sock: net_op == net_ops::ALLOC || net_op == net_ops::OPENREQ,
         packets,
     }

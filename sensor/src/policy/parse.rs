@@ -472,7 +472,7 @@ fn packets_seen(p: hooks::Packets) -> Vec<NetMatch> {
 /// Why a hook that reports cannot signal.
 fn no_signal_why(def: &HookDef) -> &'static str {
     if def.net_op & (net_ops::PACKET_IN | net_ops::PACKET_OUT) != 0 {
-        "its kernel hook (a cgroup_skb program) cannot send a signal on every kernel, and a packet is handled in whichever task's context the kernel is in (softirq for most received ones), not always its socket owner's"
+        "a received packet is handled in whichever task's context the kernel is in (softirq for most), not its socket owner's, and cannot be taken back; a Sigkill drops an outgoing packet and kills its sender on ip_output, ip_mc_output and ip6_output"
     } else if def.net_op & (net_ops::STATE | net_ops::OPENREQ) != 0 {
         "TCP state changes are mostly made in softirq, where the current task is whichever the packet interrupted, not the socket's owner"
     } else {

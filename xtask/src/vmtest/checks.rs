@@ -112,13 +112,14 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "packets (in, out, by function, rate limit)",
+        name: "packets (in, out, by function, rate limit, kill on send)",
         run: Run::Tests {
             target: "packets",
             names: &[
                 "tetragons_datagram_example_reports_a_packet_out_and_in",
                 "tetragons_datagram_with_sock_tracking_example_rate_limits_repeats",
                 "tetragons_datagram_518_example_reports_each_output_function_and_the_socket_filter",
+                "tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_sender",
             ],
         },
     },
