@@ -807,3 +807,42 @@ fn ima_hash_is_computed_only_on_the_lsm_exec_hook() {
     passes(&lsm("{action: Post, imaHash: true}"));
     passes(&lsm("{action: Post, imaHash: false}"));
 }
+
+#[test]
+fn match_namespaces_is_checked_and_only_on_syscall_hooks() {
+    let ns = |entry: &str| {
+        syscall(
+            "[{index: 0, type: int}]",
+            &format!("    - matchNamespaces: [{entry}]\n"),
+        )
+    };
+    passes(&ns("{namespace: Pid, operator: NotIn, values: [host_ns]}"));
+    passes(&ns(
+        "{namespace: Mnt, operator: In, values: [\"4026531841\", 4026531840]}",
+    ));
+    refused(
+        &ns("{namespace: Pids, operator: In, values: [host_ns]}"),
+        "spec.kprobes[0].selectors[0].matchNamespaces[0].namespace",
+        "unknown namespace `Pids`",
+    );
+    refused(
+        &ns("{namespace: Net, operator: Is, values: [host_ns]}"),
+        "spec.kprobes[0].selectors[0].matchNamespaces[0].operator",
+        "expected In or NotIn",
+    );
+    refused(
+        &ns("{namespace: Net, operator: In, values: [host]}"),
+        "spec.kprobes[0].selectors[0].matchNamespaces[0].values[0]",
+        "not a namespace inode number or host_ns",
+    );
+    refused(
+        &ns("{namespace: Net, operator: In, values: [1, 2, 3, 4, 5]}"),
+        "spec.kprobes[0].selectors[0].matchNamespaces[0].values",
+        "1 to 4 namespaces",
+    );
+    refused(
+        &kprobe("    - matchNamespaces: [{namespace: Pid, operator: NotIn, values: [host_ns]}]\n"),
+        "spec.kprobes[0].selectors[0].matchNamespaces",
+        "syscall hooks only",
+    );
+}

@@ -957,3 +957,199 @@ fn an_fd_argument_is_resolved_to_its_file_and_matched_by_path() {
         }
     }
 }
+
+/// Tetragon's `examples/tracingpolicy/process-credentials/
+/// process.credentials.changes.at.syscalls.yaml` (comments left out):
+/// credential changes outside the host's PID namespace.
+const CREDENTIALS_AT_SYSCALLS: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "process.credentials.changes.at.syscalls"
+spec:
+  kprobes:
+  - call: "sys_setuid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setgid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setreuid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setregid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setresuid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "int"
+    - index: 2
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setresgid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "int"
+    - index: 2
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setfsuid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+  - call: "sys_setfsgid"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    selectors:
+      - matchNamespaces:
+        - namespace: Pid
+          operator: NotIn
+          values:
+          - "host_ns"
+"#;
+
+/// Python makes each of the policy's eight calls, as root and changing
+/// nothing, in the host's PID namespace, then in a child in a PID
+/// namespace of its own (a container's); prints the child's pid.
+const CREDENTIAL_CALLS: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def calls():
+    os.setuid(0)
+    os.setgid(0)
+    os.setreuid(-1, -1)
+    os.setregid(-1, -1)
+    os.setresuid(-1, -1, -1)
+    os.setresgid(-1, -1, -1)
+    libc.setfsuid(0)
+    libc.setfsgid(0)
+calls()
+assert libc.unshare(0x20000000) == 0, ctypes.get_errno()
+child = os.fork()
+if child == 0:
+    calls()
+    os._exit(0)
+os.waitpid(child, 0)
+print(child)
+"#;
+
+#[test]
+fn match_namespaces_posts_only_calls_outside_the_hosts_pid_namespace() {
+    if !can_run("match_namespaces_posts_only_calls_outside_the_hosts_pid_namespace") {
+        return;
+    }
+    let (daemon, cg, _d) = daemon_with(&[CREDENTIALS_AT_SYSCALLS]);
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", CREDENTIAL_CALLS])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let child: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    let policy = "process.credentials.changes.at.syscalls";
+    let calls = [
+        "setuid",
+        "setgid",
+        "setreuid",
+        "setregid",
+        "setresuid",
+        "setresgid",
+        "setfsuid",
+        "setfsgid",
+    ];
+    eventually("the container's eight calls", || {
+        daemon
+            .events()
+            .iter()
+            .filter(|e| of_policy(e, "process_kprobe", policy).is_some())
+            .count()
+            >= calls.len()
+    });
+    let events: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter_map(|e| of_policy(&e, "process_kprobe", policy).cloned())
+        .collect();
+    // Only the child's: the host's calls came first and posted nothing.
+    assert!(
+        events.iter().all(|k| k["process"]["pid"] == child),
+        "{events:?}"
+    );
+    let mut names: Vec<String> = events
+        .iter()
+        .map(|k| k["function_name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = calls.iter().map(|c| format!("__x64_sys_{c}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    let setuid = events
+        .iter()
+        .find(|k| k["function_name"] == "__x64_sys_setuid")
+        .expect("setuid");
+    assert_eq!(setuid["args"][0]["int_arg"], 0);
+}

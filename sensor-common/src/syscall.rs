@@ -21,6 +21,9 @@ pub const SYS_DATA_CAP: usize = 8192;
 /// `matchPIDs` entries per syscall selector, and values per entry.
 pub const MAX_PID_FILTERS: usize = 2;
 pub const PID_VALUES: usize = 4;
+/// `matchNamespaces` entries per syscall selector, and values per entry.
+pub const MAX_NS_FILTERS: usize = 4;
+pub const NS_VALUES: usize = 4;
 /// Processes a `followForks` PID filter looks at: the caller and its
 /// ancestors.
 pub const LINEAGE_DEPTH: usize = 16;
@@ -81,9 +84,28 @@ pub struct SysNr {
     /// Bit i: argument i is a string some selector filters on, so its
     /// lookup keys are built.
     pub matched: u8,
-    /// Non-zero: some selector filters on PIDs, so the caller's lineage
-    /// is read.
-    pub lineage: u8,
+    /// What the selectors need read of the caller ([`sys_needs`]).
+    pub needs: u8,
+}
+
+/// Bits of [`SysNr::needs`].
+pub mod sys_needs {
+    /// Some selector filters on PIDs: the caller's lineage is read.
+    pub const LINEAGE: u8 = 1;
+    /// Some selector filters on namespaces: the caller's are read.
+    pub const NAMESPACES: u8 = 2;
+}
+
+/// One `matchNamespaces` entry: fires when the caller's namespace of
+/// `kind` ([`crate::ns_kind`]) is (not) one of the values, inode numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsFilter {
+    pub kind: u8,
+    pub negate: u8,
+    pub n: u8,
+    pub _pad: u8,
+    pub values: [u32; NS_VALUES],
 }
 
 /// Bits of [`PidFilter::flags`].
@@ -139,7 +161,9 @@ pub struct SysSelector {
     pub filters: [IntFilter; MAX_ARG_FILTERS],
     pub strs: [ArgStrFilter; MAX_ARG_FILTERS],
     pub pids: [PidFilter; MAX_PID_FILTERS],
-    pub _pad2: u32,
+    pub n_ns: u8,
+    pub _pad2: [u8; 3],
+    pub ns: [NsFilter; MAX_NS_FILTERS],
     /// `matchReturnArgs` on the return value (as argument 0).
     pub ret: IntFilter,
 }
@@ -206,9 +230,10 @@ pub struct SysReturning {
 const _: () = assert!(core::mem::size_of::<IntFilter>() == 8 + 8 * INT_VALUES);
 const _: () = assert!(core::mem::size_of::<SysNr>() == 16);
 const _: () = assert!(core::mem::size_of::<PidFilter>() == 4 + 4 * PID_VALUES);
+const _: () = assert!(core::mem::size_of::<NsFilter>() == 4 + 4 * NS_VALUES);
 const _: () = assert!(
     core::mem::size_of::<SysSelector>()
-        == 16 + 44 * MAX_ARG_FILTERS + 20 * MAX_PID_FILTERS + 4 + 40
+        == 16 + 44 * MAX_ARG_FILTERS + 20 * MAX_PID_FILTERS + 4 + 20 * MAX_NS_FILTERS + 40
 );
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 72 + 8 * SYSCALL_ARGS);
 const _: () = assert!(core::mem::size_of::<SyscallReturn>() == 40);

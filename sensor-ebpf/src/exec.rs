@@ -279,10 +279,10 @@ fn own_pid(task: *const u8) -> Result<(u32, *const u8), i32> {
     ))
 }
 
-/// The inode numbers of the current task's namespaces (0 where one
+/// The inode numbers of `task`'s namespaces (0 where one
 /// cannot be read or the kernel has none of that kind).
 #[inline(always)]
-fn read_ns(task: *const u8) -> [u32; NS_KINDS] {
+pub fn read_ns(task: *const u8) -> [u32; NS_KINDS] {
     let mut out = [0u32; NS_KINDS];
     let inum = off!(ns_inum);
     let at = off!(nsproxy_ns);

@@ -14,17 +14,18 @@ mod user;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns, bpf_send_signal, generated::bpf_ringbuf_output,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_send_signal, generated::bpf_ringbuf_output,
     },
     macros::raw_tracepoint,
     maps::lpm_trie::Key,
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    arg_read, int_op, kind, match_kind, ArgStrFilter, IntFilter, ProcState, SysNr, SysReturning,
-    SyscallEvent, INT_VALUES, MAX_ARG_FILTERS, MAX_PID_FILTERS, MAX_SELECTORS, STR_KEY_LEN,
-    SYSCALL_ARGS, SYSCALL_NRS, SYS_BLOB_MAX, SYS_DATA_CAP,
+    arg_read, int_op, kind, match_kind, sys_needs, ArgStrFilter, IntFilter, NsFilter, ProcState,
+    SysNr, SysReturning, SyscallEvent, INT_VALUES, MAX_ARG_FILTERS, MAX_NS_FILTERS,
+    MAX_PID_FILTERS, MAX_SELECTORS, NS_KINDS, NS_VALUES, STR_KEY_LEN, SYSCALL_ARGS, SYSCALL_NRS,
+    SYS_BLOB_MAX, SYS_DATA_CAP,
 };
 
 use crate::kernel::read;
@@ -84,6 +85,8 @@ pub struct SysEval {
     reversed: Key<[u8; STR_KEY_LEN]>,
     _slack2: [u8; 256],
     lineage: lineage::Lineage,
+    /// The caller's namespaces, where a selector filters on them.
+    ns: [u32; NS_KINDS],
 }
 
 #[inline(always)]
@@ -152,7 +155,12 @@ fn on_enter<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
         }
         user::copy_all::<MODERN>();
     }
-    if info.lineage != 0 {
+    if info.needs & sys_needs::NAMESPACES != 0 {
+        // SAFETY: helper without arguments.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        ev.ns = crate::exec::read_ns(task);
+    }
+    if info.needs & sys_needs::LINEAGE != 0 {
         lineage::read_lineage::<MODERN>(&mut ev.lineage);
     }
     crate::looping::repeat::<MODERN>(MAX_SELECTORS as u32, eval_callback, snsr_loop_sys_selector);
@@ -273,6 +281,22 @@ fn str_matches(ev: &SysEval, f: &ArgStrFilter, bit: u64) -> bool {
     (read && hits & bit != 0) != (f.filter.negate != 0)
 }
 
+/// Whether the caller's namespace of the filter's kind is (not) one of
+/// its values.
+#[inline(always)]
+fn ns_matches(f: &NsFilter, ns: &[u32; NS_KINDS]) -> bool {
+    let Some(&have) = ns.get(f.kind as usize) else {
+        return false;
+    };
+    let mut found = false;
+    for i in 0..NS_VALUES {
+        if i < f.n as usize && f.values[i] == have {
+            found = true;
+        }
+    }
+    found != (f.negate != 0)
+}
+
 crate::looping::forms!(eval_selector, eval_callback, snsr_loop_sys_selector);
 
 /// One syscall selector; returns 1 to stop the loop.
@@ -328,6 +352,14 @@ fn eval_selector(index: u64) -> i64 {
             break;
         }
         if !lineage::pid_matches(&sel.pids[p], &ev.lineage) {
+            return 0;
+        }
+    }
+    for n in 0..MAX_NS_FILTERS {
+        if n >= sel.n_ns as usize {
+            break;
+        }
+        if !ns_matches(&sel.ns[n], &ev.ns) {
             return 0;
         }
     }

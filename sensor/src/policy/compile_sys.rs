@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use sensor_common::{
-    arg_read, pid_flags, ArgStrFilter, IntFilter, PidFilter, SysNr, SysSelector, INT_VALUES,
-    PID_VALUES, SLOT_SYS_BINARIES, STR_KEY_HEADER, STR_KEY_LEN, SYSCALL_NRS,
+    arg_read, ns_kind, pid_flags, sys_needs, ArgStrFilter, IntFilter, NsFilter, PidFilter, SysNr,
+    SysSelector, INT_VALUES, NS_VALUES, PID_VALUES, SLOT_SYS_BINARIES, STR_KEY_HEADER, STR_KEY_LEN,
+    SYSCALL_NRS,
 };
 
 use super::compile::{Compiled, StrKey};
-use super::{EventArg, Hook, IntMatch, Selector, StrOp, UserRead};
+use super::{EventArg, Hook, IntMatch, NsValue, Selector, StrOp, UserRead};
 
 /// String values of syscall filters: per key, the selectors that hold it.
 #[derive(Debug, Default)]
@@ -149,6 +150,20 @@ impl Compiled {
             };
         }
         ss.n_pids = sel.pids.len() as u8;
+        for (i, m) in sel.namespaces.iter().enumerate() {
+            let mut values = [0u32; NS_VALUES];
+            for (v, want) in values.iter_mut().zip(&m.values) {
+                *v = namespace_inode(m.kind, *want)?;
+            }
+            ss.ns[i] = NsFilter {
+                kind: m.kind as u8,
+                negate: m.negate as u8,
+                n: m.values.len() as u8,
+                _pad: 0,
+                values,
+            };
+        }
+        ss.n_ns = sel.namespaces.len() as u8;
         let reads = reads(hook);
         let matched = sel.strs.iter().fold(0u8, |acc, m| acc | 1 << m.reg);
         for &nr in &hook.syscalls {
@@ -161,13 +176,55 @@ impl Compiled {
             }
             entry.selectors |= bit;
             entry.matched |= matched;
-            entry.lineage |= !sel.pids.is_empty() as u8;
+            if !sel.pids.is_empty() {
+                entry.needs |= sys_needs::LINEAGE;
+            }
+            if !sel.namespaces.is_empty() {
+                entry.needs |= sys_needs::NAMESPACES;
+            }
             merge_reads(entry, &reads, nr)?;
         }
         self.sys_selectors.push(ss);
         self.sys_binaries.push(sel.binaries.clone());
         Ok(())
     }
+}
+
+/// The inode number of namespace `want` of kind `kind`. `host_ns` is the
+/// kernel's initial namespace of that kind: most have a fixed inode
+/// number (`PROC_*_INIT_INO`, the same on every kernel since 5.6), read
+/// here without asking anyone; the initial network and mount namespaces'
+/// are numbered at boot, so they are read from the node's PID 1, which
+/// needs the host's PID namespace and the right to inspect PID 1.
+fn namespace_inode(kind: usize, want: NsValue) -> Result<u32, String> {
+    match want {
+        NsValue::Inode(n) => Ok(n),
+        NsValue::Host => host_namespace(kind),
+    }
+}
+
+fn host_namespace(kind: usize) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let fixed = match kind {
+        ns_kind::IPC => Some(0xEFFF_FFFF),
+        ns_kind::UTS => Some(0xEFFF_FFFE),
+        ns_kind::USER => Some(0xEFFF_FFFD),
+        ns_kind::PID | ns_kind::PID_FOR_CHILDREN => Some(0xEFFF_FFFC),
+        ns_kind::CGROUP => Some(0xEFFF_FFFB),
+        ns_kind::TIME | ns_kind::TIME_FOR_CHILDREN => Some(0xEFFF_FFFA),
+        _ => None,
+    };
+    if let Some(inode) = fixed {
+        return Ok(inode);
+    }
+    let file = super::syscall_filters::NAMESPACES
+        .iter()
+        .find(|(_, k, _)| *k == kind)
+        .map_or("none", |(_, _, f)| *f);
+    let path = format!("/proc/1/ns/{file}");
+    std::fs::metadata(&path)
+        .map(|m| m.ino() as u32)
+        .map_err(|e| format!("host_ns: the host's {file} namespace is read from {path} (the node's PID 1: the daemon needs the host's PID namespace and may inspect PID 1): {e}"))
 }
 
 /// An integer filter as the kernel compares it.
@@ -255,6 +312,25 @@ mod tests {
             load_file(&f, &Default::default(), &mut l).unwrap();
         }
         Compiled::new(&l.policies)
+    }
+
+    #[test]
+    fn host_ns_is_the_kernels_initial_namespace() {
+        // The initial PID namespace is 0xEFFFFFFC on every kernel.
+        assert_eq!(host_namespace(ns_kind::PID), Ok(4026531836));
+        assert_eq!(host_namespace(ns_kind::PID_FOR_CHILDREN), Ok(4026531836));
+        assert_eq!(host_namespace(ns_kind::USER), Ok(0xEFFF_FFFD));
+        assert_eq!(namespace_inode(ns_kind::NET, NsValue::Inode(7)), Ok(7));
+        let yaml = format!(
+            "{}    selectors:\n    - matchNamespaces: [{{namespace: Uts, operator: In, values: [host_ns, \"12\"]}}]\n",
+            write("ns", "{index: 0, type: int}")
+        );
+        let c = compile(&[yaml]).unwrap();
+        let f = c.sys_selectors[0].ns[0];
+        assert_eq!((f.kind as usize, f.negate, f.n), (ns_kind::UTS, 0, 2));
+        assert_eq!(f.values[..2], [0xEFFF_FFFE, 12]);
+        let nr = 1; // write
+        assert_eq!(c.sys_nrs[nr].needs, sys_needs::NAMESPACES);
     }
 
     fn write(name: &str, arg1: &str) -> String {

@@ -369,6 +369,8 @@ pub struct Selector {
     pub strs: Vec<ArgStrMatch>,
     /// `matchPIDs` (syscall hooks), ANDed.
     pub pids: Vec<PidMatch>,
+    /// `matchNamespaces` (syscall hooks), ANDed.
+    pub namespaces: Vec<NsMatch>,
     /// `matchReturnArgs` on a syscall's return value (as register 0).
     pub ret: Option<IntMatch>,
     /// The syscall numbers the selector's filters on the number admit
@@ -388,6 +390,7 @@ impl Selector {
             ints: Vec::new(),
             strs: Vec::new(),
             pids: Vec::new(),
+            namespaces: Vec::new(),
             ret: None,
             numbers: None,
             actions: Actions::POST,
@@ -410,6 +413,26 @@ pub struct IntMatch {
 pub struct ArgStrMatch {
     pub reg: u8,
     pub set: StrMatch,
+}
+
+/// A `matchNamespaces` entry: the caller's namespace of `kind` (a
+/// [`sensor_common::ns_kind`] slot) is (not) one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsMatch {
+    pub kind: usize,
+    /// `NotIn`.
+    pub negate: bool,
+    pub values: Vec<NsValue>,
+}
+
+/// A namespace a `matchNamespaces` entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsValue {
+    /// By its inode number.
+    Inode(u32),
+    /// `host_ns`: the host's, the one of the node's PID 1, read when the
+    /// policy is compiled.
+    Host,
 }
 
 /// A `matchPIDs` entry: the caller's PID is (not) one of `values`.

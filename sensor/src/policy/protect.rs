@@ -140,6 +140,7 @@ mod tests {
             ints: Vec::new(),
             strs: Vec::new(),
             pids: Vec::new(),
+            namespaces: Vec::new(),
             ret: None,
             numbers: None,
             actions: Actions {

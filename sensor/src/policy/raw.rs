@@ -134,6 +134,17 @@ pub struct RawMatchPid {
     pub values: Vec<Value>,
 }
 
+/// A `matchNamespaces` entry; values are inode numbers (numbers or
+/// numeric strings) or `host_ns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatchNamespace {
+    pub namespace: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<Value>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSelector {
@@ -149,7 +160,8 @@ pub struct RawSelector {
     #[serde(default)]
     pub match_return_args: Vec<RawMatchArg>,
     pub match_parent_binaries: Option<Value>,
-    pub match_namespaces: Option<Value>,
+    #[serde(default)]
+    pub match_namespaces: Vec<RawMatchNamespace>,
     pub match_capabilities: Option<Value>,
     pub match_namespace_changes: Option<Value>,
     pub match_capability_changes: Option<Value>,

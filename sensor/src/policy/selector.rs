@@ -27,7 +27,6 @@ pub fn selector(
     for (name, v) in [
         ("matchData", &s.match_data),
         ("matchParentBinaries", &s.match_parent_binaries),
-        ("matchNamespaces", &s.match_namespaces),
         ("matchCapabilities", &s.match_capabilities),
         ("matchNamespaceChanges", &s.match_namespace_changes),
         ("matchCapabilityChanges", &s.match_capability_changes),
@@ -91,6 +90,19 @@ pub fn selector(
             return err(
                 format!("{at}.matchPIDs"),
                 "matchPIDs is supported on syscall hooks only (exec and connect hooks: use matchBinaries or a pod scope)",
+            )
+        }
+    };
+    let namespaces = match lists {
+        Some(_) => syscall_filters::namespace_filters(
+            s.match_namespaces,
+            &format!("{at}.matchNamespaces"),
+        )?,
+        None if s.match_namespaces.is_empty() => Vec::new(),
+        None => {
+            return err(
+                format!("{at}.matchNamespaces"),
+                "matchNamespaces is supported on syscall hooks only here (exec and connect hooks: use matchBinaries or a pod scope)",
             )
         }
     };
@@ -197,6 +209,7 @@ pub fn selector(
         ints,
         strs,
         pids,
+        namespaces,
         ret: ret_filter,
         numbers,
         actions: actions(s.match_actions, lists.is_some(), at)?,

@@ -1,14 +1,18 @@
 //! The syscall family's selector filters: `matchArgs` on the syscall
 //! number (a set of numbers, decided here), on integer arguments and on
-//! the return value (compared in the kernel), and `matchPIDs`.
+//! the return value (compared in the kernel), `matchPIDs` and
+//! `matchNamespaces`.
 use std::collections::BTreeSet;
 
-use sensor_common::{int_op, INT_VALUES, MAX_PID_FILTERS, PID_VALUES, SYSCALL_NRS};
+use sensor_common::{
+    int_op, ns_kind, INT_VALUES, MAX_NS_FILTERS, MAX_PID_FILTERS, NS_VALUES, PID_VALUES,
+    SYSCALL_NRS,
+};
 
 use super::parse::{err, FieldError, Result};
-use super::raw::{RawMatchArg, RawMatchPid};
+use super::raw::{RawMatchArg, RawMatchNamespace, RawMatchPid};
 use super::syscall_hooks::Lists;
-use super::{syscalls, IntMatch, IntType, PidMatch};
+use super::{syscalls, IntMatch, IntType, NsMatch, NsValue, PidMatch};
 
 /// `matchReturnArgs` of a syscall hook with `return: true` (`ret` its
 /// type): one filter on index 0, compared in the kernel at the return.
@@ -75,6 +79,97 @@ pub fn pid_filters(raw: Vec<RawMatchPid>, at: &str) -> Result<Vec<PidMatch>> {
             negate,
             follow_forks: p.follow_forks,
             namespace: p.is_namespace_pid,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// Tetragon's namespace names, the slot each takes in the kernel's
+/// table, and its file under `/proc/PID/ns`.
+pub const NAMESPACES: [(&str, usize, &str); 10] = [
+    ("Uts", ns_kind::UTS, "uts"),
+    ("Ipc", ns_kind::IPC, "ipc"),
+    ("Mnt", ns_kind::MNT, "mnt"),
+    ("Pid", ns_kind::PID, "pid"),
+    (
+        "PidForChildren",
+        ns_kind::PID_FOR_CHILDREN,
+        "pid_for_children",
+    ),
+    ("Net", ns_kind::NET, "net"),
+    ("Time", ns_kind::TIME, "time"),
+    (
+        "TimeForChildren",
+        ns_kind::TIME_FOR_CHILDREN,
+        "time_for_children",
+    ),
+    ("Cgroup", ns_kind::CGROUP, "cgroup"),
+    ("User", ns_kind::USER, "user"),
+];
+
+/// `matchNamespaces`: In or NotIn, on inode numbers or `host_ns`.
+pub fn namespace_filters(raw: Vec<RawMatchNamespace>, at: &str) -> Result<Vec<NsMatch>> {
+    if raw.len() > MAX_NS_FILTERS {
+        return err(
+            at,
+            format!("{} entries; at most {MAX_NS_FILTERS}", raw.len()),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, m) in raw.into_iter().enumerate() {
+        let f = format!("{at}[{i}]");
+        let Some(&(_, kind, _)) = NAMESPACES.iter().find(|(n, _, _)| *n == m.namespace) else {
+            let names: Vec<&str> = NAMESPACES.iter().map(|(n, _, _)| *n).collect();
+            return err(
+                format!("{f}.namespace"),
+                format!(
+                    "unknown namespace `{}`; expected {}",
+                    m.namespace,
+                    names.join(", ")
+                ),
+            );
+        };
+        let negate = match m.operator.as_str() {
+            "In" => false,
+            "NotIn" => true,
+            other => {
+                return err(
+                    format!("{f}.operator"),
+                    format!("unknown operator `{other}`; expected In or NotIn"),
+                )
+            }
+        };
+        if m.values.is_empty() || m.values.len() > NS_VALUES {
+            return err(
+                format!("{f}.values"),
+                format!("1 to {NS_VALUES} namespaces (inode numbers or host_ns)"),
+            );
+        }
+        let mut values = Vec::new();
+        for (j, v) in m.values.iter().enumerate() {
+            let text = v.as_str().map(str::trim);
+            let value = if text == Some("host_ns") {
+                Some(NsValue::Host)
+            } else {
+                v.as_u64()
+                    .or_else(|| text.and_then(|s| s.parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(NsValue::Inode)
+            };
+            match value {
+                Some(v) => values.push(v),
+                None => {
+                    return err(
+                        format!("{f}.values[{j}]"),
+                        "not a namespace inode number or host_ns",
+                    )
+                }
+            }
+        }
+        out.push(NsMatch {
+            kind,
+            negate,
             values,
         });
     }

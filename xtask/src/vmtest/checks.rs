@@ -124,7 +124,7 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "syscall policies (Post, lists, kill, strings, fds, PIDs, returns)",
+        name: "syscall policies (Post, lists, kill, strings, fds, PIDs, namespaces, returns)",
         run: Run::Tests {
             target: "syscalls",
             names: &[
@@ -138,6 +138,7 @@ pub const CHECKS: &[Check] = &[
                 "match_pids_follows_the_lineage_in_the_pid_namespace",
                 "a_hook_with_return_posts_at_the_return_and_filters_on_it",
                 "an_fd_argument_is_resolved_to_its_file_and_matched_by_path",
+                "match_namespaces_posts_only_calls_outside_the_hosts_pid_namespace",
             ],
         },
     },
