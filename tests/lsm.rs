@@ -28,7 +28,27 @@ fn override_policy(kprobe: bool, suffix: &str, errno: i32) -> String {
 /// Whether this kernel can run the test; if not, checks that the policy is
 /// refused at load with the reason, and says SKIP.
 fn lsm_or_refusal(test: &str, policy: &str) -> bool {
-    if probe_says("exec Override", "BPF-LSM") && !probe_says("exec Override", "refused") {
+    let usable = probe_says("exec Override", "BPF-LSM") && !probe_says("exec Override", "refused");
+    usable_or_refused(
+        test,
+        policy,
+        usable,
+        &["Override on exec needs BPF-LSM"],
+        "usable BPF-LSM",
+    )
+}
+
+/// `usable`, or else: `policy` is refused at load (exit status 2, its
+/// matchActions named, with one of `reasons`), and the test says it
+/// skips for want of `lacking`.
+fn usable_or_refused(
+    test: &str,
+    policy: &str,
+    usable: bool,
+    reasons: &[&str],
+    lacking: &str,
+) -> bool {
+    if usable {
         return true;
     }
     let out = Command::new(SENSOR)
@@ -38,12 +58,12 @@ fn lsm_or_refusal(test: &str, policy: &str) -> bool {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("matchActions") && err.contains("Override on exec needs BPF-LSM"),
+        err.contains("matchActions") && reasons.iter().any(|r| err.contains(r)),
         "{err}"
     );
     skip_kernel(
         test,
-        "usable BPF-LSM (the policy was refused at load, as it must be)",
+        &format!("{lacking} (the policy was refused at load, as it must be)"),
     );
     false
 }
@@ -162,25 +182,13 @@ spec:
 /// Whether this kernel can hash; if not, checks that the policy is
 /// refused at load with the reason, and says SKIP.
 fn ima_or_refusal(test: &str, policy: &str) -> bool {
-    if probe_says("exec imaHash", "sleepable BPF-LSM") {
-        return true;
-    }
-    let out = Command::new(SENSOR)
-        .args(["run", "--policy", policy, "--output", "none"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("matchActions")
-            && (err.contains("imaHash needs") || err.contains("Override on exec needs BPF-LSM")),
-        "{err}"
-    );
-    skip_kernel(
+    usable_or_refused(
         test,
-        "BPF-LSM with bpf_ima_file_hash and IMA (the policy was refused at load, as it must be)",
-    );
-    false
+        policy,
+        probe_says("exec imaHash", "sleepable BPF-LSM"),
+        &["imaHash needs", "Override on exec needs BPF-LSM"],
+        "BPF-LSM with bpf_ima_file_hash and IMA",
+    )
 }
 
 /// The hash of `file` in the algorithm `ima_hash` names, as `ima_hash`

@@ -289,10 +289,9 @@ server.close()
 
 /// Runs `UDP` in the test's cgroup inside `ns`; returns the client's port.
 fn udp(cg: &TestCgroup, ns: &LoopbackNs, addr: &str, count: u32) -> u64 {
-    let out = cg
-        .command("ip")
-        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", UDP, addr])
-        .arg(count.to_string())
+    let out = ns
+        .python(cg, UDP)
+        .args([addr, &count.to_string()])
         .output()
         .expect("running the UDP script");
     assert!(
@@ -419,17 +418,9 @@ fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_fi
 /// Runs `DNS_QUERY` to `addr` in the test's cgroup inside `ns`: the
 /// child's report, its pid, how it ended and whether the query arrived.
 fn dns_query(cg: &TestCgroup, ns: &LoopbackNs, addr: &str) -> (String, u64, i32, String) {
-    let out = cg
-        .command("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "/usr/bin/python3",
-            "-c",
-            DNS_QUERY,
-            addr,
-        ])
+    let out = ns
+        .python(cg, DNS_QUERY)
+        .arg(addr)
         .output()
         .expect("running the DNS script");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -381,9 +381,8 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
     s.listen()
     s.close()
 "#;
-    let out = cg
-        .command("ip")
-        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", script])
+    let out = ns
+        .python(&cg, script)
         .output()
         .expect("running the listener");
     assert!(
@@ -498,9 +497,8 @@ for _ in range(3):
 l.close()
 print(" ".join(map(str, ports)))
 "#;
-    let out = cg
-        .command("ip")
-        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c", script])
+    let out = ns
+        .python(&cg, script)
         .output()
         .expect("running the server and its clients");
     assert!(
@@ -617,16 +615,8 @@ for _ in range(3):
     a.close()
 l.close()
 "#;
-    let mut server = cg
-        .command("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "/usr/bin/python3",
-            "-c",
-            server_script,
-        ])
+    let mut server = ns
+        .python(&cg, server_script)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("starting the server");

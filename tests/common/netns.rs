@@ -27,6 +27,16 @@ impl LoopbackNs {
     }
 }
 
+impl LoopbackNs {
+    /// Python running `script` inside this namespace and in `cg`; further
+    /// arguments are the script's.
+    pub fn python(&self, cg: &super::TestCgroup, script: &str) -> Command {
+        let mut c = cg.command("ip");
+        c.args(["netns", "exec", &self.0, "/usr/bin/python3", "-c", script]);
+        c
+    }
+}
+
 impl Drop for LoopbackNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();

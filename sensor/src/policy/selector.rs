@@ -483,7 +483,7 @@ fn actions(raw: Vec<RawAction>, syscall: bool, at: &str) -> Result<Actions> {
             "override" if syscall => {
                 return err(
                     format!("{f}.action"),
-                    "Override on a syscall needs error injection (bpf_override_return or fmod_ret), which this sensor does not use; use Sigkill, Signal or NotifyEnforcer with argSig",
+                    "Override on a syscall needs error injection (bpf_override_return or fmod_ret on the syscall, both behind CONFIG_FUNCTION_ERROR_INJECTION, which Debian's kernels are built without), which this sensor does not use; use Sigkill, Signal or NotifyEnforcer with argSig",
                 )
             }
             // A connect is denied in the cgroup hook; an exec in the BPF-LSM

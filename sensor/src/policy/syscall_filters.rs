@@ -51,16 +51,7 @@ pub fn pid_filters(raw: Vec<RawMatchPid>, at: &str) -> Result<Vec<PidMatch>> {
     let mut out = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
         let f = format!("{at}[{i}]");
-        let negate = match p.operator.as_str() {
-            "In" => false,
-            "NotIn" => true,
-            other => {
-                return err(
-                    format!("{f}.operator"),
-                    format!("unknown operator `{other}`; expected In or NotIn"),
-                )
-            }
-        };
+        let negate = not_in(&p.operator, &f)?;
         if p.values.is_empty() || p.values.len() > PID_VALUES {
             return err(format!("{f}.values"), format!("1 to {PID_VALUES} PIDs"));
         }
@@ -83,6 +74,18 @@ pub fn pid_filters(raw: Vec<RawMatchPid>, at: &str) -> Result<Vec<PidMatch>> {
         });
     }
     Ok(out)
+}
+
+/// A set entry's operator, `In` or `NotIn`: whether it is negated.
+fn not_in(operator: &str, f: &str) -> Result<bool> {
+    match operator {
+        "In" => Ok(false),
+        "NotIn" => Ok(true),
+        other => err(
+            format!("{f}.operator"),
+            format!("unknown operator `{other}`; expected In or NotIn"),
+        ),
+    }
 }
 
 /// Tetragon's namespace names, the slot each takes in the kernel's
@@ -130,16 +133,7 @@ pub fn namespace_filters(raw: Vec<RawMatchNamespace>, at: &str) -> Result<Vec<Ns
                 ),
             );
         };
-        let negate = match m.operator.as_str() {
-            "In" => false,
-            "NotIn" => true,
-            other => {
-                return err(
-                    format!("{f}.operator"),
-                    format!("unknown operator `{other}`; expected In or NotIn"),
-                )
-            }
-        };
+        let negate = not_in(&m.operator, &f)?;
         if m.values.is_empty() || m.values.len() > NS_VALUES {
             return err(
                 format!("{f}.values"),
