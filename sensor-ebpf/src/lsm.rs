@@ -68,8 +68,9 @@ pub fn snsr_lsm_bprm_compat(ctx: LsmContext) -> i32 {
 }
 
 /// The hasher: finishes a record the selector program left for this
-/// exec. Sleepable, and so without the selector maps; it reads nothing
-/// but `IMA_PENDING`.
+/// exec. Sleepable, and so without the selector maps: it uses only
+/// `IMA_PENDING`, the ring buffer and the loss counters (a loss counted
+/// here can race a preempting program on this CPU and go uncounted).
 #[lsm(hook = "bprm_check_security", sleepable)]
 pub fn snsr_lsm_ima(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
