@@ -255,10 +255,12 @@ if pid == 0:
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         client.sendto(b"query", (addr, 53))
-        print("sent", flush=True)
+        os.write(1, b"sent\n")
         os._exit(0)
     except OSError as e:
-        print("errno", e.errno, flush=True)
+        # One write: the daemon may kill this child at any moment, and
+        # print() can be cut between its pieces.
+        os.write(1, b"errno %d\n" % e.errno)
     time.sleep(10)
     os._exit(0)
 _, status = os.waitpid(pid, 0)
@@ -439,8 +441,12 @@ fn dns_query(cg: &TestCgroup, ns: &LoopbackNs, addr: &str) -> (String, u64, i32,
     let said = if lines.len() > 1 { lines[0] } else { "" };
     (
         said.to_string(),
-        last[0].parse().expect("pid"),
-        last[1].parse().expect("end"),
+        last[0]
+            .parse()
+            .unwrap_or_else(|e| panic!("pid ({e}) in {text:?}")),
+        last[1]
+            .parse()
+            .unwrap_or_else(|e| panic!("end ({e}) in {text:?}")),
         last[2].to_string(),
     )
 }
