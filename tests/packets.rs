@@ -240,33 +240,47 @@ spec:
       - action: "Sigkill"
 "#;
 
-/// A DNS query over UDP to `addr` port 53 from a forked child, with a
-/// server there; the parent prints the child's pid, the signal that ended
-/// it (or minus its exit status), and whether the query arrived. A child
-/// whose send fails waits to be killed.
+/// A DNS query to `argv[1]` port 53 over `argv[2]` (`udp` or `tcp`) from
+/// a forked child, with a server there; the parent prints the child's pid,
+/// the signal that ended it (or minus its exit status), and whether the
+/// query arrived. A child whose send or connect fails waits to be killed;
+/// a TCP connect whose SYN is dropped waits in the kernel's retries.
 const DNS_QUERY: &str = r#"
 import os, socket, sys, time
-addr = sys.argv[1]
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+addr, proto = sys.argv[1], sys.argv[2]
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+server = socket.socket(socket.AF_INET, kind)
 server.bind((addr, 53))
 server.settimeout(1)
+if proto == "tcp":
+    server.listen()
 pid = os.fork()
 if pid == 0:
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, kind)
     try:
-        client.sendto(b"query", (addr, 53))
+        if proto == "tcp":
+            client.settimeout(5)
+            client.connect((addr, 53))
+            client.sendall(b"query")
+        else:
+            client.sendto(b"query", (addr, 53))
         os.write(1, b"sent\n")
         os._exit(0)
     except OSError as e:
         # One write: the daemon may kill this child at any moment, and
         # print() can be cut between its pieces.
-        os.write(1, b"errno %d\n" % e.errno)
+        os.write(1, b"errno %d\n" % (e.errno or 0))
     time.sleep(10)
     os._exit(0)
 _, status = os.waitpid(pid, 0)
 try:
-    server.recvfrom(16)
-    got = "received"
+    if proto == "tcp":
+        conn, _ = server.accept()
+        conn.settimeout(1)
+        got = "received" if conn.recv(16) else "nothing"
+    else:
+        server.recvfrom(16)
+        got = "received"
 except socket.timeout:
     got = "nothing"
 end = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
@@ -417,12 +431,18 @@ fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_fi
     assert_eq!(kprobe_events(&daemon, "__sk_free").len(), 4);
 }
 
-/// Runs `DNS_QUERY` to `addr` in the test's cgroup inside `ns`: the
-/// child's report, its pid, how it ended and whether the query arrived.
-fn dns_query(cg: &TestCgroup, ns: &LoopbackNs, addr: &str) -> (String, u64, i32, String) {
+/// Runs `DNS_QUERY` to `addr` over `proto` in the test's cgroup inside
+/// `ns`: the child's report, its pid, how it ended and whether the query
+/// arrived.
+fn dns_query(
+    cg: &TestCgroup,
+    ns: &LoopbackNs,
+    addr: &str,
+    proto: &str,
+) -> (String, u64, i32, String) {
     let out = ns
         .python(cg, DNS_QUERY)
-        .arg(addr)
+        .args([addr, proto])
         .output()
         .expect("running the DNS script");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -459,35 +479,51 @@ fn tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_se
     }
     let ns = LoopbackNs::new();
     let (daemon, cg, _d) = daemon_in_own_cgroup(DNS_ONLY_SPECIFIED_SERVERS);
+    // The example matches UDP and TCP alike.
+    for (proto, protocol) in [("udp", "IPPROTO_UDP"), ("tcp", "IPPROTO_TCP")] {
+        // The approved server: the query arrives and the sender lives.
+        let (said, _, end, got) = dns_query(&cg, &ns, "127.0.0.53", proto);
+        assert_eq!(
+            (said.as_str(), end, got.as_str()),
+            ("sent", 0, "received"),
+            "{proto} to the approved server"
+        );
 
-    // The approved server: the query arrives and the sender lives.
-    let (said, _, end, got) = dns_query(&cg, &ns, "127.0.0.53");
-    assert_eq!((said.as_str(), end, got.as_str()), ("sent", 0, "received"));
-
-    // Any other: the query never leaves (the send fails with EPERM) and
-    // the sender is killed.
-    let (said, pid, end, got) = dns_query(&cg, &ns, "127.0.0.1");
+        // Any other: the query never leaves and the sender is killed. A UDP
+        // send fails with EPERM; a TCP connect waits for a SYN that was
+        // dropped (the kernel retries it).
+        let (said, pid, end, got) = dns_query(&cg, &ns, "127.0.0.1", proto);
+        assert!(
+            said == "errno 1" || said.is_empty(),
+            "{proto}: the kernel dropped the packet (the sender's send failed, or it was killed first): {said}"
+        );
+        assert_eq!(end, 9, "{proto}: the sender was killed");
+        assert_eq!(got, "nothing", "{proto}");
+        let k = daemon.wait_for(&format!("the {proto} ip_output event"), |e| {
+            body(e, "process_kprobe")
+                .is_some_and(|k| k["function_name"] == "ip_output" && k["process"]["pid"] == pid)
+        });
+        let k = &k["process_kprobe"];
+        assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
+        assert_eq!(k["policy_name"], "dns-only-specified-servers");
+        assert_eq!(k["process"]["binary"], resolved("/usr/bin/python3"));
+        let skb = arg(k, "skb_arg");
+        assert_eq!(skb["daddr"], "127.0.0.1");
+        assert_eq!(skb["dport"], 53);
+        assert_eq!(skb["protocol"], protocol);
+    }
+    // Only the two refused queries were matched: every event is one of
+    // theirs (a SYN the kernel retried before the kill lands may repeat).
+    let matched = kprobe_events(&daemon, "ip_output");
     assert!(
-        said == "errno 1" || said.is_empty(),
-        "the kernel dropped the packet (the sender's send failed, or it was killed first): {said}"
+        matched
+            .iter()
+            .all(|k| arg(k, "skb_arg")["daddr"] == "127.0.0.1"),
+        "the approved queries were not matched: {matched:?}"
     );
-    assert_eq!(end, 9, "the sender was killed");
-    assert_eq!(got, "nothing");
-    let k = daemon.wait_for("the ip_output event", |e| {
-        body(e, "process_kprobe").is_some_and(|k| k["function_name"] == "ip_output")
-    });
-    let k = &k["process_kprobe"];
-    assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
-    assert_eq!(k["policy_name"], "dns-only-specified-servers");
-    assert_eq!(k["process"]["pid"], pid);
-    assert_eq!(k["process"]["binary"], resolved("/usr/bin/python3"));
-    let skb = arg(k, "skb_arg");
-    assert_eq!(skb["daddr"], "127.0.0.1");
-    assert_eq!(skb["dport"], 53);
-    assert_eq!(skb["protocol"], "IPPROTO_UDP");
-    assert_eq!(
-        kprobe_events(&daemon, "ip_output").len(),
-        1,
-        "the approved query was not matched"
-    );
+    let udp = matched
+        .iter()
+        .filter(|k| arg(k, "skb_arg")["protocol"] == "IPPROTO_UDP")
+        .count();
+    assert_eq!(udp, 1, "one UDP query: {matched:?}");
 }
