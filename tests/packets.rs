@@ -289,12 +289,19 @@ print(pid, end, got)
 
 /// Sends `count` datagrams of 4 bytes from a client socket to a server
 /// socket on `addr` port 9999, each received; prints the client's port.
+/// With a third argument, `exthdr`, an IPv6 client's datagrams carry two
+/// extension headers (hop-by-hop and destination options, each one PadN
+/// option) between the IPv6 and the UDP header.
 const UDP: &str = r#"
 import socket, sys
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 server = socket.socket(family, socket.SOCK_DGRAM)
 server.bind((sys.argv[1], 9999))
 client = socket.socket(family, socket.SOCK_DGRAM)
+if sys.argv[3:] == ["exthdr"]:
+    padn = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+    client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, padn)
+    client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, padn)
 for _ in range(int(sys.argv[2])):
     client.sendto(b"ping", (sys.argv[1], 9999))
     server.recvfrom(16)
@@ -305,9 +312,14 @@ server.close()
 
 /// Runs `UDP` in the test's cgroup inside `ns`; returns the client's port.
 fn udp(cg: &TestCgroup, ns: &LoopbackNs, addr: &str, count: u32) -> u64 {
+    udp_with(cg, ns, &[addr, &count.to_string()])
+}
+
+/// Runs `UDP` with `args`; returns the client's port.
+fn udp_with(cg: &TestCgroup, ns: &LoopbackNs, args: &[&str]) -> u64 {
     let out = ns
         .python(cg, UDP)
-        .args([addr, &count.to_string()])
+        .args(args)
         .output()
         .expect("running the UDP script");
     assert!(
@@ -429,6 +441,65 @@ fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_fi
     // Four sockets, AF_INET and AF_INET6, made and freed.
     assert_eq!(kprobe_events(&daemon, "sk_alloc").len(), 4);
     assert_eq!(kprobe_events(&daemon, "__sk_free").len(), 4);
+}
+
+/// Both directions of IPv6 datagrams to port 9999, chosen by port only:
+/// what a port rule on IPv6 looks like.
+const IPV6_PORT: &str = r#"apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "ipv6-port"
+spec:
+  kprobes:
+  - call: "ip6_output"
+    syscall: false
+    args:
+    - index: 2
+      type: "skb"
+    selectors:
+    - matchArgs:
+      - index: 2
+        operator: "DPort"
+        values:
+        - "9999"
+  - call: "sk_filter_trim_cap"
+    syscall: false
+    args:
+    - index: 1
+      type: "skb"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "DPort"
+        values:
+        - "9999"
+"#;
+
+/// Extension headers between the IPv6 and the transport header do not
+/// hide the ports: a sender that adds them (a routing header needs no
+/// privilege) is still matched by a port rule, both ways.
+#[test]
+fn ipv6_extension_headers_do_not_hide_the_ports_from_a_port_rule() {
+    if !can_run("ipv6_extension_headers_do_not_hide_the_ports_from_a_port_rule") {
+        return;
+    }
+    let ns = LoopbackNs::new();
+    let (daemon, cg, _d) = daemon_in_own_cgroup(IPV6_PORT);
+    let client = udp_with(&cg, &ns, &["::1", "1", "exthdr"]);
+    eventually("the datagram out and in", || {
+        !kprobe_events(&daemon, "ip6_output").is_empty()
+            && !kprobe_events(&daemon, "sk_filter_trim_cap").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for function in ["ip6_output", "sk_filter_trim_cap"] {
+        let seen = kprobe_events(&daemon, function);
+        assert_eq!(seen.len(), 1, "{function}: {seen:?}");
+        let skb = arg(&seen[0], "skb_arg");
+        assert_eq!(skb["protocol"], "IPPROTO_UDP", "{function}: {skb}");
+        assert_eq!(skb["sport"], client, "{function}: {skb}");
+        assert_eq!(skb["dport"], 9999, "{function}: {skb}");
+        assert_eq!(skb["daddr"], "::1", "{function}: {skb}");
+    }
 }
 
 /// Runs `DNS_QUERY` to `addr` over `proto` in the test's cgroup inside

@@ -31,6 +31,18 @@ const IPPROTO_UDP: u16 = 17;
 const IN: u8 = 0;
 const OUT: u8 = 1;
 
+/// IPv6 extension headers (RFC 8200's next-header values).
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// How many IPv6 extension headers are walked to the transport header:
+/// more than any chain the kernel builds for a socket (hop-by-hop,
+/// destination options, routing, destination options again), bounded for
+/// the verifier.
+const MAX_EXT_HEADERS: usize = 8;
+
 /// The programs return 1 (pass) for every packet but an outgoing one that
 /// a signalling selector matched, which they drop (0).
 #[cgroup_skb(ingress)]
@@ -176,9 +188,12 @@ fn keep_socket(rec: &mut PacketEvent) {
 }
 
 /// Replaces the record's addresses, ports, family and protocol with the
-/// packet's (its IP header, and for TCP and UDP the ports after it).
-/// IPv6 extension headers are not walked: a packet that has them shows
-/// its first next-header value as the protocol, and no ports.
+/// packet's (its IP header, and for TCP and UDP the ports after it). IPv6
+/// extension headers are walked to the transport header, so that a header
+/// an unprivileged sender can add (a routing header) does not hide the
+/// ports from a selector; a longer chain than `MAX_EXT_HEADERS`, or a
+/// fragment after the first, shows the last next-header value and no
+/// ports.
 #[inline(always)]
 fn read_packet(ctx: &SkBuffContext, e: &mut ConnectEvent) -> Option<()> {
     e.saddr = [0; 16];
@@ -198,11 +213,15 @@ fn read_packet(ctx: &SkBuffContext, e: &mut ConnectEvent) -> Option<()> {
         }
         ETH_P_IPV6 => {
             let h = ctx.load::<[u8; 40]>(0).ok()?;
-            e.protocol = h[6] as u16;
             e.saddr.copy_from_slice(&h[8..24]);
             e.daddr.copy_from_slice(&h[24..40]);
             e.family = AF_INET6;
-            40
+            let (next, l4) = transport_v6(ctx, h[6]);
+            e.protocol = next as u16;
+            match l4 {
+                Some(l4) => l4,
+                None => return Some(()),
+            }
         }
         _ => return None,
     };
@@ -213,4 +232,47 @@ fn read_packet(ctx: &SkBuffContext, e: &mut ConnectEvent) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// The transport protocol of an IPv6 packet whose fixed header names
+/// `next`, and the offset of its header; no offset when the chain is
+/// longer than `MAX_EXT_HEADERS`, cut short, or a fragment after the first.
+#[inline(always)]
+fn transport_v6(ctx: &SkBuffContext, mut next: u8) -> (u8, Option<usize>) {
+    let mut off = 40usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        if !is_extension(next) {
+            return (next, Some(off));
+        }
+        let Ok(h) = ctx.load::<[u8; 4]>(off) else {
+            return (next, None);
+        };
+        let len = match next {
+            NEXTHDR_AUTH => (usize::from(h[1]) + 2) * 4,
+            NEXTHDR_FRAGMENT => {
+                // The offset in 8-byte units, above the three flag bits:
+                // only the first fragment holds the transport header.
+                if u16::from_be_bytes([h[2], h[3]]) & !7 != 0 {
+                    return (h[0], None);
+                }
+                8
+            }
+            _ => (usize::from(h[1]) + 1) * 8,
+        };
+        next = h[0];
+        off += len;
+    }
+    if is_extension(next) {
+        (next, None)
+    } else {
+        (next, Some(off))
+    }
+}
+
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
+    )
 }

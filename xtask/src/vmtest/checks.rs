@@ -112,7 +112,7 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
-        name: "packets (in, out, by function, rate limit, kill on send)",
+        name: "packets (in, out, by function, rate limit, kill on send, IPv6 ext headers)",
         run: Run::Tests {
             target: "packets",
             names: &[
@@ -120,6 +120,7 @@ pub const CHECKS: &[Check] = &[
                 "tetragons_datagram_with_sock_tracking_example_rate_limits_repeats",
                 "tetragons_datagram_518_example_reports_each_output_function_and_the_socket_filter",
                 "tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_sender",
+                "ipv6_extension_headers_do_not_hide_the_ports_from_a_port_rule",
             ],
         },
     },
