@@ -333,14 +333,6 @@ fn udp_with(cg: &TestCgroup, ns: &LoopbackNs, args: &[&str]) -> u64 {
         .expect("the client's port")
 }
 
-/// The argument of kind `kind` (`sock_arg`, `skb_arg`, `int_arg`).
-fn arg<'a>(k: &'a Value, kind: &str) -> &'a Value {
-    k["args"]
-        .as_array()
-        .and_then(|a| a.iter().find_map(|x| x.get(kind)))
-        .unwrap_or(&Value::Null)
-}
-
 #[test]
 fn tetragons_datagram_example_reports_a_packet_out_and_in() {
     if !can_run("tetragons_datagram_example_reports_a_packet_out_and_in") {
@@ -356,8 +348,8 @@ fn tetragons_datagram_example_reports_a_packet_out_and_in() {
     assert_eq!(packets.len(), 2, "one datagram, out then in: {packets:?}");
     let python = resolved("/usr/bin/python3");
     for (k, direction) in packets.iter().zip([1, 0]) {
-        assert_eq!(arg(k, "int_arg"), direction, "{k}");
-        let skb = arg(k, "skb_arg");
+        assert_eq!(kprobe_arg(k, "int_arg"), direction, "{k}");
+        let skb = kprobe_arg(k, "skb_arg");
         assert_eq!(skb["family"], "AF_INET", "{k}");
         assert_eq!(skb["protocol"], "IPPROTO_UDP", "{k}");
         assert_eq!(skb["proto"], 17, "{k}");
@@ -368,9 +360,9 @@ fn tetragons_datagram_example_reports_a_packet_out_and_in() {
         assert_eq!(k["process"]["binary"], python, "the socket's creator");
     }
     // The socket each packet belongs to: the client's out, the server's in.
-    assert_eq!(arg(&packets[0], "sock_arg")["sport"], client);
-    assert_eq!(arg(&packets[1], "sock_arg")["sport"], 9999);
-    assert_eq!(arg(&packets[1], "sock_arg")["type"], "SOCK_DGRAM");
+    assert_eq!(kprobe_arg(&packets[0], "sock_arg")["sport"], client);
+    assert_eq!(kprobe_arg(&packets[1], "sock_arg")["sport"], 9999);
+    assert_eq!(kprobe_arg(&packets[1], "sock_arg")["type"], "SOCK_DGRAM");
 }
 
 #[test]
@@ -388,7 +380,10 @@ fn tetragons_datagram_with_sock_tracking_example_rate_limits_repeats() {
     // Two AF_INET sockets made and freed.
     let allocs = kprobe_events(&daemon, "sk_alloc");
     assert_eq!(allocs.len(), 2, "{allocs:?}");
-    assert!(allocs.iter().all(|k| arg(k, "int_arg") == 2), "{allocs:?}");
+    assert!(
+        allocs.iter().all(|k| kprobe_arg(k, "int_arg") == 2),
+        "{allocs:?}"
+    );
     assert!(allocs
         .iter()
         .all(|k| k["return"]["sock_arg"]["type"] == "SOCK_DGRAM"));
@@ -396,7 +391,7 @@ fn tetragons_datagram_with_sock_tracking_example_rate_limits_repeats() {
     // Three identical datagrams to 127.0.0.1 within rateLimit's 5 s: one
     // posted out, one in.
     let packets = kprobe_events(&daemon, "__cgroup_bpf_run_filter_skb");
-    let ways: Vec<&Value> = packets.iter().map(|k| arg(k, "int_arg")).collect();
+    let ways: Vec<&Value> = packets.iter().map(|k| kprobe_arg(k, "int_arg")).collect();
     assert_eq!(ways, [1, 0], "{packets:?}");
 }
 
@@ -417,18 +412,18 @@ fn tetragons_datagram_518_example_reports_each_output_function_and_the_socket_fi
     std::thread::sleep(Duration::from_millis(500));
     let out4 = kprobe_events(&daemon, "ip_output");
     assert_eq!(out4.len(), 1, "the IPv4 datagram: {out4:?}");
-    assert_eq!(arg(&out4[0], "skb_arg")["sport"], v4);
-    assert_eq!(arg(&out4[0], "skb_arg")["daddr"], "127.0.0.1");
+    assert_eq!(kprobe_arg(&out4[0], "skb_arg")["sport"], v4);
+    assert_eq!(kprobe_arg(&out4[0], "skb_arg")["daddr"], "127.0.0.1");
     let out6 = kprobe_events(&daemon, "ip6_output");
     assert_eq!(out6.len(), 1, "the IPv6 datagram: {out6:?}");
-    assert_eq!(arg(&out6[0], "skb_arg")["family"], "AF_INET6");
-    assert_eq!(arg(&out6[0], "skb_arg")["daddr"], "::1");
-    assert_eq!(arg(&out6[0], "skb_arg")["sport"], v6);
-    assert_eq!(arg(&out6[0], "sock_arg")["family"], "AF_INET6");
+    assert_eq!(kprobe_arg(&out6[0], "skb_arg")["family"], "AF_INET6");
+    assert_eq!(kprobe_arg(&out6[0], "skb_arg")["daddr"], "::1");
+    assert_eq!(kprobe_arg(&out6[0], "skb_arg")["sport"], v6);
+    assert_eq!(kprobe_arg(&out6[0], "sock_arg")["family"], "AF_INET6");
     let filtered = kprobe_events(&daemon, "sk_filter_trim_cap");
     let mut senders: Vec<u64> = filtered
         .iter()
-        .map(|k| arg(k, "skb_arg")["sport"].as_u64().unwrap_or(0))
+        .map(|k| kprobe_arg(k, "skb_arg")["sport"].as_u64().unwrap_or(0))
         .collect();
     senders.sort();
     let mut expected = vec![v4, v6];
@@ -494,7 +489,7 @@ fn ipv6_extension_headers_do_not_hide_the_ports_from_a_port_rule() {
     for function in ["ip6_output", "sk_filter_trim_cap"] {
         let seen = kprobe_events(&daemon, function);
         assert_eq!(seen.len(), 1, "{function}: {seen:?}");
-        let skb = arg(&seen[0], "skb_arg");
+        let skb = kprobe_arg(&seen[0], "skb_arg");
         assert_eq!(skb["protocol"], "IPPROTO_UDP", "{function}: {skb}");
         assert_eq!(skb["sport"], client, "{function}: {skb}");
         assert_eq!(skb["dport"], 9999, "{function}: {skb}");
@@ -578,7 +573,7 @@ fn tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_se
         assert_eq!(k["action"], "KPROBE_ACTION_SIGKILL");
         assert_eq!(k["policy_name"], "dns-only-specified-servers");
         assert_eq!(k["process"]["binary"], resolved("/usr/bin/python3"));
-        let skb = arg(k, "skb_arg");
+        let skb = kprobe_arg(k, "skb_arg");
         assert_eq!(skb["daddr"], "127.0.0.1");
         assert_eq!(skb["dport"], 53);
         assert_eq!(skb["protocol"], protocol);
@@ -589,12 +584,12 @@ fn tetragons_dns_only_specified_servers_example_drops_the_query_and_kills_the_se
     assert!(
         matched
             .iter()
-            .all(|k| arg(k, "skb_arg")["daddr"] == "127.0.0.1"),
+            .all(|k| kprobe_arg(k, "skb_arg")["daddr"] == "127.0.0.1"),
         "the approved queries were not matched: {matched:?}"
     );
     let udp = matched
         .iter()
-        .filter(|k| arg(k, "skb_arg")["protocol"] == "IPPROTO_UDP")
+        .filter(|k| kprobe_arg(k, "skb_arg")["protocol"] == "IPPROTO_UDP")
         .count();
     assert_eq!(udp, 1, "one UDP query: {matched:?}");
 }

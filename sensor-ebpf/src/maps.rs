@@ -260,8 +260,9 @@ pub static SOCK_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(6553
 /// makes in softirq, in whichever task a packet interrupted: by socket, for
 /// a socket that connected, and by network namespace and port for a
 /// listener, whose accepted children share its port. Kept by
-/// `sock::on_state` while `tcp_set_state` or `tcp_create_openreq_child`
-/// hooks are loaded; LRU, so that sockets it never saw close age out.
+/// `sock::on_state` while `tcp_set_state`, `tcp_create_openreq_child` or
+/// packet hooks are loaded (`packet` names a listener's accepted children
+/// by it); LRU, so that sockets it never saw close age out.
 #[map]
 pub static TCP_OWNERS: LruHashMap<sensor_common::OwnerKey, u32> =
     LruHashMap::with_max_entries(16384, 0);

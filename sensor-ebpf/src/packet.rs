@@ -5,13 +5,16 @@
 //! while such a hook is loaded. A packet arrives in whichever task's
 //! context the kernel handles it (softirq for most received ones), so it
 //! is attributed by its socket: the socket's cgroup decides the scopes,
-//! and its creator (`SOCK_OWNERS`, kept by `sock`) is the process. The
+//! and its creator (`SOCK_OWNERS`, kept by `sock`) is the process, or for
+//! a TCP socket `socket()` did not make (an accepted child) the task that
+//! listened on its port (`TCP_OWNERS`). The
 //! network selectors (`netsel`) test the packet's own addresses, ports and
 //! protocol; only a hit is sent, with the socket as well. A cgroup_skb
 //! program cannot signal, so a Sigkill or Signal on an outgoing packet is
 //! carried out in two steps: the packet is dropped here, before it leaves,
 //! and the daemon signals the socket's owner when it reads the record.
 use aya_ebpf::{
+    bindings::bpf_sock,
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
@@ -103,18 +106,19 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<u
     }
     // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-    // SAFETY: plain u32 value.
-    let owner = unsafe { SOCK_OWNERS.get(&cookie) }.copied().unwrap_or(0);
+    let rec = PACKET.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    let rec = unsafe { &mut *rec };
+    let ev = crate::netsel::start_as(sock_op::PACKET, &cfg, 0)?;
+    let owner = owner_of_packet(ev, full, cookie);
     if owner != 0 && owner == cfg.sensor_tgid {
         // The daemon's own packets (events it exports) never feed on
         // themselves.
         return None;
     }
-    let rec = PACKET.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch owned by this program run.
-    let rec = unsafe { &mut *rec };
-    let ev = crate::netsel::start_as(sock_op::PACKET, &cfg, (owner as u64) << 32 | owner as u64)?;
     let e = &mut ev.event;
+    e.pid = owner;
+    e.tid = owner;
     e.classes = class;
     e.size = ctx.skb.len();
     read_packet(ctx, e)?;
@@ -127,6 +131,28 @@ fn on_packet<const MODERN: bool>(ctx: &SkBuffContext, direction: u8) -> Option<u
     let signal = ev.event.signal;
     let _ = report(ctx, ev, full as u64, rec, direction);
     Some(signal)
+}
+
+/// The process a packet is attributed to: its socket's creator; for a
+/// TCP socket made without `socket()` (a listener's accepted child) or
+/// before the hooks loaded, the task `sock` saw connect it or listen on
+/// its port; 0 when none is known.
+#[inline(always)]
+fn owner_of_packet(ev: &mut crate::netsel::NetEval, full: *mut bpf_sock, cookie: u64) -> u32 {
+    // SAFETY: plain u32 value.
+    if let Some(tgid) = unsafe { SOCK_OWNERS.get(&cookie) } {
+        return *tgid;
+    }
+    // SAFETY: a full socket from `bpf_sk_fullsock`.
+    if unsafe { (*full).protocol } != u32::from(IPPROTO_TCP) {
+        return 0;
+    }
+    // The socket's address as a number, for reads of the kernel's socket
+    // (as `report` takes it).
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe { core::ptr::write_volatile(&mut ev.sk, full as u64) };
+    let sk = unsafe { core::ptr::read_volatile(&ev.sk) } as *const u8;
+    crate::sock::owner_of(sk)
 }
 
 /// Sends the record of a packet the selectors matched, with its socket.

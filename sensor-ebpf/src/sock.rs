@@ -154,7 +154,11 @@ fn on_state<const MODERN: bool>(ctx: &RawTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32 as u64;
     let new = ctx.arg::<u64>(2) as u32 as u64;
-    let tracking = cfg.net_ops & (net_ops::STATE | net_ops::OPENREQ) as u32 != 0;
+    // Owners are kept for the hooks on changes made in softirq, and for
+    // packets of sockets not made by `socket()` (a listener's children).
+    let tracking = cfg.net_ops
+        & (net_ops::STATE | net_ops::OPENREQ | net_ops::PACKET_IN | net_ops::PACKET_OUT) as u32
+        != 0;
     if tracking {
         remember_owner(sk, old, new);
     }
@@ -226,7 +230,7 @@ fn remember_owner(sk: *const u8, old: u64, new: u64) {
 /// child the one listening on its port; 0 if neither is known (a socket
 /// older than the hooks), and the current task then stands in.
 #[inline(always)]
-fn owner_of(sk: *const u8) -> u32 {
+pub fn owner_of(sk: *const u8) -> u32 {
     let (own, listening) = owner_keys(sk);
     // SAFETY: plain u32 values.
     unsafe { TCP_OWNERS.get(&own).or_else(|| TCP_OWNERS.get(&listening)) }

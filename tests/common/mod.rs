@@ -612,6 +612,15 @@ pub fn kprobe_events(daemon: &Daemon, function: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The first argument of kind `kind` (`sock_arg`, `skb_arg`, `int_arg`) of
+/// a `process_kprobe` body; null when it has none.
+pub fn kprobe_arg<'a>(k: &'a Value, kind: &str) -> &'a Value {
+    k["args"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|x| x.get(kind)))
+        .unwrap_or(&Value::Null)
+}
+
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
     eventually_within(what, Duration::from_secs(10), f)
 }

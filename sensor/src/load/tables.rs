@@ -194,9 +194,14 @@ impl Kernel {
         let net = |class: u16| c.config.net_ops & class as u32 != 0;
         self.syscall_program(c.config.n_sys_selectors != 0 || net(net_ops::SEND))?;
         self.on_demand(super::OnDemand::SysExit, c.sys_returns())?;
+        // Packet hooks need the TCP owners the state program keeps.
         self.on_demand(
             super::OnDemand::SockState,
-            net(net_ops::LISTEN | net_ops::STATE | net_ops::OPENREQ),
+            net(net_ops::LISTEN
+                | net_ops::STATE
+                | net_ops::OPENREQ
+                | net_ops::PACKET_IN
+                | net_ops::PACKET_OUT),
         )?;
         self.on_demand(super::OnDemand::PacketIn, net(net_ops::PACKET_IN))?;
         self.on_demand(super::OnDemand::PacketOut, net(net_ops::PACKET_OUT))

@@ -125,6 +125,13 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "packets of accepted sockets name the listener",
+        run: Run::Tests {
+            target: "packet_owners",
+            names: &["packets_of_an_accepted_socket_name_the_listening_process"],
+        },
+    },
+    Check {
         name: "syscall policies (Post, lists, kill, strings, fds, PIDs, namespaces, returns)",
         run: Run::Tests {
             target: "syscalls",
