@@ -2,7 +2,8 @@
 //! `datagram.yaml` (every packet, both ways), `datagram-with-sock-tracking.yaml`
 //! (sockets created and freed, and loopback UDP packets, rate-limited) and
 //! `datagram_518.yaml` (the output and socket-filter functions) and
-//! `dns-only-specified-servers.yaml` (Sigkill on `ip_output`). Each script
+//! `dns-only-specified-servers.yaml` (Sigkill on `ip_output`, over UDP and
+//! TCP); and a port rule that IPv6 extension headers do not blind. Each script
 //! runs in the test's cgroup, to which the daemon is scoped, inside a
 //! network namespace of the test's own.
 mod common;
