@@ -58,16 +58,7 @@ fn packets_of_an_accepted_socket_name_the_listening_process() {
     }
     let ns = LoopbackNs::new();
     let (daemon, cg, _d) = daemon_in_own_cgroup(SERVER_PACKETS);
-    let out = ns
-        .python(&cg, ACCEPT_AND_GREET)
-        .output()
-        .expect("running the server");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = ns.run_python(&cg, ACCEPT_AND_GREET, &[]);
     let said: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(
         said.get(1),

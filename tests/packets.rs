@@ -318,17 +318,7 @@ fn udp(cg: &TestCgroup, ns: &LoopbackNs, addr: &str, count: u32) -> u64 {
 
 /// Runs `UDP` with `args`; returns the client's port.
 fn udp_with(cg: &TestCgroup, ns: &LoopbackNs, args: &[&str]) -> u64 {
-    let out = ns
-        .python(cg, UDP)
-        .args(args)
-        .output()
-        .expect("running the UDP script");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    ns.run_python(cg, UDP, args)
         .trim()
         .parse()
         .expect("the client's port")
@@ -507,17 +497,7 @@ fn dns_query(
     addr: &str,
     proto: &str,
 ) -> (String, u64, i32, String) {
-    let out = ns
-        .python(cg, DNS_QUERY)
-        .args([addr, proto])
-        .output()
-        .expect("running the DNS script");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = ns.run_python(cg, DNS_QUERY, &[addr, proto]);
     let lines: Vec<&str> = text.lines().collect();
     let last: Vec<&str> = lines
         .last()

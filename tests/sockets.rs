@@ -381,15 +381,7 @@ for family, addr, port in [(socket.AF_INET, "0.0.0.0", 8081), (socket.AF_INET, "
     s.listen()
     s.close()
 "#;
-    let out = ns
-        .python(&cg, script)
-        .output()
-        .expect("running the listener");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.run_python(&cg, script, &[]);
     eventually("two listen events", || {
         kprobe_events(&daemon, "inet_csk_listen_start").len() >= 2
     });
@@ -497,16 +489,8 @@ for _ in range(3):
 l.close()
 print(" ".join(map(str, ports)))
 "#;
-    let out = ns
-        .python(&cg, script)
-        .output()
-        .expect("running the server and its clients");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ports: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+    let out = ns.run_python(&cg, script, &[]);
+    let ports: Vec<u64> = out
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect();

@@ -35,6 +35,25 @@ impl LoopbackNs {
         c.args(["netns", "exec", &self.0, "/usr/bin/python3", "-c", script]);
         c
     }
+
+    /// Runs `script` with `args` as [`Self::python`] does, to its end; its
+    /// standard output. A script that fails fails the test with both of
+    /// its outputs.
+    pub fn run_python(&self, cg: &super::TestCgroup, script: &str, args: &[&str]) -> String {
+        let out = self
+            .python(cg, script)
+            .args(args)
+            .output()
+            .expect("running python3");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python3 failed ({}): {text} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
 }
 
 impl Drop for LoopbackNs {
